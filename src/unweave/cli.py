@@ -1,0 +1,89 @@
+"""The `unweave` command: parses arguments, calls the library, prints where results went."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from unweave import progress
+
+app = typer.Typer(help="unweave: reverse-engineer trained networks into descriptions you can check.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+train_app = typer.Typer(help="Train a model of the zoo (toy models with known answers).", no_args_is_help=True)
+app.add_typer(train_app, name="train")
+console = Console(stderr=True)
+
+
+@app.command(epilog="Example: unweave demo --out runs/demo")
+def demo(out: Path = typer.Option(Path("runs/demo"), help="Output directory (reused if it holds a finished run)."),
+         steps: int = typer.Option(None, help="Training steps (default: the zoo's setting).")) -> None:
+    """Train (or reuse) a modular-addition transformer, recover its Fourier algorithm, write report.html."""
+    from unweave.demo import run_demo
+    from unweave.zoo.modadd import ModAddConfig
+
+    cfg = ModAddConfig() if steps is None else ModAddConfig(steps=steps)
+    with progress.enabled():
+        result = run_demo(out, cfg)
+    console.print(f"[bold green]report[/] {result.report}\n[bold green]results[/] {result.results}")
+    console.print(f"key frequencies {result.analysis.key_freqs}; "
+                  f"restricted test accuracy {result.analysis.restricted_test_acc:.2%}; "
+                  f"excluded / train loss {result.analysis.excluded_over_train:.3g}")
+
+
+@train_app.command("modadd", epilog="Example: unweave train modadd --p 59 --steps 3000 --out runs/modadd")
+def train_modadd(out: Path = typer.Option(Path("runs/modadd"), help="Run directory; an interrupted run there resumes."),
+                 p: int = typer.Option(None, help="Modulus (an odd prime)."),
+                 frac_train: float = typer.Option(None, help="Fraction of all pairs used for training."),
+                 lr: float = typer.Option(None, help="AdamW learning rate."),
+                 weight_decay: float = typer.Option(None, help="AdamW weight decay."),
+                 steps: int = typer.Option(None, help="Full-batch training steps."),
+                 seed: int = typer.Option(None, help="Seed for the split and the initialisation."),
+                 checkpoint_every: int = typer.Option(None, help="Save a checkpoint every this many steps.")) -> None:
+    """Train the one-layer modular-addition transformer (a + b mod p), saving checkpoints."""
+    from unweave.zoo.modadd import ModAddConfig, train
+
+    given = {k: v for k, v in dict(p=p, frac_train=frac_train, lr=lr, weight_decay=weight_decay, steps=steps,
+                                    seed=seed, checkpoint_every=checkpoint_every).items() if v is not None}
+    cfg = ModAddConfig(**given)
+    with progress.enabled():
+        run = train(cfg, out)
+    final = run.history[-1]
+    console.print(f"[bold green]trained[/] {run.dir}: step {final['step']}, train loss {final['train_loss']:.3g}, "
+                  f"test accuracy {final['test_acc']:.2%}")
+
+
+@app.command(epilog="Example: unweave cache --model smollm2-135m --site model.layers.15 --tokens 100000 "
+                    "--out runs/cache-l15")
+def cache(out: Path = typer.Option(..., help="Store directory; an interrupted write there resumes."),
+          site: list[str] = typer.Option(..., help="Site to store (repeat for several), e.g. model.layers.15."),
+          model: str = typer.Option("smollm2-135m", help="Known model name or a local Hugging Face directory."),
+          text: str = typer.Option("shakespeare", help="Text corpus."),
+          tokens: int = typer.Option(100_000, help="How many tokens to run through the model."),
+          ctx_len: int = typer.Option(128, help="Context length of each row."),
+          batch_size: int = typer.Option(8, help="Rows per forward pass."),
+          shard_tokens: int = typer.Option(65_536, help="Tokens per shard file."),
+          dtype: str = typer.Option("float32", help="Stored dtype: float32, float16 or bfloat16.")) -> None:
+    """Run a model over text and write activations at sites to a sharded safetensors store."""
+    from unweave.hf import load_model, load_text
+    from unweave.store import write_store
+
+    with progress.enabled():
+        loaded = load_model(model)
+        rows = load_text(text, loaded.tokenizer, ctx_len, max_tokens=tokens)
+        store = write_store(loaded.model, site, rows, out, model_name=model, shard_tokens=shard_tokens,
+                            batch_size=batch_size, dtype=dtype)
+    widths = ", ".join(f"{s} ({store.width(s)})" for s in store.sites)
+    console.print(f"[bold green]stored[/] {store.n_tokens} tokens at {widths} in {len(store.shards)} shards: {out}")
+
+
+def main() -> None:
+    """Entry point: user errors (bad names, values, missing packages) print one line, not a traceback."""
+    from unweave.hf import MissingPackageError
+
+    try:
+        app()
+    except (ValueError, FileNotFoundError, MissingPackageError) as err:
+        console.print(f"[bold red]error:[/] {err}")
+        raise SystemExit(2) from None

@@ -1,0 +1,61 @@
+"""The one progress helper: library code reports through it, the CLI turns it on.
+
+Off by default so library calls and tests stay silent; `enabled()` turns rich progress
+bars on for the duration of a `with` block.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
+
+T = TypeVar("T")
+_progress = None  # a rich.progress.Progress while enabled, else None
+
+
+@contextlib.contextmanager
+def enabled() -> Iterator[None]:
+    """Show progress bars for library calls made inside this block."""
+    global _progress
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                               TimeElapsedColumn, TimeRemainingColumn)
+
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"))
+    _progress = bar
+    try:
+        with bar:
+            yield
+    finally:
+        _progress = None
+
+
+class Task:
+    """A handle on one progress bar; every method is a no-op when progress is off."""
+
+    def __init__(self, description: str, total: int | None):
+        self._id = None if _progress is None else _progress.add_task(description, total=total, info="")
+
+    def advance(self, n: int = 1, info: str | None = None) -> None:
+        if self._id is not None and _progress is not None:
+            fields = {} if info is None else {"info": info}
+            _progress.update(self._id, advance=n, **fields)
+
+    def close(self) -> None:
+        if self._id is not None and _progress is not None:
+            _progress.remove_task(self._id)
+            self._id = None
+
+
+def track(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
+    """Iterate over `items`, advancing a progress bar when progress is on."""
+    if total is None and hasattr(items, "__len__"):
+        total = len(items)  # type: ignore[arg-type]
+    task = Task(description, total)
+    try:
+        for item in items:
+            yield item
+            task.advance()
+    finally:
+        task.close()

@@ -1,0 +1,75 @@
+"""One self-contained HTML file per run: sections of text, tables and plotly figures.
+
+plotly.js is inlined once at the top of the file, so the report opens with no network.
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+import plotly.graph_objects as go
+from plotly.offline import get_plotlyjs
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; max-width: 1000px; margin: 2em auto; padding: 0 1em; color: #222; }
+h1 { border-bottom: 2px solid #444; } h2 { margin-top: 2em; border-bottom: 1px solid #ccc; }
+table { border-collapse: collapse; margin: 1em 0; } td, th { border: 1px solid #ccc; padding: 4px 10px; text-align: right; }
+th { background: #f3f3f3; } td:first-child, th:first-child { text-align: left; }
+.summary { background: #f6f8fa; border-left: 4px solid #4a7; padding: 0.5em 1em; }
+"""
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return html.escape(str(value))
+
+
+class Section:
+    def __init__(self, title: str):
+        self.title = title
+        self.parts: list[str] = []
+
+    def text(self, paragraph: str, summary: bool = False) -> "Section":
+        cls = ' class="summary"' if summary else ""
+        self.parts.append(f"<p{cls}>{html.escape(paragraph)}</p>")
+        return self
+
+    def table(self, rows: list[dict]) -> "Section":
+        if not rows:
+            return self
+        headers = list(rows[0])
+        head = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)
+        body = "".join("<tr>" + "".join(f"<td>{_cell(r.get(h, ''))}</td>" for h in headers) + "</tr>" for r in rows)
+        self.parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+        return self
+
+    def figure(self, fig: go.Figure) -> "Section":
+        self.parts.append(fig.to_html(full_html=False, include_plotlyjs=False))
+        return self
+
+    def html(self) -> str:
+        return f"<section><h2>{html.escape(self.title)}</h2>\n" + "\n".join(self.parts) + "</section>"
+
+
+class Report:
+    def __init__(self, title: str):
+        self.title = title
+        self.sections: list[Section] = []
+
+    def section(self, title: str) -> Section:
+        self.sections.append(Section(title))
+        return self.sections[-1]
+
+    def html(self) -> str:
+        body = "\n".join(s.html() for s in self.sections)
+        return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(self.title)}</title>"
+                f"<style>{_STYLE}</style><script type=\"text/javascript\">{get_plotlyjs()}</script></head>"
+                f"<body><h1>{html.escape(self.title)}</h1>\n{body}\n</body></html>")
+
+    def write(self, path: Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(self.html(), encoding="utf-8")
+        return path

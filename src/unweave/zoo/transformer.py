@@ -1,0 +1,124 @@
+"""A small transformer for toy tasks, with a stable, guessable name for every activation.
+
+Names follow TransformerLens: `hook_embed`, `blocks.0.hook_resid_pre`,
+`blocks.0.attn.hook_pattern`, `blocks.0.attn.hook_z` (per-head outputs),
+`blocks.0.hook_attn_out`, `blocks.0.mlp.hook_post`, `blocks.0.hook_resid_post`, `unembed`.
+The `hook_*` modules are identities that exist only to be sites. No layer norm by default,
+as in the grokking work, so that the weights read off directly.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class TransformerConfig:
+    vocab: int
+    n_ctx: int
+    d_model: int = 128
+    n_heads: int = 4
+    d_mlp: int = 512  # 0 makes the model attention-only
+    n_layers: int = 1
+    d_vocab_out: int | None = None  # defaults to vocab
+
+    def __post_init__(self):
+        for field in ("vocab", "n_ctx", "d_model", "n_heads", "n_layers"):
+            if getattr(self, field) < 1:
+                raise ValueError(f"TransformerConfig.{field} must be at least 1, got {getattr(self, field)}")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"TransformerConfig.d_model ({self.d_model}) must be divisible by "
+                             f"n_heads ({self.n_heads})")
+
+    @property
+    def d_head(self) -> int:
+        return self.d_model // self.n_heads
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        h, d, dh = cfg.n_heads, cfg.d_model, cfg.d_head
+        scale = 1 / math.sqrt(d)
+        self.W_Q = nn.Parameter(torch.randn(h, d, dh) * scale)
+        self.W_K = nn.Parameter(torch.randn(h, d, dh) * scale)
+        self.W_V = nn.Parameter(torch.randn(h, d, dh) * scale)
+        self.W_O = nn.Parameter(torch.randn(h, dh, d) * scale)
+        self.register_buffer("causal", torch.tril(torch.ones(cfg.n_ctx, cfg.n_ctx, dtype=torch.bool)),
+                             persistent=False)
+        self.hook_pattern = nn.Identity()  # (batch, head, query, key)
+        self.hook_z = nn.Identity()  # (batch, pos, head, d_head)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q = torch.einsum("bpd,hde->bhpe", x, self.W_Q)
+        k = torch.einsum("bpd,hde->bhpe", x, self.W_K)
+        v = torch.einsum("bpd,hde->bhpe", x, self.W_V)
+        n = x.shape[1]
+        scores = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
+        scores = scores.masked_fill(~self.causal[:n, :n], float("-inf"))
+        pattern = self.hook_pattern(scores.softmax(-1))
+        z = self.hook_z(torch.einsum("bhqk,bhke->bqhe", pattern, v))
+        return torch.einsum("bqhe,hed->bqd", z, self.W_O)
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.W_in = nn.Parameter(torch.randn(cfg.d_model, cfg.d_mlp) / math.sqrt(cfg.d_model))
+        self.b_in = nn.Parameter(torch.zeros(cfg.d_mlp))
+        self.W_out = nn.Parameter(torch.randn(cfg.d_mlp, cfg.d_model) / math.sqrt(cfg.d_mlp))
+        self.b_out = nn.Parameter(torch.zeros(cfg.d_model))
+        self.hook_post = nn.Identity()  # neuron activations after the ReLU
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.hook_post(torch.relu(x @ self.W_in + self.b_in)) @ self.W_out + self.b_out
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.hook_resid_pre = nn.Identity()
+        self.attn = Attention(cfg)
+        self.hook_attn_out = nn.Identity()
+        self.hook_resid_mid = nn.Identity()
+        self.mlp = MLP(cfg) if cfg.d_mlp else None
+        self.hook_mlp_out = nn.Identity()
+        self.hook_resid_post = nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.hook_resid_pre(x)
+        x = self.hook_resid_mid(x + self.hook_attn_out(self.attn(x)))
+        if self.mlp is not None:
+            x = x + self.hook_mlp_out(self.mlp(x))
+        return self.hook_resid_post(x)
+
+
+class Transformer(nn.Module):
+    """tokens (batch, pos) -> logits (batch, pos, d_vocab_out)."""
+
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.cfg = cfg
+        d_out = cfg.d_vocab_out or cfg.vocab
+        self.W_E = nn.Parameter(torch.randn(cfg.vocab, cfg.d_model) / math.sqrt(cfg.d_model))
+        self.W_pos = nn.Parameter(torch.randn(cfg.n_ctx, cfg.d_model) / math.sqrt(cfg.d_model))
+        self.hook_embed = nn.Identity()
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.unembed = nn.Linear(cfg.d_model, d_out, bias=False)
+        nn.init.normal_(self.unembed.weight, std=1 / math.sqrt(d_out))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        if tokens.dim() != 2 or tokens.shape[1] > self.cfg.n_ctx:
+            raise ValueError(f"tokens must have shape (batch, pos) with pos <= {self.cfg.n_ctx}, "
+                             f"got {tuple(tokens.shape)}")
+        x = self.hook_embed(self.W_E[tokens] + self.W_pos[: tokens.shape[1]])
+        for block in self.blocks:
+            x = block(x)
+        return self.unembed(x)
