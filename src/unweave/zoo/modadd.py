@@ -40,7 +40,7 @@ class ModAddConfig:
     steps: int = 3_000
     seed: int = 0
     eval_every: int = 50
-    checkpoint_every: int = 500
+    checkpoint_every: int = 200
 
     def __post_init__(self):
         if not _is_prime(self.p) or self.p < 3:

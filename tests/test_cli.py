@@ -1,0 +1,51 @@
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from unweave.cli import app, main
+from unweave.store import ActivationStore
+
+runner = CliRunner()
+
+
+@pytest.mark.parametrize("command", [[], ["demo"], ["train"], ["train", "modadd"], ["cache"]])
+def test_every_command_explains_itself(command):
+    result = runner.invoke(app, [*command, "--help"])
+    assert result.exit_code == 0
+    if command and command != ["train"]:
+        assert "Example: unweave" in result.output
+
+
+def test_train_modadd(tmp_path):
+    result = runner.invoke(app, ["train", "modadd", "--out", str(tmp_path), "--p", "11", "--steps", "20",
+                                 "--checkpoint-every", "10"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "model.safetensors").exists()
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_000010.safetensors",
+                                                                           "step_000020.safetensors"]
+
+
+def run_main(monkeypatch, capsys, args):
+    monkeypatch.setattr(sys, "argv", ["unweave", *args])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    return exit_info.value.code, capsys.readouterr().err
+
+
+def test_user_errors_print_one_line_not_a_traceback(monkeypatch, capsys, tiny_llama_dir, tmp_path):
+    code, err = run_main(monkeypatch, capsys, ["train", "modadd", "--out", str(tmp_path), "--p", "12"])
+    assert code == 2 and "odd prime" in err and "Traceback" not in err
+    code, err = run_main(monkeypatch, capsys, ["cache", "--model", str(tiny_llama_dir), "--site", "model.layer.1",
+                                               "--out", str(tmp_path / "c"), "--tokens", "200", "--ctx-len", "16"])
+    assert code == 2 and "closest valid sites: model.layers.1" in " ".join(err.split())
+
+
+def test_cache_writes_a_store(tiny_llama_dir, tmp_path):
+    result = runner.invoke(app, ["cache", "--model", str(tiny_llama_dir), "--site", "model.layers.0",
+                                 "--site", "model.layers.1.mlp:input", "--out", str(tmp_path), "--tokens", "640",
+                                 "--ctx-len", "32", "--shard-tokens", "256"])
+    assert result.exit_code == 0, result.output
+    store = ActivationStore(tmp_path)
+    assert store.complete and store.n_tokens == 640 and len(store.shards) == 3
+    assert store.width("model.layers.0") == 32

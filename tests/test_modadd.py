@@ -1,0 +1,50 @@
+import pytest
+import torch
+
+from unweave.artifacts import read_tensors
+from unweave.zoo.modadd import ModAddConfig, evaluate, make_data, train
+
+
+def test_data_is_all_pairs_with_a_disjoint_seeded_split():
+    cfg = ModAddConfig(p=7, frac_train=0.3)
+    d = make_data(cfg)
+    assert d.tokens.shape == (49, 3) and (d.tokens[:, 2] == 7).all()
+    assert ((d.tokens[:, 0] + d.tokens[:, 1]) % 7 == d.labels).all()
+    assert len(d.train_idx) == int(0.3 * 49)
+    assert set(d.train_idx.tolist()).isdisjoint(d.test_idx.tolist())
+    assert len(d.train_idx) + len(d.test_idx) == 49
+    assert torch.equal(make_data(cfg).train_idx, d.train_idx)
+    assert not torch.equal(make_data(ModAddConfig(p=7, frac_train=0.3, seed=1)).train_idx, d.train_idx)
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("p", 12, "odd prime"), ("frac_train", 1.5, "frac_train"), ("steps", 0, "steps"), ("lr", -1.0, "lr"),
+])
+def test_bad_config_names_the_field(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        ModAddConfig(**{field: value})
+
+
+TINY = ModAddConfig(p=13, d_model=32, n_heads=2, d_mlp=64, steps=40, eval_every=10, checkpoint_every=10)
+
+
+def test_interrupted_training_resumes_exactly(tmp_path):
+    straight = train(TINY, tmp_path / "straight")
+    train(TINY, tmp_path / "resumed", stop_after=20)  # "interrupted" after the step-20 checkpoint
+    assert not (tmp_path / "resumed" / "model.safetensors").exists()
+    resumed = train(TINY, tmp_path / "resumed")
+    a, b = read_tensors(straight.dir / "model.safetensors"), read_tensors(resumed.dir / "model.safetensors")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+    assert straight.history == resumed.history
+    assert [s for s, _ in resumed.checkpoints()] == [10, 20, 30, 40]
+
+
+def test_reuse_and_config_clash(tmp_path):
+    run = train(TINY, tmp_path)
+    assert train(TINY, tmp_path).complete  # a finished run is reused, not retrained
+    with pytest.raises(ValueError, match="different config"):
+        train(ModAddConfig(p=17, steps=5), tmp_path)
+    data = make_data(TINY)
+    assert evaluate(run.load(), data) == pytest.approx(run.history[-1] | {"step": 40} and
+                                                       {k: v for k, v in run.history[-1].items() if k != "step"})

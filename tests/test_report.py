@@ -1,0 +1,67 @@
+import shutil
+
+import plotly.graph_objects as go
+import pytest
+
+from unweave.demo import run_demo
+from unweave.report import Report
+from unweave.zoo.modadd import ModAddConfig
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def test_report_is_self_contained_and_escaped(tmp_path):
+    r = Report("a <title>")
+    r.section("S & T").text("x < y").table([{"name": "a", "value": 0.123456}]).figure(go.Figure(go.Bar(y=[1, 2])))
+    page = r.write(tmp_path / "r.html").read_text()
+    assert "a &lt;title&gt;" in page and "S &amp; T" in page and "x &lt; y" in page
+    assert "<td>0.1235</td>" in page
+    assert "<script src" not in page and "<link" not in page  # nothing fetched from a network
+    assert page.count("Plotly.newPlot") == 1
+
+
+def render(path):
+    """Open a file in headless Chromium; return (plot count, console errors, page errors)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
+            "--disable-background-networking", "--disable-component-update"])
+        try:
+            page = browser.new_page()
+            errors, page_errors = [], []
+            page.on("console", lambda m: errors.append(m.text) if m.type in ("error", "warning") else None)
+            page.on("pageerror", lambda e: page_errors.append(str(e)))
+            page.goto(path.resolve().as_uri())
+            page.wait_for_load_state("load")
+            n_plots = page.locator(".js-plotly-plot:has(svg.main-svg)").count()  # drawn plots
+            page.screenshot(path=str(path.with_suffix(".png")), full_page=True)
+            return n_plots, errors, page_errors
+        finally:
+            browser.close()
+
+
+browser = pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium is absent: install Debian's chromium "
+                                                     "(apt-get install chromium) to render the report in tests")
+
+
+@browser
+@pytest.mark.browser
+def test_browser_check_catches_a_broken_page(tmp_path):
+    """The render check can fail: a page with a script error and no plot is caught."""
+    bad = tmp_path / "bad.html"
+    bad.write_text("<html><body><script>console.error('boom'); notDefined();</script></body></html>")
+    n_plots, errors, page_errors = render(bad)
+    assert n_plots == 0 and errors == ["boom"] and "notDefined" in page_errors[0]
+
+
+@browser
+@pytest.mark.browser
+def test_demo_report_renders_with_plots_and_no_errors(tmp_path):
+    cfg = ModAddConfig(p=13, d_model=32, n_heads=2, d_mlp=64, steps=60, eval_every=10, checkpoint_every=20)
+    result = run_demo(tmp_path, cfg)
+    n_plots, errors, page_errors = render(result.report)
+    assert n_plots == 3, "training curves, Fourier spectrum, progress measures"
+    assert errors == [] and page_errors == []
+    assert result.report.with_suffix(".png").stat().st_size > 10_000
