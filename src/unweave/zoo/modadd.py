@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
 
 from unweave import progress
 from unweave.artifacts import read_json, read_tensors, write_json, write_tensors
@@ -92,6 +93,18 @@ def answer_logits(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
 def loss_fn(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     # float64: near the end of training the loss is ~1e-7, below float32's resolution of log-softmax
     return F.cross_entropy(logits.double(), labels)
+
+
+def answer_loss(output: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Loss on a model's full output (batch, 3, p): cross-entropy at the '=' position."""
+    return loss_fn(output[:, -1], labels)
+
+
+def train_loader(cfg: ModAddConfig, batch_size: int | None = None) -> DataLoader:
+    """The training pairs as a loader (full batch by default), for the LLC."""
+    data = make_data(cfg)
+    dataset = TensorDataset(data.tokens[data.train_idx], data.labels[data.train_idx])
+    return DataLoader(dataset, batch_size=batch_size or len(dataset), shuffle=batch_size is not None)
 
 
 def evaluate(model, data: ModAddData) -> dict[str, float]:

@@ -1,0 +1,92 @@
+"""LLC speed and agreement: unweave vs devinterp 1.3.2, same model, data and settings.
+
+devinterp lives in its own virtualenv (bench/venv-devinterp), made once with:
+
+    echo torch==2.13.0 > /tmp/c.txt; python3 -m venv bench/venv-devinterp
+    bench/venv-devinterp/bin/pip install torch==2.13.0
+    bench/venv-devinterp/bin/pip install -c /tmp/c.txt devinterp==1.3.2 safetensors
+
+Then, from bench/:  ../.venv/bin/python llc_vs_devinterp.py [--modadd-run ../runs/demo/modadd]
+Both sides run SGLD (epsilon, n*beta, gamma, chains x draws, batch size) with the same
+L(w*) and report mean and standard error over chains; the table gives the time ratio and
+whether the two estimates agree within their combined standard errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from common import table
+from unweave.slt import SGLDConfig, estimate_llc
+from unweave.slt.llc import mean_loss
+from unweave.zoo import singular
+from unweave.zoo.modadd import TrainedModAdd, answer_loss, train_loader
+
+HERE = Path(__file__).resolve().parent
+PEER = HERE / "venv-devinterp" / "bin" / "python"
+
+
+def cases(modadd_run: Path | None):
+    for widths, rank in (([5, 3, 5], 1), ([10, 6, 8], 2)):
+        model, loader = singular.deep_linear_task(widths, rank, n=1000, batch_size=100)
+        yield (f"reduced-rank regression {widths} r={rank}", {"kind": "linear", "widths": widths}, model,
+               singular.half_squared_error, loader, SGLDConfig(epsilon=1e-4, nbeta=1e3, localization=100.0,
+                                                                chains=4, draws=200))
+    if modadd_run is not None and (modadd_run / "model.safetensors").exists():
+        run = TrainedModAdd(modadd_run)
+        yield (f"modular addition p={run.config.p} (final)", {"kind": "modadd", "modadd": vars(run.config)},
+               run.load(), answer_loss, train_loader(run.config, batch_size=256),
+               SGLDConfig(epsilon=1e-4, nbeta=100.0, localization=100.0, chains=4, draws=200))
+
+
+def peer(spec_extra, model, loader, cfg: SGLDConfig, init_loss: float, tmp: Path) -> dict:
+    x, y = loader.dataset.tensors
+    torch.save(model.state_dict(), tmp / "w.pt")
+    torch.save((x, y), tmp / "d.pt")
+    spec = {**spec_extra, "weights": str(tmp / "w.pt"), "data": str(tmp / "d.pt"), "batch_size": loader.batch_size,
+            "threads": torch.get_num_threads(), "init_loss": init_loss,
+            "sgld": {k: getattr(cfg, k) for k in ("epsilon", "nbeta", "localization", "chains", "draws", "burn_in",
+                                                   "seed")}}
+    (tmp / "spec.json").write_text(json.dumps(spec))
+    out = subprocess.run([str(PEER), str(HERE / "_devinterp_side.py"), str(tmp / "spec.json")],
+                         capture_output=True, text=True)
+    if out.returncode:
+        raise SystemExit(f"devinterp side failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--modadd-run", type=Path, default=HERE.parent / "runs" / "demo" / "modadd")
+    args = parser.parse_args()
+    if not PEER.exists():
+        raise SystemExit(f"devinterp's virtualenv is missing at {PEER}; make it as this script's docstring says")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, spec, model, loss_fn, loader, cfg in cases(args.modadd_run):
+            init = mean_loss(model, loss_fn, loader)
+            start = time.perf_counter()
+            ours = estimate_llc(model, loss_fn, loader, cfg)
+            ours_s = time.perf_counter() - start
+            theirs = peer(spec, model, loader, cfg, init, Path(tmp))
+            their_se = theirs["llc_std"] / math.sqrt(cfg.chains)
+            gap = abs(ours.llc_mean - theirs["llc_mean"])
+            rows.append({"case": name, "chains x draws": f"{cfg.chains}x{cfg.draws}", "unweave s": ours_s,
+                         "devinterp s": theirs["seconds"], "speed-up": theirs["seconds"] / ours_s,
+                         "unweave LLC": f"{ours.llc_mean:.4g} ± {ours.llc_std_err:.2g}",
+                         "devinterp LLC": f"{theirs['llc_mean']:.4g} ± {their_se:.2g}",
+                         "agree (2 SE)": gap <= 2 * math.hypot(ours.llc_std_err, their_se)})
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; devinterp 1.3.2 in {PEER.parent.parent.name}")
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""The local learning coefficient (LLC) and the diagnostics that say whether to believe it.
+
+    LLC = n_beta * (E_w[L_n(w)] - L_n(w*)),
+
+the expectation over SGLD draws localised at the trained weights w* (Lau et al. 2023).
+Mean and standard error are over chains. Diagnostics: divergence (NaN or a loss far above
+what any coefficient could explain), an unflattened trace, and the MALA acceptance rate.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from unweave import progress
+from unweave.slt.sgld import LLCError, LossFn, SGLDConfig, run_chains, select_parameters
+
+
+@dataclass
+class LLCResult:
+    llc_mean: float
+    llc_std_err: float
+    llc_per_chain: list[float]
+    init_loss: float
+    nbeta: float
+    n: int
+    n_params: int  # parameters sampled (the raw count to compare the LLC with)
+    mala_acceptance: float
+    loss_trace: list[list[float]]  # (chains, draws)
+    diverged_chains: list[int]
+    flattened: bool
+    warnings: list[str] = field(default_factory=list)
+    config: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return dict(vars(self))
+
+
+def dataset_size(loader: Iterable) -> int:
+    dataset = getattr(loader, "dataset", None)
+    if dataset is not None:
+        return len(dataset)
+    return sum(len(x) for x, _ in loader)
+
+
+def mean_loss(model: torch.nn.Module, loss_fn: LossFn, loader: Iterable) -> float:
+    """L_n at the model's current weights: the size-weighted mean of batch losses."""
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for x, y in loader:
+            total += loss_fn(model(x), y).double().item() * len(x)
+            count += len(x)
+    if count == 0:
+        raise LLCError("the data loader is empty: it yielded no batch")
+    return total / count
+
+
+def _flattened(excess: torch.Tensor) -> bool:
+    """Does the trace's second half agree with its first (no drift left)?
+
+    Per chain, the change between the halves' mean excess loss relative to the chain's
+    mean excess; the trace is still moving if that change is consistent across chains
+    (beyond 3 standard errors) and material (beyond 10%), or, with one chain, beyond 20%."""
+    if excess.shape[1] < 4:
+        return True
+    half = excess.shape[1] // 2
+    level = excess.mean(1).abs().clamp(min=1e-30)
+    rel = (excess[:, half:].mean(1) - excess[:, :half].mean(1)) / level
+    if len(rel) == 1:
+        return bool(rel.abs().item() <= 0.2)
+    mean, se = rel.mean().abs(), rel.std() / math.sqrt(len(rel))
+    return bool(mean <= 3 * se or mean <= 0.1)
+
+
+def estimate_llc(model: torch.nn.Module, loss_fn: LossFn, loader: Iterable, config: SGLDConfig | None = None,
+                 params: str | Sequence[str] | None = None, n: int | None = None) -> LLCResult:
+    """Estimate the LLC of `model` at its current weights on the data in `loader`.
+
+    `loss_fn(model(x), y)` is the mean loss of a batch (x, y); `params` limits sampling
+    to parameters whose names start with the given prefixes (e.g. "blocks.0.attn").
+    """
+    cfg = config or SGLDConfig()
+    names = select_parameters(model, params)
+    n = n or dataset_size(loader)
+    if n == 0:
+        raise LLCError("the data loader is empty: it yielded no batch")
+    if n < 2:
+        raise LLCError(f"the data loader holds {n} example; the LLC needs at least 2")
+    init_loss = mean_loss(model, loss_fn, loader)
+    if not math.isfinite(init_loss):
+        raise LLCError(f"the loss at the trained weights is {init_loss}: the LLC is only defined at a point "
+                       "where the loss is finite (check the model, the data and the loss function)")
+    nbeta = cfg.resolved_nbeta(n)
+    n_params = sum(p.numel() for name, p in model.named_parameters() if name in names)
+    task = progress.Task(f"SGLD, {cfg.chains} chains", total=cfg.burn_in + cfg.draws)
+    try:
+        trace = run_chains(model, loss_fn, loader, names, nbeta, cfg, on_step=task.advance)
+    finally:
+        task.close()
+
+    # a chain is lost if it went non-finite or its loss rose further than any LLC could explain:
+    # at equilibrium n_beta * excess ~ lambda <= d/2, so an excess 1000x beyond d/n_beta is a blow-up
+    excess = trace.losses - init_loss
+    limit = 1000 * max(n_params, 1) / nbeta
+    bad = [c for c in range(cfg.chains) if not torch.isfinite(excess[c]).all() or excess[c].max() > limit]
+    notes = []
+    if bad:
+        notes.append(f"chains {bad} diverged (loss NaN or more than {limit:.3g} above L(w*)): lower epsilon "
+                     f"(now {cfg.epsilon:g}) or raise localization (now {cfg.localization:g})")
+    good = [c for c in range(cfg.chains) if c not in bad]
+    if not good:
+        for note in notes:
+            warnings.warn(note, stacklevel=2)
+        raise LLCError(f"every chain diverged; lower epsilon (now {cfg.epsilon:g}) or raise localization "
+                       f"(now {cfg.localization:g}), or run `unweave llc --calibrate`")
+    per_chain = (nbeta * excess[good].mean(1)).tolist()
+    flat = _flattened(excess[good])
+    if not flat:
+        notes.append("the loss trace has not flattened (its second half differs from its first): raise burn_in "
+                     f"(now {cfg.burn_in}) or draws (now {cfg.draws}), or epsilon (now {cfg.epsilon:g})")
+    for note in notes:
+        warnings.warn(note, stacklevel=2)
+    mean = sum(per_chain) / len(per_chain)
+    se = (torch.tensor(per_chain).std().item() / math.sqrt(len(per_chain))) if len(per_chain) > 1 else float("nan")
+    return LLCResult(llc_mean=mean, llc_std_err=se, llc_per_chain=per_chain, init_loss=init_loss, nbeta=nbeta, n=n,
+                     n_params=n_params, mala_acceptance=trace.acceptance[good].mean().item(),
+                     loss_trace=trace.losses.tolist(), diverged_chains=bad, flattened=flat, warnings=notes,
+                     config=cfg.to_dict())
