@@ -1,3 +1,5 @@
+import json
+import re
 import sys
 
 import pytest
@@ -9,12 +11,12 @@ from unweave.store import ActivationStore
 runner = CliRunner()
 
 
-@pytest.mark.parametrize("command", [[], ["demo"], ["train"], ["train", "modadd"], ["cache"]])
+@pytest.mark.parametrize("command", [[], ["demo"], ["train"], ["train", "modadd"], ["cache"], ["llc"]])
 def test_every_command_explains_itself(command):
     result = runner.invoke(app, [*command, "--help"])
     assert result.exit_code == 0
     if command and command != ["train"]:
-        assert "Example: unweave" in result.output
+        assert re.search(r"Examples?: unweave", result.output)
 
 
 def test_train_modadd(tmp_path):
@@ -49,3 +51,22 @@ def test_cache_writes_a_store(tiny_llama_dir, tmp_path):
     store = ActivationStore(tmp_path)
     assert store.complete and store.n_tokens == 640 and len(store.shards) == 3
     assert store.width("model.layers.0") == 32
+
+
+def test_llc_on_a_zoo_model_and_a_run(tmp_path, small_modadd):
+    result = runner.invoke(app, ["llc", "rrr:3,2,3:1", "--nbeta", "1000", "--draws", "30", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "llc.json").read_text())
+    assert record["true_llc"] == 3.5 and record["hessian"]["n_params"] == 12
+    assert "LLC" in (tmp_path / "llc.html").read_text()
+    result = runner.invoke(app, ["llc", str(small_modadd.dir), "--checkpoint", "all", "--chains", "2", "--draws", "10",
+                                 "--batch-size", "128", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    assert [p["step"] for p in json.loads((tmp_path / "run" / "llc.json").read_text())["llc"]] == [500, 1000, 1500]
+
+
+def test_llc_bad_target_and_subset(monkeypatch, capsys, tmp_path):
+    code, err = run_main(monkeypatch, capsys, ["llc", "mlp:3", "--out", str(tmp_path)])
+    assert code == 2 and "neither a run directory" in err
+    code, err = run_main(monkeypatch, capsys, ["llc", "rrr:3,2,3:1", "--params", "5", "--out", str(tmp_path)])
+    assert code == 2 and "matches no parameter" in " ".join(err.split())

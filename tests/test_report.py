@@ -62,6 +62,6 @@ def test_demo_report_renders_with_plots_and_no_errors(tmp_path):
     cfg = ModAddConfig(p=13, d_model=32, n_heads=2, d_mlp=64, steps=60, eval_every=10, checkpoint_every=20)
     result = run_demo(tmp_path, cfg)
     n_plots, errors, page_errors = render(result.report)
-    assert n_plots == 3, "training curves, Fourier spectrum, progress measures"
+    assert n_plots == 4, "training curves, Fourier spectrum, progress measures, LLC trajectory"
     assert errors == [] and page_errors == []
     assert result.report.with_suffix(".png").stat().st_size > 10_000

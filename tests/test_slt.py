@@ -38,7 +38,7 @@ def test_normal_crossing_single_power_is_exact():
     Chains start at the flat point w = 0 and need a long burn-in to reach the tails."""
     model, loader = singular.normal_crossing_task([2], n=1000)
     r = estimate_llc(model, singular.normal_crossing_loss, loader,
-                     SGLDConfig(epsilon=1e-4, nbeta=1e4, localization=1.0, chains=16, draws=2000, burn_in=1000))
+                     SGLDConfig(epsilon=1e-4, nbeta=1e4, localization=1.0, chains=64, draws=3000, burn_in=1000))
     assert r.llc_mean == pytest.approx(0.25, rel=0.1)
     assert r.n_params == 1 and r.flattened and r.mala_acceptance > 0.9
 

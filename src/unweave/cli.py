@@ -78,12 +78,41 @@ def cache(out: Path = typer.Option(..., help="Store directory; an interrupted wr
     console.print(f"[bold green]stored[/] {store.n_tokens} tokens at {widths} in {len(store.shards)} shards: {out}")
 
 
+@app.command(epilog="Examples: unweave llc runs/demo/modadd --checkpoint all --out runs/llc;  "
+                    "unweave llc rrr:5,3,5:1 --nbeta 10000 --epsilon 1e-4;  unweave llc rrr:5,3,5:1 --calibrate")
+def llc(target: str = typer.Argument(..., help="A modadd run directory, or rrr:M,H,N:r, dln:H0,...,HL:r, "
+                                               "normal-crossing:p1,p2,..."),
+        out: Path = typer.Option(Path("runs/llc"), help="Where llc.json and llc.html go."),
+        checkpoint: str = typer.Option("final", help="For a run: 'final', a step, or 'all' (the LLC trajectory)."),
+        calibrate: bool = typer.Option(False, "--calibrate", help="Sweep epsilon x n*beta and pick settings."),
+        epsilon: float = typer.Option(1e-4, help="SGLD step size."),
+        nbeta: float = typer.Option(None, help="Inverse temperature n*beta (default n / ln n)."),
+        localization: float = typer.Option(100.0, help="Pull gamma towards the trained weights."),
+        chains: int = typer.Option(4, help="Independent chains (run vectorised)."),
+        draws: int = typer.Option(200, help="Draws per chain."),
+        burn_in: int = typer.Option(0, help="Steps discarded before the draws."),
+        batch_size: int = typer.Option(None, help="SGLD batch size (default: full batch)."),
+        params: str = typer.Option(None, help="Sample only parameters under this name, e.g. blocks.0.attn."),
+        rmsprop: bool = typer.Option(False, "--rmsprop", help="RMSProp-preconditioned SGLD."),
+        seed: int = typer.Option(0, help="Seed: chain c's noise and batches depend only on (seed, c).")) -> None:
+    """Estimate the local learning coefficient (an effective parameter count) by SGLD, with diagnostics."""
+    from unweave.slt import SGLDConfig
+    from unweave.slt.run import run_llc
+
+    cfg = SGLDConfig(epsilon=epsilon, nbeta=nbeta, localization=localization, chains=chains, draws=draws,
+                     burn_in=burn_in, rmsprop=rmsprop, seed=seed)
+    with progress.enabled():
+        result = run_llc(target, out, cfg, checkpoint=checkpoint, batch_size=batch_size, params=params,
+                         calibrate_grid=calibrate)
+    console.print(f"{result.summary}\n[bold green]report[/] {result.report}\n[bold green]results[/] {result.results}")
+
+
 def main() -> None:
     """Entry point: user errors (bad names, values, missing packages) print one line, not a traceback."""
     from unweave.hf import MissingPackageError
 
     try:
         app()
-    except (ValueError, FileNotFoundError, MissingPackageError) as err:
+    except (ValueError, FileNotFoundError, MissingPackageError) as err:  # LLCError, SiteError, StoreError too
         console.print(f"[bold red]error:[/] {err}")
         raise SystemExit(2) from None

@@ -106,10 +106,11 @@ def estimate_llc(model: torch.nn.Module, loss_fn: LossFn, loader: Iterable, conf
     # at equilibrium n_beta * excess ~ lambda <= d/2, so an excess 1000x beyond d/n_beta is a blow-up
     excess = trace.losses - init_loss
     limit = 1000 * max(n_params, 1) / nbeta
-    bad = [c for c in range(cfg.chains) if not torch.isfinite(excess[c]).all() or excess[c].max() > limit]
+    tail = excess[:, -max(1, excess.shape[1] // 4):]  # a lost chain stays lost: judge the last quarter
+    bad = [c for c in range(cfg.chains) if not torch.isfinite(excess[c]).all() or tail[c].mean() > limit]
     notes = []
     if bad:
-        notes.append(f"chains {bad} diverged (loss NaN or more than {limit:.3g} above L(w*)): lower epsilon "
+        notes.append(f"chains {bad} diverged (loss NaN or last-quarter mean more than {limit:.3g} above L(w*)): lower epsilon "
                      f"(now {cfg.epsilon:g}) or raise localization (now {cfg.localization:g})")
     good = [c for c in range(cfg.chains) if c not in bad]
     if not good:
