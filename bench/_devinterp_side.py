@@ -7,6 +7,7 @@ one JSON line with devinterp's estimate and the sampling wall-clock time.
 
 import json
 import sys
+import warnings
 import time
 from pathlib import Path
 
@@ -30,6 +31,7 @@ def build(spec):
 
 
 def main():
+    warnings.simplefilter("ignore")
     spec = json.loads(Path(sys.argv[1]).read_text())
     torch.set_num_threads(spec["threads"])
     model, loss_fn = build(spec)
@@ -41,12 +43,16 @@ def main():
     def evaluate(m, data):
         return loss_fn(m(data[0]), data[1]), {}
 
+    def run(draws):
+        return estimate_learning_coeff_with_summary(
+            model, loader, evaluate=evaluate, sampling_method=SGLD,
+            optimizer_kwargs={"lr": s["epsilon"], "localization": s["localization"], "nbeta": s["nbeta"]},
+            num_chains=s["chains"], num_draws=draws, num_burnin_steps=s["burn_in"], init_loss=spec["init_loss"],
+            seed=s["seed"], verbose=False, online=False)
+
+    run(5)  # warm-up, as the unweave side does
     start = time.perf_counter()
-    out = estimate_learning_coeff_with_summary(
-        model, loader, evaluate=evaluate, sampling_method=SGLD,
-        optimizer_kwargs={"lr": s["epsilon"], "localization": s["localization"], "nbeta": s["nbeta"]},
-        num_chains=s["chains"], num_draws=s["draws"], num_burnin_steps=s["burn_in"], init_loss=spec["init_loss"],
-        seed=s["seed"], verbose=False, online=False)
+    out = run(s["draws"])
     seconds = time.perf_counter() - start
     per_chain = out["llc/means"].tolist() if "llc/means" in out else None
     print(json.dumps({"seconds": seconds, "llc_mean": float(out["llc/mean"]), "llc_std": float(out["llc/std"]),

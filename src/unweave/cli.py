@@ -107,6 +107,25 @@ def llc(target: str = typer.Argument(..., help="A modadd run directory, or rrr:M
     console.print(f"{result.summary}\n[bold green]report[/] {result.report}\n[bold green]results[/] {result.results}")
 
 
+@app.command(epilog="Examples: unweave detect --task planted-rule --out runs/detect;  "
+                    "unweave detect --task backdoor-mnist-corner --task backdoor-digits-pixel --poison-rate 0.1")
+def detect(task: list[str] = typer.Option(["planted-rule"], help="Task (repeat for several): planted-rule, or "
+                                          "backdoor-{mnist,fashion,digits}-{corner,blend,pixel}."),
+           out: Path = typer.Option(Path("runs/detect"), help="Where detect.json and detect.html go."),
+           detector: list[str] = typer.Option(None, help="Detectors (repeat; default all): mahalanobis, spectral, "
+                                              "que, lof, isolation_forest."),
+           poison_rate: float = typer.Option(0.05, help="Fraction of backdoor training images poisoned."),
+           seed: int = typer.Option(0, help="Seed for data splits, training and detectors.")) -> None:
+    """Flag inputs a model handles by an unusual mechanism; AUROC of each detector vs raw-input baselines."""
+    from unweave.anomaly.report import run_detect
+
+    with progress.enabled():
+        result = run_detect(task, out, detector or None, poison_rate, seed)
+    for row in result.summary:
+        console.print(f"{row['task']}: raw input {row['best raw input']}; activations {row['best activations']}")
+    console.print(f"[bold green]report[/] {result.report}\n[bold green]results[/] {result.results}")
+
+
 def main() -> None:
     """Entry point: user errors (bad names, values, missing packages) print one line, not a traceback."""
     from unweave.hf import MissingPackageError

@@ -5,7 +5,7 @@ Each step, for each chain (Welling & Teh 2011; Lau et al. 2023, localised form):
     w <- w - (eps / 2) * G * (n_beta * grad L_batch(w) + gamma * (w - w*)) + sqrt(eps * G) * N(0, I)
 
 with G = 1 (plain SGLD) or the RMSProp preconditioner G = 1 / (sqrt(V) + delta),
-V <- alpha V + (1 - alpha) grad^2 (Li et al. 2016). Chains are vectorised with
+V <- alpha V + (1 - alpha) drift^2, drift = n_beta grad L + gamma (w - w*) (Li et al. 2016). Chains are vectorised with
 `torch.func.functional_call` + `vmap` over stacked parameter copies when the model allows
 it, and run in a loop otherwise; chain c's noise and batch order depend only on (seed, c).
 """
@@ -161,7 +161,9 @@ def run_chains(model: torch.nn.Module, loss_fn: LossFn, loader: Iterable, names:
     w_star = {n: params[n].detach().clone() for n in names}
     C = cfg.chains
     w = {n: w_star[n].unsqueeze(0).repeat(C, *[1] * w_star[n].dim()) for n in names}
-    v = {n: torch.zeros_like(t) for n, t in w.items()}  # RMSProp second moments
+    # RMSProp second moments start at 1 (G = 1, plain SGLD) rather than 0: at w* the drift is ~0,
+    # and G = 1/delta there would throw the first steps far from w*
+    v = {n: torch.ones_like(t) for n, t in w.items()}
     gens = [torch.Generator().manual_seed(cfg.seed * 1_000_003 + c) for c in range(C)]
     batches = [ChainBatches(loader, cfg.seed * 7919 + c) for c in range(C)]
 
@@ -226,7 +228,7 @@ def run_chains(model: torch.nn.Module, loss_fn: LossFn, loader: Iterable, names:
         here_target, here_drift = log_target(loss.double(), w), drift(g, w)
         if step >= cfg.burn_in:
             losses[:, step - cfg.burn_in] = loss.double()
-        G = {n: precond(n, g[n]) for n in names}
+        G = {n: precond(n, here_drift[n]) for n in names}  # scaled like the drift it divides
         if prev is not None:  # MALA: would the proposal prev -> w have been accepted?
             pw, pt, pd, pG = prev
             fwd = sum(_sq(w[n] - pw[n] - cfg.epsilon / 2 * _mul(pG[n], pd[n]), pG[n]) for n in names)
