@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-all browser setup
+.PHONY: demo test test-all browser datasets setup
 
 setup: $(STAMP)
 
@@ -19,10 +19,10 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 demo: $(STAMP)
 	$(BIN)/unweave demo
 
-test: $(STAMP) browser
+test: $(STAMP) browser datasets
 	$(BIN)/python -m pytest
 
-test-all: $(STAMP) browser
+test-all: $(STAMP) browser datasets
 	$(BIN)/python -m pytest -m ''
 
 # Headless Chromium renders the HTML report in tests; without it those tests are skipped.
@@ -30,3 +30,9 @@ browser:
 	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) ; } || \
 	  echo "chromium not installed: browser tests will be skipped"
+
+# Fashion-MNIST ships as a Debian package (for `unweave detect` and bench/anomaly.py; tests use digits and MNIST).
+datasets:
+	@[ -d /usr/share/datasets/fashion-mnist ] || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null) ; } || \
+	  echo "dataset-fashion-mnist not installed: the fashion tasks will say how to install it"

@@ -90,10 +90,17 @@ def test_backdoored_digits_corner_trigger():
     assert {r["site"] for r in rows if r["features"] == "activations"} == {"act1", "act2", "combined"}
 
 
-@pytest.mark.slow
 def test_planted_rule_is_invisible_in_inputs_but_not_in_activations():
     task = planted_rule_task()
     assert task.info["accuracy_rule"] > 0.95 and task.info["accuracy_normal"] > 0.95
     rows = evaluate_task(task)["rows"]
     assert best(rows, "raw input")["auroc"] <= 0.6
     assert best(rows, "activations")["auroc"] >= 0.9
+
+
+def test_unknown_site_in_a_task_lists_valid_ones():
+    from unweave.sites import SiteError
+    task = backdoor_task("digits", "pixel", poison_rate=0.1)
+    task.sites = ["act3"]
+    with pytest.raises(SiteError, match="closest valid sites: act2, act1"):
+        evaluate_task(task, detectors=["mahalanobis"])

@@ -11,7 +11,7 @@ from unweave.store import ActivationStore
 runner = CliRunner()
 
 
-@pytest.mark.parametrize("command", [[], ["demo"], ["train"], ["train", "modadd"], ["cache"], ["llc"]])
+@pytest.mark.parametrize("command", [[], ["demo"], ["train"], ["train", "modadd"], ["cache"], ["llc"], ["detect"]])
 def test_every_command_explains_itself(command):
     result = runner.invoke(app, [*command, "--help"])
     assert result.exit_code == 0
@@ -70,3 +70,15 @@ def test_llc_bad_target_and_subset(monkeypatch, capsys, tmp_path):
     assert code == 2 and "neither a run directory" in err
     code, err = run_main(monkeypatch, capsys, ["llc", "rrr:3,2,3:1", "--params", "5", "--out", str(tmp_path)])
     assert code == 2 and "matches no parameter" in " ".join(err.split())
+
+
+def test_detect_writes_report_and_table(tmp_path):
+    result = runner.invoke(app, ["detect", "--task", "backdoor-digits-corner", "--detector", "mahalanobis",
+                                 "--detector", "que", "--poison-rate", "0.1", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "detect.json").read_text())
+    rows = record["tasks"]["backdoor-digits-corner"]["rows"]
+    assert {r["detector"] for r in rows} == {"mahalanobis", "que", "dictionary latents"}
+    assert "Summary: best detector" in (tmp_path / "detect.html").read_text()
+    result = runner.invoke(app, ["detect", "--task", "backdoor-cifar-corner", "--out", str(tmp_path)])
+    assert result.exit_code != 0 and "unknown" in str(result.exception)

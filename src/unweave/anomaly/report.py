@@ -9,16 +9,18 @@ import numpy as np
 import plotly.graph_objects as go
 
 from unweave.anomaly.run import best, evaluate_task
-from unweave.anomaly.tasks import TRIGGERS, DATASETS, Task, backdoor_task, planted_rule_task
+from unweave.anomaly.tasks import DATASETS, TRIGGERS, Task, backdoor_task, copying_task, planted_rule_task
 from unweave.artifacts import write_json
 from unweave.report import Report
 
-TASKS = ["planted-rule"] + [f"backdoor-{d}-{t}" for d in DATASETS for t in TRIGGERS]
+TASKS = ["planted-rule", "copying-smollm2"] + [f"backdoor-{d}-{t}" for d in DATASETS for t in TRIGGERS]
 
 
 def make_task(name: str, poison_rate: float = 0.05, seed: int = 0) -> Task:
     if name == "planted-rule":
         return planted_rule_task(seed=seed)
+    if name == "copying-smollm2":
+        return copying_task(seed=seed)
     parts = name.split("-")
     if len(parts) == 3 and parts[0] == "backdoor":
         return backdoor_task(parts[1], parts[2], poison_rate=poison_rate, seed=seed)
@@ -50,6 +52,7 @@ def run_detect(task_names: list[str], out: Path, detectors: list[str] | None = N
         result = evaluate_task(task, detectors, seed) if detectors else evaluate_task(task, seed=seed)
         rows = result["rows"]
         top = {kind: best(rows, kind) for kind in ("raw input", "activations", "attributions")}
+        top = {kind: r for kind, r in top.items() if r is not None}
         summary.append({"task": name, **{f"best {k}": f"{r['detector']} @ {r['site']}: {r['auroc']:.3f}"
                                          for k, r in top.items()}, **task.info})
         record[name] = {"info": task.info, "rows": rows}

@@ -16,12 +16,19 @@ from unweave.anomaly.tasks import Task
 from unweave.sites import capture, capturing
 
 
-def _rows(acts: torch.Tensor) -> np.ndarray:
+def _rows(acts: torch.Tensor, position: int | str | None = None) -> np.ndarray:
+    if position == "mean":  # sequence models: average over positions
+        acts = acts.mean(1)
+    elif position is not None:
+        acts = acts[:, position]
     return acts.detach().flatten(1).double().numpy()
 
 
-def activation_features(model, sites: Sequence[str], x: torch.Tensor) -> dict[str, np.ndarray]:
-    return {s: _rows(a) for s, a in capture(model, list(sites), x).items()}
+def activation_features(model, sites: Sequence[str], x: torch.Tensor, position: int | str | None = None,
+                        batch_size: int = 64) -> dict[str, np.ndarray]:
+    """(examples, features) at each site, read in batches, stopping the forward at the last site."""
+    parts = [capture(model, list(sites), x[i:i + batch_size], stop_early=True) for i in range(0, len(x), batch_size)]
+    return {s: np.concatenate([_rows(p[s], position) for p in parts]) for s in sites}
 
 
 def attribution_features(model, sites: Sequence[str], x: torch.Tensor) -> dict[str, np.ndarray]:
@@ -48,9 +55,11 @@ def evaluate_task(task: Task, detectors: Sequence[str] = tuple(DETECTORS), seed:
     fit_x, cal_x = task.trusted[perm[:n_fit]], task.trusted[perm[n_fit:]]
 
     def feature_sets(x):
-        sets = {"raw input": {"input": _rows(x)}}
-        sets["activations"] = activation_features(task.model, task.sites, x)
-        sets["attributions"] = attribution_features(task.model, task.sites, x)
+        raw = task.raw_features(x) if task.raw_features is not None else _rows(x)
+        sets = {"raw input": {"input": raw}}
+        sets["activations"] = activation_features(task.model, task.sites, x, task.position)
+        if task.attributions:
+            sets["attributions"] = attribution_features(task.model, task.sites, x)
         return sets
 
     fit_f, cal_f, test_f = feature_sets(fit_x), feature_sets(cal_x), feature_sets(task.test)
@@ -77,7 +86,7 @@ def evaluate_task(task: Task, detectors: Sequence[str] = tuple(DETECTORS), seed:
     return {"rows": rows, "scores": scores, "labels": task.test_anomalous, "info": task.info}
 
 
-def best(rows: list[dict], features: str) -> dict:
-    """The row with the highest AUROC among one kind of features."""
+def best(rows: list[dict], features: str) -> dict | None:
+    """The row with the highest AUROC among one kind of features (None if the task has none)."""
     candidates = [r for r in rows if r["features"] == features]
-    return max(candidates, key=lambda r: r["auroc"])
+    return max(candidates, key=lambda r: r["auroc"]) if candidates else None

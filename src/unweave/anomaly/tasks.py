@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import gzip
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +35,9 @@ class Task:
     test: torch.Tensor
     test_anomalous: np.ndarray  # 1 where the test input is anomalous
     info: dict = field(default_factory=dict)
+    position: int | str | None = None  # sequence models: one position's activations, or "mean" over positions
+    raw_features: Callable[[torch.Tensor], np.ndarray] | None = None  # default: the flattened input
+    attributions: bool = True  # needs a model whose output is class logits
 
     def __post_init__(self):
         n_anom = int(self.test_anomalous.sum())
@@ -179,3 +183,29 @@ def planted_rule_task(d: int = 20, n_train: int = 40_000, seed: int = 0) -> Task
     return Task("planted-rule", model, ["act1", "act2"], trusted, torch.cat([normal, anomalous]),
                 np.r_[np.zeros(len(normal)), np.ones(len(anomalous))],
                 {"accuracy_normal": acc_normal, "accuracy_rule": acc_rule, "rule_rate": 1 / 16})
+
+
+def _bag_of_tokens(tokens: torch.Tensor, buckets: int = 256) -> np.ndarray:
+    """Raw-input features of token sequences: normalised counts of token ids hashed into buckets."""
+    counts = torch.zeros(len(tokens), buckets)
+    counts.scatter_add_(1, tokens % buckets, torch.ones_like(tokens, dtype=torch.float32))
+    return (counts / tokens.shape[1]).double().numpy()
+
+
+def copying_task(n: int = 300, ctx_len: int = 64, site: str = "model.layers.15", seed: int = 0) -> Task:
+    """SmolLM2-135M on Shakespeare: anomalous windows repeat their first half (the model
+    copies by induction), normal windows are plain text. Activations are averaged over the
+    window (the last token alone separates nothing: AUROC ~0.5); the raw baseline is the
+    window's bag of tokens, which sees the repeated tokens too."""
+    from unweave.hf import load_model, load_text
+
+    model, tokenizer = load_model("smollm2-135m")
+    rows = load_text("shakespeare", tokenizer, ctx_len, max_tokens=ctx_len * (3 * n + 50))
+    perm = torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed))
+    trusted, normal, source = rows[perm[:n]], rows[perm[n:2 * n]], rows[perm[2 * n:3 * n]]
+    half = ctx_len // 2
+    copied = torch.cat([source[:, :half], source[:, :half]], dim=1)
+    test = torch.cat([normal[: n // 2], copied[n // 2:]])
+    labels = np.r_[np.zeros(n // 2), np.ones(n - n // 2)]
+    return Task("copying-smollm2", model, [site], trusted, test, labels, {"ctx_len": ctx_len, "site": site},
+                position="mean", raw_features=_bag_of_tokens, attributions=False)
