@@ -43,7 +43,7 @@ def trajectory(points: list[tuple[int, LLCResult]], history: list[dict] | None =
         for split in ("train", "test"):
             fig.add_scatter(x=[h["step"] for h in history], y=[max(h[f"{split}_loss"], 1e-12) for h in history],
                             name=f"{split} loss", line={"dash": "dot"}, secondary_y=True)
-        fig.update_yaxes(type="log", title_text="loss", secondary_y=True)
+        fig.update_yaxes(type="log", exponentformat="power", title_text="loss", secondary_y=True)
     fig.update_yaxes(title_text="local learning coefficient", secondary_y=False)
     fig.update_layout(title="LLC over training, beside train/test loss", xaxis_title="step", height=420)
     return fig
