@@ -206,7 +206,7 @@ def run_chains(model: torch.nn.Module, loss_fn: LossFn, loader: Iterable, names:
 
     total = cfg.burn_in + cfg.draws
     losses = torch.empty(C, cfg.draws, dtype=torch.float64)
-    log_acc_sum, n_acc = torch.zeros(C, dtype=torch.float64), 0
+    acc_sum, n_acc = torch.zeros(C, dtype=torch.float64), 0
     prev = None  # (w, log target, drift, G) of the last step, for the MALA acceptance
     for step in range(total):
         stacked = [next(b) for b in batches]
@@ -234,7 +234,7 @@ def run_chains(model: torch.nn.Module, loss_fn: LossFn, loader: Iterable, names:
             fwd = sum(_sq(w[n] - pw[n] - cfg.epsilon / 2 * _mul(pG[n], pd[n]), pG[n]) for n in names)
             bwd = sum(_sq(pw[n] - w[n] - cfg.epsilon / 2 * _mul(pG[n], here_drift[n]), pG[n]) for n in names)
             log_alpha = here_target - pt + (fwd - bwd) / (2 * cfg.epsilon)
-            log_acc_sum += log_alpha.clamp(max=0).exp()
+            acc_sum += log_alpha.clamp(max=0).exp()
             n_acc += 1
         prev = ({n: t.clone() for n, t in w.items()}, here_target, here_drift, G)
         for n in names:
@@ -243,7 +243,7 @@ def run_chains(model: torch.nn.Module, loss_fn: LossFn, loader: Iterable, names:
             w[n] = w[n] + step_ + noise
         if on_step is not None:
             on_step()
-    acceptance = log_acc_sum / max(n_acc, 1)
+    acceptance = acc_sum / max(n_acc, 1)
     return Trace(losses, acceptance, vectorized)
 
 
