@@ -1,0 +1,108 @@
+"""Sparse autoencoders: ReLU with a decoder-norm-weighted L1 penalty, and TopK.
+
+Conventions the field has learned matter: decoder rows (one per latent) kept at unit norm,
+encoder initialised as the decoder's transpose, decoder bias initialised at the data mean.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+ARCHITECTURES = ("relu", "topk")
+
+
+@dataclass(frozen=True)
+class SAEConfig:
+    d_in: int
+    n_latents: int
+    architecture: str = "topk"
+    k: int = 32  # topk: latents kept per example
+    l1: float = 1e-3  # relu: weight of the decoder-norm-weighted L1 penalty
+
+    def __post_init__(self):
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(f"SAEConfig.architecture must be one of {ARCHITECTURES}, got {self.architecture!r}")
+        if self.d_in < 1 or self.n_latents < 1:
+            raise ValueError(f"SAEConfig.d_in and n_latents must be positive, got {self.d_in}, {self.n_latents}")
+        if self.architecture == "topk" and not 1 <= self.k <= self.n_latents:
+            raise ValueError(f"SAEConfig.k must be between 1 and n_latents={self.n_latents}, got {self.k}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class SAE(nn.Module):
+    def __init__(self, cfg: SAEConfig, seed: int = 0):
+        super().__init__()
+        self.cfg = cfg
+        gen = torch.Generator().manual_seed(seed)
+        w_dec = torch.randn(cfg.n_latents, cfg.d_in, generator=gen)
+        w_dec /= w_dec.norm(dim=1, keepdim=True)
+        self.W_dec = nn.Parameter(w_dec)
+        self.W_enc = nn.Parameter(w_dec.T.clone())
+        self.b_enc = nn.Parameter(torch.zeros(cfg.n_latents))
+        self.b_dec = nn.Parameter(torch.zeros(cfg.d_in))
+
+    def _check(self, x: torch.Tensor) -> None:
+        if x.dim() != 2 or x.shape[1] != self.cfg.d_in:
+            raise ValueError(f"activations must have shape (n, {self.cfg.d_in}), got {tuple(x.shape)}")
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        self._check(x)
+        pre = (x - self.b_dec) @ self.W_enc + self.b_enc
+        if self.cfg.architecture == "relu":
+            return torch.relu(pre)
+        top = pre.topk(self.cfg.k, dim=1)
+        return torch.zeros_like(pre).scatter(1, top.indices, torch.relu(top.values))
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return latents @ self.W_dec + self.b_dec
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        latents = self.encode(x)
+        return self.decode(latents), latents
+
+    def loss(self, x: torch.Tensor) -> torch.Tensor:
+        recon, latents = self(x)
+        loss = (x - recon).pow(2).sum(1).mean()
+        if self.cfg.architecture == "relu":
+            loss = loss + self.cfg.l1 * (latents * self.W_dec.norm(dim=1)).sum(1).mean()
+        return loss
+
+    @torch.no_grad()
+    def init_decoder_bias(self, x: torch.Tensor) -> None:
+        self.b_dec.copy_(x.mean(0))
+
+    @torch.no_grad()
+    def normalise_decoder(self) -> None:
+        self.W_dec /= self.W_dec.norm(dim=1, keepdim=True).clamp(min=1e-12)
+
+    @torch.no_grad()
+    def remove_parallel_gradient(self) -> None:
+        """Drop the part of each decoder row's gradient along the row: it would only change its norm."""
+        if self.W_dec.grad is not None:
+            along = (self.W_dec.grad * self.W_dec).sum(1, keepdim=True)
+            self.W_dec.grad -= along * self.W_dec
+
+
+def train_sae(sae: SAE, batches, steps: int, lr: float = 1e-3, warmup: int = 100) -> list[float]:
+    """Adam with linear warm-up; unit-norm decoder rows kept throughout. Returns the losses."""
+    opt = torch.optim.Adam(sae.parameters(), lr=lr)
+    losses = []
+    for step in range(steps):
+        x = next(batches)
+        if step == 0:
+            sae.init_decoder_bias(x)
+        for group in opt.param_groups:
+            group["lr"] = lr * min(1.0, (step + 1) / warmup)
+        loss = sae.loss(x)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        sae.remove_parallel_gradient()
+        opt.step()
+        sae.normalise_decoder()
+        losses.append(loss.item())
+    return losses

@@ -1,0 +1,58 @@
+import numpy as np
+import pytest
+import torch
+
+from unweave.dictionaries import SAE, SAEConfig, train_sae
+from unweave.dictionaries import metrics
+from unweave.sites import capture
+from unweave.zoo.superposition import mean_max_cosine, sample_features, train_toy
+
+
+def test_fvu_uses_variance_about_the_mean():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(500, 8, generator=gen) + 5.0  # far from centred
+    recon = x + 0.3 * torch.randn(500, 8, generator=gen)
+    xn, rn = x.double().numpy(), recon.double().numpy()
+    expected = ((xn - rn) ** 2).sum() / ((xn - xn.mean(0)) ** 2).sum()
+    assert metrics.fvu(x, recon) == pytest.approx(expected, rel=1e-12)
+    assert metrics.fvu(x, x.mean(0).expand_as(x)) == pytest.approx(1.0)  # predicting the mean explains nothing
+    assert metrics.mse(x, recon) == pytest.approx(((xn - rn) ** 2).mean(), rel=1e-12)
+
+
+def test_sparsity_metrics():
+    z = torch.tensor([[0.0, 1.0, 0.0, 2.0], [0.0, 0.5, 0.0, 0.0], [0.0, 3.0, 0.0, 1.0]])
+    assert metrics.l0(z) == pytest.approx(5 / 3)
+    np.testing.assert_allclose(metrics.firing_density(z).numpy(), [0, 1, 0, 2 / 3])
+    assert metrics.dead_fraction(z) == 0.5
+    assert metrics.dense_fraction(z, threshold=0.9) == 0.25
+
+
+def test_sae_conventions_and_errors():
+    sae = SAE(SAEConfig(d_in=6, n_latents=12, k=3))
+    torch.testing.assert_close(sae.W_enc, sae.W_dec.T)
+    torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(12))
+    _, z = sae(torch.randn(4, 6))
+    assert ((z != 0).sum(1) <= 3).all()
+    with pytest.raises(ValueError, match=r"shape \(n, 6\), got \(4, 5\)"):
+        sae(torch.randn(4, 5))
+    with pytest.raises(ValueError, match="architecture"):
+        SAEConfig(d_in=6, n_latents=12, architecture="gated")
+
+
+def test_topk_sae_recovers_superposed_features():
+    """Elhage et al.'s 5-2 toy model: a TopK dictionary on the hidden activations finds the
+    five true feature directions (mean max cosine >= 0.99)."""
+    model = train_toy(5, 2, p_active=0.05, steps=2000)
+    gen = torch.Generator().manual_seed(5)
+
+    def batches():
+        while True:
+            x = sample_features(2048, 5, 0.05, gen)
+            yield capture(model, "hidden", x[(x != 0).any(1)])["hidden"]
+
+    sae = SAE(SAEConfig(d_in=2, n_latents=5, architecture="topk", k=1))
+    train_sae(sae, batches(), steps=1500, lr=3e-3)
+    torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(5))
+    assert mean_max_cosine(model.W.detach().T, sae.W_dec.detach()) >= 0.99
+    h = next(batches())
+    assert metrics.fvu(h, sae(h)[0]) < 0.1
