@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from unweave.dictionaries import SAE, SAEConfig, train_sae
+from unweave.dictionaries import SAE, SAEConfig, train_many, train_sae
 from unweave.dictionaries import metrics
 from unweave.sites import capture
 from unweave.zoo.superposition import mean_max_cosine, sample_features, train_toy
@@ -56,3 +56,46 @@ def test_topk_sae_recovers_superposed_features():
     assert mean_max_cosine(model.W.detach().T, sae.W_dec.detach()) >= 0.99
     h = next(batches())
     assert metrics.fvu(h, sae(h)[0]) < 0.1
+
+
+def test_saelens_layout_round_trip_and_foreign_file(tmp_path):
+    import json
+    from safetensors.torch import save_file
+    from unweave.dictionaries import io
+    sae = SAE(SAEConfig(d_in=6, n_latents=12, k=3), seed=1)
+    folder = io.save(sae, tmp_path / "ours", metadata={"hook_name": "blocks.0.hook_resid_post"})
+    assert json.loads((folder / "cfg.json").read_text())["d_sae"] == 12
+    back = io.load(folder)
+    x = torch.randn(5, 6)
+    torch.testing.assert_close(back(x)[0], sae(x)[0])
+    # a file written per the layout by someone else: a 'standard' (ReLU) SAE
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "cfg.json").write_text(json.dumps({"architecture": "standard", "d_in": 4, "d_sae": 8,
+                                                  "apply_b_dec_to_input": True, "normalize_activations": "none"}))
+    w = {"W_enc": torch.randn(4, 8), "W_dec": torch.randn(8, 4), "b_enc": torch.randn(8), "b_dec": torch.randn(4)}
+    save_file(w, str(foreign / "sae_weights.safetensors"))
+    loaded = io.load(foreign)
+    x = torch.randn(3, 4)
+    expected = torch.relu((x - w["b_dec"]) @ w["W_enc"] + w["b_enc"]) @ w["W_dec"] + w["b_dec"]
+    torch.testing.assert_close(loaded(x)[0], expected)
+    (foreign / "cfg.json").write_text(json.dumps({"architecture": "gated", "d_in": 4, "d_sae": 8}))
+    with pytest.raises(ValueError, match="cannot be loaded yet"):
+        io.load(foreign)
+
+
+def test_a_sweep_trains_from_one_stream_read_once():
+    reads = []
+
+    def stream():
+        gen = torch.Generator().manual_seed(0)
+        while True:
+            reads.append(1)
+            yield torch.randn(64, 6, generator=gen)
+
+    saes = [SAE(SAEConfig(d_in=6, n_latents=24, k=k)) for k in (1, 2, 4)]
+    losses = train_many(saes, stream(), steps=50, lr=3e-3, warmup=5)
+    assert len(reads) == 50 and [len(l) for l in losses] == [50, 50, 50]
+    assert losses[2][-1] < losses[0][-1]  # more latents per example reconstruct better
+    with pytest.raises(ValueError, match="share d_in"):
+        train_many([SAE(SAEConfig(d_in=6, n_latents=8, k=1)), SAE(SAEConfig(d_in=5, n_latents=8, k=1))], stream(), 1)

@@ -50,7 +50,7 @@ def test_batches_hold_only_a_few_shards(model, tokens, tmp_path, monkeypatch):
     store = write(model, tokens, tmp_path)
     loads = []
     original = store.load_shard
-    monkeypatch.setattr(store, "load_shard", lambda i, k: loads.append(i) or original(i, k))
+    monkeypatch.setattr(store, "load_shard", lambda i, k, *a: loads.append(i) or original(i, k, *a))
     it = store.batches(SITES[0], batch_size=16, shards_in_memory=2)
     next(it)
     assert len(loads) == 2  # lazily: the first batch needs only the first group of shards
@@ -103,3 +103,17 @@ def test_bad_inputs(model, tokens, tmp_path):
     store = ActivationStore(tmp_path / "a")
     with pytest.raises(StoreError, match="it holds blocks.0.hook_resid_post"):
         store.width("blocks.9")
+
+
+def test_non_finite_activations_name_shard_and_row(model, tokens, tmp_path):
+    from unweave.artifacts import read_tensors, sha256, write_json, write_tensors
+    store = write(model, tokens, tmp_path)
+    shard = store.shards[1].path
+    tensors = read_tensors(shard)
+    tensors[SITES[0]][7, 3] = float("nan")
+    write_tensors(shard, tensors)
+    manifest = store.manifest
+    manifest["shards"][1]["sha256"] = sha256(shard)  # a consistent file whose contents are bad
+    write_json(tmp_path / "manifest.json", manifest)
+    with pytest.raises(StoreError, match=f"{shard.name} holds NaN or inf at site '{SITES[0]}', row 7"):
+        list(ActivationStore(tmp_path).batches(SITES[0], 32, shuffle=False, check_finite=True))

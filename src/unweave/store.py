@@ -171,15 +171,23 @@ class ActivationStore:
                              "to rewrite it")
         self._verified.add(shard.path)
 
-    def load_shard(self, index: int, key: str) -> torch.Tensor:
-        """One tensor (a site's activations, or 'tokens') of one shard, checksum verified."""
+    def load_shard(self, index: int, key: str, check_finite: bool = False) -> torch.Tensor:
+        """One tensor (a site's activations, or 'tokens') of one shard, checksum verified.
+
+        With `check_finite`, NaN or inf is an error naming the shard file and the first bad row."""
         shard = self.shards[index]
         self.verify(shard)
         with safe_open(str(shard.path), framework="pt") as f:
-            return f.get_tensor(key if key == "tokens" else self._check_site(key))
+            tensor = f.get_tensor(key if key == "tokens" else self._check_site(key))
+        if check_finite and not torch.isfinite(tensor).all():
+            row = int((~torch.isfinite(tensor)).reshape(len(tensor), -1).any(1).nonzero()[0])
+            raise StoreError(f"shard {shard.path} holds NaN or inf at site {key!r}, row {row} (token {row} of "
+                             "the shard): the model produced non-finite activations; check its dtype and inputs")
+        return tensor
 
     def batches(self, site: str, batch_size: int, shuffle: bool = True, seed: int = 0,
-                shards_in_memory: int = 2, drop_last: bool = False) -> Iterator[torch.Tensor]:
+                shards_in_memory: int = 2, drop_last: bool = False,
+                check_finite: bool = False) -> Iterator[torch.Tensor]:
         """(batch_size, width) batches over one pass of the store.
 
         With `shuffle`, shards are visited in random order and rows are shuffled within
@@ -194,7 +202,7 @@ class ActivationStore:
         order = list(order)
         carry = None
         for g in range(0, len(order), shards_in_memory):
-            group = [self.load_shard(i, site) for i in order[g:g + shards_in_memory]]
+            group = [self.load_shard(i, site, check_finite) for i in order[g:g + shards_in_memory]]
             rows = torch.cat(([carry] if carry is not None else []) + group)
             if shuffle:
                 rows = rows[torch.randperm(len(rows), generator=gen)]

@@ -90,19 +90,38 @@ class SAE(nn.Module):
 
 def train_sae(sae: SAE, batches, steps: int, lr: float = 1e-3, warmup: int = 100) -> list[float]:
     """Adam with linear warm-up; unit-norm decoder rows kept throughout. Returns the losses."""
-    opt = torch.optim.Adam(sae.parameters(), lr=lr)
-    losses = []
+    return train_many([sae], batches, steps, lr, warmup)[0]
+
+
+def train_many(saes: list[SAE], batches, steps: int, lr: float = 1e-3, warmup: int = 100) -> list[list[float]]:
+    """Train several dictionaries (a sweep of k or widths) on one stream: each batch is read once
+    and fed to all of them."""
+    widths = {s.cfg.d_in for s in saes}
+    if len(widths) != 1:
+        raise ValueError(f"dictionaries trained on one stream must share d_in; got {sorted(widths)}")
+    trainers = [_Trainer(s, lr, warmup) for s in saes]
+    stream = iter(batches)
     for step in range(steps):
-        x = next(batches)
+        x = next(stream)
+        for t in trainers:
+            t.step(x, step)
+    return [t.losses for t in trainers]
+
+
+class _Trainer:
+    def __init__(self, sae: SAE, lr: float, warmup: int):
+        self.sae, self.lr, self.warmup, self.losses = sae, lr, warmup, []
+        self.opt = torch.optim.Adam(sae.parameters(), lr=lr)
+
+    def step(self, x: torch.Tensor, step: int) -> None:
         if step == 0:
-            sae.init_decoder_bias(x)
-        for group in opt.param_groups:
-            group["lr"] = lr * min(1.0, (step + 1) / warmup)
-        loss = sae.loss(x)
-        opt.zero_grad(set_to_none=True)
+            self.sae.init_decoder_bias(x)
+        for group in self.opt.param_groups:
+            group["lr"] = self.lr * min(1.0, (step + 1) / self.warmup)
+        loss = self.sae.loss(x)
+        self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        sae.remove_parallel_gradient()
-        opt.step()
-        sae.normalise_decoder()
-        losses.append(loss.item())
-    return losses
+        self.sae.remove_parallel_gradient()
+        self.opt.step()
+        self.sae.normalise_decoder()
+        self.losses.append(loss.item())
