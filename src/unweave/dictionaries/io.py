@@ -11,8 +11,9 @@ from unweave.artifacts import read_tensors, write_tensors
 from unweave.dictionaries.sae import SAE, SAEConfig
 
 CFG, WEIGHTS = "cfg.json", "sae_weights.safetensors"
-TO_SAELENS = {"relu": "standard", "topk": "topk"}
-FROM_SAELENS = {v: k for k, v in TO_SAELENS.items()}
+# BatchTopK is a JumpReLU at inference (one threshold for every latent), and is saved as one
+TO_SAELENS = {"relu": "standard", "topk": "topk", "jumprelu": "jumprelu", "batchtopk": "jumprelu"}
+FROM_SAELENS = {"standard": "relu", "topk": "topk", "jumprelu": "jumprelu"}
 
 
 def save(sae: SAE, folder: Path, metadata: dict | None = None) -> Path:
@@ -21,12 +22,17 @@ def save(sae: SAE, folder: Path, metadata: dict | None = None) -> Path:
     cfg = {"architecture": TO_SAELENS[sae.cfg.architecture], "d_in": sae.cfg.d_in, "d_sae": sae.cfg.n_latents,
            "dtype": "float32", "device": "cpu", "apply_b_dec_to_input": True, "normalize_activations": "none",
            "metadata": metadata or {}}
+    tensors = {k: v for k, v in sae.state_dict().items() if k not in ("log_threshold", "threshold")}
     if sae.cfg.architecture == "topk":
         cfg["k"] = sae.cfg.k
+    elif sae.cfg.architecture == "batchtopk":
+        tensors["threshold"] = sae.threshold.expand(sae.cfg.n_latents).clone()
+    elif sae.cfg.architecture == "jumprelu":
+        tensors["threshold"] = sae.log_threshold.detach().exp()
     else:
         cfg["l1_coefficient"] = sae.cfg.l1
     (folder / CFG).write_text(json.dumps(cfg, indent=2))
-    write_tensors(folder / WEIGHTS, {k: v for k, v in sae.state_dict().items()})
+    write_tensors(folder / WEIGHTS, tensors)
     return folder
 
 
@@ -44,6 +50,10 @@ def load(folder: Path) -> SAE:
     sae = SAE(SAEConfig(d_in=cfg["d_in"], n_latents=cfg["d_sae"], architecture=FROM_SAELENS[arch],
                         k=cfg.get("k", 1), l1=cfg.get("l1_coefficient", 0.0)))
     weights = read_tensors(folder / WEIGHTS)
+    if arch == "jumprelu":  # SAELens stores the threshold itself
+        if "threshold" not in weights:
+            raise ValueError(f"{folder / WEIGHTS}: a jumprelu dictionary needs a 'threshold' tensor")
+        weights["log_threshold"] = weights.pop("threshold").clamp(min=1e-12).log()
     expected = {k: tuple(v.shape) for k, v in sae.state_dict().items()}
     got = {k: tuple(v.shape) for k, v in weights.items() if k in expected}
     if got != expected:

@@ -1,4 +1,7 @@
-"""Sparse autoencoders: ReLU with a decoder-norm-weighted L1 penalty, and TopK.
+"""Sparse autoencoders: ReLU with a decoder-norm-weighted L1 penalty, TopK, BatchTopK (the k
+largest pre-activations per example on average, chosen across the batch; exported with a
+threshold so inference is a JumpReLU), and JumpReLU (a learned threshold per latent, trained
+through a straight-through estimator of the L0 penalty, Rajamanoharan et al. 2024).
 
 Conventions the field has learned matter: decoder rows (one per latent) kept at unit norm,
 encoder initialised as the decoder's transpose, decoder bias initialised at the data mean.
@@ -11,7 +14,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-ARCHITECTURES = ("relu", "topk")
+ARCHITECTURES = ("relu", "topk", "batchtopk", "jumprelu")
 
 
 @dataclass(frozen=True)
@@ -19,15 +22,16 @@ class SAEConfig:
     d_in: int
     n_latents: int
     architecture: str = "topk"
-    k: int = 32  # topk: latents kept per example
-    l1: float = 1e-3  # relu: weight of the decoder-norm-weighted L1 penalty
+    k: int = 32  # topk, batchtopk: latents kept per example (on average over the batch for batchtopk)
+    l1: float = 1e-3  # relu: weight of the decoder-norm-weighted L1 penalty; jumprelu: of the L0 penalty
+    bandwidth: float = 1e-3  # jumprelu: width of the straight-through window around the threshold
 
     def __post_init__(self):
         if self.architecture not in ARCHITECTURES:
             raise ValueError(f"SAEConfig.architecture must be one of {ARCHITECTURES}, got {self.architecture!r}")
         if self.d_in < 1 or self.n_latents < 1:
             raise ValueError(f"SAEConfig.d_in and n_latents must be positive, got {self.d_in}, {self.n_latents}")
-        if self.architecture == "topk" and not 1 <= self.k <= self.n_latents:
+        if self.architecture in ("topk", "batchtopk") and not 1 <= self.k <= self.n_latents:
             raise ValueError(f"SAEConfig.k must be between 1 and n_latents={self.n_latents}, got {self.k}")
 
     def to_dict(self) -> dict:
@@ -45,6 +49,10 @@ class SAE(nn.Module):
         self.W_enc = nn.Parameter(w_dec.T.clone())
         self.b_enc = nn.Parameter(torch.zeros(cfg.n_latents))
         self.b_dec = nn.Parameter(torch.zeros(cfg.d_in))
+        if cfg.architecture == "jumprelu":
+            self.log_threshold = nn.Parameter(torch.full((cfg.n_latents,), -3.0))
+        if cfg.architecture == "batchtopk":  # running mean of the smallest kept activation, used at inference
+            self.register_buffer("threshold", torch.zeros(()))
 
     def _check(self, x: torch.Tensor) -> None:
         if x.dim() != 2 or x.shape[1] != self.cfg.d_in:
@@ -53,8 +61,22 @@ class SAE(nn.Module):
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         self._check(x)
         pre = (x - self.b_dec) @ self.W_enc + self.b_enc
-        if self.cfg.architecture == "relu":
+        arch = self.cfg.architecture
+        if arch == "relu":
             return torch.relu(pre)
+        if arch == "jumprelu":
+            return pre * _Step.apply(pre, self.log_threshold.exp(), self.cfg.bandwidth)
+        if arch == "batchtopk" and not self.training:
+            return pre * (pre > self.threshold)
+        if arch == "batchtopk":
+            flat = torch.relu(pre).flatten()
+            top = flat.topk(min(self.cfg.k * len(pre), flat.numel()))
+            kept = torch.zeros_like(flat).scatter(0, top.indices, top.values).view_as(pre)
+            positive = top.values[top.values > 0]
+            if len(positive):
+                with torch.no_grad():
+                    self.threshold.mul_(0.99).add_(0.01 * positive.min())
+            return kept
         top = pre.topk(self.cfg.k, dim=1)
         return torch.zeros_like(pre).scatter(1, top.indices, torch.relu(top.values))
 
@@ -70,6 +92,9 @@ class SAE(nn.Module):
         loss = (x - recon).pow(2).sum(1).mean()
         if self.cfg.architecture == "relu":
             loss = loss + self.cfg.l1 * (latents * self.W_dec.norm(dim=1)).sum(1).mean()
+        if self.cfg.architecture == "jumprelu":
+            pre = (x - self.b_dec) @ self.W_enc + self.b_enc
+            loss = loss + self.cfg.l1 * _Step.apply(pre, self.log_threshold.exp(), self.cfg.bandwidth).sum(1).mean()
         return loss
 
     @torch.no_grad()
@@ -86,6 +111,23 @@ class SAE(nn.Module):
         if self.W_dec.grad is not None:
             along = (self.W_dec.grad * self.W_dec).sum(1, keepdim=True)
             self.W_dec.grad -= along * self.W_dec
+
+
+class _Step(torch.autograd.Function):
+    """Heaviside step H(pre - threshold): gradient zero for pre, and for the threshold the
+    straight-through estimate -1/bandwidth inside a window of that width around it."""
+
+    @staticmethod
+    def forward(ctx, pre, threshold, bandwidth):
+        ctx.save_for_backward(pre, threshold)
+        ctx.bandwidth = bandwidth
+        return (pre > threshold).to(pre.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        pre, threshold = ctx.saved_tensors
+        window = ((pre - threshold).abs() < ctx.bandwidth / 2).to(pre.dtype)
+        return None, (-grad * window / ctx.bandwidth).sum(0), None
 
 
 def train_sae(sae: SAE, batches, steps: int, lr: float = 1e-3, warmup: int = 100) -> list[float]:
