@@ -11,11 +11,12 @@ from unweave.store import ActivationStore
 runner = CliRunner()
 
 
-@pytest.mark.parametrize("command", [[], ["demo"], ["train"], ["train", "modadd"], ["cache"], ["llc"], ["detect"]])
+@pytest.mark.parametrize("command", [[], ["demo"], ["train"], ["train", "modadd"], ["cache"], ["llc"], ["detect"],
+                                     ["sae"], ["sae", "train"], ["sae", "eval"]])
 def test_every_command_explains_itself(command):
     result = runner.invoke(app, [*command, "--help"])
     assert result.exit_code == 0
-    if command and command != ["train"]:
+    if command and command not in (["train"], ["sae"]):
         assert re.search(r"Examples?: unweave", result.output)
 
 
@@ -82,3 +83,23 @@ def test_detect_writes_report_and_table(tmp_path):
     assert "Summary: best detector" in (tmp_path / "detect.html").read_text()
     result = runner.invoke(app, ["detect", "--task", "backdoor-cifar-corner", "--out", str(tmp_path)])
     assert result.exit_code != 0 and "unknown" in str(result.exception)
+
+
+def test_sae_train_and_eval_from_a_store(tiny_llama_dir, tmp_path):
+    store = tmp_path / "store"
+    result = runner.invoke(app, ["cache", "--model", str(tiny_llama_dir), "--site", "model.layers.0",
+                                 "--out", str(store), "--tokens", "4096", "--ctx-len", "32", "--shard-tokens", "1024"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["sae", "train", "--store", str(store), "--site", "model.layers.0", "--k", "2",
+                                 "--k", "4", "--width", "64", "--batch-size", "256", "--tokens", "2048",
+                                 "--out", str(tmp_path / "sae")])
+    assert result.exit_code == 0, result.output
+    folders = sorted((tmp_path / "sae").iterdir())
+    assert [f.name for f in folders] == ["topk-k2-w64", "topk-k4-w64"]
+    result = runner.invoke(app, ["sae", "eval", *map(str, folders), "--out", str(tmp_path / "eval")])
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "eval" / "sae_eval.json").read_text())
+    assert record["topk-k2-w64"]["l0"] <= 2 and record["topk-k4-w64"]["fvu"] < record["topk-k2-w64"]["fvu"]
+    assert 0 <= record["topk-k4-w64"]["dead_fraction"] <= 1 and "ce_loss_recovered" in record["topk-k4-w64"]
+    result = runner.invoke(app, ["sae", "train", "--store", str(tmp_path / "nothing"), "--site", "x"])
+    assert result.exit_code != 0 and "not an activation store" in str(result.exception)

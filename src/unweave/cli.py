@@ -126,6 +126,46 @@ def detect(task: list[str] = typer.Option(["planted-rule"], help="Task (repeat f
     console.print(f"[bold green]report[/] {result.report}\n[bold green]results[/] {result.results}")
 
 
+sae_app = typer.Typer(help="Sparse dictionaries on stored activations.", no_args_is_help=True)
+app.add_typer(sae_app, name="sae")
+
+
+@sae_app.command("train", epilog="Example: unweave sae train --store runs/cache-l15 --site model.layers.15 "
+                                 "--k 16 --k 32 --width 4608 --out runs/sae")
+def sae_train(store: Path = typer.Option(..., help="Activation store (from `unweave cache`)."),
+              site: str = typer.Option(..., help="Site in the store."),
+              out: Path = typer.Option(Path("runs/sae"), help="One SAELens-layout folder per dictionary goes here."),
+              architecture: str = typer.Option("topk", help="relu, topk, batchtopk or jumprelu."),
+              k: list[int] = typer.Option([32], help="Latents per example (repeat for a sweep)."),
+              width: list[int] = typer.Option(None, help="Number of latents (repeat for a sweep; default 8 x d)."),
+              tokens: int = typer.Option(None, help="Training tokens (default: one pass over the store)."),
+              batch_size: int = typer.Option(4096, help="Activations per step."),
+              lr: float = typer.Option(1e-3, help="Adam learning rate (with warm-up)."),
+              l1: float = typer.Option(1e-3, help="Sparsity penalty for relu and jumprelu.")) -> None:
+    """Train dictionaries (a sweep of k and widths in one pass) on stored activations."""
+    from unweave.dictionaries import SAEConfig
+    from unweave.dictionaries.run import train_from_store
+    from unweave.store import ActivationStore
+
+    d = ActivationStore(store).width(site)
+    base = SAEConfig(d_in=d, n_latents=(width or [8 * d])[0], architecture=architecture, k=k[0], l1=l1)
+    with progress.enabled():
+        folders = train_from_store(store, site, base, out, ks=k, widths=width, tokens=tokens,
+                                   batch_size=batch_size, lr=lr)
+    console.print("\n".join(f"[bold green]saved[/] {f}" for f in folders))
+
+
+@sae_app.command("eval", epilog="Example: unweave sae eval runs/sae/topk-k32-w4608 --out runs/sae-eval")
+def sae_eval(folders: list[Path] = typer.Argument(..., help="Dictionary folders (cfg.json + sae_weights.safetensors)."),
+             out: Path = typer.Option(Path("runs/sae-eval"), help="Where sae_eval.json and sae_eval.html go.")) -> None:
+    """FVU, L0, dead/dense latents, density histogram, spliced KL and CE loss recovered, top snippets."""
+    from unweave.dictionaries.run import eval_report
+
+    with progress.enabled():
+        path = eval_report(folders, out)
+    console.print(f"[bold green]report[/] {path}")
+
+
 def main() -> None:
     """Entry point: user errors (bad names, values, missing packages) print one line, not a traceback."""
     from unweave.hf import MissingPackageError

@@ -60,3 +60,8 @@ def load(folder: Path) -> SAE:
         raise ValueError(f"{folder / WEIGHTS}: tensors {got} do not match the config's {expected}")
     sae.load_state_dict({k: weights[k] for k in expected})
     return sae
+
+
+def metadata(folder: Path) -> dict:
+    """The metadata saved with a dictionary (model name, site, store, training tokens)."""
+    return json.loads((Path(folder) / CFG).read_text()).get("metadata", {})
