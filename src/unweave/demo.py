@@ -88,7 +88,8 @@ def run_demo(out_dir: Path = Path("runs/demo"), cfg: ModAddConfig | None = None)
     cfg = cfg or ModAddConfig()
     out_dir = Path(out_dir)
     run = train(cfg, out_dir / "modadd")
-    analysis = fourier.analyse(run.load(), make_data(cfg), cfg.p)
+    final = run.load()
+    analysis = fourier.analyse(final, make_data(cfg), cfg.p)
     measures = progress_measures(run, analysis.key_freqs)
     history = run.history
     saved = run.checkpoints()
@@ -114,7 +115,7 @@ def run_demo(out_dir: Path = Path("runs/demo"), cfg: ModAddConfig | None = None)
     report.section("Learning coefficient through training").text(
         f"Local learning coefficient by SGLD at {len(llc_points)} checkpoints ({DEMO_SGLD.chains} chains x "
         f"{DEMO_SGLD.draws} draws, epsilon {DEMO_SGLD.epsilon:g}, n*beta {DEMO_SGLD.nbeta:g}, batch 256), "
-        f"an effective parameter count beside the {sum(p.numel() for p in run.load().parameters())} raw ones."
+        f"an effective parameter count beside the {sum(p.numel() for p in final.parameters())} raw ones."
     ).text(f"Sampler warnings: {len(caught)} ({'; '.join(sorted({str(w.message) for w in caught}))})"
            if caught else "Sampler warnings: none."
     ).figure(slt_plots.trajectory(llc_points, history)).table(
