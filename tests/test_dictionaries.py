@@ -146,3 +146,24 @@ def test_jumprelu_threshold_learns_from_the_l0_penalty():
     gen = torch.Generator().manual_seed(0)
     train_sae(sae, iter(lambda: torch.randn(64, 6, generator=gen), None), steps=200, lr=1e-2, warmup=5)
     assert (sae.log_threshold.detach() > start).float().mean() > 0.5  # a strong L0 price raises thresholds
+
+
+def test_auxk_revives_dead_latents():
+    gen = torch.Generator().manual_seed(0)
+    basis = torch.randn(32, 8, generator=gen)
+
+    def stream():
+        g = torch.Generator().manual_seed(1)
+        while True:  # sparse combinations of 32 directions in 8 dimensions
+            codes = (torch.rand(256, 32, generator=g) < 0.1) * torch.rand(256, 32, generator=g)
+            yield codes @ basis
+
+    def trained(aux_coef):
+        sae = SAE(SAEConfig(d_in=8, n_latents=32, k=2, aux_k=8, aux_coef=aux_coef, dead_after=1024), seed=3)
+        with torch.no_grad():
+            sae.W_enc[:, :16] *= 0.01  # half the latents never make the top k: they die
+        train_sae(sae, stream(), steps=300, lr=3e-3, warmup=5)
+        return sae.dead_mask().float().mean().item()
+
+    with_aux, without = trained(1 / 32), trained(0.0)
+    assert without >= 0.4 and with_aux <= without / 2, (with_aux, without)

@@ -25,6 +25,9 @@ class SAEConfig:
     k: int = 32  # topk, batchtopk: latents kept per example (on average over the batch for batchtopk)
     l1: float = 1e-3  # relu: weight of the decoder-norm-weighted L1 penalty; jumprelu: of the L0 penalty
     bandwidth: float = 1e-3  # jumprelu: width of the straight-through window around the threshold
+    aux_k: int = 256  # topk, batchtopk: dead latents asked to explain the residual (AuxK, Gao et al. 2024)
+    aux_coef: float = 1 / 32  # weight of that auxiliary loss; 0 turns it off
+    dead_after: int = 100_000  # training tokens without firing after which a latent counts as dead
 
     def __post_init__(self):
         if self.architecture not in ARCHITECTURES:
@@ -53,6 +56,8 @@ class SAE(nn.Module):
             self.log_threshold = nn.Parameter(torch.full((cfg.n_latents,), -3.0))
         if cfg.architecture == "batchtopk":  # running mean of the smallest kept activation, used at inference
             self.register_buffer("threshold", torch.zeros(()))
+        # training tokens since each latent last fired (dead-latent tracking; not part of the saved weights)
+        self.register_buffer("since_fired", torch.zeros(cfg.n_latents, dtype=torch.long), persistent=False)
 
     def _check(self, x: torch.Tensor) -> None:
         if x.dim() != 2 or x.shape[1] != self.cfg.d_in:
@@ -90,12 +95,32 @@ class SAE(nn.Module):
     def loss(self, x: torch.Tensor) -> torch.Tensor:
         recon, latents = self(x)
         loss = (x - recon).pow(2).sum(1).mean()
+        if self.training:
+            with torch.no_grad():
+                self.since_fired += len(x)
+                self.since_fired[(latents != 0).any(0)] = 0
+        if self.cfg.architecture in ("topk", "batchtopk") and self.training and self.cfg.aux_coef > 0:
+            loss = loss + self.cfg.aux_coef * self._aux_loss(x, recon)
         if self.cfg.architecture == "relu":
             loss = loss + self.cfg.l1 * (latents * self.W_dec.norm(dim=1)).sum(1).mean()
         if self.cfg.architecture == "jumprelu":
             pre = (x - self.b_dec) @ self.W_enc + self.b_enc
             loss = loss + self.cfg.l1 * _Step.apply(pre, self.log_threshold.exp(), self.cfg.bandwidth).sum(1).mean()
         return loss
+
+    def dead_mask(self) -> torch.Tensor:
+        return self.since_fired >= self.cfg.dead_after
+
+    def _aux_loss(self, x: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
+        """AuxK: the top aux_k dead latents reconstruct what the live ones missed, which gives
+        dead latents a gradient towards directions still unexplained."""
+        dead = self.dead_mask()
+        if not dead.any():
+            return x.new_zeros(())
+        pre = torch.relu((x - self.b_dec) @ self.W_enc + self.b_enc).masked_fill(~dead, 0)
+        top = pre.topk(min(self.cfg.aux_k, int(dead.sum())), dim=1)
+        residual_hat = torch.zeros_like(pre).scatter(1, top.indices, top.values) @ self.W_dec
+        return (x - recon.detach() - residual_hat).pow(2).sum(1).mean()
 
     @torch.no_grad()
     def init_decoder_bias(self, x: torch.Tensor) -> None:
