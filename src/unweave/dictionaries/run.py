@@ -60,10 +60,14 @@ def evaluate_on_store(sae: SAE, store: ActivationStore, site: str, max_tokens: i
 
 @torch.no_grad()
 def top_snippets(sae: SAE, store: ActivationStore, site: str, tokenizer, latents: int = 5, width: int = 8) -> list[dict]:
-    """For a few of the most active latents: the text around their strongest activations (first shard)."""
+    """For a few latents of moderate density: the text around their strongest activations (first shard)."""
     acts, tokens = store.load_shard(0, site), store.load_shard(0, "tokens")
     z = sae.encode(acts)
-    chosen = z.count_nonzero(0).argsort(descending=True)[:latents]
+    density = z.count_nonzero(0) / len(z)
+    # dense latents (firing on most tokens) say little: prefer those firing on 0.1%-10% of tokens
+    sparse = ((density > 1e-3) & (density < 0.1)).nonzero().flatten()
+    pool = sparse if len(sparse) else density.nonzero().flatten()
+    chosen = pool[density[pool].argsort(descending=True)][:latents]
     rows = []
     for latent in chosen.tolist():
         best = z[:, latent].topk(3).indices.tolist()
