@@ -93,7 +93,7 @@ def run_demo(out_dir: Path = Path("runs/demo"), cfg: ModAddConfig | None = None)
     measures = progress_measures(run, analysis.key_freqs)
     history = run.history
     saved = run.checkpoints()
-    every = max(1, len(saved) // 8)  # about eight points along training keep the demo quick
+    every = max(1, len(saved) // 8)  # thin long runs to 8-15 points to keep the demo quick (15 here: all)
     with warnings.catch_warnings(record=True) as caught:  # the report shows the sampler's warnings
         warnings.simplefilter("always")
         llc_points = llc_over_checkpoints([(step, run.load(path)) for step, path in saved[every - 1::every]],

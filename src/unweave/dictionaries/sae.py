@@ -63,9 +63,14 @@ class SAE(nn.Module):
         if x.dim() != 2 or x.shape[1] != self.cfg.d_in:
             raise ValueError(f"activations must have shape (n, {self.cfg.d_in}), got {tuple(x.shape)}")
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
+    def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
         self._check(x)
-        pre = (x - self.b_dec) @ self.W_enc + self.b_enc
+        return (x - self.b_dec) @ self.W_enc + self.b_enc
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self._activate(self.pre_activations(x))
+
+    def _activate(self, pre: torch.Tensor) -> torch.Tensor:
         arch = self.cfg.architecture
         if arch == "relu":
             return torch.relu(pre)
@@ -93,33 +98,34 @@ class SAE(nn.Module):
         return self.decode(latents), latents
 
     def loss(self, x: torch.Tensor) -> torch.Tensor:
-        recon, latents = self(x)
+        pre = self.pre_activations(x)  # computed once: the penalties below need it too
+        latents = self._activate(pre)
+        recon = self.decode(latents)
         loss = (x - recon).pow(2).sum(1).mean()
         if self.training:
             with torch.no_grad():
                 self.since_fired += len(x)
                 self.since_fired[(latents != 0).any(0)] = 0
         if self.cfg.architecture in ("topk", "batchtopk") and self.training and self.cfg.aux_coef > 0:
-            loss = loss + self.cfg.aux_coef * self._aux_loss(x, recon)
+            loss = loss + self.cfg.aux_coef * self._aux_loss(x, pre, recon)
         if self.cfg.architecture == "relu":
             loss = loss + self.cfg.l1 * (latents * self.W_dec.norm(dim=1)).sum(1).mean()
         if self.cfg.architecture == "jumprelu":
-            pre = (x - self.b_dec) @ self.W_enc + self.b_enc
             loss = loss + self.cfg.l1 * _Step.apply(pre, self.log_threshold.exp(), self.cfg.bandwidth).sum(1).mean()
         return loss
 
     def dead_mask(self) -> torch.Tensor:
         return self.since_fired >= self.cfg.dead_after
 
-    def _aux_loss(self, x: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
+    def _aux_loss(self, x: torch.Tensor, pre: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
         """AuxK: the top aux_k dead latents reconstruct what the live ones missed, which gives
         dead latents a gradient towards directions still unexplained."""
         dead = self.dead_mask()
         if not dead.any():
             return x.new_zeros(())
-        pre = torch.relu((x - self.b_dec) @ self.W_enc + self.b_enc).masked_fill(~dead, 0)
-        top = pre.topk(min(self.cfg.aux_k, int(dead.sum())), dim=1)
-        residual_hat = torch.zeros_like(pre).scatter(1, top.indices, top.values) @ self.W_dec
+        dead_pre = torch.relu(pre).masked_fill(~dead, 0)
+        top = dead_pre.topk(min(self.cfg.aux_k, int(dead.sum())), dim=1)
+        residual_hat = torch.zeros_like(dead_pre).scatter(1, top.indices, top.values) @ self.W_dec
         return (x - recon.detach() - residual_hat).pow(2).sum(1).mean()
 
     @torch.no_grad()
