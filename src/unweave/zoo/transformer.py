@@ -1,7 +1,7 @@
 """A small transformer for toy tasks, with a stable, guessable name for every activation.
 
 Names follow TransformerLens: `hook_embed`, `blocks.0.hook_resid_pre`,
-`blocks.0.attn.hook_pattern`, `blocks.0.attn.hook_z` (per-head outputs),
+`blocks.0.attn.hook_q_input` (and `_k_`, `_v_`), `blocks.0.attn.hook_pattern`, `blocks.0.attn.hook_z` (per-head outputs),
 `blocks.0.hook_attn_out`, `blocks.0.mlp.hook_post`, `blocks.0.hook_resid_post`, `unembed`.
 The `hook_*` modules are identities that exist only to be sites. No layer norm by default,
 as in the grokking work, so that the weights read off directly.
@@ -53,13 +53,16 @@ class Attention(nn.Module):
         self.W_O = nn.Parameter(torch.randn(h, dh, d) * scale)
         self.register_buffer("causal", torch.tril(torch.ones(cfg.n_ctx, cfg.n_ctx, dtype=torch.bool)),
                              persistent=False)
+        # the residual stream as read by the queries, keys and values (TransformerLens's split
+        # qkv input), so that a hypothesis can claim each path separately
+        self.hook_q_input, self.hook_k_input, self.hook_v_input = nn.Identity(), nn.Identity(), nn.Identity()
         self.hook_pattern = nn.Identity()  # (batch, head, query, key)
         self.hook_z = nn.Identity()  # (batch, pos, head, d_head)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q = torch.einsum("bpd,hde->bhpe", x, self.W_Q)
-        k = torch.einsum("bpd,hde->bhpe", x, self.W_K)
-        v = torch.einsum("bpd,hde->bhpe", x, self.W_V)
+        q = torch.einsum("bpd,hde->bhpe", self.hook_q_input(x), self.W_Q)
+        k = torch.einsum("bpd,hde->bhpe", self.hook_k_input(x), self.W_K)
+        v = torch.einsum("bpd,hde->bhpe", self.hook_v_input(x), self.W_V)
         n = x.shape[1]
         scores = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
         scores = scores.masked_fill(~self.causal[:n, :n], float("-inf"))

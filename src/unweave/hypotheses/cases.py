@@ -1,0 +1,170 @@
+"""Ground-truth cases: a model, its inputs, and true and false hypotheses about it.
+
+- cancellation: a false hypothesis recovers ~100% of the loss on average while changing
+  half the examples' outputs; per-example KL exposes it.
+- modular addition: the Fourier hypothesis against "depends only on a" and a wrong
+  frequency set.
+- induction: a two-layer attention-only transformer; the induction circuit (induction
+  heads computed from the previous-token heads and the embeddings) against wrong claims.
+- SmolLM2-135M: its induction heads on repeated random tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from unweave.hypotheses.graph import Hypothesis, Indices, Node, Projection
+
+
+@dataclass
+class Case:
+    name: str
+    model: nn.Module
+    inputs: torch.Tensor
+    labels: torch.Tensor
+    hypotheses: dict[str, Hypothesis]
+    info: dict = field(default_factory=dict)
+
+
+# -- cancellation ------------------------------------------------------------------------
+class BitsMLP(nn.Module):
+    """bits (n, 5) -> logits (n, 2), with its hidden layer at site `hidden`."""
+
+    def __init__(self, d_in: int = 5, d_hidden: int = 16):
+        super().__init__()
+        self.layer1, self.hidden, self.out = nn.Linear(d_in, d_hidden), nn.ReLU(), nn.Linear(d_hidden, 2)
+
+    def forward(self, x):
+        return self.out(self.hidden(self.layer1(x)))
+
+
+def cancellation_case(seed: int = 0, steps: int = 600) -> Case:
+    """Label = bit A. The model is confident when bit B is 1 (logit +-3.5) and unsure when
+    it is 0 (+-0.5); bits 2-4 are ignored. The false claim "the hidden layer depends only
+    on A" resamples B: half the examples become more confident, half less, and the average
+    loss is unchanged in expectation, while each changed example moves by ~0.3 nats."""
+    bits = torch.cartesian_prod(*[torch.tensor([0.0, 1.0])] * 5)
+    a, b = bits[:, 0], bits[:, 1]
+    target_logit = (2 * a - 1) * (2 + 1.5 * (2 * b - 1))
+    torch.manual_seed(seed)
+    model = BitsMLP()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(steps):  # distil the planted logits (full batch: all 32 inputs)
+        logits = model(bits)
+        loss = F.mse_loss(logits[:, 1] - logits[:, 0], target_logit)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    inputs = bits.repeat(32, 1)  # 1024 rows: enough references for the average to settle
+    labels = inputs[:, 0].long()
+    hyps = {
+        "A only (false)": Hypothesis([Node("A", "hidden", fn=lambda x: x[:, 0])], name="A only (false)"),
+        "A and B (true)": Hypothesis([Node("AB", "hidden", fn=lambda x: x[:, :2])], name="A and B (true)"),
+    }
+    return Case("cancellation", model.eval(), inputs, labels, hyps)
+
+
+# -- modular addition ---------------------------------------------------------------------
+def _output_frequency_directions(W_U: torch.Tensor, p: int, freqs: list[int]) -> torch.Tensor:
+    """Residual directions that the unembedding (p, d) maps to cos(w_k c), sin(w_k c)."""
+    c = torch.arange(p, dtype=torch.float64)
+    rows = []
+    for k in freqs:
+        for wave in (torch.cos, torch.sin):
+            rows.append(wave(2 * torch.pi * k * c / p) @ W_U.double())
+    return torch.stack(rows)
+
+
+def modadd_case(model: nn.Module, p: int, key_freqs: list[int]) -> Case:
+    """The Fourier claim: at `=`, the part of the residual stream that the unembedding reads
+    as the key frequencies depends on a and b only through (a + b) mod p; the rest is
+    unclaimed. False claims: the same part depends only on a; the claim with as many
+    non-key frequencies in place of the key ones."""
+    from unweave.zoo.modadd import ModAddConfig, make_data
+
+    data = make_data(ModAddConfig(p=p))
+    inputs, labels = data.tokens, data.labels
+    W_U = model.unembed.weight.detach()
+    others = [k for k in range(1, (p - 1) // 2 + 1) if k not in key_freqs][: len(key_freqs)]
+    site, last = "blocks.0.hook_resid_post", [-1]
+
+    def node(name, freqs, fn):
+        return Node(name, site, fn=fn, subspace=Projection(_output_frequency_directions(W_U, p, freqs)),
+                    positions=last)
+
+    def hypothesis(name, freqs, fn):
+        return Hypothesis([node("sum", freqs, fn)], output=lambda out: out[:, -1], name=name,
+                          predict=lambda v: v["sum"])
+
+    def total(x):
+        return (x[:, 0] + x[:, 1]) % p
+
+    hyps = {
+        "fourier (key frequencies of a+b)": hypothesis("fourier (key frequencies of a+b)", key_freqs, total),
+        "depends only on a (false)": hypothesis("depends only on a (false)", key_freqs, lambda x: x[:, 0]),
+        f"wrong frequencies {others} (false)": hypothesis(f"wrong frequencies {others} (false)", others, total),
+    }
+    return Case("modadd", model, inputs, labels, hyps, {"p": p, "key_freqs": key_freqs, "other_freqs": others})
+
+
+# -- induction ------------------------------------------------------------------------------
+def _induction_inputs(vocab: int, half: int, n: int, seed: int, low: int = 0) -> torch.Tensor:
+    """(n, 2*half - 1) repeated sequences ending one token before the end of the repeat, so
+    the last position predicts tokens[half - 1] (the answer) from its earlier occurrence."""
+    from unweave.zoo.induction import repeated_sequences
+
+    tokens, _ = repeated_sequences(n, vocab, 2 * half, torch.Generator().manual_seed(seed), half=half)
+    return (tokens[:, :-1] + low)
+
+
+def _heads(scores: torch.Tensor, threshold: float) -> list[int]:
+    return [int(h) for h in (scores >= threshold).nonzero().flatten()]
+
+
+def induction_case(model: nn.Module, vocab: int, half: int = 12, n: int = 4096, seed: int = 0,
+                   prev_threshold: float = 0.25, induction_threshold: float = 0.3) -> Case:
+    """The induction circuit of a two-layer attention-only zoo transformer.
+
+    Heads are detected from attention patterns (scores at least the thresholds: a uniform
+    causal pattern scores about 0.15 and 0.1). The claim: the logits at the last position
+    depend only on the induction heads' output there, which depends on the input only
+    through the answer token; the heads' queries depend only on the current token, their
+    keys only on what the previous-token heads write, and their values on the sequence.
+    Everything else is resampled from random sequences."""
+    from unweave.zoo.induction import model_head_scores
+
+    inputs = _induction_inputs(vocab, half, n, seed)
+    scores = model_head_scores(model, inputs[:512], half)
+    prev = _heads(scores["previous_token"][0], prev_threshold)
+    ind = _heads(scores["induction"][1], induction_threshold)
+    if not prev or not ind:
+        raise ValueError(f"no previous-token heads ({prev}) or induction heads ({ind}) found; scores: "
+                         f"{ {k: v.tolist() for k, v in scores.items()} }. Train the model longer.")
+    answer = lambda x: x[:, half - 1]  # noqa: E731 - the token after the current token's earlier occurrence
+    current = lambda x: x[:, -1]  # noqa: E731
+
+    def circuit(name, answer_fn=answer, query_fn=current):
+        # queries at the last position read the current token; keys are written by the
+        # previous-token heads (the rest of what keys read comes from a random input);
+        # values read the sequence itself
+        q = Node("query", "blocks.1.attn.hook_q_input", fn=query_fn, positions=[-1])
+        pt = Node("prev_token", "blocks.0.attn.hook_z", fn=None, subspace=Indices(prev, axis=2))
+        k = Node("keys", "blocks.1.attn.hook_k_input", fn=None, parents=[pt])
+        v = Node("values", "blocks.1.attn.hook_v_input", fn=None)
+        top = Node("induction", "blocks.1.attn.hook_z", fn=answer_fn, parents=[q, k, v],
+                   subspace=Indices(ind, axis=2), positions=[-1])
+        return Hypothesis([top], output=lambda out: out[:, -1], name=name, predict=lambda v: v["induction"])
+
+    hyps = {"induction circuit": circuit("induction circuit"),
+            "induction heads output the current token (false)": circuit(
+                "induction heads output the current token (false)", answer_fn=current),
+            "queries read the previous token (false)": circuit(
+                "queries read the previous token (false)", query_fn=lambda x: x[:, -2])}
+    labels = answer(inputs)
+    info = {"previous_token_heads": prev, "induction_heads": ind,
+            "scores": {k: v.tolist() for k, v in scores.items()}}
+    return Case("induction", model, inputs, labels, hyps, info)
