@@ -1,6 +1,7 @@
 import json
 import re
 import sys
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -12,7 +13,7 @@ runner = CliRunner()
 
 
 @pytest.mark.parametrize("command", [[], ["demo"], ["train"], ["train", "modadd"], ["cache"], ["llc"], ["detect"],
-                                     ["sae"], ["sae", "train"], ["sae", "eval"]])
+                                     ["sae"], ["sae", "train"], ["sae", "eval"], ["scrub"]])
 def test_every_command_explains_itself(command):
     result = runner.invoke(app, [*command, "--help"])
     assert result.exit_code == 0
@@ -103,3 +104,39 @@ def test_sae_train_and_eval_from_a_store(tiny_llama_dir, tmp_path):
     assert 0 <= record["topk-k4-w64"]["dead_fraction"] <= 1 and "ce_loss_recovered" in record["topk-k4-w64"]
     result = runner.invoke(app, ["sae", "train", "--store", str(tmp_path / "nothing"), "--site", "x"])
     assert result.exit_code != 0 and "not an activation store" in str(result.exception)
+
+
+def test_scrub_flags_cancellation_and_writes_report(tmp_path):
+    result = runner.invoke(app, ["scrub", "cancellation", "--examples", "512", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "scrub.json").read_text())
+    by_name = {h["hypothesis"]: h for h in record["hypotheses"]}
+    assert by_name["A only (false)"]["changed_fraction"] > 0.3 and by_name["A and B (true)"]["changed_fraction"] == 0
+    html = (tmp_path / "scrub.html").read_text().replace("&#x27;", "'")
+    assert "'A only (false)' recovers" in html and "the average hides errors that cancel" in html
+    assert "'A and B (true)' recovers" not in html
+
+
+def test_scrub_runs_a_hypothesis_file(tmp_path, small_modadd, monkeypatch):
+    from unweave.zoo import fourier
+    from unweave.zoo.modadd import make_data
+
+    cfg = small_modadd.config
+    freqs = fourier.analyse(small_modadd.load(), make_data(cfg), cfg.p).key_freqs
+    monkeypatch.setenv("UNWEAVE_MODADD_RUN", str(small_modadd.dir))
+    monkeypatch.setenv("FREQS", ",".join(map(str, freqs)))
+    example = Path(__file__).parent.parent / "examples" / "hypotheses" / "modadd_fourier.py"
+    result = runner.invoke(app, ["scrub", str(example), "--examples", "256", "--pairs", "256", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    (entry,) = json.loads((tmp_path / "scrub.json").read_text())["hypotheses"]
+    assert entry["loss_recovered"] > 0.98 and entry["interchange"]["iia"] > 0.95
+
+
+def test_scrub_bad_inputs(monkeypatch, capsys, tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("model = None\n")
+    for args, message in ((["scrub", str(bad)], "must define `case`, or `model`, `inputs` and `hypotheses`"),
+                          (["scrub", "inductoin"], "unknown case 'inductoin'"),
+                          (["scrub", "modadd", "--modadd-run", str(tmp_path / "none")], "unweave train modadd")):
+        code, err = run_main(monkeypatch, capsys, [*args, "--out", str(tmp_path)])
+        assert code == 2 and message in " ".join(err.split()) and "Traceback" not in err, err

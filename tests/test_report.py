@@ -65,3 +65,13 @@ def test_demo_report_renders_with_plots_and_no_errors(tmp_path):
     assert n_plots == 4, "training curves, Fourier spectrum, progress measures, LLC trajectory"
     assert errors == [] and page_errors == []
     assert result.report.with_suffix(".png").stat().st_size > 10_000
+
+
+@browser
+@pytest.mark.browser
+def test_scrub_report_renders(tmp_path):
+    from unweave.hypotheses.report import run_scrub
+
+    result = run_scrub("cancellation", tmp_path, n_examples=256)
+    n_plots, errors, page_errors = render(result.report)
+    assert n_plots == 1 and errors == [] and page_errors == []

@@ -126,6 +126,30 @@ def detect(task: list[str] = typer.Option(["planted-rule"], help="Task (repeat f
     console.print(f"[bold green]report[/] {result.report}\n[bold green]results[/] {result.results}")
 
 
+@app.command(epilog="Examples: unweave scrub modadd --out runs/scrub-modadd;  unweave scrub induction;  "
+                    "unweave scrub my_hypothesis.py --unclaimed mean")
+def scrub(target: str = typer.Argument(..., help="A built-in case (cancellation, modadd, induction, "
+                                       "smollm2-induction) or a Python file defining `model`, `inputs` and "
+                                       "`hypotheses` (optional `labels`), or `case`."),
+          out: Path = typer.Option(Path("runs/scrub"), help="Where scrub.json and scrub.html go."),
+          examples: int = typer.Option(512, help="Reference inputs scrubbed."),
+          pairs: int = typer.Option(512, help="(base, source) pairs for interchange intervention accuracy."),
+          unclaimed: str = typer.Option(None, help="Override what unclaimed parts become: resample, mean or zero."),
+          batch_size: int = typer.Option(128, help="Inputs per forward pass."),
+          modadd_run: Path = typer.Option(Path("runs/demo/modadd"), help="Run directory for the modadd case."),
+          seed: int = typer.Option(0, help="Seed for resampling (and for training the induction case).")) -> None:
+    """Test hypotheses by causal scrubbing and interchange interventions, scored per example by KL."""
+    from unweave.hypotheses.report import run_scrub
+
+    with progress.enabled():
+        result = run_scrub(target, out, examples, pairs, unclaimed, batch_size, seed, modadd_run)
+    for row in result.rows:
+        iia = f", IIA {row['IIA']:.3f}" if "IIA" in row else ""
+        console.print(f"{row['hypothesis']}: loss recovered {row['loss recovered']:.3f}, median KL "
+                      f"{row['median KL']:.3g}{iia}")
+    console.print(f"[bold green]report[/] {result.report}\n[bold green]results[/] {result.results}")
+
+
 sae_app = typer.Typer(help="Sparse dictionaries on stored activations.", no_args_is_help=True)
 app.add_typer(sae_app, name="sae")
 

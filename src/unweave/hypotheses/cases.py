@@ -28,6 +28,7 @@ class Case:
     labels: torch.Tensor
     hypotheses: dict[str, Hypothesis]
     info: dict = field(default_factory=dict)
+    forward_kwargs: dict = field(default_factory=dict)  # extra arguments to every full forward
 
 
 # -- cancellation ------------------------------------------------------------------------
@@ -168,3 +169,72 @@ def induction_case(model: nn.Module, vocab: int, half: int = 12, n: int = 4096, 
     info = {"previous_token_heads": prev, "induction_heads": ind,
             "scores": {k: v.tolist() for k, v in scores.items()}}
     return Case("induction", model, inputs, labels, hyps, info)
+
+
+# -- SmolLM2-135M ---------------------------------------------------------------------------
+def smollm2_repeated_tokens(tokenizer, n: int, half: int, seed: int = 0, choices: int = 16) -> torch.Tensor:
+    """(n, 2*half) rows: BOS, `half` random tokens, then the same tokens again minus the last,
+    so the last position predicts the half's last token (the answer). The answer and the
+    current token are drawn from `choices` tokens each, so that many rows agree on them."""
+    gen = torch.Generator().manual_seed(seed)
+    low, high = 1000, 20000  # ordinary word pieces, away from special tokens
+    first = torch.randint(low, high, (n, half), generator=gen)
+    pool = torch.randperm(high - low, generator=gen)[: 2 * choices] + low
+    first[:, -1] = pool[torch.randint(choices, (n,), generator=gen)]
+    first[:, -2] = pool[choices + torch.randint(choices, (n,), generator=gen)]
+    bos = torch.full((n, 1), tokenizer.bos_token_id if tokenizer.bos_token_id is not None else 0)
+    return torch.cat([bos, first, first[:, :-1]], dim=1)
+
+
+def smollm2_head_scores(model, tokens: torch.Tensor, half: int) -> torch.Tensor:
+    """Induction scores (layers, heads): attention from each second-half position to the
+    position after the current token's earlier occurrence (eager attention, to read patterns)."""
+    previous = model.config._attn_implementation
+    model.set_attn_implementation("eager")
+    try:
+        with torch.no_grad():
+            attentions = model(tokens, output_attentions=True).attentions
+    finally:
+        model.set_attn_implementation(previous)
+    q = torch.arange(1 + half, tokens.shape[1])  # second-half positions (after BOS and the first half)
+    return torch.stack([a[:, :, q, q - half + 1].mean(dim=(0, 2)) for a in attentions])
+
+
+def smollm2_induction_case(n: int = 512, half: int = 20, top: int = 8, seed: int = 0) -> Case:
+    """SmolLM2-135M's induction heads on repeated random tokens, and the claim that the
+    logits at the last position depend on the input only through the answer token carried
+    by the `top` induction heads' outputs there (everything else resampled from other
+    repeated sequences). False claims: as many random non-induction heads; the induction
+    heads carrying the current token."""
+    from unweave.hf import load_model
+
+    model, tokenizer = load_model("smollm2-135m")
+    inputs = smollm2_repeated_tokens(tokenizer, n, half, seed)
+    scores = smollm2_head_scores(model, inputs[:32], half)
+    n_heads = scores.shape[1]
+    d_head = model.config.hidden_size // n_heads
+    order = scores.flatten().argsort(descending=True)
+    chosen = [(int(i) // n_heads, int(i) % n_heads) for i in order[:top]]
+    rest = order[top:][torch.randperm(len(order) - top, generator=torch.Generator().manual_seed(seed))[:top]]
+    random_heads = [(int(i) // n_heads, int(i) % n_heads) for i in rest]
+    answer = lambda x: x[:, half]  # noqa: E731 - the last token of the first half
+    current = lambda x: x[:, -1]  # noqa: E731
+
+    def heads_claim(name, heads, fn):
+        by_layer: dict[int, list[int]] = {}
+        for layer, head in heads:
+            by_layer.setdefault(layer, []).extend(range(head * d_head, (head + 1) * d_head))
+        nodes = [Node(f"L{layer}", f"model.layers.{layer}.self_attn.o_proj:input", fn=fn, subspace=Indices(idx),
+                      positions=[-1]) for layer, idx in sorted(by_layer.items())]
+        return Hypothesis(nodes, output=lambda out: out.logits[:, -1], name=name,
+                          predict=lambda v: v[nodes[0].name])
+
+    hyps = {"induction heads carry the answer": heads_claim("induction heads carry the answer", chosen, answer),
+            "random heads carry the answer (false)": heads_claim("random heads carry the answer (false)",
+                                                                 random_heads, answer),
+            "induction heads carry the current token (false)": heads_claim(
+                "induction heads carry the current token (false)", chosen, current)}
+    info = {"induction_heads": [f"L{layer}H{h} ({float(scores[layer, h]):.2f})" for layer, h in chosen],
+            "random_heads": [f"L{layer}H{h}" for layer, h in random_heads], "scores": scores.tolist()}
+    # only the last position is scored: skip the 49k-wide unembedding everywhere else
+    return Case("smollm2-induction", model, inputs, answer(inputs), hyps, info, {"logits_to_keep": 1})

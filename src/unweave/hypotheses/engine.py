@@ -63,15 +63,18 @@ class _Identity:
 class Engine:
     """A hypothesis bound to a model and a pool of inputs (the distribution resampled from).
 
-    `inputs` is a tensor whose rows the model takes as a batch (token ids, features).
+    `inputs` is a tensor whose rows the model takes as a batch (token ids, features);
+    `forward_kwargs` go to every full forward (e.g. `logits_to_keep=1` for a Hugging Face
+    model scored at the last position, which skips the unembedding elsewhere).
     """
 
     def __init__(self, model: nn.Module, inputs: torch.Tensor, hypothesis: Hypothesis,
-                 batch_size: int = 256, seed: int = 0):
+                 batch_size: int = 256, seed: int = 0, forward_kwargs: dict | None = None):
         if len(inputs) < 2:
             raise HypothesisError(f"need at least 2 inputs to resample from, got {len(inputs)}")
         self.model, self.inputs, self.h = model.eval(), inputs, hypothesis
         self.batch_size, self.gen = batch_size, torch.Generator().manual_seed(seed)
+        self.forward_kwargs = forward_kwargs or {}
         hypothesis.validate(model, inputs[:2])
         with torch.no_grad():
             self.groups = {n.name: _Groups.of(_values(n, inputs)) if n.fn is not None else _Identity()
@@ -80,10 +83,15 @@ class Engine:
         self._means = self._site_means() if hypothesis.unclaimed == "mean" else {}
 
     # -- one forward, with patches ------------------------------------------------------
+    def forward(self, idx: torch.Tensor, patches: dict | None = None):
+        """The model's raw output on inputs[idx] (before `Hypothesis.output`), with patches."""
+        with torch.no_grad(), patch(self.model, patches or {}):
+            return self.model(self.inputs[idx], **self.forward_kwargs)
+
     def _run(self, idx: torch.Tensor, patches: dict, read: str | None = None):
+        if read is None:
+            return self.h.output(self.forward(idx, patches))
         with torch.no_grad(), patch(self.model, patches):
-            if read is None:
-                return self.h.output(self.model(self.inputs[idx]))
             return capture(self.model, read, self.inputs[idx], stop_early=True)[read]
 
     def _complement(self, site: str) -> Callable[[torch.Tensor], torch.Tensor]:

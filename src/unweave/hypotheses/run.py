@@ -57,31 +57,46 @@ def _batches(n: int, size: int, label: str):
 
 
 def scrub(model: nn.Module, inputs: torch.Tensor, hypothesis: Hypothesis, labels: torch.Tensor | None = None,
-          n_examples: int | None = None, batch_size: int = 256, seed: int = 0) -> ScrubResult:
+          n_examples: int | None = None, batch_size: int = 256, seed: int = 0,
+          forward_kwargs: dict | None = None) -> ScrubResult:
     """Causal scrubbing of `hypothesis` on reference inputs drawn from `inputs`.
 
     Loss is cross-entropy against `labels`, or against the model's own prediction when
     no labels are given. Fraction recovered compares the scrubbed loss with the model's
     (1) and with the model run on random inputs (0).
     """
-    engine = Engine(model, inputs, hypothesis, batch_size, seed)
+    return scrub_all(model, inputs, [hypothesis], labels, n_examples, batch_size, seed, forward_kwargs)[0]
+
+
+def scrub_all(model: nn.Module, inputs: torch.Tensor, hypotheses: list[Hypothesis],
+              labels: torch.Tensor | None = None, n_examples: int | None = None, batch_size: int = 256,
+              seed: int = 0, forward_kwargs: dict | None = None) -> list[ScrubResult]:
+    """`scrub` for several hypotheses on the same references, sharing the model's clean and
+    random-input forwards (so comparing claims costs one scrubbed forward tree each)."""
+    engines = [Engine(model, inputs, h, batch_size, seed, forward_kwargs) for h in hypotheses]
     n = len(inputs) if n_examples is None else min(n_examples, len(inputs))
     refs_all = torch.randperm(len(inputs), generator=torch.Generator().manual_seed(seed))[:n]
-    parts: dict[str, list] = {k: [] for k in ("kl", "kl_random", "lm", "ls", "lr")}
-    for start in _batches(n, batch_size, f"scrubbing {hypothesis.name}"):
-        refs = refs_all[start:start + batch_size]
-        clean = engine.clean_batch(refs)
-        scrubbed = engine.scrub_batch(refs)
-        random = engine.clean_batch(engine._random(len(refs)))
-        target = predictions(clean) if labels is None else labels[refs]
-        parts["kl"].append(kl_per_example(clean, scrubbed))
-        parts["kl_random"].append(kl_per_example(clean, random))
-        parts["lm"].append(ce_per_example(clean, target))
-        parts["ls"].append(ce_per_example(scrubbed, target))
-        parts["lr"].append(ce_per_example(random, target))
-    cat = {k: torch.cat(v).numpy() for k, v in parts.items()}
-    return ScrubResult(hypothesis.name, hypothesis.unclaimed, cat["kl"], cat["kl_random"], cat["lm"], cat["ls"],
-                       cat["lr"], engine.warnings)
+    random_all = torch.randint(len(inputs), (n,), generator=torch.Generator().manual_seed(seed + 1))
+    parts = [{k: [] for k in ("kl", "kl_random", "lm", "ls", "lr")} for _ in engines]
+    label = "scrubbing " + ", ".join(h.name for h in hypotheses)
+    for start in _batches(n, batch_size, label[:60]):
+        refs, rand = refs_all[start:start + batch_size], random_all[start:start + batch_size]
+        raw_clean, raw_random = engines[0].forward(refs), engines[0].forward(rand)
+        for engine, part in zip(engines, parts):
+            clean, random = engine.h.output(raw_clean), engine.h.output(raw_random)
+            scrubbed = engine.scrub_batch(refs)
+            target = predictions(clean) if labels is None else labels[refs]
+            part["kl"].append(kl_per_example(clean, scrubbed))
+            part["kl_random"].append(kl_per_example(clean, random))
+            part["lm"].append(ce_per_example(clean, target))
+            part["ls"].append(ce_per_example(scrubbed, target))
+            part["lr"].append(ce_per_example(random, target))
+    results = []
+    for engine, part in zip(engines, parts):
+        cat = {k: torch.cat(v).numpy() for k, v in part.items()}
+        results.append(ScrubResult(engine.h.name, engine.h.unclaimed, cat["kl"], cat["kl_random"], cat["lm"],
+                                   cat["ls"], cat["lr"], engine.warnings))
+    return results
 
 
 @dataclass
@@ -101,11 +116,12 @@ class InterchangeResult:
 
 
 def interchange(model: nn.Module, inputs: torch.Tensor, hypothesis: Hypothesis, nodes: list[str] | None = None,
-                n_pairs: int = 1024, batch_size: int = 256, seed: int = 0) -> InterchangeResult:
+                n_pairs: int = 1024, batch_size: int = 256, seed: int = 0,
+                forward_kwargs: dict | None = None) -> InterchangeResult:
     """Interchange intervention accuracy: on random (base, source) pairs, set `nodes` (default:
     all top nodes) to their value on the source and check the model's prediction against
     the counterfactual that `hypothesis.predict` gives."""
-    engine = Engine(model, inputs, hypothesis, batch_size, seed)
+    engine = Engine(model, inputs, hypothesis, batch_size, seed, forward_kwargs)
     names = [n.name for n in hypothesis.top] if nodes is None else list(nodes)
     gen = torch.Generator().manual_seed(seed + 1)
     correct, losses = [], []
