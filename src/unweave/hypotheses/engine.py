@@ -141,14 +141,24 @@ class Engine:
         return self._run(self._random(len(refs)), self._patches(top, sources))
 
     # -- interchange interventions ------------------------------------------------------
-    def interchange_batch(self, names: list[str], base: torch.Tensor, source: torch.Tensor):
+    def source_activations(self, names: list[str], source: torch.Tensor) -> list[torch.Tensor]:
+        """Each named node's activation on inputs[source] (one forward, stopped at the last site)."""
+        nodes = [self.h.node(n) for n in names]
+        sites = list(dict.fromkeys(n.site for n in nodes))
+        with torch.no_grad():
+            acts = capture(self.model, sites, self.inputs[source], stop_early=True)
+        return [acts[n.site] for n in nodes]
+
+    def interchange_batch(self, names: list[str], base: torch.Tensor, source: torch.Tensor,
+                          sources: list[torch.Tensor] | None = None):
         """Output on `base` with the named nodes' claimed parts from `source`, and the label
-        the interpretation predicts for that counterfactual."""
+        the interpretation predicts for that counterfactual. `sources` (the nodes'
+        activations on `source`) may be given when they were computed already."""
         if self.h.predict is None:
             raise HypothesisError("interchange interventions need Hypothesis(predict=...): the label the "
                                   "interpretation predicts from its node values")
         nodes = [self.h.node(n) for n in names]
-        sources = [self._run(source, {}, read=n.site) for n in nodes]
+        sources = self.source_activations(names, source) if sources is None else sources
         out = self._run(base, self._patches(nodes, sources))
         values = {n.name: _values(n, self.inputs[base]) for n in self.h.all_nodes}
         values.update({n.name: _values(n, self.inputs[source]) for n in nodes})
