@@ -106,6 +106,22 @@ def test_sae_train_and_eval_from_a_store(tiny_llama_dir, tmp_path):
     assert result.exit_code != 0 and "not an activation store" in str(result.exception)
 
 
+def test_sae_train_live_transcoders_and_eval(tiny_llama_dir, tmp_path):
+    result = runner.invoke(app, ["sae", "train", "--live", "--model", str(tiny_llama_dir), "--site",
+                                 "model.layers.1.mlp:input", "--target-site", "model.layers.1.mlp", "--k", "4",
+                                 "--width", "64", "--batch-size", "128", "--tokens", "25600", "--text-tokens", "4096",
+                                 "--out", str(tmp_path / "tc")])
+    assert result.exit_code == 0, result.output
+    (folder,) = (tmp_path / "tc").iterdir()
+    assert folder.name == "transcoder-topk-k4-w64" and not (tmp_path / "tc" / ".checkpoint" / "checkpoint.pt").exists()
+    result = runner.invoke(app, ["sae", "eval", str(folder), "--out", str(tmp_path / "eval")])
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "eval" / "sae_eval.json").read_text())[folder.name]
+    assert record["l0"] <= 4 and record["fvu"] < 1 and "ce_loss_recovered" in record
+    result = runner.invoke(app, ["sae", "train", "--site", "model.layers.1"])
+    assert result.exit_code != 0 and "--store DIR or --live" in str(result.exception)
+
+
 def test_scrub_flags_cancellation_and_writes_report(tmp_path):
     result = runner.invoke(app, ["scrub", "cancellation", "--examples", "512", "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output

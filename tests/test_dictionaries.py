@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from unweave.dictionaries import SAE, SAEConfig, train_many, train_sae
+from unweave.dictionaries import SAE, SAEConfig, TrainConfig, train_many, train_sae
 from unweave.dictionaries import metrics
 from unweave.sites import capture
 from unweave.zoo.superposition import mean_max_cosine, sample_features, train_toy
@@ -33,7 +33,7 @@ def test_sae_conventions_and_errors():
     torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(12))
     _, z = sae(torch.randn(4, 6))
     assert ((z != 0).sum(1) <= 3).all()
-    with pytest.raises(ValueError, match=r"shape \(n, 6\), got \(4, 5\)"):
+    with pytest.raises(ValueError, match=r"shape \(n, 6\) \(d_in of this dictionary\), got \(4, 5\)"):
         sae(torch.randn(4, 5))
     with pytest.raises(ValueError, match="architecture"):
         SAEConfig(d_in=6, n_latents=12, architecture="gated")
@@ -94,11 +94,12 @@ def test_a_sweep_trains_from_one_stream_read_once():
             yield torch.randn(64, 6, generator=gen)
 
     saes = [SAE(SAEConfig(d_in=6, n_latents=24, k=k)) for k in (1, 2, 4)]
-    losses = train_many(saes, stream(), steps=50, lr=3e-3, warmup=5)
+    losses = train_many(saes, stream(), TrainConfig(steps=50, lr=3e-3, warmup=5))
     assert len(reads) == 50 and [len(l) for l in losses] == [50, 50, 50]
     assert losses[2][-1] < losses[0][-1]  # more latents per example reconstruct better
     with pytest.raises(ValueError, match="share d_in"):
-        train_many([SAE(SAEConfig(d_in=6, n_latents=8, k=1)), SAE(SAEConfig(d_in=5, n_latents=8, k=1))], stream(), 1)
+        train_many([SAE(SAEConfig(d_in=6, n_latents=8, k=1)), SAE(SAEConfig(d_in=5, n_latents=8, k=1))], stream(),
+                   TrainConfig(steps=1))
 
 
 def test_spliced_metrics_against_a_direct_computation():

@@ -154,28 +154,49 @@ sae_app = typer.Typer(help="Sparse dictionaries on stored activations.", no_args
 app.add_typer(sae_app, name="sae")
 
 
-@sae_app.command("train", epilog="Example: unweave sae train --store runs/cache-l15 --site model.layers.15 "
-                                 "--k 16 --k 32 --width 4608 --out runs/sae")
-def sae_train(store: Path = typer.Option(..., help="Activation store (from `unweave cache`)."),
-              site: str = typer.Option(..., help="Site in the store."),
-              out: Path = typer.Option(Path("runs/sae"), help="One SAELens-layout folder per dictionary goes here."),
+@sae_app.command("train", epilog="Examples: unweave sae train --store runs/cache-l15 --site model.layers.15 "
+                                 "--k 16 --k 32 --width 4608 --out runs/sae;  unweave sae train --live --site "
+                                 "model.layers.5.mlp:input --target-site model.layers.5.mlp --tokens 200000")
+def sae_train(site: str = typer.Option(..., help="Site the dictionary reads (in the store, or in the model)."),
+              store: Path = typer.Option(None, help="Activation store (from `unweave cache`)."),
+              live: bool = typer.Option(False, help="Compute activations from the model while training (no store)."),
+              model: str = typer.Option("smollm2-135m", help="With --live: known model name or local HF folder."),
+              target_site: str = typer.Option(None, help="Train transcoders from --site (an MLP's input) to this "
+                                              "site (its output)."),
+              out: Path = typer.Option(Path("runs/sae"), help="One SAELens-layout folder per dictionary goes here; "
+                                       "an interrupted run there resumes."),
               architecture: str = typer.Option("topk", help="relu, topk, batchtopk or jumprelu."),
               k: list[int] = typer.Option([32], help="Latents per example (repeat for a sweep)."),
               width: list[int] = typer.Option(None, help="Number of latents (repeat for a sweep; default 8 x d)."),
-              tokens: int = typer.Option(None, help="Training tokens (default: one pass over the store)."),
+              tokens: int = typer.Option(None, help="Training tokens (default: one pass over the store; "
+                                         "200k with --live)."),
+              text_tokens: int = typer.Option(262_144, help="With --live: tokens of Shakespeare cycled through."),
               batch_size: int = typer.Option(4096, help="Activations per step."),
-              lr: float = typer.Option(1e-3, help="Adam learning rate (with warm-up)."),
+              lr: float = typer.Option(1e-3, help="Adam learning rate (with warm-up and a final decay)."),
               l1: float = typer.Option(1e-3, help="Sparsity penalty for relu and jumprelu.")) -> None:
-    """Train dictionaries (a sweep of k and widths in one pass) on stored activations."""
+    """Train dictionaries (a sweep of k and widths in one pass) on stored or live activations."""
     from unweave.dictionaries import SAEConfig
-    from unweave.dictionaries.run import train_from_store
-    from unweave.store import ActivationStore
+    from unweave.dictionaries.run import train_from_store, train_live
+    from unweave.sites import capture
 
-    d = ActivationStore(store).width(site)
-    base = SAEConfig(d_in=d, n_latents=(width or [8 * d])[0], architecture=architecture, k=k[0], l1=l1)
+    if (store is None) == (not live):
+        raise ValueError("give either --store DIR or --live (activations computed from --model)")
     with progress.enabled():
-        folders = train_from_store(store, site, base, out, ks=k, widths=width, tokens=tokens,
-                                   batch_size=batch_size, lr=lr)
+        if live:
+            from unweave.hf import load_model
+
+            lm, tokenizer = load_model(model)
+            d = capture(lm, site, tokenizer("To be", return_tensors="pt").input_ids, stop_early=True)[site].shape[-1]
+            base = SAEConfig(d_in=d, n_latents=(width or [8 * d])[0], architecture=architecture, k=k[0], l1=l1)
+            folders = train_live(model, site, base, out, tokens or 200_000, ks=k, widths=width,
+                                 text_tokens=text_tokens, batch_size=batch_size, lr=lr, target_site=target_site)
+        else:
+            from unweave.store import ActivationStore
+
+            d = ActivationStore(store).width(site)
+            base = SAEConfig(d_in=d, n_latents=(width or [8 * d])[0], architecture=architecture, k=k[0], l1=l1)
+            folders = train_from_store(store, site, base, out, ks=k, widths=width, tokens=tokens,
+                                       batch_size=batch_size, lr=lr, target_site=target_site)
     console.print("\n".join(f"[bold green]saved[/] {f}" for f in folders))
 
 

@@ -185,16 +185,19 @@ class ActivationStore:
                              "the shard): the model produced non-finite activations; check its dtype and inputs")
         return tensor
 
-    def batches(self, site: str, batch_size: int, shuffle: bool = True, seed: int = 0,
+    def batches(self, site: str | Sequence[str], batch_size: int, shuffle: bool = True, seed: int = 0,
                 shards_in_memory: int = 2, drop_last: bool = False,
-                check_finite: bool = False) -> Iterator[torch.Tensor]:
-        """(batch_size, width) batches over one pass of the store.
+                check_finite: bool = False) -> Iterator:
+        """(batch_size, width) batches over one pass of the store; for a list of sites, tuples
+        of such batches whose rows are the same tokens (e.g. an MLP's input and output).
 
         With `shuffle`, shards are visited in random order and rows are shuffled within
         groups of `shards_in_memory` shards; at most that many shards (plus one partial
         batch) are held in memory at once.
         """
-        self._check_site(site)
+        sites = [site] if isinstance(site, str) else list(site)
+        for s in sites:
+            self._check_site(s)
         if batch_size < 1 or shards_in_memory < 1:
             raise ValueError("batch_size and shards_in_memory must be at least 1")
         gen = torch.Generator().manual_seed(seed)
@@ -202,13 +205,15 @@ class ActivationStore:
         order = list(order)
         carry = None
         for g in range(0, len(order), shards_in_memory):
-            group = [self.load_shard(i, site, check_finite) for i in order[g:g + shards_in_memory]]
-            rows = torch.cat(([carry] if carry is not None else []) + group)
+            group = [[self.load_shard(i, s, check_finite) for i in order[g:g + shards_in_memory]] for s in sites]
+            rows = [torch.cat(([carry[j]] if carry is not None else []) + group[j]) for j in range(len(sites))]
             if shuffle:
-                rows = rows[torch.randperm(len(rows), generator=gen)]
-            n_full = len(rows) // batch_size * batch_size
+                perm = torch.randperm(len(rows[0]), generator=gen)
+                rows = [r[perm] for r in rows]
+            n_full = len(rows[0]) // batch_size * batch_size
             for start in range(0, n_full, batch_size):
-                yield rows[start:start + batch_size]
-            carry = rows[n_full:] if n_full < len(rows) else None
+                batch = [r[start:start + batch_size] for r in rows]
+                yield batch[0] if isinstance(site, str) else tuple(batch)
+            carry = [r[n_full:] for r in rows] if n_full < len(rows[0]) else None
         if carry is not None and not drop_last:
-            yield carry
+            yield carry[0] if isinstance(site, str) else tuple(carry)

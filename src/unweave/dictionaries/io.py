@@ -23,6 +23,9 @@ def save(sae: SAE, folder: Path, metadata: dict | None = None) -> Path:
            "dtype": "float32", "device": "cpu", "apply_b_dec_to_input": True, "normalize_activations": "none",
            "metadata": metadata or {}}
     tensors = {k: v for k, v in sae.state_dict().items() if k not in ("log_threshold", "threshold")}
+    if sae.cfg.kind == "transcoder":  # SAELens-style fields plus what a transcoder needs to load here
+        cfg.update({"d_out": sae.cfg.width_out, "is_transcoder": True, "skip": sae.cfg.skip,
+                    "apply_b_dec_to_input": False})
     if sae.cfg.architecture == "topk":
         cfg["k"] = sae.cfg.k
     elif sae.cfg.architecture == "batchtopk":
@@ -44,11 +47,13 @@ def load(folder: Path) -> SAE:
     arch = cfg.get("architecture", "standard")
     if arch not in FROM_SAELENS:
         raise ValueError(f"{folder / CFG}: architecture {arch!r} cannot be loaded yet; known: {', '.join(FROM_SAELENS)}")
-    if cfg.get("apply_b_dec_to_input", True) is False or cfg.get("normalize_activations", "none") != "none":
-        raise ValueError(f"{folder / CFG}: only apply_b_dec_to_input=true and normalize_activations='none' "
-                         "are supported")
+    transcoder = bool(cfg.get("is_transcoder", False))
+    if cfg.get("apply_b_dec_to_input", True) is transcoder or cfg.get("normalize_activations", "none") != "none":
+        raise ValueError(f"{folder / CFG}: only apply_b_dec_to_input=true (false for transcoders) and "
+                         "normalize_activations='none' are supported")
+    extra = {"kind": "transcoder", "d_out": cfg["d_out"], "skip": cfg.get("skip", False)} if transcoder else {}
     sae = SAE(SAEConfig(d_in=cfg["d_in"], n_latents=cfg["d_sae"], architecture=FROM_SAELENS[arch],
-                        k=cfg.get("k", 1), l1=cfg.get("l1_coefficient", 0.0)))
+                        k=cfg.get("k", 1), l1=cfg.get("l1_coefficient", 0.0), **extra))
     weights = read_tensors(folder / WEIGHTS)
     if arch == "jumprelu":  # SAELens stores the threshold itself
         if "threshold" not in weights:

@@ -3,8 +3,13 @@ largest pre-activations per example on average, chosen across the batch; exporte
 threshold so inference is a JumpReLU), and JumpReLU (a learned threshold per latent, trained
 through a straight-through estimator of the L0 penalty, Rajamanoharan et al. 2024).
 
+A transcoder (`kind="transcoder"`) is the same module trained to map an MLP's input to its
+output (optionally with a linear skip), a sparse replacement of the MLP (Dunefsky et al. 2024).
+
 Conventions the field has learned matter: decoder rows (one per latent) kept at unit norm,
-encoder initialised as the decoder's transpose, decoder bias initialised at the data mean.
+encoder initialised as the decoder's transpose, decoder bias initialised at the data's
+geometric median. TopK decodes sparsely (only the k chosen rows of the decoder are read),
+which is most of the training cost saved.
 """
 
 from __future__ import annotations
@@ -12,9 +17,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 ARCHITECTURES = ("relu", "topk", "batchtopk", "jumprelu")
+KINDS = ("sae", "transcoder")
 
 
 @dataclass(frozen=True)
@@ -28,8 +35,19 @@ class SAEConfig:
     aux_k: int = 256  # topk, batchtopk: dead latents asked to explain the residual (AuxK, Gao et al. 2024)
     aux_coef: float = 1 / 32  # weight of that auxiliary loss; 0 turns it off
     dead_after: int = 100_000  # training tokens without firing after which a latent counts as dead
+    kind: str = "sae"  # or "transcoder": reads d_in, writes d_out
+    d_out: int | None = None  # transcoder output width (default d_in)
+    skip: bool = False  # transcoder: add a linear skip x @ W_skip
+
+    @property
+    def width_out(self) -> int:
+        return self.d_out or self.d_in
 
     def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"SAEConfig.kind must be one of {KINDS}, got {self.kind!r}")
+        if self.kind == "sae" and (self.skip or (self.d_out not in (None, self.d_in))):
+            raise ValueError("d_out and skip are for transcoders; set kind='transcoder'")
         if self.architecture not in ARCHITECTURES:
             raise ValueError(f"SAEConfig.architecture must be one of {ARCHITECTURES}, got {self.architecture!r}")
         if self.d_in < 1 or self.n_latents < 1:
@@ -46,12 +64,17 @@ class SAE(nn.Module):
         super().__init__()
         self.cfg = cfg
         gen = torch.Generator().manual_seed(seed)
-        w_dec = torch.randn(cfg.n_latents, cfg.d_in, generator=gen)
+        w_dec = torch.randn(cfg.n_latents, cfg.width_out, generator=gen)
         w_dec /= w_dec.norm(dim=1, keepdim=True)
         self.W_dec = nn.Parameter(w_dec)
-        self.W_enc = nn.Parameter(w_dec.T.clone())
+        if cfg.kind == "sae":
+            self.W_enc = nn.Parameter(w_dec.T.clone())
+        else:  # input and output spaces differ: no transpose to start from
+            self.W_enc = nn.Parameter(torch.randn(cfg.d_in, cfg.n_latents, generator=gen) / cfg.d_in ** 0.5)
         self.b_enc = nn.Parameter(torch.zeros(cfg.n_latents))
-        self.b_dec = nn.Parameter(torch.zeros(cfg.d_in))
+        self.b_dec = nn.Parameter(torch.zeros(cfg.width_out))
+        if cfg.skip:
+            self.W_skip = nn.Parameter(torch.zeros(cfg.d_in, cfg.width_out))
         if cfg.architecture == "jumprelu":
             self.log_threshold = nn.Parameter(torch.full((cfg.n_latents,), -3.0))
         if cfg.architecture == "batchtopk":  # running mean of the smallest kept activation, used at inference
@@ -61,10 +84,13 @@ class SAE(nn.Module):
 
     def _check(self, x: torch.Tensor) -> None:
         if x.dim() != 2 or x.shape[1] != self.cfg.d_in:
-            raise ValueError(f"activations must have shape (n, {self.cfg.d_in}), got {tuple(x.shape)}")
+            raise ValueError(f"activations must have shape (n, {self.cfg.d_in}) (d_in of this dictionary), "
+                             f"got {tuple(x.shape)}")
 
     def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
         self._check(x)
+        if self.cfg.kind == "transcoder":
+            return x @ self.W_enc + self.b_enc
         return (x - self.b_dec) @ self.W_enc + self.b_enc
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
@@ -90,24 +116,48 @@ class SAE(nn.Module):
         top = pre.topk(self.cfg.k, dim=1)
         return torch.zeros_like(pre).scatter(1, top.indices, torch.relu(top.values))
 
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        return latents @ self.W_dec + self.b_dec
+    def decode(self, latents: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
+        """Reconstruction from latents; a transcoder with a skip also needs its input x."""
+        return latents @ self.W_dec + self._bias(x)
+
+    def _bias(self, x: torch.Tensor | None) -> torch.Tensor:
+        if not self.cfg.skip:
+            return self.b_dec
+        if x is None:
+            raise ValueError("this transcoder has a skip connection: decode(latents, x) needs its input x")
+        return self.b_dec + x @ self.W_skip
+
+    def decode_sparse(self, indices: torch.Tensor, values: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
+        """decode() of latents given as (n, k) indices and values: reads k decoder rows per example."""
+        return F.embedding_bag(indices, self.W_dec, per_sample_weights=values, mode="sum") + self._bias(x)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         latents = self.encode(x)
-        return self.decode(latents), latents
+        return self.decode(latents, x), latents
 
-    def loss(self, x: torch.Tensor) -> torch.Tensor:
+    def loss(self, x: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
+        """Squared reconstruction error of `target` (default x; a transcoder's MLP output) plus
+        the architecture's sparsity penalty and, for TopK/BatchTopK, the AuxK loss."""
+        target = x if target is None else target
+        if target.shape != (len(x), self.cfg.width_out):
+            raise ValueError(f"target must have shape ({len(x)}, {self.cfg.width_out}), got {tuple(target.shape)}")
         pre = self.pre_activations(x)  # computed once: the penalties below need it too
-        latents = self._activate(pre)
-        recon = self.decode(latents)
-        loss = (x - recon).pow(2).sum(1).mean()
+        if self.cfg.architecture == "topk":
+            top = pre.topk(self.cfg.k, dim=1)
+            values = torch.relu(top.values)
+            recon = self.decode_sparse(top.indices, values, x)
+            fired = top.indices[values > 0]
+        else:
+            latents = self._activate(pre)
+            recon = self.decode(latents, x)
+            fired = (latents != 0).any(0).nonzero().flatten()
+        loss = (target - recon).pow(2).sum(1).mean()
         if self.training:
             with torch.no_grad():
                 self.since_fired += len(x)
-                self.since_fired[(latents != 0).any(0)] = 0
+                self.since_fired[fired] = 0
         if self.cfg.architecture in ("topk", "batchtopk") and self.training and self.cfg.aux_coef > 0:
-            loss = loss + self.cfg.aux_coef * self._aux_loss(x, pre, recon)
+            loss = loss + self.cfg.aux_coef * self._aux_loss(target, pre, recon)
         if self.cfg.architecture == "relu":
             loss = loss + self.cfg.l1 * (latents * self.W_dec.norm(dim=1)).sum(1).mean()
         if self.cfg.architecture == "jumprelu":
@@ -125,12 +175,35 @@ class SAE(nn.Module):
             return x.new_zeros(())
         dead_pre = torch.relu(pre).masked_fill(~dead, 0)
         top = dead_pre.topk(min(self.cfg.aux_k, int(dead.sum())), dim=1)
-        residual_hat = torch.zeros_like(dead_pre).scatter(1, top.indices, top.values) @ self.W_dec
+        residual_hat = F.embedding_bag(top.indices, self.W_dec, per_sample_weights=top.values, mode="sum")
         return (x - recon.detach() - residual_hat).pow(2).sum(1).mean()
 
     @torch.no_grad()
-    def init_decoder_bias(self, x: torch.Tensor) -> None:
-        self.b_dec.copy_(x.mean(0))
+    def init_decoder_bias(self, target: torch.Tensor, method: str = "geometric_median") -> None:
+        """b_dec at the geometric median (robust to the few huge-norm tokens that residual
+        streams have) or the mean of the reconstruction targets."""
+        if method not in ("geometric_median", "mean"):
+            raise ValueError(f"decoder bias init must be 'geometric_median' or 'mean', got {method!r}")
+        self.b_dec.copy_(geometric_median(target) if method == "geometric_median" else target.mean(0))
+
+    @torch.no_grad()
+    def fold_scales(self, scale_in: float, scale_out: float) -> None:
+        """Make a dictionary trained on x * scale_in -> y * scale_out work on raw x and y.
+
+        Latents are divided by scale_out, so TopK choices and decoder norms are unchanged."""
+        ratio = scale_in / scale_out
+        if self.cfg.kind == "transcoder":
+            self.W_enc.mul_(ratio)
+        elif scale_in != scale_out:
+            raise ValueError("an SAE reads and writes the same space: scale_in must equal scale_out")
+        self.b_enc.div_(scale_out)
+        self.b_dec.div_(scale_out)
+        if self.cfg.skip:
+            self.W_skip.mul_(ratio)
+        if self.cfg.architecture == "jumprelu":
+            self.log_threshold.sub_(torch.log(torch.tensor(scale_out)))
+        if self.cfg.architecture == "batchtopk":
+            self.threshold.div_(scale_out)
 
     @torch.no_grad()
     def normalise_decoder(self) -> None:
@@ -161,40 +234,16 @@ class _Step(torch.autograd.Function):
         return None, (-grad * window / ctx.bandwidth).sum(0), None
 
 
-def train_sae(sae: SAE, batches, steps: int, lr: float = 1e-3, warmup: int = 100) -> list[float]:
-    """Adam with linear warm-up; unit-norm decoder rows kept throughout. Returns the losses."""
-    return train_many([sae], batches, steps, lr, warmup)[0]
-
-
-def train_many(saes: list[SAE], batches, steps: int, lr: float = 1e-3, warmup: int = 100) -> list[list[float]]:
-    """Train several dictionaries (a sweep of k or widths) on one stream: each batch is read once
-    and fed to all of them."""
-    widths = {s.cfg.d_in for s in saes}
-    if len(widths) != 1:
-        raise ValueError(f"dictionaries trained on one stream must share d_in; got {sorted(widths)}")
-    trainers = [_Trainer(s, lr, warmup) for s in saes]
-    stream = iter(batches)
-    for step in range(steps):
-        x = next(stream)
-        for t in trainers:
-            t.step(x, step)
-    return [t.losses for t in trainers]
-
-
-class _Trainer:
-    def __init__(self, sae: SAE, lr: float, warmup: int):
-        self.sae, self.lr, self.warmup, self.losses = sae, lr, warmup, []
-        self.opt = torch.optim.Adam(sae.parameters(), lr=lr)
-
-    def step(self, x: torch.Tensor, step: int) -> None:
-        if step == 0:
-            self.sae.init_decoder_bias(x)
-        for group in self.opt.param_groups:
-            group["lr"] = self.lr * min(1.0, (step + 1) / self.warmup)
-        loss = self.sae.loss(x)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.sae.remove_parallel_gradient()
-        self.opt.step()
-        self.sae.normalise_decoder()
-        self.losses.append(loss.item())
+@torch.no_grad()
+def geometric_median(x: torch.Tensor, iters: int = 50, tol: float = 1e-7) -> torch.Tensor:
+    """The point minimising the sum of Euclidean distances to the rows of x (Weiszfeld)."""
+    x = x.double()
+    m = x.mean(0)
+    for _ in range(iters):
+        w = 1 / (x - m).norm(dim=1).clamp(min=1e-12)
+        new = (w[:, None] * x).sum(0) / w.sum()
+        done = (new - m).norm() <= tol * new.norm().clamp(min=1.0)
+        m = new
+        if done:
+            break
+    return m.float()

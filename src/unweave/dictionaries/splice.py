@@ -3,15 +3,20 @@
 - downstream KL: mean over tokens of KL(p_model || p_spliced) of the next-token distribution;
 - fraction of cross-entropy loss recovered, relative to zero-ablating the site:
   (CE_zero - CE_spliced) / (CE_zero - CE_model); 1 means no loss, 0 means as bad as deleting the site.
+
+A transcoder is spliced in place of its MLP: the MLP's output is replaced by the
+transcoder applied to the MLP's input (read in the same forward pass).
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 import torch.nn.functional as F
 
 from unweave.dictionaries.sae import SAE
-from unweave.sites import patch
+from unweave.sites import capturing, patch
 
 
 def _logits(output) -> torch.Tensor:
@@ -30,17 +35,36 @@ def reconstruct(sae: SAE):
     return fn
 
 
+@contextlib.contextmanager
+def spliced(model: torch.nn.Module, site: str, sae: SAE, input_site: str | None = None):
+    """Inside the block, `site` holds the dictionary's reconstruction: of the activation
+    there (an SAE), or computed from `input_site` (a transcoder replacing an MLP)."""
+    if sae.cfg.kind == "sae":
+        with patch(model, {site: reconstruct(sae)}):
+            yield
+        return
+    if input_site is None:
+        raise ValueError("a transcoder needs input_site, the MLP input it reads (e.g. 'model.layers.5.mlp:input')")
+    with capturing(model, [input_site], detach=False) as acts:
+        def from_input(out: torch.Tensor) -> torch.Tensor:
+            x = acts[input_site]
+            return sae(x.reshape(-1, x.shape[-1]))[0].reshape(out.shape).to(out.dtype)
+        with patch(model, {site: from_input}):
+            yield
+
+
 @torch.no_grad()
-def spliced_metrics(model: torch.nn.Module, site: str, sae: SAE, tokens: torch.Tensor) -> dict[str, float]:
+def spliced_metrics(model: torch.nn.Module, site: str, sae: SAE, tokens: torch.Tensor,
+                    input_site: str | None = None) -> dict[str, float]:
     """CE of the model, with the dictionary spliced in at `site`, and with the site zeroed."""
     clean = _logits(model(tokens))
-    with patch(model, {site: reconstruct(sae)}):
-        spliced = _logits(model(tokens))
+    with spliced(model, site, sae, input_site):
+        spliced_logits = _logits(model(tokens))
     with patch(model, {site: torch.zeros_like}):
         zeroed = _logits(model(tokens))
     ce = {name: _next_token_ce(z, tokens).mean().item()
-          for name, z in (("model", clean), ("spliced", spliced), ("zero", zeroed))}
-    logp, logq = clean[:, :-1].double().log_softmax(-1), spliced[:, :-1].double().log_softmax(-1)
+          for name, z in (("model", clean), ("spliced", spliced_logits), ("zero", zeroed))}
+    logp, logq = clean[:, :-1].double().log_softmax(-1), spliced_logits[:, :-1].double().log_softmax(-1)
     kl = (logp.exp() * (logp - logq)).sum(-1).mean().item()
     denom = ce["zero"] - ce["model"]
     return {"ce_model": ce["model"], "ce_spliced": ce["spliced"], "ce_zero_ablation": ce["zero"], "kl": kl,

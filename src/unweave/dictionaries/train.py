@@ -1,0 +1,138 @@
+"""Training dictionaries: several at once from one stream, resumable, with the input
+normalisation folded back into the weights at the end.
+
+Each batch is an activation tensor x (SAEs) or a pair (x, y) (transcoders: MLP input and
+output). Inputs and targets are scaled so that their mean norm is sqrt(width) (the scale
+is estimated on the first batch), which makes one learning rate fit every layer and model;
+after training the scales are folded into the weights, so the saved dictionary reads and
+writes raw activations.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+
+import torch
+
+from unweave.dictionaries.sae import SAE
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int
+    lr: float = 1e-3
+    warmup: int = 100  # linear warm-up steps
+    decay_frac: float = 0.2  # linear decay to zero over this last fraction of the steps
+    normalise: bool = True
+    b_dec_init: str = "geometric_median"  # or "mean"
+    checkpoint_every: int = 200
+
+    def lr_at(self, step: int) -> float:
+        warm = min(1.0, (step + 1) / max(1, self.warmup))
+        decay_start = self.steps * (1 - self.decay_frac)
+        decay = 1.0 if step < decay_start else max(0.0, (self.steps - step) / (self.steps - decay_start))
+        return self.lr * warm * decay
+
+
+def _pair(batch) -> tuple[torch.Tensor, torch.Tensor]:
+    return (batch[0], batch[1]) if isinstance(batch, (tuple, list)) else (batch, batch)
+
+
+def norm_scale(x: torch.Tensor) -> float:
+    """Factor that makes the mean row norm sqrt(width)."""
+    mean_norm = x.double().norm(dim=1).mean().item()
+    if not math.isfinite(mean_norm) or mean_norm == 0:
+        raise ValueError(f"cannot normalise activations with mean norm {mean_norm}")
+    return math.sqrt(x.shape[1]) / mean_norm
+
+
+class Checkpoint:
+    """Everything needed to continue training exactly: weights, dead-latent counters,
+    optimiser moments, scales, losses and the number of batches consumed."""
+
+    def __init__(self, folder: Path | None):
+        self.path = None if folder is None else Path(folder) / "checkpoint.pt"
+
+    def load(self) -> dict | None:
+        if self.path is None or not self.path.exists():
+            return None
+        return torch.load(self.path, weights_only=False)
+
+    def save(self, state: dict) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, self.path)  # atomic: a crash mid-write leaves the previous checkpoint
+
+    def remove(self) -> None:
+        if self.path is not None and self.path.exists():
+            self.path.unlink()
+
+
+def train_many(saes: list[SAE], batches: Iterable, cfg: TrainConfig, checkpoint_dir: Path | None = None,
+               on_step=None) -> list[list[float]]:
+    """Train several dictionaries (a sweep of k or widths) on one stream: each batch is read
+    once and fed to all. With `checkpoint_dir`, state is saved every `cfg.checkpoint_every`
+    steps and a later call with the same arguments resumes where it stopped, with the same
+    result as an uninterrupted run. Returns each dictionary's losses."""
+    d_in = {s.cfg.d_in for s in saes}
+    d_out = {s.cfg.width_out for s in saes}
+    if len(d_in) != 1 or len(d_out) != 1:
+        raise ValueError(f"dictionaries trained on one stream must share d_in and d_out; got d_in {sorted(d_in)}, "
+                         f"d_out {sorted(d_out)}")
+    opts = [torch.optim.Adam(s.parameters(), lr=cfg.lr) for s in saes]
+    losses: list[list[float]] = [[] for _ in saes]
+    ckpt = Checkpoint(checkpoint_dir)
+    state = ckpt.load()
+    stream = iter(batches)
+    start, scales = 0, None
+    if state is not None:
+        for sae, opt, saved in zip(saes, opts, state["dictionaries"]):
+            sae.load_state_dict(saved["weights"])
+            sae.since_fired.copy_(saved["since_fired"])
+            opt.load_state_dict(saved["optimizer"])
+        start, scales, losses = state["step"], state["scales"], state["losses"]
+        for _ in islice(stream, start):  # the stream is deterministic: skip what was consumed
+            pass
+    for sae in saes:
+        sae.train()
+    for step in range(start, cfg.steps):
+        x, y = _pair(next(stream))
+        if scales is None:
+            scales = (norm_scale(x), norm_scale(y)) if cfg.normalise else (1.0, 1.0)
+            for sae in saes:
+                sae.init_decoder_bias(y * scales[1], cfg.b_dec_init)
+        x, y = x * scales[0], y * scales[1]
+        for sae, opt, record in zip(saes, opts, losses):
+            for group in opt.param_groups:
+                group["lr"] = cfg.lr_at(step)
+            loss = sae.loss(x, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            sae.remove_parallel_gradient()
+            opt.step()
+            sae.normalise_decoder()
+            record.append(loss.item())
+        if on_step is not None:
+            on_step(step)
+        if checkpoint_dir is not None and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
+            ckpt.save({"step": step + 1, "scales": scales, "losses": losses, "dictionaries": [
+                {"weights": s.state_dict(), "since_fired": s.since_fired, "optimizer": o.state_dict()}
+                for s, o in zip(saes, opts)]})
+    for sae in saes:
+        sae.eval()
+        if scales is not None:
+            sae.fold_scales(*scales)
+    ckpt.remove()
+    return losses
+
+
+def train_sae(sae: SAE, batches: Iterable, steps: int, lr: float = 1e-3, warmup: int = 100,
+              normalise: bool = True) -> list[float]:
+    """One dictionary; see `train_many`."""
+    return train_many([sae], batches, TrainConfig(steps, lr, warmup, normalise=normalise))[0]
