@@ -251,3 +251,26 @@ def test_live_batches_are_bounded_shuffled_and_paired():
     seen = torch.cat([x for x, _ in batches])  # 320 tokens drawn from 2.7 passes over 120
     _, counts = torch.unique(seen, dim=0, return_counts=True)
     assert len(counts) == 120 and counts.max() <= 4  # every token seen, none far more often than others
+
+
+def test_massive_activations_are_left_out_and_passed_through(tmp_path):
+    from unweave.dictionaries import io
+    from unweave.dictionaries.splice import apply
+
+    gen = torch.Generator().manual_seed(0)
+
+    def stream():
+        while True:
+            x = torch.randn(256, 6, generator=gen)
+            x[:3] *= 1000  # a few attention-sink-like rows, 1000x the typical norm
+            yield x
+
+    sae = SAE(SAEConfig(d_in=6, n_latents=24, k=3))
+    train_many([sae], stream(), TrainConfig(steps=200, lr=3e-3, warmup=10, max_norm_ratio=10))
+    x = next(stream())
+    assert 10 < sae.max_input_norm < 100  # 10 x the median norm (~2.3), far below the massive rows
+    out = apply(sae, x)
+    torch.testing.assert_close(out[:3], x[:3])  # passed through unchanged
+    fvu = ((x[3:] - out[3:]).pow(2).sum() / (x[3:] - x[3:].mean(0)).pow(2).sum()).item()
+    assert fvu < 0.5, "trained on the ordinary rows, not dragged towards the massive ones"
+    assert io.load(io.save(sae, tmp_path / "d")).max_input_norm == pytest.approx(sae.max_input_norm)

@@ -173,8 +173,12 @@ def sae_train(site: str = typer.Option(..., help="Site the dictionary reads (in 
               text_tokens: int = typer.Option(262_144, help="With --live: tokens of Shakespeare cycled through."),
               batch_size: int = typer.Option(4096, help="Activations per step."),
               lr: float = typer.Option(1e-3, help="Adam learning rate (with warm-up and a final decay)."),
-              l1: float = typer.Option(1e-3, help="Sparsity penalty for relu and jumprelu.")) -> None:
+              l1: float = typer.Option(1e-3, help="Sparsity penalty for relu and jumprelu."),
+              max_norm_ratio: float = typer.Option(10.0, help="Leave out (and pass through when spliced) tokens "
+                                                   "whose norm exceeds this multiple of the median: massive "
+                                                   "activations. 0 keeps every token.")) -> None:
     """Train dictionaries (a sweep of k and widths in one pass) on stored or live activations."""
+    ratio = max_norm_ratio or None
     from unweave.dictionaries import SAEConfig
     from unweave.dictionaries.run import train_from_store, train_live
     from unweave.sites import capture
@@ -189,14 +193,16 @@ def sae_train(site: str = typer.Option(..., help="Site the dictionary reads (in 
             d = capture(lm, site, tokenizer("To be", return_tensors="pt").input_ids, stop_early=True)[site].shape[-1]
             base = SAEConfig(d_in=d, n_latents=(width or [8 * d])[0], architecture=architecture, k=k[0], l1=l1)
             folders = train_live(model, site, base, out, tokens or 200_000, ks=k, widths=width,
-                                 text_tokens=text_tokens, batch_size=batch_size, lr=lr, target_site=target_site)
+                                 text_tokens=text_tokens, batch_size=batch_size, lr=lr, target_site=target_site,
+                                 max_norm_ratio=ratio)
         else:
             from unweave.store import ActivationStore
 
             d = ActivationStore(store).width(site)
             base = SAEConfig(d_in=d, n_latents=(width or [8 * d])[0], architecture=architecture, k=k[0], l1=l1)
             folders = train_from_store(store, site, base, out, ks=k, widths=width, tokens=tokens,
-                                       batch_size=batch_size, lr=lr, target_site=target_site)
+                                       batch_size=batch_size, lr=lr, target_site=target_site,
+                                       max_norm_ratio=ratio)
     console.print("\n".join(f"[bold green]saved[/] {f}" for f in folders))
 
 

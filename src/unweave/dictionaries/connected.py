@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from unweave.dictionaries.sae import SAE
-from unweave.dictionaries.train import TrainConfig, norm_scale
+from unweave.dictionaries.train import TrainConfig, norm_scale, optimiser_step
 
 
 def _top(sae: SAE, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -98,15 +98,7 @@ def train_connected(layers: Sequence[SAE], batches: Iterable, cfg: TrainConfig, 
         if penalty:
             loss = loss + penalty * sum(connection_penalty(layers[i], layers[i + 1], tops[i], tops[i + 1])
                                         for i in range(len(layers) - 1))
-        for group in opt.param_groups:
-            group["lr"] = cfg.lr_at(step)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        for sae in layers:
-            sae.remove_parallel_gradient()
-        opt.step()
-        for sae in layers:
-            sae.normalise_decoder()
+        optimiser_step(opt, loss, cfg.lr_at(step), list(layers))
         losses.append(loss.item())
     for sae in layers:
         sae.eval()

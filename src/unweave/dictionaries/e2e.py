@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from unweave.dictionaries.sae import SAE
 from unweave.dictionaries.splice import _logits, spliced
-from unweave.dictionaries.train import TrainConfig
+from unweave.dictionaries.train import TrainConfig, optimiser_step
 from unweave.sites import capture
 
 
@@ -47,13 +47,7 @@ def train_e2e(model: torch.nn.Module, site: str, sae: SAE, token_batches: Iterab
             x = acts[sites[0]].reshape(-1, acts[sites[0]].shape[-1])
             y = acts[site].reshape(-1, acts[site].shape[-1])
             loss = loss + recon_coef * sae.loss(x, y)
-        for group in opt.param_groups:
-            group["lr"] = cfg.lr_at(step)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        sae.remove_parallel_gradient()
-        opt.step()
-        sae.normalise_decoder()
+        optimiser_step(opt, loss, cfg.lr_at(step), [sae])
         losses.append(loss.item())
     sae.eval()
     return losses

@@ -21,7 +21,7 @@ def save(sae: SAE, folder: Path, metadata: dict | None = None) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     cfg = {"architecture": TO_SAELENS[sae.cfg.architecture], "d_in": sae.cfg.d_in, "d_sae": sae.cfg.n_latents,
            "dtype": "float32", "device": "cpu", "apply_b_dec_to_input": True, "normalize_activations": "none",
-           "metadata": metadata or {}}
+           "metadata": {**(metadata or {}), "max_input_norm": sae.max_input_norm}}
     tensors = {k: v for k, v in sae.state_dict().items() if k not in ("log_threshold", "threshold")}
     if sae.cfg.kind == "transcoder":  # SAELens-style fields plus what a transcoder needs to load here
         cfg.update({"d_out": sae.cfg.width_out, "is_transcoder": True, "skip": sae.cfg.skip,
@@ -64,6 +64,7 @@ def load(folder: Path) -> SAE:
     if got != expected:
         raise ValueError(f"{folder / WEIGHTS}: tensors {got} do not match the config's {expected}")
     sae.load_state_dict({k: weights[k] for k in expected})
+    sae.max_input_norm = cfg.get("metadata", {}).get("max_input_norm")
     return sae
 
 

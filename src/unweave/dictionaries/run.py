@@ -56,11 +56,12 @@ def live_batches(model: torch.nn.Module, sites: str | list[str], rows: torch.Ten
                 yield batch[0] if isinstance(sites, str) else tuple(batch)
 
 
-def _train(stream, base: SAEConfig, out: Path, ks, widths, steps: int, lr: float, seed: int, meta: dict) -> list[Path]:
+def _train(stream, base: SAEConfig, out: Path, ks, widths, steps: int, lr: float, seed: int, meta: dict,
+           max_norm_ratio: float | None = None) -> list[Path]:
     cfgs = [replace(base, k=k, n_latents=w) for k in (ks or [base.k]) for w in (widths or [base.n_latents])]
     saes = [SAE(c, seed=seed) for c in cfgs]
     task = progress.Task(f"training {len(saes)} dictionaries", total=steps)
-    train_many(saes, stream, TrainConfig(steps, lr=lr), checkpoint_dir=Path(out) / ".checkpoint",
+    train_many(saes, stream, TrainConfig(steps, lr=lr, max_norm_ratio=max_norm_ratio), checkpoint_dir=Path(out) / ".checkpoint",
                on_step=lambda _: task.advance())
     task.close()
     kind = "transcoder-" if base.kind == "transcoder" else ""
@@ -69,7 +70,8 @@ def _train(stream, base: SAEConfig, out: Path, ks, widths, steps: int, lr: float
 
 def train_from_store(store_dir: Path, site: str, base: SAEConfig, out: Path, ks: list[int] | None = None,
                      widths: list[int] | None = None, tokens: int | None = None, batch_size: int = 4096,
-                     lr: float = 1e-3, seed: int = 0, target_site: str | None = None) -> list[Path]:
+                     lr: float = 1e-3, seed: int = 0, target_site: str | None = None,
+                     max_norm_ratio: float | None = None) -> list[Path]:
     """Train one dictionary per (k, width) in one pass over `tokens` stored activations
     (several epochs when `tokens` exceeds the store). With `target_site`, transcoders from
     `site` (an MLP's input) to `target_site` (its output). An interrupted run resumes from
@@ -90,12 +92,14 @@ def train_from_store(store_dir: Path, site: str, base: SAEConfig, out: Path, ks:
             "text_tokens": store.n_tokens, "training_tokens": steps * batch_size}
     if target_site is not None:
         meta["hook_name_out"] = target_site
-    return _train(_stream(store, sites, batch_size, seed), base, out, ks, widths, steps, lr, seed, meta)
+    return _train(_stream(store, sites, batch_size, seed), base, out, ks, widths, steps, lr, seed, meta,
+                  max_norm_ratio)
 
 
 def train_live(model_name: str, site: str, base: SAEConfig, out: Path, tokens: int, ks: list[int] | None = None,
                widths: list[int] | None = None, text_tokens: int = 262_144, ctx_len: int = 128,
-               batch_size: int = 4096, lr: float = 1e-3, seed: int = 0, target_site: str | None = None) -> list[Path]:
+               batch_size: int = 4096, lr: float = 1e-3, seed: int = 0, target_site: str | None = None,
+               max_norm_ratio: float | None = None) -> list[Path]:
     """As `train_from_store`, with activations computed from the model on the first
     `text_tokens` tokens of Shakespeare while training runs (cycling for `tokens`)."""
     from unweave.hf import load_model, load_text
@@ -114,17 +118,24 @@ def train_live(model_name: str, site: str, base: SAEConfig, out: Path, tokens: i
     if target_site is not None:
         meta["hook_name_out"] = target_site
     stream = live_batches(model, site if target_site is None else names, rows, batch_size, seed=seed)
-    return _train(stream, base, out, ks, widths, steps, lr, seed, meta)
+    return _train(stream, base, out, ks, widths, steps, lr, seed, meta, max_norm_ratio)
 
 
 @torch.no_grad()
 def evaluate(sae: SAE, x: torch.Tensor, y: torch.Tensor | None = None) -> dict:
     """Reconstruction and sparsity metrics on inputs x (and targets y, for a transcoder)."""
+    from unweave.dictionaries.splice import apply, ordinary
+
     y = x if y is None else y
     recon, z = sae(x)
-    return {"fvu": metrics.fvu(y, recon), "mse": metrics.mse(y, recon), "l0": metrics.l0(z),
-            "dead_fraction": metrics.dead_fraction(z), "dense_fraction": metrics.dense_fraction(z),
-            "density": metrics.firing_density(z).tolist(), "tokens": len(x)}
+    keep = ordinary(sae, x)  # tokens it was trained for; the rest pass through when spliced
+    spliced = apply(sae, x, keep=None if sae.cfg.kind == "sae" else y)
+    out = {"fvu_all_tokens_spliced": metrics.fvu(y, spliced), "fvu": metrics.fvu(y[keep], recon[keep]),
+           "mse": metrics.mse(y[keep], recon[keep]), "l0": metrics.l0(z[keep]),
+           "dead_fraction": metrics.dead_fraction(z[keep]), "dense_fraction": metrics.dense_fraction(z[keep]),
+           "density": metrics.firing_density(z[keep]).tolist(), "tokens": len(x),
+           "passed_through_fraction": float((~keep).float().mean())}
+    return out
 
 
 @torch.no_grad()

@@ -81,6 +81,9 @@ class SAE(nn.Module):
             self.register_buffer("threshold", torch.zeros(()))
         # training tokens since each latent last fired (dead-latent tracking; not part of the saved weights)
         self.register_buffer("since_fired", torch.zeros(cfg.n_latents, dtype=torch.long), persistent=False)
+        # inputs with a larger norm (massive activations: attention sinks) were left out of
+        # training and are passed through unchanged when the dictionary is spliced in
+        self.max_input_norm: float | None = None
 
     def _check(self, x: torch.Tensor) -> None:
         if x.dim() != 2 or x.shape[1] != self.cfg.d_in:

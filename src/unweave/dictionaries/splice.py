@@ -28,10 +28,27 @@ def _next_token_ce(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits[:, :-1].flatten(0, 1).double(), tokens[:, 1:].flatten(), reduction="none")
 
 
+def ordinary(sae: SAE, x: torch.Tensor) -> torch.Tensor:
+    """Rows the dictionary was trained for: all, or those within its max_input_norm."""
+    if sae.max_input_norm is None:
+        return torch.ones(len(x), dtype=torch.bool, device=x.device)
+    return x.norm(dim=1) <= sae.max_input_norm
+
+
+def apply(sae: SAE, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+    """The dictionary's output for rows of x; rows outside its max_input_norm pass through
+    as `keep` (default: x itself, the right thing for an SAE)."""
+    out = sae(x)[0]
+    mask = ordinary(sae, x)
+    if mask.all():
+        return out
+    return torch.where(mask[:, None], out, x if keep is None else keep)
+
+
 def reconstruct(sae: SAE):
     """A patch function replacing a (..., d) activation by the dictionary's reconstruction."""
     def fn(act: torch.Tensor) -> torch.Tensor:
-        return sae(act.reshape(-1, act.shape[-1]))[0].reshape(act.shape).to(act.dtype)
+        return apply(sae, act.reshape(-1, act.shape[-1])).reshape(act.shape).to(act.dtype)
     return fn
 
 
@@ -48,7 +65,8 @@ def spliced(model: torch.nn.Module, site: str, sae: SAE, input_site: str | None 
     with capturing(model, [input_site], detach=False) as acts:
         def from_input(out: torch.Tensor) -> torch.Tensor:
             x = acts[input_site]
-            return sae(x.reshape(-1, x.shape[-1]))[0].reshape(out.shape).to(out.dtype)
+            flat_out = out.reshape(-1, out.shape[-1])
+            return apply(sae, x.reshape(-1, x.shape[-1]), keep=flat_out).reshape(out.shape).to(out.dtype)
         with patch(model, {site: from_input}):
             yield
 

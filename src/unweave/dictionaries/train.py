@@ -31,6 +31,10 @@ class TrainConfig:
     normalise: bool = True
     b_dec_init: str = "geometric_median"  # or "mean"
     checkpoint_every: int = 200
+    # leave out inputs whose norm exceeds this multiple of the first batch's median norm:
+    # the few massive-activation tokens (attention sinks, ~1% in SmolLM2's residual stream,
+    # norms 100x the rest) would otherwise dominate the squared error. None keeps all.
+    max_norm_ratio: float | None = None
 
     def lr_at(self, step: int) -> float:
         warm = min(1.0, (step + 1) / max(1, self.warmup))
@@ -74,6 +78,20 @@ class Checkpoint:
             self.path.unlink()
 
 
+def optimiser_step(opt: torch.optim.Optimizer, loss: torch.Tensor, lr: float, saes: list[SAE]) -> None:
+    """One Adam step that keeps every decoder row at unit norm: the gradient's component
+    along each row is removed before the step and the rows are renormalised after it."""
+    for group in opt.param_groups:
+        group["lr"] = lr
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    for sae in saes:
+        sae.remove_parallel_gradient()
+    opt.step()
+    for sae in saes:
+        sae.normalise_decoder()
+
+
 def train_many(saes: list[SAE], batches: Iterable, cfg: TrainConfig, checkpoint_dir: Path | None = None,
                on_step=None) -> list[list[float]]:
     """Train several dictionaries (a sweep of k or widths) on one stream: each batch is read
@@ -90,42 +108,42 @@ def train_many(saes: list[SAE], batches: Iterable, cfg: TrainConfig, checkpoint_
     ckpt = Checkpoint(checkpoint_dir)
     state = ckpt.load()
     stream = iter(batches)
-    start, scales = 0, None
+    start, scales, max_norm = 0, None, None
     if state is not None:
         for sae, opt, saved in zip(saes, opts, state["dictionaries"]):
             sae.load_state_dict(saved["weights"])
             sae.since_fired.copy_(saved["since_fired"])
             opt.load_state_dict(saved["optimizer"])
-        start, scales, losses = state["step"], state["scales"], state["losses"]
+        start, scales, losses, max_norm = state["step"], state["scales"], state["losses"], state["max_norm"]
         for _ in islice(stream, start):  # the stream is deterministic: skip what was consumed
             pass
     for sae in saes:
         sae.train()
     for step in range(start, cfg.steps):
         x, y = _pair(next(stream))
+        if cfg.max_norm_ratio is not None:
+            if max_norm is None:
+                max_norm = cfg.max_norm_ratio * x.norm(dim=1).median().item()
+            keep = x.norm(dim=1) <= max_norm
+            x, y = x[keep], y[keep]
         if scales is None:
             scales = (norm_scale(x), norm_scale(y)) if cfg.normalise else (1.0, 1.0)
             for sae in saes:
                 sae.init_decoder_bias(y * scales[1], cfg.b_dec_init)
         x, y = x * scales[0], y * scales[1]
         for sae, opt, record in zip(saes, opts, losses):
-            for group in opt.param_groups:
-                group["lr"] = cfg.lr_at(step)
             loss = sae.loss(x, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            sae.remove_parallel_gradient()
-            opt.step()
-            sae.normalise_decoder()
+            optimiser_step(opt, loss, cfg.lr_at(step), [sae])
             record.append(loss.item())
         if on_step is not None:
             on_step(step)
         if checkpoint_dir is not None and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
-            ckpt.save({"step": step + 1, "scales": scales, "losses": losses, "dictionaries": [
+            ckpt.save({"step": step + 1, "scales": scales, "losses": losses, "max_norm": max_norm, "dictionaries": [
                 {"weights": s.state_dict(), "since_fired": s.since_fired, "optimizer": o.state_dict()}
                 for s, o in zip(saes, opts)]})
     for sae in saes:
         sae.eval()
+        sae.max_input_norm = max_norm
         if scales is not None:
             sae.fold_scales(*scales)
     ckpt.remove()
