@@ -12,7 +12,7 @@ import time
 
 import torch
 from safetensors.torch import load_file, save_file
-from sae_lens import SAETrainerConfig
+from sae_lens.config import SAETrainerConfig
 from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
 from sae_lens.training.sae_trainer import SAETrainer
 
