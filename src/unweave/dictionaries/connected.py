@@ -23,10 +23,10 @@ from unweave.dictionaries.sae import SAE
 from unweave.dictionaries.train import TrainConfig, norm_scale, optimiser_step
 
 
-def _top(sae: SAE, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _top(sae: SAE, x: torch.Tensor, pre: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     if sae.cfg.architecture != "topk":
         raise ValueError(f"connected sparse MLPs are TopK transcoders; got architecture {sae.cfg.architecture!r}")
-    top = sae.pre_activations(x).topk(sae.cfg.k, dim=1)
+    top = (sae.pre_activations(x) if pre is None else pre).topk(sae.cfg.k, dim=1)
     return top.indices, torch.relu(top.values)
 
 
@@ -93,8 +93,9 @@ def train_connected(layers: Sequence[SAE], batches: Iterable, cfg: TrainConfig, 
                 sae.init_decoder_bias(batch[2 * i + 1] * scale, cfg.b_dec_init)
         xs = [t * scale for t in batch[0::2]]
         ys = [t * scale for t in batch[1::2]]
-        tops = [_top(sae, x) for sae, x in zip(layers, xs)]
-        loss = sum(sae.loss(x, y) for sae, x, y in zip(layers, xs, ys))
+        pres = [sae.pre_activations(x) for sae, x in zip(layers, xs)]  # the encoders run once per layer
+        tops = [_top(sae, x, pre) for sae, x, pre in zip(layers, xs, pres)]
+        loss = sum(sae.loss(x, y, pre) for sae, x, y, pre in zip(layers, xs, ys, pres))
         if penalty:
             loss = loss + penalty * sum(connection_penalty(layers[i], layers[i + 1], tops[i], tops[i + 1])
                                         for i in range(len(layers) - 1))

@@ -138,13 +138,16 @@ class SAE(nn.Module):
         latents = self.encode(x)
         return self.decode(latents, x), latents
 
-    def loss(self, x: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
+    def loss(self, x: torch.Tensor, target: torch.Tensor | None = None,
+             pre: torch.Tensor | None = None) -> torch.Tensor:
         """Squared reconstruction error of `target` (default x; a transcoder's MLP output) plus
-        the architecture's sparsity penalty and, for TopK/BatchTopK, the AuxK loss."""
+        the architecture's sparsity penalty and, for TopK/BatchTopK, the AuxK loss. `pre`:
+        this batch's pre-activations, when the caller has them already."""
         target = x if target is None else target
         if target.shape != (len(x), self.cfg.width_out):
             raise ValueError(f"target must have shape ({len(x)}, {self.cfg.width_out}), got {tuple(target.shape)}")
-        pre = self.pre_activations(x)  # computed once: the penalties below need it too
+        if pre is None:  # computed once: the penalties below need it too
+            pre = self.pre_activations(x)
         if self.cfg.architecture == "topk":
             top = pre.topk(self.cfg.k, dim=1)
             values = torch.relu(top.values)
