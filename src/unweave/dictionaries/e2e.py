@@ -9,11 +9,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import torch
-import torch.nn.functional as F
 
 from unweave.dictionaries.sae import SAE
 from unweave.dictionaries.splice import _logits, spliced
 from unweave.dictionaries.train import TrainConfig, optimiser_step
+from unweave.divergence import kl_per_token
 from unweave.sites import capture
 
 
@@ -21,10 +21,9 @@ def spliced_kl(model: torch.nn.Module, site: str, sae: SAE, tokens: torch.Tensor
                input_site: str | None = None) -> torch.Tensor:
     """Mean over tokens of KL(p_model || p_spliced), differentiable in the dictionary."""
     with torch.no_grad():
-        logp = F.log_softmax(_logits(model(tokens)).double(), -1)
+        clean = _logits(model(tokens))
     with spliced(model, site, sae, input_site):
-        logq = F.log_softmax(_logits(model(tokens)).double(), -1)
-    return (logp.exp() * (logp - logq)).sum(-1).mean()
+        return kl_per_token(clean, _logits(model(tokens))).mean()
 
 
 def train_e2e(model: torch.nn.Module, site: str, sae: SAE, token_batches: Iterable[torch.Tensor], cfg: TrainConfig,

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from unweave.dictionaries.sae import SAE
+from unweave.divergence import kl_per_token
 from unweave.sites import capturing, patch
 
 
@@ -82,8 +83,7 @@ def spliced_metrics(model: torch.nn.Module, site: str, sae: SAE, tokens: torch.T
         zeroed = _logits(model(tokens))
     ce = {name: _next_token_ce(z, tokens).mean().item()
           for name, z in (("model", clean), ("spliced", spliced_logits), ("zero", zeroed))}
-    logp, logq = clean[:, :-1].double().log_softmax(-1), spliced_logits[:, :-1].double().log_softmax(-1)
-    kl = (logp.exp() * (logp - logq)).sum(-1).mean().item()
+    kl = kl_per_token(clean[:, :-1], spliced_logits[:, :-1]).mean().item()
     denom = ce["zero"] - ce["model"]
     return {"ce_model": ce["model"], "ce_spliced": ce["spliced"], "ce_zero_ablation": ce["zero"], "kl": kl,
             "ce_loss_recovered": (ce["zero"] - ce["spliced"]) / denom if denom != 0 else float("nan")}

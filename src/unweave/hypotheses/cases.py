@@ -113,13 +113,13 @@ def modadd_case(model: nn.Module, p: int, key_freqs: list[int]) -> Case:
 
 
 # -- induction ------------------------------------------------------------------------------
-def _induction_inputs(vocab: int, half: int, n: int, seed: int, low: int = 0) -> torch.Tensor:
+def _induction_inputs(vocab: int, half: int, n: int, seed: int) -> torch.Tensor:
     """(n, 2*half - 1) repeated sequences ending one token before the end of the repeat, so
     the last position predicts tokens[half - 1] (the answer) from its earlier occurrence."""
     from unweave.zoo.induction import repeated_sequences
 
     tokens, _ = repeated_sequences(n, vocab, 2 * half, torch.Generator().manual_seed(seed), half=half)
-    return (tokens[:, :-1] + low)
+    return tokens[:, :-1]
 
 
 def _heads(scores: torch.Tensor, threshold: float) -> list[int]:

@@ -164,9 +164,6 @@ class Engine:
         values.update({n.name: _values(n, self.inputs[source]) for n in nodes})
         return out, self.h.predict(values)
 
-    def clean_batch(self, idx: torch.Tensor) -> torch.Tensor:
-        return self._run(idx, {})
-
     # -- checks -------------------------------------------------------------------------
     def _check_interchangeable(self) -> list[str]:
         found = []

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from unweave.divergence import kl_per_token
+
 
 def _as_3d(logits: torch.Tensor) -> torch.Tensor:
     if logits.dim() == 2:
@@ -22,9 +24,7 @@ def _as_3d(logits: torch.Tensor) -> torch.Tensor:
 
 def kl_per_example(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
     """KL(p || q) of the softmax distributions, per example (mean over positions), in nats."""
-    logp = F.log_softmax(_as_3d(p_logits).double(), -1)
-    logq = F.log_softmax(_as_3d(q_logits).double(), -1)
-    return (logp.exp() * (logp - logq)).sum(-1).mean(-1)
+    return kl_per_token(_as_3d(p_logits), _as_3d(q_logits)).mean(-1)
 
 
 def ce_per_example(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
