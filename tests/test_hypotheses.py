@@ -12,7 +12,7 @@ from unweave.hypotheses import Hypothesis, HypothesisError, Indices, Latents, No
 from unweave.hypotheses.cases import cancellation_case, induction_case, modadd_case
 from unweave.hypotheses.engine import Engine
 from unweave.sites import capturing, patch
-from unweave.hypotheses.metrics import ce_per_example, fraction_recovered, kl_per_example
+from unweave.scoring import ce_per_example, kl_per_example, loss_recovered
 from unweave.zoo import fourier
 from unweave.zoo.induction import InductionConfig, model_head_scores, repeated_sequences, train
 from unweave.zoo.modadd import make_data
@@ -33,10 +33,10 @@ def test_kl_and_ce_match_scipy():
 
 
 def test_fraction_recovered_ends():
-    assert fraction_recovered(0.1, 0.1, 2.0) == 1.0
-    assert fraction_recovered(0.1, 2.0, 2.0) == 0.0
-    assert math.isclose(fraction_recovered(0.0, 0.5, 1.0), 0.5)
-    assert math.isnan(fraction_recovered(1.0, 0.5, 1.0))
+    assert loss_recovered(0.1, 0.1, 2.0) == 1.0
+    assert loss_recovered(0.1, 2.0, 2.0) == 0.0
+    assert math.isclose(loss_recovered(0.0, 0.5, 1.0), 0.5)
+    assert math.isnan(loss_recovered(1.0, 0.5, 1.0))
 
 
 # -- engine mechanics on a model whose output spells out which input fed each site ----------

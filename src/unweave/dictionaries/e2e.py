@@ -13,7 +13,7 @@ import torch
 from unweave.dictionaries.sae import SAE
 from unweave.dictionaries.splice import _logits, spliced
 from unweave.dictionaries.train import TrainConfig, optimiser_step
-from unweave.divergence import kl_per_token
+from unweave.scoring import kl_per_token
 from unweave.sites import capture
 
 

@@ -13,20 +13,14 @@ from __future__ import annotations
 import contextlib
 
 import torch
-import torch.nn.functional as F
 
 from unweave.dictionaries.sae import SAE
-from unweave.divergence import kl_per_token
+from unweave.scoring import loss_recovered, next_token_ce, next_token_kl
 from unweave.sites import capturing, patch
 
 
 def _logits(output) -> torch.Tensor:
     return output.logits if hasattr(output, "logits") else output
-
-
-def _next_token_ce(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """Per-token cross-entropy of predicting tokens[:, 1:] from logits[:, :-1]."""
-    return F.cross_entropy(logits[:, :-1].flatten(0, 1).double(), tokens[:, 1:].flatten(), reduction="none")
 
 
 def ordinary(sae: SAE, x: torch.Tensor) -> torch.Tensor:
@@ -81,9 +75,8 @@ def spliced_metrics(model: torch.nn.Module, site: str, sae: SAE, tokens: torch.T
         spliced_logits = _logits(model(tokens))
     with patch(model, {site: torch.zeros_like}):
         zeroed = _logits(model(tokens))
-    ce = {name: _next_token_ce(z, tokens).mean().item()
+    ce = {name: next_token_ce(z, tokens).mean().item()
           for name, z in (("model", clean), ("spliced", spliced_logits), ("zero", zeroed))}
-    kl = kl_per_token(clean[:, :-1], spliced_logits[:, :-1]).mean().item()
-    denom = ce["zero"] - ce["model"]
+    kl = next_token_kl(clean, spliced_logits).mean().item()
     return {"ce_model": ce["model"], "ce_spliced": ce["spliced"], "ce_zero_ablation": ce["zero"], "kl": kl,
-            "ce_loss_recovered": (ce["zero"] - ce["spliced"]) / denom if denom != 0 else float("nan")}
+            "ce_loss_recovered": loss_recovered(ce["model"], ce["spliced"], ce["zero"])}

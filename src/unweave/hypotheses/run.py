@@ -11,7 +11,7 @@ from torch import nn
 from unweave import progress
 from unweave.hypotheses.engine import Engine
 from unweave.hypotheses.graph import Hypothesis
-from unweave.hypotheses.metrics import ce_per_example, fraction_recovered, kl_per_example, predictions
+from unweave.scoring import ce_per_example, kl_per_example, loss_recovered, predictions
 
 # An example whose scrubbed output is this far (nats) from the model's counts as "changed".
 KL_CHANGED = 0.1
@@ -35,7 +35,7 @@ class ScrubResult:
 
     @property
     def recovered(self) -> float:
-        return fraction_recovered(float(self.loss_model.mean()), float(self.loss_scrubbed.mean()),
+        return loss_recovered(float(self.loss_model.mean()), float(self.loss_scrubbed.mean()),
                                   float(self.loss_random.mean()))
 
     @property
