@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-all browser datasets setup
+.PHONY: demo test test-all lint format browser datasets setup
 
 setup: $(STAMP)
 
@@ -19,8 +19,17 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 demo: $(STAMP)
 	$(BIN)/unweave demo
 
-test: $(STAMP) browser datasets
+test: $(STAMP) browser datasets lint
 	$(BIN)/python -m pytest
+
+# ruff (configured in pyproject.toml): lint, and a check that the tree is formatted
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench examples
+	$(BIN)/ruff format --check src tests bench examples
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix src tests bench examples
+	$(BIN)/ruff format src tests bench examples
 
 test-all: $(STAMP) browser datasets
 	$(BIN)/python -m pytest -m ''

@@ -13,8 +13,8 @@ import argparse
 import time
 
 from common import table
-from unweave.anomaly.report import TASKS, make_task
-from unweave.anomaly.run import best, evaluate_task
+from unweave.anomaly.targets import TASKS, resolve as make_task
+from unweave.anomaly.evaluate import best, evaluate_task
 
 
 def main() -> None:

@@ -38,7 +38,7 @@ from unweave.hf import cache_dir, load_model
 from unweave.hypotheses import Hypothesis, Indices, Node
 from unweave.hypotheses.cases import smollm2_head_scores, smollm2_repeated_tokens
 from unweave.hypotheses.engine import Engine
-from unweave.hypotheses.run import interchange_outputs
+from unweave.hypotheses.score import interchange_outputs
 
 HERE = Path(__file__).resolve().parent
 PEER = HERE / "venv-pyvene" / "bin" / "python"

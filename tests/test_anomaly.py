@@ -7,7 +7,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 from unweave.anomaly import metrics
 from unweave.anomaly.detectors import DETECTORS, Mahalanobis, make
-from unweave.anomaly.run import attribution_features, best, evaluate_task
+from unweave.anomaly.evaluate import attribution_features, best, evaluate_task
 from unweave.anomaly.tasks import MLP, Task, _simplex_codewords, backdoor_task, planted_rule_task
 
 

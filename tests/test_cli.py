@@ -12,6 +12,27 @@ from unweave.store import ActivationStore
 runner = CliRunner()
 
 
+def check_record(folder: Path, command: str, results: str, report: str, **config) -> dict:
+    """record.json has every field the run-folder convention promises, with the values given."""
+    import hashlib
+
+    record = json.loads((folder / "record.json").read_text())
+    assert record["command"] == f"unweave {command}"
+    assert isinstance(record["argv"], list) and record["argv"]
+    for key, value in config.items():
+        assert record["config"][key] == value, (key, record["config"][key], value)
+    assert all("seed" in k for k in record["seeds"]) and isinstance(record["seeds"], dict)
+    assert {"python", "unweave", "torch", "transformers", "numpy"} <= set(record["versions"])
+    assert record["device"].startswith("cpu") and record["wall_time_s"] > 0 and record["started"]
+    assert record["results"] == results and record["report"] == report
+    assert (folder / results).exists() and (folder / report).exists()
+    for path, digest in record["inputs"].items():  # checksums match an independent hash
+        files = {Path(path): digest} if isinstance(digest, str) else {Path(path) / k: v for k, v in digest.items()}
+        for file, want in files.items():
+            assert hashlib.sha256(file.read_bytes()).hexdigest() == want, file
+    return record
+
+
 @pytest.mark.parametrize("command", [[], ["demo"], ["train"], ["train", "modadd"], ["cache"], ["llc"], ["detect"],
                                      ["sae"], ["sae", "train"], ["sae", "eval"], ["scrub"]])
 def test_every_command_explains_itself(command):
@@ -22,12 +43,39 @@ def test_every_command_explains_itself(command):
 
 
 def test_train_modadd(tmp_path):
+    import torch.nn.functional as F
+
+    from unweave.zoo.modadd import TrainedModAdd, make_data
+
     result = runner.invoke(app, ["train", "modadd", "--out", str(tmp_path), "--p", "11", "--steps", "20",
                                  "--checkpoint-every", "10"])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "model.safetensors").exists()
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_000010.safetensors",
                                                                            "step_000020.safetensors"]
+    record = check_record(tmp_path, "train modadd", "train.json", "train.html")
+    cfg = record["config"]["modadd"]
+    assert (cfg["p"], cfg["steps"], cfg["lr"], cfg["frac_train"]) == (11, 20, 3e-3, 0.4)  # given, and defaults
+    assert record["seeds"] == {"modadd.seed": 0}
+    final = json.loads((tmp_path / "train.json").read_text())["final"]
+    run = TrainedModAdd(tmp_path)
+    data = make_data(run.config)  # the final train loss, recomputed from the saved weights
+    logits = run.load()(data.tokens[data.train_idx])[:, -1].double()
+    assert final["step"] == 20
+    assert abs(final["train_loss"] - F.cross_entropy(logits, data.labels[data.train_idx]).item()) < 1e-9
+
+
+def test_demo_writes_its_run_folder(tmp_path):
+    from unweave.zoo.modadd import TrainedModAdd
+
+    result = runner.invoke(app, ["demo", "--out", str(tmp_path), "--p", "13", "--d-model", "32", "--n-heads", "2",
+                                 "--d-mlp", "64", "--steps", "60", "--eval-every", "10", "--checkpoint-every", "20"])
+    assert result.exit_code == 0, result.output
+    record = check_record(tmp_path, "demo", "results.json", "report.html")
+    assert record["config"]["sgld"]["epsilon"] == 3e-5 and record["config"]["modadd"]["p"] == 13
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert [p["step"] for p in results["llc"]] == [20, 40, 60]
+    assert results["final"] == TrainedModAdd(tmp_path / "modadd").history[-1]
 
 
 def run_main(monkeypatch, capsys, args):
@@ -53,18 +101,32 @@ def test_cache_writes_a_store(tiny_llama_dir, tmp_path):
     store = ActivationStore(tmp_path)
     assert store.complete and store.n_tokens == 640 and len(store.shards) == 3
     assert store.width("model.layers.0") == 32
+    record = check_record(tmp_path, "cache", "cache.json", "cache.html", site=["model.layers.0",
+                          "model.layers.1.mlp:input"], tokens=640, text="shakespeare", dtype="float32")
+    assert str(tiny_llama_dir) in record["inputs"]  # the model folder it read, checksummed
+    sites = {s["site"]: s for s in json.loads((tmp_path / "cache.json").read_text())["sites"]}
+    norms = store.load_shard(0, "model.layers.0").double().norm(dim=1)
+    assert abs(sites["model.layers.0"]["median norm (first shard)"] - norms.median().item()) < 1e-9
 
 
 def test_llc_on_a_zoo_model_and_a_run(tmp_path, small_modadd):
-    result = runner.invoke(app, ["llc", "rrr:3,2,3:1", "--nbeta", "1000", "--draws", "30", "--out", str(tmp_path)])
+    # RRR 3-2-3, rank 1: lambda = 3.5 (Aoyagi & Watanabe); settings of bench/llc_ground_truth.py's linear cases
+    result = runner.invoke(app, ["llc", "rrr:3,2,3:1", "--nbeta", "10000", "--epsilon", "3e-5", "--localization",
+                                 "30", "--chains", "4", "--draws", "1000", "--burn-in", "1000", "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
     record = json.loads((tmp_path / "llc.json").read_text())
     assert record["true_llc"] == 3.5 and record["hessian"]["n_params"] == 12
+    assert abs(record["llc"][-1]["llc_mean"] - 3.5) / 3.5 < 0.15, record["llc"][-1]["llc_mean"]
     assert "LLC" in (tmp_path / "llc.html").read_text()
+    meta = check_record(tmp_path, "llc", "llc.json", "llc.html", target="rrr:3,2,3:1", checkpoint="final")
+    assert meta["config"]["sgld"]["nbeta"] == 10000 and meta["config"]["sgld"]["draws"] == 1000
+    assert meta["seeds"] == {"sgld.seed": 0}
     result = runner.invoke(app, ["llc", str(small_modadd.dir), "--checkpoint", "all", "--chains", "2", "--draws", "10",
                                  "--batch-size", "128", "--out", str(tmp_path / "run")])
     assert result.exit_code == 0, result.output
     assert [p["step"] for p in json.loads((tmp_path / "run" / "llc.json").read_text())["llc"]] == [500, 1000, 1500]
+    meta = check_record(tmp_path / "run", "llc", "llc.json", "llc.html", batch_size=128)
+    assert "model.safetensors" in meta["inputs"][str(small_modadd.dir)]
 
 
 def test_llc_bad_target_and_subset(monkeypatch, capsys, tmp_path):
@@ -81,7 +143,17 @@ def test_detect_writes_report_and_table(tmp_path):
     record = json.loads((tmp_path / "detect.json").read_text())
     rows = record["tasks"]["backdoor-digits-corner"]["rows"]
     assert {r["detector"] for r in rows} == {"mahalanobis", "que", "dictionary latents"}
-    assert "Summary: best detector" in (tmp_path / "detect.html").read_text()
+    html = (tmp_path / "detect.html").read_text()
+    assert "Summary: best detector" in html and html.index("Summary: best detector") < html.index("Task backdoor")
+    # a corner trigger on 10% poisoned digits: the model's activations give the triggered inputs away
+    best_acts = max(r["auroc"] for r in rows if r["features"] == "activations")
+    assert best_acts > 0.95, best_acts
+    for r in rows:
+        if r["features"] != "skipped":
+            assert 0 <= r["auroc"] <= 1 and 0 <= r["fpr@95tpr"] <= 1
+    meta = check_record(tmp_path, "detect", "detect.json", "detect.html", task=["backdoor-digits-corner"],
+                        detector=["mahalanobis", "que"], poison_rate=0.1, seed=0)
+    assert meta["seeds"] == {"seed": 0}
     result = runner.invoke(app, ["detect", "--task", "backdoor-cifar-corner", "--out", str(tmp_path)])
     assert result.exit_code != 0 and "unknown" in str(result.exception)
 
@@ -95,13 +167,38 @@ def test_sae_train_and_eval_from_a_store(tiny_llama_dir, tmp_path):
                                  "--k", "4", "--width", "64", "--batch-size", "256", "--tokens", "2048",
                                  "--out", str(tmp_path / "sae")])
     assert result.exit_code == 0, result.output
-    folders = sorted((tmp_path / "sae").iterdir())
+    folders = sorted(f for f in (tmp_path / "sae").iterdir() if f.is_dir())
     assert [f.name for f in folders] == ["topk-k2-w64", "topk-k4-w64"]
+    meta = check_record(tmp_path / "sae", "sae train", "sae_train.json", "sae_train.html", k=[2, 4], width=[64],
+                        architecture="topk", max_norm_ratio=10.0)
+    assert list(meta["inputs"]) == [str(store)] and "manifest.json" in meta["inputs"][str(store)]
+    trained = json.loads((tmp_path / "sae" / "sae_train.json").read_text())
+    assert [r["steps"] for r in trained["rows"]] == [8, 8]
     result = runner.invoke(app, ["sae", "eval", *map(str, folders), "--out", str(tmp_path / "eval")])
     assert result.exit_code == 0, result.output
     record = json.loads((tmp_path / "eval" / "sae_eval.json").read_text())
     assert record["topk-k2-w64"]["l0"] <= 2 and record["topk-k4-w64"]["fvu"] < record["topk-k2-w64"]["fvu"]
-    assert 0 <= record["topk-k4-w64"]["dead_fraction"] <= 1 and "ce_loss_recovered" in record["topk-k4-w64"]
+    assert 0 <= record["topk-k4-w64"]["ce_loss_recovered"] <= 1.05
+    check_record(tmp_path / "eval", "sae eval", "sae_eval.json", "sae_eval.html", max_tokens=16_384)
+    # dead fraction and L0, recomputed independently on the same held-out tokens
+    import numpy as np
+
+    from unweave.dictionaries import io
+    from unweave.hf import load_model, load_text
+    from unweave.sites import capture
+
+    model, tokenizer = load_model(str(tiny_llama_dir))
+    rows = load_text("shakespeare", tokenizer, 32, max_tokens=4096 + 16_384)[4096 // 32:]
+    x = capture(model, "model.layers.0", rows[: 16_384 // 32], stop_early=True)["model.layers.0"].reshape(-1, 32)
+    for folder in folders:
+        sae = io.load(folder).eval()
+        keep = x.norm(dim=1).numpy() <= sae.max_input_norm
+        z = sae.encode(x).detach().numpy()[keep]
+        fired = (z != 0).any(axis=0)
+        assert abs(record[folder.name]["dead_fraction"] - (1 - fired.mean())) < 1e-12
+        assert abs(record[folder.name]["l0"] - (z != 0).sum(1).mean()) < 1e-9
+        assert np.isclose(record[folder.name]["fvu"], ((x.numpy()[keep] - sae(x)[0].detach().numpy()[keep]) ** 2).sum()
+                          / ((x.numpy()[keep] - x.numpy()[keep].mean(0)) ** 2).sum(), rtol=1e-5)
     result = runner.invoke(app, ["sae", "train", "--store", str(tmp_path / "nothing"), "--site", "x"])
     assert result.exit_code != 0 and "not an activation store" in str(result.exception)
 
@@ -112,8 +209,10 @@ def test_sae_train_live_transcoders_and_eval(tiny_llama_dir, tmp_path):
                                  "--width", "64", "--batch-size", "128", "--tokens", "25600", "--text-tokens", "4096",
                                  "--out", str(tmp_path / "tc")])
     assert result.exit_code == 0, result.output
-    (folder,) = (tmp_path / "tc").iterdir()
-    assert folder.name == "transcoder-topk-k4-w64" and not (tmp_path / "tc" / ".checkpoint" / "checkpoint.pt").exists()
+    (folder,) = [f for f in (tmp_path / "tc").iterdir() if f.is_dir()]
+    assert folder.name == "transcoder-topk-k4-w64" and not (tmp_path / "tc" / ".checkpoint").exists()
+    check_record(tmp_path / "tc", "sae train", "sae_train.json", "sae_train.html", live=True,
+                 target_site="model.layers.1.mlp")
     result = runner.invoke(app, ["sae", "eval", str(folder), "--out", str(tmp_path / "eval")])
     assert result.exit_code == 0, result.output
     record = json.loads((tmp_path / "eval" / "sae_eval.json").read_text())[folder.name]
@@ -128,9 +227,15 @@ def test_scrub_flags_cancellation_and_writes_report(tmp_path):
     record = json.loads((tmp_path / "scrub.json").read_text())
     by_name = {h["hypothesis"]: h for h in record["hypotheses"]}
     assert by_name["A only (false)"]["changed_fraction"] > 0.3 and by_name["A and B (true)"]["changed_fraction"] == 0
+    # known answers of the planted case: the true claim is exact, the false one recovers ~100% on average
+    assert abs(by_name["A and B (true)"]["loss_recovered"] - 1) < 1e-3 and by_name["A and B (true)"]["kl"]["max"] < 1e-3
+    assert by_name["A only (false)"]["loss_recovered"] > 0.95 and by_name["A only (false)"]["kl"]["median"] > 0.1
+    assert record["examples"] == 512
     html = (tmp_path / "scrub.html").read_text().replace("&#x27;", "'")
     assert "'A only (false)' recovers" in html and "the average hides errors that cancel" in html
     assert "'A and B (true)' recovers" not in html
+    meta = check_record(tmp_path, "scrub", "scrub.json", "scrub.html", target="cancellation", examples=512, seed=0)
+    assert meta["inputs"] == {}  # the default modadd run is not read by this case
 
 
 def test_scrub_runs_a_hypothesis_file(tmp_path, small_modadd, monkeypatch):
@@ -140,12 +245,13 @@ def test_scrub_runs_a_hypothesis_file(tmp_path, small_modadd, monkeypatch):
     cfg = small_modadd.config
     freqs = fourier.analyse(small_modadd.load(), make_data(cfg), cfg.p).key_freqs
     monkeypatch.setenv("UNWEAVE_MODADD_RUN", str(small_modadd.dir))
-    monkeypatch.setenv("FREQS", ",".join(map(str, freqs)))
     example = Path(__file__).parent.parent / "examples" / "hypotheses" / "modadd_fourier.py"
     result = runner.invoke(app, ["scrub", str(example), "--examples", "256", "--pairs", "256", "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
     (entry,) = json.loads((tmp_path / "scrub.json").read_text())["hypotheses"]
+    assert entry["hypothesis"] == f"fourier {freqs}"  # the example read the frequencies off the run
     assert entry["loss_recovered"] > 0.98 and entry["interchange"]["iia"] > 0.95
+    assert str(example) in check_record(tmp_path, "scrub", "scrub.json", "scrub.html")["inputs"]
 
 
 def test_scrub_bad_inputs(monkeypatch, capsys, tmp_path):

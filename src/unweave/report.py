@@ -54,16 +54,26 @@ class Section:
 
 
 class Report:
+    """Sections in the order they are added, except the summary, which always comes first."""
+
     def __init__(self, title: str):
         self.title = title
         self.sections: list[Section] = []
+        self._summary: Section | None = None
 
     def section(self, title: str) -> Section:
         self.sections.append(Section(title))
         return self.sections[-1]
 
+    def summary(self, title: str = "Summary") -> Section:
+        """The section shown first, whenever it is filled in (the headline figures)."""
+        if self._summary is None:
+            self._summary = Section(title)
+        return self._summary
+
     def html(self) -> str:
-        body = "\n".join(s.html() for s in self.sections)
+        ordered = ([self._summary] if self._summary is not None else []) + self.sections
+        body = "\n".join(s.html() for s in ordered)
         return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(self.title)}</title>"
                 f"<style>{_STYLE}</style><script type=\"text/javascript\">{get_plotlyjs()}</script></head>"
                 f"<body><h1>{html.escape(self.title)}</h1>\n{body}\n</body></html>")

@@ -23,6 +23,7 @@ class Target:
     loss_fn: LossFn
     loader: DataLoader
     true_llc: float | None = None
+    history: list[dict] | None = None  # training curves, for a run folder
 
 
 def _ints(text: str, what: str) -> list[int]:
@@ -35,22 +36,20 @@ def _ints(text: str, what: str) -> list[int]:
 def resolve(spec: str, checkpoint: str = "final", batch_size: int | None = None, n: int = 1000) -> Target:
     """`checkpoint`: "final", a step number, or "all" (a modadd run's every checkpoint)."""
     path = Path(spec)
-    if (path / "config.json").exists():
-        run = TrainedModAdd(path)
+    if TrainedModAdd.is_run(path):
+        run = TrainedModAdd.open(path, finished=checkpoint == "final")
         saved = run.checkpoints()
         if checkpoint == "all":
             chosen = [(step, run.load(p)) for step, p in saved]
         elif checkpoint == "final":
-            if not run.complete:
-                raise ValueError(f"{path} holds an unfinished run; finish it with `unweave train modadd --out {path}` "
-                                 "or pick a checkpoint with --checkpoint STEP")
             chosen = [(run.config.steps, run.load())]
         else:
             steps = {step: p for step, p in saved}
             if not checkpoint.isdigit() or int(checkpoint) not in steps:
                 raise ValueError(f"no checkpoint {checkpoint!r} in {path}; saved steps: {sorted(steps)}")
             chosen = [(int(checkpoint), run.load(steps[int(checkpoint)]))]
-        return Target(f"modular addition ({path})", chosen, answer_loss, train_loader(run.config, batch_size))
+        return Target(f"modular addition ({path})", chosen, answer_loss, train_loader(run.config, batch_size),
+                      history=run.history)
     kind, _, rest = spec.partition(":")
     if kind == "normal-crossing":
         powers = _ints(rest, "normal-crossing powers")

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from unweave import progress
+from unweave.configs import setting
 from unweave.artifacts import read_json, read_tensors, write_json, write_tensors
 from unweave.zoo.transformer import Transformer, TransformerConfig
 
@@ -30,18 +31,18 @@ def _is_prime(n: int) -> bool:
 class ModAddConfig:
     # Nanda et al. use p=113, 30% of pairs, lr 1e-3 (grokking after ~10k steps). On 2 CPU
     # cores that takes over half an hour; p=59 with 40% of pairs and lr 3e-3 groks in ~1.3k.
-    p: int = 59
-    frac_train: float = 0.4
-    d_model: int = 128
-    n_heads: int = 4
-    d_mlp: int = 512
-    lr: float = 3e-3
-    weight_decay: float = 1.0
-    warmup_steps: int = 10
-    steps: int = 3_000
-    seed: int = 0
-    eval_every: int = 50
-    checkpoint_every: int = 200
+    p: int = setting(59, "Modulus (an odd prime).")
+    frac_train: float = setting(0.4, "Fraction of all pairs used for training.")
+    d_model: int = setting(128, "Residual stream width.")
+    n_heads: int = setting(4, "Attention heads.")
+    d_mlp: int = setting(512, "MLP width.")
+    lr: float = setting(3e-3, "AdamW learning rate.")
+    weight_decay: float = setting(1.0, "AdamW weight decay.")
+    warmup_steps: int = setting(10, "Linear learning-rate warm-up steps.")
+    steps: int = setting(3_000, "Full-batch training steps.")
+    seed: int = setting(0, "Seed for the split and the initialisation.")
+    eval_every: int = setting(50, "Evaluate train and test loss every this many steps.")
+    checkpoint_every: int = setting(200, "Save a checkpoint every this many steps.")
 
     def __post_init__(self):
         if not _is_prime(self.p) or self.p < 3:
@@ -134,6 +135,23 @@ class TrainedModAdd:
     @property
     def complete(self) -> bool:
         return (self.dir / "model.safetensors").exists()
+
+    @classmethod
+    def open(cls, path: Path, finished: bool = True) -> "TrainedModAdd":
+        """The one way to open a run folder: a clear error when there is no run there (or,
+        with `finished`, when it has not reached its last step)."""
+        run = cls(path)
+        if not (run.dir / "config.json").exists():
+            raise FileNotFoundError(f"{path} holds no modular-addition run (no config.json); train one with "
+                                    f"`unweave train modadd --out {path}` (or run `unweave demo`)")
+        if finished and not run.complete:
+            raise FileNotFoundError(f"{path} holds an unfinished modular-addition run; finish it with "
+                                    f"`unweave train modadd --out {path}`")
+        return run
+
+    @staticmethod
+    def is_run(path: Path) -> bool:
+        return (Path(path) / "config.json").exists() and (Path(path) / "history.json").exists()
 
     def checkpoints(self) -> list[tuple[int, Path]]:
         """(step, path) of every checkpoint saved during training, in order."""

@@ -1,0 +1,170 @@
+"""`unweave sae train` and `unweave sae eval`: dictionaries from a store or live from the
+model, and their metrics, spliced scores and top-activating snippets; each writes a run
+folder (record.json, sae_train.json / sae_eval.json, and a report)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from unweave import progress
+from unweave.configs import setting
+from unweave.dictionaries import io
+from unweave.dictionaries.architectures import ARCHITECTURES
+from unweave.dictionaries.evaluate import evaluate, held_out_activations, top_snippets
+from unweave.dictionaries.plots import density_histogram, loss_curves
+from unweave.dictionaries.sae import SAE, SAEConfig
+from unweave.dictionaries.streams import live_batches, store_batches
+from unweave.dictionaries.train import TrainConfig, train_many
+from unweave.report import Report
+from unweave.runs import Run, RunResult
+from unweave.sites import capture
+from unweave.store import ActivationStore, StoreError
+
+
+@dataclass(frozen=True)
+class SAETrainConfig:
+    site: str = setting(help="Site the dictionary reads (in the store, or in the model).")
+    store: Path | None = setting(None, "Activation store (from `unweave cache`).")
+    live: bool = setting(False, "Compute activations from the model while training (no store).")
+    model: str = setting("smollm2-135m", "With --live: known model name or local HF folder.")
+    target_site: str | None = setting(None, "Train transcoders from --site (an MLP's input) to this site (its output).")
+    out: Path = setting(Path("runs/sae"), "One SAELens-layout folder per dictionary goes here; an interrupted run "
+                        "there resumes.")
+    architecture: str = setting("topk", "Architecture: relu, topk, batchtopk or jumprelu.")
+    k: list[int] = setting([32], "Latents per example (repeat for a sweep).")
+    width: list[int] | None = setting(None, "Number of latents (repeat for a sweep; default 8 x d).")
+    tokens: int | None = setting(None, "Training tokens (default: one pass over the store; 200k with --live).")
+    text_tokens: int = setting(262_144, "With --live: tokens of Shakespeare cycled through.")
+    ctx_len: int = setting(128, "With --live: context length of each row of text.")
+    batch_size: int = setting(4096, "Activations per step.")
+    lr: float = setting(1e-3, "Adam learning rate (with warm-up and a final decay).")
+    l1: float = setting(1e-3, "Sparsity penalty for relu and jumprelu.")
+    max_norm_ratio: float = setting(10.0, "Leave out (and pass through when spliced) tokens whose norm exceeds this "
+                                    "multiple of the median: massive activations. 0 keeps every token.")
+    seed: int = setting(0, "Seed for initialisation and batch order.")
+
+    def __post_init__(self):
+        if (self.store is None) == (not self.live):
+            raise ValueError("give either --store DIR or --live (activations computed from --model)")
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(f"--architecture {self.architecture!r} is unknown; known: {', '.join(ARCHITECTURES)}")
+
+
+@dataclass
+class _Source:
+    stream: Iterator
+    d_in: int
+    d_out: int | None  # transcoders
+    steps: int
+    meta: dict
+
+
+def _from_store(cfg: SAETrainConfig) -> _Source:
+    store = ActivationStore(cfg.store)
+    if store.n_tokens == 0:
+        raise StoreError(f"{cfg.store} holds no tokens; fill it with `unweave cache`")
+    if store.n_tokens < cfg.batch_size:
+        raise StoreError(f"{cfg.store} holds {store.n_tokens} tokens, fewer than one batch of {cfg.batch_size}")
+    d_in = store.width(cfg.site)
+    d_out = None if cfg.target_site is None else store.width(cfg.target_site)
+    steps = max(1, (cfg.tokens or store.n_tokens) // cfg.batch_size)
+    sites = cfg.site if cfg.target_site is None else [cfg.site, cfg.target_site]
+    meta = {"model_name": store.manifest["model"], "hook_name": cfg.site, "store": str(cfg.store),
+            "text_tokens": store.n_tokens, "training_tokens": steps * cfg.batch_size}
+    return _Source(store_batches(store, sites, cfg.batch_size, cfg.seed), d_in, d_out, steps, meta)
+
+
+def _live(cfg: SAETrainConfig) -> _Source:
+    from unweave.hf import load_model, load_text
+
+    model, tokenizer = load_model(cfg.model)
+    rows = load_text("shakespeare", tokenizer, cfg.ctx_len, max_tokens=cfg.text_tokens)
+    names = [cfg.site] if cfg.target_site is None else [cfg.site, cfg.target_site]
+    widths = {n: a.shape[-1] for n, a in capture(model, names, rows[:1], stop_early=True).items()}
+    steps = max(1, (cfg.tokens or 200_000) // cfg.batch_size)
+    meta = {"model_name": cfg.model, "hook_name": cfg.site, "live": True, "text_tokens": len(rows) * cfg.ctx_len,
+            "ctx_len": cfg.ctx_len, "training_tokens": steps * cfg.batch_size}
+    stream = live_batches(model, cfg.site if cfg.target_site is None else names, rows, cfg.batch_size, seed=cfg.seed)
+    return _Source(stream, widths[cfg.site], widths.get(cfg.target_site), steps, meta)
+
+
+def run_sae_train(cfg: SAETrainConfig) -> RunResult:
+    """One dictionary per (k, width), all trained from one pass over the stream (several
+    epochs when `tokens` exceeds the store). With `target_site`, transcoders from `site`
+    (an MLP's input) to `target_site` (its output). An interrupted run resumes from its
+    checkpoint in `out` when called again with the same settings."""
+    run = Run(cfg.out, "sae train", cfg)
+    source = _live(cfg) if cfg.live else _from_store(cfg)
+    base = SAEConfig(d_in=source.d_in, n_latents=(cfg.width or [8 * source.d_in])[0], architecture=cfg.architecture,
+                     k=cfg.k[0], l1=cfg.l1)
+    if cfg.target_site is not None:
+        base = replace(base, kind="transcoder", d_out=source.d_out)
+        source.meta["hook_name_out"] = cfg.target_site
+    saes = [SAE(replace(base, k=k, n_latents=w), seed=cfg.seed) for k in cfg.k for w in (cfg.width or [base.n_latents])]
+    task = progress.Task(f"training {len(saes)} dictionaries", total=source.steps)
+    train_cfg = TrainConfig(source.steps, lr=cfg.lr, max_norm_ratio=cfg.max_norm_ratio or None)
+    losses = train_many(saes, source.stream, train_cfg, checkpoint_dir=Path(cfg.out) / ".checkpoint",
+                        on_step=lambda _: task.advance())
+    task.close()
+    kind = "transcoder-" if base.kind == "transcoder" else ""
+    folders = [io.save(s, Path(cfg.out) / f"{kind}{s.cfg.architecture}-k{s.cfg.k}-w{s.cfg.n_latents}", source.meta)
+               for s in saes]
+    rows = [{"dictionary": f.name, "k": s.cfg.k, "width": s.cfg.n_latents, "steps": len(curve),
+             "final loss": curve[-1] if curve else float("nan")} for f, s, curve in zip(folders, saes, losses)]
+    report = Report("unweave sae train")
+    report.summary().text(f"{len(saes)} dictionaries at {cfg.site} ({source.meta['model_name']}), "
+                          f"{source.steps} steps of {cfg.batch_size} activations.", summary=True).table(rows)
+    report.section("Training").figure(loss_curves({f.name: c for f, c in zip(folders, losses)}))
+    results = {"dictionaries": [str(f) for f in folders], "rows": rows, "metadata": source.meta}
+    return run.finish(results, report, [f"saved {f}" for f in folders])
+
+
+@dataclass(frozen=True)
+class SAEEvalConfig:
+    folders: list[Path] = setting(help="Dictionary folders (cfg.json + sae_weights.safetensors).", argument=True)
+    out: Path = setting(Path("runs/sae-eval"), "Where record.json, sae_eval.json and sae_eval.html go.")
+    spliced_tokens: int = setting(8192, "Held-out tokens for the spliced KL and CE loss recovered.")
+    max_tokens: int = setting(16_384, "Held-out tokens for the reconstruction metrics and snippets.")
+    ctx_len: int = setting(128, "Context length of each row of held-out text.")
+
+
+def run_sae_eval(cfg: SAEEvalConfig) -> RunResult:
+    """Metrics of each dictionary, spliced into its model on held-out text (the text after
+    the tokens the dictionary saw), and snippets."""
+    from unweave.dictionaries.splice import spliced_metrics
+    from unweave.hf import load_model, load_text
+
+    run = Run(cfg.out, "sae eval", cfg)
+    report = Report("unweave sae eval")
+    table, record, loaded = [], {}, {}
+    for folder in progress.track(cfg.folders, "evaluating dictionaries"):
+        sae, meta = io.load(folder).eval(), io.metadata(folder)
+        if meta["model_name"] not in loaded:
+            loaded[meta["model_name"]] = load_model(meta["model_name"])
+        model, tokenizer = loaded[meta["model_name"]]
+        used = meta.get("text_tokens", 0)
+        rows = load_text("shakespeare", tokenizer, cfg.ctx_len, max_tokens=used + max(cfg.spliced_tokens, cfg.max_tokens))
+        held_out = rows[math.ceil(used / cfg.ctx_len):]
+        if len(held_out) == 0:
+            raise StoreError("no held-out text is left after the training tokens for the spliced metrics")
+        x, y, tokens = held_out_activations(meta, model, held_out[: max(1, cfg.max_tokens // cfg.ctx_len)],
+                                            cfg.max_tokens)
+        m = evaluate(sae, x, y)
+        site_out = meta.get("hook_name_out", meta["hook_name"])
+        input_site = meta["hook_name"] if sae.cfg.kind == "transcoder" else None
+        s = spliced_metrics(model, site_out, sae, held_out[: max(1, cfg.spliced_tokens // cfg.ctx_len)], input_site)
+        row = {"dictionary": Path(folder).name, **{k: v for k, v in m.items() if k != "density"}, **s}
+        table.append(row)
+        record[Path(folder).name] = {**row, "density": m["density"]}
+        section = report.section(f"Dictionary {Path(folder).name}")
+        section.figure(density_histogram(m["density"], f"Latent firing density, {Path(folder).name}"))
+        section.table(top_snippets(sae, x, tokens, tokenizer))
+    report.summary("Metrics").table(table)
+    lines = [f"{r['dictionary']}: FVU {r['fvu']:.3g}, L0 {r['l0']:.3g}, dead {r['dead_fraction']:.2%}, "
+             f"CE loss recovered {r['ce_loss_recovered']:.3f}, KL {r['kl']:.3g}" for r in table]
+    return run.finish(record, report, lines)

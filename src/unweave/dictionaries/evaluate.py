@@ -1,0 +1,57 @@
+"""A trained dictionary on held-out activations: reconstruction and sparsity metrics, and
+the text around its latents' strongest activations."""
+
+from __future__ import annotations
+
+import torch
+
+from unweave.dictionaries import metrics
+from unweave.dictionaries.sae import SAE
+from unweave.sites import capture
+
+
+@torch.no_grad()
+def evaluate(sae: SAE, x: torch.Tensor, y: torch.Tensor | None = None) -> dict:
+    """Reconstruction and sparsity metrics on inputs x (and targets y, for a transcoder)."""
+    from unweave.dictionaries.splice import apply, ordinary
+
+    y = x if y is None else y
+    recon, z = sae(x)
+    keep = ordinary(sae, x)  # tokens it was trained for; the rest pass through when spliced
+    spliced = apply(sae, x, keep=None if sae.cfg.kind == "sae" else y)
+    return {"fvu_all_tokens_spliced": metrics.fvu(y, spliced), "fvu": metrics.fvu(y[keep], recon[keep]),
+            "mse": metrics.mse(y[keep], recon[keep]), "l0": metrics.l0(z[keep]),
+            "dead_fraction": metrics.dead_fraction(z[keep]), "dense_fraction": metrics.dense_fraction(z[keep]),
+            "density": metrics.firing_density(z[keep]).tolist(), "tokens": len(x),
+            "passed_through_fraction": float((~keep).float().mean())}
+
+
+@torch.no_grad()
+def top_snippets(sae: SAE, acts: torch.Tensor, tokens: torch.Tensor, tokenizer, latents: int = 5,
+                 width: int = 8) -> list[dict]:
+    """For a few latents of moderate density: the text around their strongest activations.
+    `acts` (n, d) are the activations of the flat token stream `tokens` (n,)."""
+    z = sae.encode(acts)
+    density = z.count_nonzero(0) / len(z)
+    # dense latents (firing on most tokens) say little: prefer those firing on 0.1%-10% of tokens
+    sparse = ((density > 1e-3) & (density < 0.1)).nonzero().flatten()
+    pool = sparse if len(sparse) else density.nonzero().flatten()
+    chosen = pool[density[pool].argsort(descending=True)][:latents]
+    rows = []
+    for latent in chosen.tolist():
+        best = z[:, latent].topk(3).indices.tolist()
+        texts = [tokenizer.decode(tokens[max(0, i - width):i]) + " [[" + tokenizer.decode(tokens[i:i + 1]) + "]]"
+                 for i in best]
+        rows.append({"latent": latent, "density": z[:, latent].count_nonzero().item() / len(z),
+                     "top contexts": " | ".join(t.replace("\n", " ") for t in texts)})
+    return rows
+
+
+def held_out_activations(meta: dict, model: torch.nn.Module, rows: torch.Tensor,
+                         max_tokens: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """(x, y or None, flat tokens) on held-out text rows: the dictionary's input site (and
+    output site, for a transcoder), computed from the model."""
+    names = [meta["hook_name"]] + ([meta["hook_name_out"]] if "hook_name_out" in meta else [])
+    captured = capture(model, names, rows, stop_early=True)
+    acts = [captured[n].reshape(-1, captured[n].shape[-1])[:max_tokens] for n in names]
+    return acts[0], (acts[1] if len(acts) > 1 else None), rows.flatten()[:max_tokens]
