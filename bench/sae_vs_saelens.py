@@ -33,6 +33,7 @@ from safetensors.torch import load_file, save_file
 from common import table
 from unweave.dictionaries import SAE, SAEConfig, TrainConfig, train_many
 from unweave.dictionaries.metrics import fvu
+from unweave.dictionaries.sae import norm_limit, ordinary_rows
 from unweave.store import ActivationStore
 
 HERE = Path(__file__).resolve().parent
@@ -61,9 +62,9 @@ def main():
     train = torch.cat(train_parts)
     held_out = store.load_shard(len(store.shards) - 1, args.site, check_finite=True)[:16_384]
     # the same data for both: without the ~1% massive-activation tokens (norm > 10x median)
-    limit = 10 * train.norm(dim=1).median()
-    train = train[train.norm(dim=1) <= limit][: args.tokens]
-    held_out = held_out[held_out.norm(dim=1) <= limit].contiguous()
+    limit = norm_limit(train, 10)
+    train = train[ordinary_rows(train, limit)][: args.tokens]
+    held_out = held_out[ordinary_rows(held_out, limit)].contiguous()
     train = train[torch.randperm(len(train), generator=torch.Generator().manual_seed(0))].contiguous()
     d, width, bs = train.shape[1], 8 * train.shape[1], args.batch_size
     steps = len(train) // bs

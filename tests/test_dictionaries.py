@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from unweave.dictionaries import SAE, SAEConfig, TrainConfig, train_many, train_sae
-from unweave.dictionaries import metrics
+from unweave.dictionaries import SAE, SAEConfig, TrainConfig, metrics, train_many, train_sae
+from unweave.dictionaries.architectures import ARCHITECTURES, SAELENS, Architecture, register
 from unweave.sites import capture
 from unweave.zoo.superposition import mean_max_cosine, sample_features, train_toy
 
@@ -35,7 +35,7 @@ def test_sae_conventions_and_errors():
     assert ((z != 0).sum(1) <= 3).all()
     with pytest.raises(ValueError, match=r"shape \(n, 6\) \(d_in of this dictionary\), got \(4, 5\)"):
         sae(torch.randn(4, 5))
-    with pytest.raises(ValueError, match="architecture"):
+    with pytest.raises(ValueError, match="architecture 'gated'; known: batchtopk, jumprelu, relu, topk"):
         SAEConfig(d_in=6, n_latents=12, architecture="gated")
 
 
@@ -60,7 +60,9 @@ def test_topk_sae_recovers_superposed_features():
 
 def test_saelens_layout_round_trip_and_foreign_file(tmp_path):
     import json
+
     from safetensors.torch import save_file
+
     from unweave.dictionaries import io
     sae = SAE(SAEConfig(d_in=6, n_latents=12, k=3), seed=1)
     folder = io.save(sae, tmp_path / "ours", metadata={"hook_name": "blocks.0.hook_resid_post"})
@@ -80,7 +82,7 @@ def test_saelens_layout_round_trip_and_foreign_file(tmp_path):
     expected = torch.relu((x - w["b_dec"]) @ w["W_enc"] + w["b_enc"]) @ w["W_dec"] + w["b_dec"]
     torch.testing.assert_close(loaded(x)[0], expected)
     (foreign / "cfg.json").write_text(json.dumps({"architecture": "gated", "d_in": 4, "d_sae": 8}))
-    with pytest.raises(ValueError, match="cannot be loaded yet"):
+    with pytest.raises(ValueError, match="'gated' cannot be loaded yet; known: jumprelu, standard, topk"):
         io.load(foreign)
 
 
@@ -95,7 +97,7 @@ def test_a_sweep_trains_from_one_stream_read_once():
 
     saes = [SAE(SAEConfig(d_in=6, n_latents=24, k=k)) for k in (1, 2, 4)]
     losses = train_many(saes, stream(), TrainConfig(steps=50, lr=3e-3, warmup=5))
-    assert len(reads) == 50 and [len(l) for l in losses] == [50, 50, 50]
+    assert len(reads) == 50 and [len(curve) for curve in losses] == [50, 50, 50]
     assert losses[2][-1] < losses[0][-1]  # more latents per example reconstruct better
     with pytest.raises(ValueError, match="share d_in"):
         train_many([SAE(SAEConfig(d_in=6, n_latents=8, k=1)), SAE(SAEConfig(d_in=5, n_latents=8, k=1))], stream(),
@@ -168,3 +170,79 @@ def test_auxk_revives_dead_latents():
 
     with_aux, without = trained(1 / 32), trained(0.0)
     assert without >= 0.4 and with_aux <= without / 2, (with_aux, without)
+
+
+def _stream(d_in=6, d_out=None, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    mix = torch.randn(d_in, d_out or d_in, generator=gen)
+    while True:
+        x = torch.randn(64, d_in, generator=gen) * 3 + 1
+        x[:2] *= 100  # massive rows, left out of training
+        yield x if d_out is None else (x, torch.relu(x @ mix))
+
+
+@pytest.mark.parametrize("kind", ["sae", "transcoder"])
+@pytest.mark.parametrize("name", sorted(ARCHITECTURES))
+def test_every_registered_architecture_round_trips_through_the_saelens_layout(name, kind, tmp_path):
+    from unweave.dictionaries import io
+    extra = {} if kind == "sae" else {"kind": "transcoder", "d_out": 5, "skip": True}
+    sae = SAE(SAEConfig(d_in=6, n_latents=24, architecture=name, k=3, l1=1e-2, bandwidth=0.1, **extra), seed=1)
+    train_many([sae], _stream(6, extra.get("d_out"), seed=2), TrainConfig(steps=30, lr=3e-3, warmup=5,
+                                                                            max_norm_ratio=10))
+    loaded = io.load(io.save(sae, tmp_path / name))
+    arch = ARCHITECTURES[name]
+    assert loaded.cfg.architecture == (name if arch.loads_saelens else SAELENS[arch.saelens].name)
+    assert loaded.cfg.kind == kind and loaded.max_input_norm == sae.max_input_norm
+    for key in ("W_enc", "W_dec", "b_enc", "b_dec"):
+        assert torch.equal(loaded.state_dict()[key], sae.state_dict()[key]), key
+    x = next(_stream(6, extra.get("d_out"), seed=3))
+    x = x if kind == "sae" else x[0]
+    (out, z), (out_back, z_back) = sae(x), loaded(x)
+    torch.testing.assert_close(out_back, out)
+    torch.testing.assert_close(z_back, z)
+
+
+@pytest.fixture
+def registry():
+    """The architecture registry as it was before the test."""
+    saved = dict(ARCHITECTURES), dict(SAELENS)
+    yield
+    for table, before in zip((ARCHITECTURES, SAELENS), saved):
+        table.clear()
+        table.update(before)
+
+
+def test_a_new_architecture_is_one_class_and_one_register_call(registry, tmp_path):
+    from torch import nn
+
+    from unweave.dictionaries import io
+
+    @register
+    class ShiftedReLU(Architecture):
+        """relu(pre - shift) with a learned shift per latent and an L1 penalty."""
+
+        name = saelens = "shifted_relu"
+
+        def add_state(self, sae):
+            sae.shift = nn.Parameter(torch.full((sae.cfg.n_latents,), 0.5))
+
+        def activate(self, sae, pre):
+            return torch.relu(pre - sae.shift)
+
+        def penalty(self, sae, pre, latents):
+            return sae.cfg.l1 * latents.sum(1).mean()
+
+        def fold_scale(self, sae, scale_out):
+            sae.shift.div_(scale_out)
+
+    assert "shifted_relu" in ARCHITECTURES
+    sae = SAE(SAEConfig(d_in=6, n_latents=24, architecture="shifted_relu", l1=1e-3), seed=0)
+    losses = train_many([sae], _stream(), TrainConfig(steps=300, lr=3e-3, warmup=10, max_norm_ratio=10))[0]
+    assert losses[-1] < 0.5 * losses[0] and not torch.equal(sae.shift.detach(), torch.full((24,), 0.5))
+    x = next(_stream(seed=5))[2:]
+    assert metrics.fvu(x, sae(x)[0]) < 0.3  # the folded shift works on raw activations
+    loaded = io.load(io.save(sae, tmp_path / "toy"))
+    assert loaded.cfg.architecture == "shifted_relu" and torch.equal(loaded.shift, sae.shift)
+    assert torch.equal(loaded(x)[0], sae(x)[0])
+    with pytest.raises(ValueError, match="already registered"):
+        register(ShiftedReLU)

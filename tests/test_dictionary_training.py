@@ -1,17 +1,21 @@
 """Training details: geometric median, sparse decoding, scale folding, exact resume,
 transcoders, connected sparse MLPs, end-to-end training, live streams."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 from scipy.optimize import minimize
 from torch import nn
 
 from unweave.dictionaries import SAE, SAEConfig, TrainConfig, geometric_median, train_many
 from unweave.dictionaries.connected import connection_stats, train_connected
 from unweave.dictionaries.e2e import spliced_kl, train_e2e
-from unweave.dictionaries.run import live_batches
 from unweave.dictionaries.splice import spliced_metrics
+from unweave.dictionaries.streams import live_batches
+from unweave.dictionaries.train import Checkpoint
 from unweave.zoo.superposition import mean_max_cosine
 
 
@@ -63,10 +67,13 @@ def _data(seed=0):
 
 
 def test_resume_after_interruption_is_exact(tmp_path):
-    cfg = TrainConfig(steps=40, lr=3e-3, warmup=5, checkpoint_every=10)
+    # massive rows left out (the norm limit is saved), AuxK on (dead-latent counters are saved)
+    cfg = TrainConfig(steps=40, lr=3e-3, warmup=5, checkpoint_every=10, max_norm_ratio=1.5)
+    folder = tmp_path / "checkpoint"
 
     def fresh():
-        return [SAE(SAEConfig(d_in=6, n_latents=12, k=2), seed=0), SAE(SAEConfig(d_in=6, n_latents=24, k=2), seed=0)]
+        return [SAE(SAEConfig(d_in=6, n_latents=24, k=1, aux_k=4, dead_after=64), seed=0),
+                SAE(SAEConfig(d_in=6, n_latents=24, architecture="jumprelu", l1=1e-2, bandwidth=0.5), seed=0)]
 
     whole = fresh()
     losses = train_many(whole, _data(), cfg)
@@ -80,15 +87,34 @@ def test_resume_after_interruption_is_exact(tmp_path):
 
     broken = fresh()
     with pytest.raises(Crash):
-        train_many(broken, _data(), cfg, checkpoint_dir=tmp_path, on_step=crash_at_25)
-    assert (tmp_path / "checkpoint.pt").exists()
-    resumed = fresh()
-    resumed_losses = train_many(resumed, _data(), cfg, checkpoint_dir=tmp_path)
+        train_many(broken, _data(), cfg, checkpoint_dir=folder, on_step=crash_at_25)
+    # no pickle: safetensors and JSON, the JSON naming the tensors and written last
+    assert sorted(p.name for p in folder.iterdir()) == ["checkpoint-00000020.safetensors", "checkpoint.json"]
+    state = json.loads((folder / "checkpoint.json").read_text())
+    assert state["step"] == 20 and state["tensors"] == "checkpoint-00000020.safetensors"
+    tensors = load_file(folder / state["tensors"])
+    assert {"0.weights.W_dec", "0.since_fired", "1.weights.log_threshold", "1.adam.0.exp_avg"} <= set(tensors)
+    resumed, steps = fresh(), []
+    resumed_losses = train_many(resumed, _data(), cfg, checkpoint_dir=folder, on_step=steps.append)
+    assert steps == list(range(20, 40))  # continued from the checkpoint, not from scratch
     for a, b in zip(whole, resumed):
         for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
             assert torch.equal(p, q), name
+        assert torch.equal(a.since_fired, b.since_fired) and a.max_input_norm == b.max_input_norm
     assert resumed_losses == losses
-    assert not (tmp_path / "checkpoint.pt").exists()  # removed once the run finished
+    assert not folder.exists()  # removed once the run finished
+
+
+def test_an_incomplete_checkpoint_is_ignored(tmp_path):
+    cfg = TrainConfig(steps=20, lr=3e-3, warmup=5, checkpoint_every=10)
+    saes = [SAE(SAEConfig(d_in=6, n_latents=12, k=2), seed=0)]
+    opts = [torch.optim.Adam(saes[0].parameters())]
+    Checkpoint(tmp_path).save(saes, opts, {"step": 10, "scales": [1.0, 1.0], "losses": [[]], "max_norm": None})
+    (tmp_path / "checkpoint.json").unlink()  # as if the run died between the two writes
+    assert Checkpoint(tmp_path).load(saes, opts) is None
+    steps = []
+    train_many(saes, _data(), cfg, checkpoint_dir=tmp_path, on_step=steps.append)
+    assert steps == list(range(20))
 
 
 def test_normalised_training_saves_a_dictionary_for_raw_activations():

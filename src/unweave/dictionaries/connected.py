@@ -19,18 +19,20 @@ from dataclasses import dataclass
 
 import torch
 
+from unweave.dictionaries.architectures.topk import TopK
 from unweave.dictionaries.sae import SAE
 from unweave.dictionaries.train import TrainConfig, norm_scale, optimiser_step
 
+Top = tuple[torch.Tensor, torch.Tensor]  # (batch, k) indices and values of a TopK dictionary's active latents
 
-def _top(sae: SAE, x: torch.Tensor, pre: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    if sae.cfg.architecture != "topk":
+
+def _top(sae: SAE, x: torch.Tensor, pre: torch.Tensor | None = None) -> Top:
+    if not isinstance(sae.arch, TopK):
         raise ValueError(f"connected sparse MLPs are TopK transcoders; got architecture {sae.cfg.architecture!r}")
-    top = (sae.pre_activations(x) if pre is None else pre).topk(sae.cfg.k, dim=1)
-    return top.indices, torch.relu(top.values)
+    return sae.arch.top(sae, sae.pre_activations(x) if pre is None else pre)
 
 
-def attributions(up: SAE, down: SAE, up_top, down_top) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def attributions(up: SAE, down: SAE, up_top: Top, down_top: Top) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(batch, k_up, k_down) attributions with the latent indices they connect."""
     (iu, vu), (idn, vd) = up_top, down_top
     if up.cfg.width_out != down.cfg.d_in:
@@ -42,7 +44,7 @@ def attributions(up: SAE, down: SAE, up_top, down_top) -> tuple[torch.Tensor, to
     return a, iu, idn
 
 
-def connection_penalty(up: SAE, down: SAE, up_top, down_top) -> torch.Tensor:
+def connection_penalty(up: SAE, down: SAE, up_top: Top, down_top: Top) -> torch.Tensor:
     return attributions(up, down, up_top, down_top)[0].abs().sum((1, 2)).mean()
 
 

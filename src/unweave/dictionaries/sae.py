@@ -1,15 +1,11 @@
-"""Sparse autoencoders: ReLU with a decoder-norm-weighted L1 penalty, TopK, BatchTopK (the k
-largest pre-activations per example on average, chosen across the batch; exported with a
-threshold so inference is a JumpReLU), and JumpReLU (a learned threshold per latent, trained
-through a straight-through estimator of the L0 penalty, Rajamanoharan et al. 2024).
-
-A transcoder (`kind="transcoder"`) is the same module trained to map an MLP's input to its
-output (optionally with a linear skip), a sparse replacement of the MLP (Dunefsky et al. 2024).
+"""Sparse dictionaries: an SAE reconstructs its input from a few active latents; a transcoder
+(`kind="transcoder"`) is the same module trained to map an MLP's input to its output
+(optionally with a linear skip), a sparse replacement of the MLP (Dunefsky et al. 2024).
+How latents are chosen and penalised is the architecture's (see `architectures`).
 
 Conventions the field has learned matter: decoder rows (one per latent) kept at unit norm,
 encoder initialised as the decoder's transpose, decoder bias initialised at the data's
-geometric median. TopK decodes sparsely (only the k chosen rows of the decoder are read),
-which is most of the training cost saved.
+geometric median.
 """
 
 from __future__ import annotations
@@ -20,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-ARCHITECTURES = ("relu", "topk", "batchtopk", "jumprelu")
+from unweave.dictionaries.architectures import Architecture, get
+
 KINDS = ("sae", "transcoder")
 
 
@@ -28,7 +25,7 @@ KINDS = ("sae", "transcoder")
 class SAEConfig:
     d_in: int
     n_latents: int
-    architecture: str = "topk"
+    architecture: str = "topk"  # a name in architectures.ARCHITECTURES
     k: int = 32  # topk, batchtopk: latents kept per example (on average over the batch for batchtopk)
     l1: float = 1e-3  # relu: weight of the decoder-norm-weighted L1 penalty; jumprelu: of the L0 penalty
     bandwidth: float = 1e-3  # jumprelu: width of the straight-through window around the threshold
@@ -43,17 +40,15 @@ class SAEConfig:
     def width_out(self) -> int:
         return self.d_out or self.d_in
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"SAEConfig.kind must be one of {KINDS}, got {self.kind!r}")
         if self.kind == "sae" and (self.skip or (self.d_out not in (None, self.d_in))):
             raise ValueError("d_out and skip are for transcoders; set kind='transcoder'")
-        if self.architecture not in ARCHITECTURES:
-            raise ValueError(f"SAEConfig.architecture must be one of {ARCHITECTURES}, got {self.architecture!r}")
+        arch = get(self.architecture)
         if self.d_in < 1 or self.n_latents < 1:
             raise ValueError(f"SAEConfig.d_in and n_latents must be positive, got {self.d_in}, {self.n_latents}")
-        if self.architecture in ("topk", "batchtopk") and not 1 <= self.k <= self.n_latents:
-            raise ValueError(f"SAEConfig.k must be between 1 and n_latents={self.n_latents}, got {self.k}")
+        arch.validate(self)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -75,15 +70,16 @@ class SAE(nn.Module):
         self.b_dec = nn.Parameter(torch.zeros(cfg.width_out))
         if cfg.skip:
             self.W_skip = nn.Parameter(torch.zeros(cfg.d_in, cfg.width_out))
-        if cfg.architecture == "jumprelu":
-            self.log_threshold = nn.Parameter(torch.full((cfg.n_latents,), -3.0))
-        if cfg.architecture == "batchtopk":  # running mean of the smallest kept activation, used at inference
-            self.register_buffer("threshold", torch.zeros(()))
+        self.arch.add_state(self)
         # training tokens since each latent last fired (dead-latent tracking; not part of the saved weights)
         self.register_buffer("since_fired", torch.zeros(cfg.n_latents, dtype=torch.long), persistent=False)
         # inputs with a larger norm (massive activations: attention sinks) were left out of
         # training and are passed through unchanged when the dictionary is spliced in
         self.max_input_norm: float | None = None
+
+    @property
+    def arch(self) -> Architecture:
+        return get(self.cfg.architecture)
 
     def _check(self, x: torch.Tensor) -> None:
         if x.dim() != 2 or x.shape[1] != self.cfg.d_in:
@@ -97,27 +93,7 @@ class SAE(nn.Module):
         return (x - self.b_dec) @ self.W_enc + self.b_enc
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return self._activate(self.pre_activations(x))
-
-    def _activate(self, pre: torch.Tensor) -> torch.Tensor:
-        arch = self.cfg.architecture
-        if arch == "relu":
-            return torch.relu(pre)
-        if arch == "jumprelu":
-            return pre * _Step.apply(pre, self.log_threshold.exp(), self.cfg.bandwidth)
-        if arch == "batchtopk" and not self.training:
-            return pre * (pre > self.threshold)
-        if arch == "batchtopk":
-            flat = torch.relu(pre).flatten()
-            top = flat.topk(min(self.cfg.k * len(pre), flat.numel()))
-            kept = torch.zeros_like(flat).scatter(0, top.indices, top.values).view_as(pre)
-            positive = top.values[top.values > 0]
-            if len(positive):
-                with torch.no_grad():
-                    self.threshold.mul_(0.99).add_(0.01 * positive.min())
-            return kept
-        top = pre.topk(self.cfg.k, dim=1)
-        return torch.zeros_like(pre).scatter(1, top.indices, torch.relu(top.values))
+        return self.arch.activate(self, self.pre_activations(x))
 
     def decode(self, latents: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
         """Reconstruction from latents; a transcoder with a skip also needs its input x."""
@@ -141,34 +117,24 @@ class SAE(nn.Module):
     def loss(self, x: torch.Tensor, target: torch.Tensor | None = None,
              pre: torch.Tensor | None = None) -> torch.Tensor:
         """Squared reconstruction error of `target` (default x; a transcoder's MLP output) plus
-        the architecture's sparsity penalty and, for TopK/BatchTopK, the AuxK loss. `pre`:
-        this batch's pre-activations, when the caller has them already."""
+        the architecture's sparsity penalty and, if it uses one, the AuxK loss. `pre`: this
+        batch's pre-activations, when the caller has them already."""
         target = x if target is None else target
         if target.shape != (len(x), self.cfg.width_out):
             raise ValueError(f"target must have shape ({len(x)}, {self.cfg.width_out}), got {tuple(target.shape)}")
         if pre is None:  # computed once: the penalties below need it too
             pre = self.pre_activations(x)
-        if self.cfg.architecture == "topk":
-            top = pre.topk(self.cfg.k, dim=1)
-            values = torch.relu(top.values)
-            recon = self.decode_sparse(top.indices, values, x)
-            fired = top.indices[values > 0]
-        else:
-            latents = self._activate(pre)
-            recon = self.decode(latents, x)
-            fired = (latents != 0).any(0).nonzero().flatten()
+        arch = self.arch
+        recon, fired, latents = arch.reconstruct(self, x, pre)
         loss = (target - recon).pow(2).sum(1).mean()
         if self.training:
             with torch.no_grad():
                 self.since_fired += len(x)
                 self.since_fired[fired] = 0
-        if self.cfg.architecture in ("topk", "batchtopk") and self.training and self.cfg.aux_coef > 0:
+        if arch.auxk and self.training and self.cfg.aux_coef > 0:
             loss = loss + self.cfg.aux_coef * self._aux_loss(target, pre, recon)
-        if self.cfg.architecture == "relu":
-            loss = loss + self.cfg.l1 * (latents * self.W_dec.norm(dim=1)).sum(1).mean()
-        if self.cfg.architecture == "jumprelu":
-            loss = loss + self.cfg.l1 * _Step.apply(pre, self.log_threshold.exp(), self.cfg.bandwidth).sum(1).mean()
-        return loss
+        penalty = arch.penalty(self, pre, latents)
+        return loss if penalty is None else loss + penalty
 
     def dead_mask(self) -> torch.Tensor:
         return self.since_fired >= self.cfg.dead_after
@@ -206,10 +172,7 @@ class SAE(nn.Module):
         self.b_dec.div_(scale_out)
         if self.cfg.skip:
             self.W_skip.mul_(ratio)
-        if self.cfg.architecture == "jumprelu":
-            self.log_threshold.sub_(torch.log(torch.tensor(scale_out)))
-        if self.cfg.architecture == "batchtopk":
-            self.threshold.div_(scale_out)
+        self.arch.fold_scale(self, scale_out)
 
     @torch.no_grad()
     def normalise_decoder(self) -> None:
@@ -223,21 +186,20 @@ class SAE(nn.Module):
             self.W_dec.grad -= along * self.W_dec
 
 
-class _Step(torch.autograd.Function):
-    """Heaviside step H(pre - threshold): gradient zero for pre, and for the threshold the
-    straight-through estimate -1/bandwidth inside a window of that width around it."""
+def norm_limit(x: torch.Tensor, ratio: float) -> float:
+    """The input norm above which rows count as massive activations: `ratio` times the
+    median row norm of x."""
+    return ratio * x.norm(dim=1).median().item()
 
-    @staticmethod
-    def forward(ctx, pre, threshold, bandwidth):
-        ctx.save_for_backward(pre, threshold)
-        ctx.bandwidth = bandwidth
-        return (pre > threshold).to(pre.dtype)
 
-    @staticmethod
-    def backward(ctx, grad):
-        pre, threshold = ctx.saved_tensors
-        window = ((pre - threshold).abs() < ctx.bandwidth / 2).to(pre.dtype)
-        return None, (-grad * window / ctx.bandwidth).sum(0), None
+def ordinary_rows(x: torch.Tensor, max_norm: float | None) -> torch.Tensor:
+    """Mask of the rows of x a dictionary is trained on and applied to: those with norm at
+    most max_norm (every row when None). The others (massive activations, such as attention
+    sinks with norms 100x the rest) are left out of training, where they would dominate the
+    squared error, and passed through unchanged when the dictionary is spliced in."""
+    if max_norm is None:
+        return torch.ones(len(x), dtype=torch.bool, device=x.device)
+    return x.norm(dim=1) <= max_norm
 
 
 @torch.no_grad()

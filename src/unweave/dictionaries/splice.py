@@ -11,23 +11,22 @@ transcoder applied to the MLP's input (read in the same forward pass).
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Iterator
 
 import torch
 
-from unweave.dictionaries.sae import SAE
+from unweave.dictionaries.sae import SAE, ordinary_rows
 from unweave.scoring import loss_recovered, next_token_ce, next_token_kl
 from unweave.sites import capturing, patch
 
 
-def _logits(output) -> torch.Tensor:
+def _logits(output: object) -> torch.Tensor:
     return output.logits if hasattr(output, "logits") else output
 
 
 def ordinary(sae: SAE, x: torch.Tensor) -> torch.Tensor:
     """Rows the dictionary was trained for: all, or those within its max_input_norm."""
-    if sae.max_input_norm is None:
-        return torch.ones(len(x), dtype=torch.bool, device=x.device)
-    return x.norm(dim=1) <= sae.max_input_norm
+    return ordinary_rows(x, sae.max_input_norm)
 
 
 def apply(sae: SAE, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
@@ -40,7 +39,7 @@ def apply(sae: SAE, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.
     return torch.where(mask[:, None], out, x if keep is None else keep)
 
 
-def reconstruct(sae: SAE):
+def reconstruct(sae: SAE) -> Callable[[torch.Tensor], torch.Tensor]:
     """A patch function replacing a (..., d) activation by the dictionary's reconstruction."""
     def fn(act: torch.Tensor) -> torch.Tensor:
         return apply(sae, act.reshape(-1, act.shape[-1])).reshape(act.shape).to(act.dtype)
@@ -48,7 +47,7 @@ def reconstruct(sae: SAE):
 
 
 @contextlib.contextmanager
-def spliced(model: torch.nn.Module, site: str, sae: SAE, input_site: str | None = None):
+def spliced(model: torch.nn.Module, site: str, sae: SAE, input_site: str | None = None) -> Iterator[None]:
     """Inside the block, `site` holds the dictionary's reconstruction: of the activation
     there (an SAE), or computed from `input_site` (a transcoder replacing an MLP)."""
     if sae.cfg.kind == "sae":

@@ -10,16 +10,17 @@ writes raw activations.
 
 from __future__ import annotations
 
+import contextlib
 import math
-import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 
 import torch
 
-from unweave.dictionaries.sae import SAE
+from unweave.artifacts import read_json, read_tensors, write_json, write_tensors
+from unweave.dictionaries.sae import SAE, norm_limit, ordinary_rows
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,7 @@ class TrainConfig:
         return self.lr * warm * decay
 
 
-def _pair(batch) -> tuple[torch.Tensor, torch.Tensor]:
+def _pair(batch: torch.Tensor | tuple | list) -> tuple[torch.Tensor, torch.Tensor]:
     return (batch[0], batch[1]) if isinstance(batch, (tuple, list)) else (batch, batch)
 
 
@@ -56,26 +57,68 @@ def norm_scale(x: torch.Tensor) -> float:
 
 
 class Checkpoint:
-    """Everything needed to continue training exactly: weights, dead-latent counters,
-    optimiser moments, scales, losses and the number of batches consumed."""
+    """Everything needed to continue training exactly, in `folder`: weights, dead-latent
+    counters and Adam moments in a safetensors file; step, scales, losses, the massive-norm
+    limit and Adam's settings in checkpoint.json. The JSON names the tensor file and is
+    written last, so a crash mid-save leaves the previous checkpoint whole (no pickle)."""
+
+    STATE = "checkpoint.json"
 
     def __init__(self, folder: Path | None):
-        self.path = None if folder is None else Path(folder) / "checkpoint.pt"
+        self.folder = None if folder is None else Path(folder)
 
-    def load(self) -> dict | None:
-        if self.path is None or not self.path.exists():
+    def load(self, saes: list[SAE], opts: list[torch.optim.Optimizer]) -> dict | None:
+        """Restore the dictionaries and optimisers; returns the JSON state, or None if there is no checkpoint."""
+        if self.folder is None or not (self.folder / self.STATE).exists():
             return None
-        return torch.load(self.path, weights_only=False)
+        state = read_json(self.folder / self.STATE)
+        tensors = read_tensors(self.folder / state["tensors"])
+        for i, (sae, opt, groups) in enumerate(zip(saes, opts, state["param_groups"])):
+            sae.load_state_dict(_under(tensors, f"{i}.weights."))
+            sae.since_fired.copy_(tensors[f"{i}.since_fired"])
+            moments: dict[int, dict[str, torch.Tensor]] = {}
+            for key, value in _under(tensors, f"{i}.adam.").items():
+                param, name = key.split(".", 1)
+                moments.setdefault(int(param), {})[name] = value
+            opt.load_state_dict({"state": moments, "param_groups": [_untuple(g) for g in groups]})
+        return state
 
-    def save(self, state: dict) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, self.path)  # atomic: a crash mid-write leaves the previous checkpoint
+    def save(self, saes: list[SAE], opts: list[torch.optim.Optimizer], state: dict) -> None:
+        """Save the dictionaries and optimisers with `state` (JSON-able; its "step" names the file)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tensors, param_groups = {}, []
+        for i, (sae, opt) in enumerate(zip(saes, opts)):
+            tensors.update({f"{i}.weights.{k}": v for k, v in sae.state_dict().items()})
+            tensors[f"{i}.since_fired"] = sae.since_fired
+            saved = opt.state_dict()
+            tensors.update({f"{i}.adam.{param}.{name}": value for param, moments in saved["state"].items()
+                            for name, value in moments.items()})
+            param_groups.append(saved["param_groups"])
+        name = f"checkpoint-{state['step']:08d}.safetensors"
+        write_tensors(self.folder / name, tensors)
+        write_json(self.folder / self.STATE, {**state, "tensors": name, "param_groups": param_groups})
+        for old in self.folder.glob("checkpoint-*.safetensors"):
+            if old.name != name:
+                old.unlink()
 
     def remove(self) -> None:
-        if self.path is not None and self.path.exists():
-            self.path.unlink()
+        """Delete the checkpoint, and its folder if that leaves it empty."""
+        if self.folder is None or not self.folder.exists():
+            return
+        (self.folder / self.STATE).unlink(missing_ok=True)  # first: what remains is no checkpoint
+        for leftover in [*self.folder.glob("checkpoint-*.safetensors*"), self.folder / (self.STATE + ".tmp")]:
+            leftover.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            self.folder.rmdir()
+
+
+def _under(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def _untuple(group: dict) -> dict:
+    """An optimiser's param group back from JSON, which made its tuples (Adam's betas) lists."""
+    return {k: tuple(v) if isinstance(v, list) and k != "params" else v for k, v in group.items()}
 
 
 def optimiser_step(opt: torch.optim.Optimizer, loss: torch.Tensor, lr: float, saes: list[SAE]) -> None:
@@ -93,7 +136,7 @@ def optimiser_step(opt: torch.optim.Optimizer, loss: torch.Tensor, lr: float, sa
 
 
 def train_many(saes: list[SAE], batches: Iterable, cfg: TrainConfig, checkpoint_dir: Path | None = None,
-               on_step=None) -> list[list[float]]:
+               on_step: Callable[[int], object] | None = None) -> list[list[float]]:
     """Train several dictionaries (a sweep of k or widths) on one stream: each batch is read
     once and fed to all. With `checkpoint_dir`, state is saved every `cfg.checkpoint_every`
     steps and a later call with the same arguments resumes where it stopped, with the same
@@ -106,14 +149,10 @@ def train_many(saes: list[SAE], batches: Iterable, cfg: TrainConfig, checkpoint_
     opts = [torch.optim.Adam(s.parameters(), lr=cfg.lr) for s in saes]
     losses: list[list[float]] = [[] for _ in saes]
     ckpt = Checkpoint(checkpoint_dir)
-    state = ckpt.load()
+    state = ckpt.load(saes, opts)
     stream = iter(batches)
     start, scales, max_norm = 0, None, None
     if state is not None:
-        for sae, opt, saved in zip(saes, opts, state["dictionaries"]):
-            sae.load_state_dict(saved["weights"])
-            sae.since_fired.copy_(saved["since_fired"])
-            opt.load_state_dict(saved["optimizer"])
         start, scales, losses, max_norm = state["step"], state["scales"], state["losses"], state["max_norm"]
         for _ in islice(stream, start):  # the stream is deterministic: skip what was consumed
             pass
@@ -123,8 +162,8 @@ def train_many(saes: list[SAE], batches: Iterable, cfg: TrainConfig, checkpoint_
         x, y = _pair(next(stream))
         if cfg.max_norm_ratio is not None:
             if max_norm is None:
-                max_norm = cfg.max_norm_ratio * x.norm(dim=1).median().item()
-            keep = x.norm(dim=1) <= max_norm
+                max_norm = norm_limit(x, cfg.max_norm_ratio)
+            keep = ordinary_rows(x, max_norm)
             x, y = x[keep], y[keep]
         if scales is None:
             scales = (norm_scale(x), norm_scale(y)) if cfg.normalise else (1.0, 1.0)
@@ -138,9 +177,7 @@ def train_many(saes: list[SAE], batches: Iterable, cfg: TrainConfig, checkpoint_
         if on_step is not None:
             on_step(step)
         if checkpoint_dir is not None and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
-            ckpt.save({"step": step + 1, "scales": scales, "losses": losses, "max_norm": max_norm, "dictionaries": [
-                {"weights": s.state_dict(), "since_fired": s.since_fired, "optimizer": o.state_dict()}
-                for s, o in zip(saes, opts)]})
+            ckpt.save(saes, opts, {"step": step + 1, "scales": scales, "losses": losses, "max_norm": max_norm})
     for sae in saes:
         sae.eval()
         sae.max_input_norm = max_norm
