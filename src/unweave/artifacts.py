@@ -10,19 +10,23 @@ import hashlib
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors.torch import load_file, save_file
 
+if TYPE_CHECKING:
+    from typing import Any
 
-def write_json(path: Path, data) -> None:
+
+def write_json(path: Path, data: Any) -> None:
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
     os.replace(tmp, path)
 
 
-def read_json(path: Path):
+def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text())
 
 

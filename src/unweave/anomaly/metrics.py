@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 from scipy.stats import rankdata
 
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
 
-def _check(scores, labels) -> tuple[np.ndarray, np.ndarray]:
+
+def _check(scores: ArrayLike, labels: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels).astype(bool)
     if scores.shape != labels.shape or scores.ndim != 1:
         raise ValueError(f"scores and labels must be 1-D and of one length, got {scores.shape} and {labels.shape}")
@@ -18,7 +23,7 @@ def _check(scores, labels) -> tuple[np.ndarray, np.ndarray]:
     return scores, labels
 
 
-def auroc(scores, labels) -> float:
+def auroc(scores: ArrayLike, labels: ArrayLike) -> float:
     """P(score of a random anomaly > score of a random normal), ties counted half (Mann-Whitney U)."""
     s, y = _check(scores, labels)
     ranks = rankdata(s)  # average ranks: ties split evenly
@@ -26,7 +31,7 @@ def auroc(scores, labels) -> float:
     return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def average_precision(scores, labels) -> float:
+def average_precision(scores: ArrayLike, labels: ArrayLike) -> float:
     """Mean of the precision at each anomaly's rank, all examples with its score taken at once."""
     s, y = _check(scores, labels)
     order = np.argsort(-s, kind="stable")
@@ -37,7 +42,7 @@ def average_precision(scores, labels) -> float:
     return float((recall_gain * tp / k).sum())
 
 
-def fpr_at_tpr(scores, labels, tpr: float = 0.95) -> float:
+def fpr_at_tpr(scores: ArrayLike, labels: ArrayLike, tpr: float = 0.95) -> float:
     """Fraction of normal examples flagged at the highest threshold that flags `tpr` of anomalies."""
     s, y = _check(scores, labels)
     pos = np.sort(s[y])[::-1]
@@ -45,6 +50,6 @@ def fpr_at_tpr(scores, labels, tpr: float = 0.95) -> float:
     return float((s[~y] >= threshold).mean())
 
 
-def summary(scores, labels) -> dict[str, float]:
+def summary(scores: ArrayLike, labels: ArrayLike) -> dict[str, float]:
     return {"auroc": auroc(scores, labels), "ap": average_precision(scores, labels),
             "fpr@95tpr": fpr_at_tpr(scores, labels)}

@@ -55,7 +55,7 @@ class MLP(nn.Module):
         self.fc2, self.act2 = nn.Linear(hidden, hidden // 2), nn.ReLU()
         self.head = nn.Linear(hidden // 2, n_classes)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.act2(self.fc2(self.act1(self.fc1(x.flatten(1))))))
 
 
@@ -167,7 +167,7 @@ def planted_rule_task(d: int = 20, n_train: int = 40_000, seed: int = 0) -> Task
     w = torch.randn(d, generator=gen)
     words = _simplex_codewords()
 
-    def sample(n):
+    def sample(n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x = torch.randint(0, 2, (n, d), generator=gen).float() * 2 - 1
         rule = (x[:, None, :7] == words[None]).all(-1).any(-1)
         return x, ((x @ w > 0) ^ rule).long(), rule

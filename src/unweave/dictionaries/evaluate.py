@@ -3,11 +3,16 @@ the text around its latents' strongest activations."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from unweave.dictionaries import metrics
 from unweave.dictionaries.sae import SAE
 from unweave.sites import capture
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 
 @torch.no_grad()
@@ -27,8 +32,8 @@ def evaluate(sae: SAE, x: torch.Tensor, y: torch.Tensor | None = None) -> dict:
 
 
 @torch.no_grad()
-def top_snippets(sae: SAE, acts: torch.Tensor, tokens: torch.Tensor, tokenizer, latents: int = 5,
-                 width: int = 8) -> list[dict]:
+def top_snippets(sae: SAE, acts: torch.Tensor, tokens: torch.Tensor, tokenizer: PreTrainedTokenizerBase,
+                 latents: int = 5, width: int = 8) -> list[dict]:
     """For a few latents of moderate density: the text around their strongest activations.
     `acts` (n, d) are the activations of the flat token stream `tokens` (n,)."""
     z = sae.encode(acts)

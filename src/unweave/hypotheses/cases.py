@@ -12,12 +12,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from unweave.hypotheses.graph import Hypothesis, Indices, Node, Projection
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 
 @dataclass
@@ -39,7 +45,7 @@ class BitsMLP(nn.Module):
         super().__init__()
         self.layer1, self.hidden, self.out = nn.Linear(d_in, d_hidden), nn.ReLU(), nn.Linear(d_hidden, 2)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.out(self.hidden(self.layer1(x)))
 
 
@@ -93,15 +99,15 @@ def modadd_case(model: nn.Module, p: int, key_freqs: list[int]) -> Case:
     others = [k for k in range(1, (p - 1) // 2 + 1) if k not in key_freqs][: len(key_freqs)]
     site, last = "blocks.0.hook_resid_post", [-1]
 
-    def node(name, freqs, fn):
+    def node(name: str, freqs: list[int], fn: Callable[[torch.Tensor], torch.Tensor]) -> Node:
         return Node(name, site, fn=fn, subspace=Projection(_output_frequency_directions(W_U, p, freqs)),
                     positions=last)
 
-    def hypothesis(name, freqs, fn):
+    def hypothesis(name: str, freqs: list[int], fn: Callable[[torch.Tensor], torch.Tensor]) -> Hypothesis:
         return Hypothesis([node("sum", freqs, fn)], output=lambda out: out[:, -1], name=name,
                           predict=lambda v: v["sum"])
 
-    def total(x):
+    def total(x: torch.Tensor) -> torch.Tensor:
         return (x[:, 0] + x[:, 1]) % p
 
     hyps = {
@@ -148,7 +154,8 @@ def induction_case(model: nn.Module, vocab: int, half: int = 12, n: int = 4096, 
     answer = lambda x: x[:, half - 1]  # noqa: E731 - the token after the current token's earlier occurrence
     current = lambda x: x[:, -1]  # noqa: E731
 
-    def circuit(name, answer_fn=answer, query_fn=current):
+    def circuit(name: str, answer_fn: Callable[[torch.Tensor], torch.Tensor] = answer,
+                query_fn: Callable[[torch.Tensor], torch.Tensor] = current) -> Hypothesis:
         # queries at the last position read the current token; keys are written by the
         # previous-token heads (the rest of what keys read comes from a random input);
         # values read the sequence itself
@@ -172,7 +179,8 @@ def induction_case(model: nn.Module, vocab: int, half: int = 12, n: int = 4096, 
 
 
 # -- SmolLM2-135M ---------------------------------------------------------------------------
-def smollm2_repeated_tokens(tokenizer, n: int, half: int, seed: int = 0, choices: int = 16) -> torch.Tensor:
+def smollm2_repeated_tokens(tokenizer: PreTrainedTokenizerBase, n: int, half: int, seed: int = 0,
+                            choices: int = 16) -> torch.Tensor:
     """(n, 2*half) rows: BOS, `half` random tokens, then the same tokens again minus the last,
     so the last position predicts the half's last token (the answer). The answer and the
     current token are drawn from `choices` tokens each, so that many rows agree on them."""
@@ -186,7 +194,7 @@ def smollm2_repeated_tokens(tokenizer, n: int, half: int, seed: int = 0, choices
     return torch.cat([bos, first, first[:, :-1]], dim=1)
 
 
-def smollm2_head_scores(model, tokens: torch.Tensor, half: int) -> torch.Tensor:
+def smollm2_head_scores(model: PreTrainedModel, tokens: torch.Tensor, half: int) -> torch.Tensor:
     """Induction scores (layers, heads): attention from each second-half position to the
     position after the current token's earlier occurrence (eager attention, to read patterns)."""
     previous = model.config._attn_implementation
@@ -220,7 +228,7 @@ def smollm2_induction_case(n: int = 512, half: int = 20, top: int = 8, seed: int
     answer = lambda x: x[:, half]  # noqa: E731 - the last token of the first half
     current = lambda x: x[:, -1]  # noqa: E731
 
-    def heads_claim(name, heads, fn):
+    def heads_claim(name: str, heads: list[tuple[int, int]], fn: Callable[[torch.Tensor], torch.Tensor]) -> Hypothesis:
         by_layer: dict[int, list[int]] = {}
         for layer, head in heads:
             by_layer.setdefault(layer, []).extend(range(head * d_head, (head + 1) * d_head))

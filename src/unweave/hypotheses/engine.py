@@ -19,12 +19,16 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from unweave.hypotheses.graph import Hypothesis, HypothesisError, Node
 from unweave.sites import capture, capturing, patch
+
+if TYPE_CHECKING:
+    from typing import Any
 
 # Below this median number of interchangeable inputs per example, a node's resampling
 # mostly returns the example itself and the test says little about that node.
@@ -40,7 +44,7 @@ class _Groups:
     sizes: torch.Tensor  # (groups,)
 
     @classmethod
-    def of(cls, values: torch.Tensor) -> "_Groups":
+    def of(cls, values: torch.Tensor) -> _Groups:
         values = values.reshape(len(values), -1)
         _, group, sizes = torch.unique(values, dim=0, return_inverse=True, return_counts=True)
         order = torch.argsort(group, stable=True)
@@ -83,7 +87,7 @@ class Engine:
         self._means = self._site_means() if hypothesis.unclaimed == "mean" else {}
 
     # -- one forward, with patches ------------------------------------------------------
-    def forward(self, idx: torch.Tensor, patches: dict | None = None):
+    def forward(self, idx: torch.Tensor, patches: dict | None = None) -> Any:
         """The model's raw output on inputs[idx] (before `Hypothesis.output`), with patches."""
         with torch.no_grad(), patch(self.model, patches or {}):
             return self.model(self.inputs[idx], **self.forward_kwargs)
@@ -110,10 +114,10 @@ class Engine:
         for node, src in zip(nodes, sources):
             by_site.setdefault(node.site, []).append((node, src))
 
-        def patcher(site, pairs):
+        def patcher(site: str, pairs: list[tuple[Node, torch.Tensor]]) -> Callable[[torch.Tensor], torch.Tensor]:
             base = self._complement(site)
 
-            def apply(act):
+            def apply(act: torch.Tensor) -> torch.Tensor:
                 new = base(act)
                 for node, src in pairs:
                     new = node.merge(new, src)
@@ -150,7 +154,7 @@ class Engine:
         return [acts[n.site] for n in nodes]
 
     def interchange_batch(self, names: list[str], base: torch.Tensor, source: torch.Tensor,
-                          sources: list[torch.Tensor] | None = None):
+                          sources: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Output on `base` with the named nodes' claimed parts from `source`, and the label
         the interpretation predicts for that counterfactual. `sources` (the nodes'
         activations on `source`) may be given when they were computed already."""

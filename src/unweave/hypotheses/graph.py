@@ -55,7 +55,7 @@ class Indices(Subspace):
         if self._index.numel() == 0:
             raise HypothesisError("Indices subspace is empty; give at least one index")
 
-    def check(self, act_shape, where):
+    def check(self, act_shape: tuple[int, ...], where: str) -> None:
         size = act_shape[self.axis]
         if int(self._index.max()) >= size or int(self._index.min()) < -size:
             raise HypothesisError(f"{where}: Indices {list(self.indices)[:8]} out of range for axis {self.axis} "
@@ -68,7 +68,7 @@ class Indices(Subspace):
         mask[self._index.to(act.device)] = 1
         return mask.view(shape)
 
-    def part(self, act):
+    def part(self, act: torch.Tensor) -> torch.Tensor:
         return act * self._mask(act)
 
 
@@ -84,12 +84,13 @@ class Projection(Subspace):
         self.basis = q[:, :rank].T.float()  # (rank, d), orthonormal rows
         self.width = basis.shape[1]
 
-    def check(self, act_shape, where):
+    def check(self, act_shape: tuple[int, ...], where: str) -> None:
         if act_shape[-1] != self.width:
             raise HypothesisError(f"{where}: Projection basis has width {self.width} but the activation's last "
-                                  f"dimension is {act_shape[-1]} (shape {act_shape}); give a basis of shape (k, {act_shape[-1]})")
+                                  f"dimension is {act_shape[-1]} (shape {act_shape}); "
+                                  f"give a basis of shape (k, {act_shape[-1]})")
 
-    def part(self, act):
+    def part(self, act: torch.Tensor) -> torch.Tensor:
         b = self.basis.to(act.device, act.dtype)
         return (act @ b.T) @ b
 
@@ -103,13 +104,14 @@ class Latents(Subspace):
         if self.ids.numel() == 0 or int(self.ids.max()) >= width or int(self.ids.min()) < 0:
             raise HypothesisError(f"Latents ids must be in [0, {width}) (the dictionary's width), got {list(ids)[:8]}")
 
-    def check(self, act_shape, where):
+    def check(self, act_shape: tuple[int, ...], where: str) -> None:
         d_in = self.dictionary.W_dec.shape[1]
         if act_shape[-1] != d_in:
             raise HypothesisError(f"{where}: the dictionary reads width {d_in} but the activation's last "
-                                  f"dimension is {act_shape[-1]} (shape {act_shape}); use a dictionary trained at this site")
+                                  f"dimension is {act_shape[-1]} (shape {act_shape}); "
+                                  "use a dictionary trained at this site")
 
-    def part(self, act):
+    def part(self, act: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             latents = self.dictionary.encode(act.reshape(-1, act.shape[-1]))
         return (latents[:, self.ids] @ self.dictionary.W_dec[self.ids]).reshape(act.shape)
@@ -122,7 +124,7 @@ class Node:
     # inputs (n, ...) -> values (n,) or (n, k); None: the node depends on the whole input,
     # so only the input itself is interchangeable with it (never resampled)
     fn: Callable[[torch.Tensor], torch.Tensor] | None
-    parents: Sequence["Node"] = ()
+    parents: Sequence[Node] = ()
     subspace: Subspace | None = None  # None: the whole activation
     positions: Sequence[int] | None = None  # along dim 1 (sequence position); None: all
 
@@ -209,7 +211,8 @@ def _topological(nodes: Sequence[Node]) -> list[Node]:
 
     def visit(node: Node, path: list[str]) -> None:
         if not isinstance(node, Node):
-            raise HypothesisError(f"expected a Node, got {type(node).__name__} (under {' -> '.join(path) or 'the top'})")
+            raise HypothesisError(f"expected a Node, got {type(node).__name__} "
+                                  f"(under {' -> '.join(path) or 'the top'})")
         if state.get(id(node)) == "done":
             return
         if state.get(id(node)) == "active":

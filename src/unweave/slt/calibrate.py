@@ -25,7 +25,7 @@ class Calibration:
 def calibrate(model: torch.nn.Module, loss_fn: LossFn, loader: Iterable,
               epsilons: Sequence[float] = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3),
               nbetas: Sequence[float] | None = None, base: SGLDConfig | None = None,
-              params=None, min_acceptance: float = 0.9) -> Calibration:
+              params: str | Sequence[str] | None = None, min_acceptance: float = 0.9) -> Calibration:
     """Run short chains over epsilon x n*beta and pick settings.
 
     A setting is healthy when no chain diverged, the trace flattened, and the MALA
@@ -64,7 +64,8 @@ def calibrate(model: torch.nn.Module, loss_fn: LossFn, loader: Iterable,
 
 
 def llc_over_checkpoints(checkpoints: Sequence[tuple[int, torch.nn.Module]], loss_fn: LossFn, loader: Iterable,
-                         config: SGLDConfig | None = None, params=None) -> list[tuple[int, LLCResult]]:
+                         config: SGLDConfig | None = None,
+                         params: str | Sequence[str] | None = None) -> list[tuple[int, LLCResult]]:
     """The LLC at each (step, model) with the same settings, e.g. through grokking."""
     out = []
     for step, model in progress.track(list(checkpoints), "LLC per checkpoint"):

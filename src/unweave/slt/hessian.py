@@ -8,11 +8,11 @@ Hessian-vector products, and the near-zero count is d times its mass near zero.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
-from torch.func import functional_call, hessian, jvp, grad
+from torch.func import functional_call, grad, hessian, jvp
 
 from unweave.slt.sgld import LossFn, select_parameters
 
@@ -31,20 +31,22 @@ def _full_batch(loader: Iterable) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat(xs), torch.cat(ys)
 
 
-def _flat_loss(model, loss_fn, names, x, y):
+def _flat_loss(model: torch.nn.Module, loss_fn: LossFn, names: list[str], x: torch.Tensor,
+               y: torch.Tensor) -> tuple[Callable[[torch.Tensor], torch.Tensor], torch.Tensor]:
     params = dict(model.named_parameters())
     shapes = [params[n].shape for n in names]
     sizes = [params[n].numel() for n in names]
     w0 = torch.cat([params[n].detach().reshape(-1) for n in names])
 
-    def f(flat):
+    def f(flat: torch.Tensor) -> torch.Tensor:
         chunks = torch.split(flat, sizes)
         p = {n: c.view(s) for n, c, s in zip(names, chunks, shapes)}
         return loss_fn(functional_call(model, p, (x,)), y)
     return f, w0
 
 
-def hessian_summary(model: torch.nn.Module, loss_fn: LossFn, loader: Iterable, params=None, tol: float = 1e-3,
+def hessian_summary(model: torch.nn.Module, loss_fn: LossFn, loader: Iterable,
+                    params: str | Iterable[str] | None = None, tol: float = 1e-3,
                     exact_limit: int = 3000, lanczos_steps: int = 80, probes: int = 4, seed: int = 0) -> HessianSummary:
     names = select_parameters(model, params)
     x, y = _full_batch(loader)
@@ -55,7 +57,7 @@ def hessian_summary(model: torch.nn.Module, loss_fn: LossFn, loader: Iterable, p
         top = eig.abs().max().item()
         return HessianSummary(d, float((eig.abs() <= tol * top).sum()), top, tol, "exact")
 
-    def hvp(v):
+    def hvp(v: torch.Tensor) -> torch.Tensor:
         return jvp(grad(f), (w0,), (v.to(w0.dtype),))[1].detach().double()
 
     gen = torch.Generator().manual_seed(seed)
@@ -70,7 +72,8 @@ def hessian_summary(model: torch.nn.Module, loss_fn: LossFn, loader: Iterable, p
     return HessianSummary(d, d * weights[nodes.abs() <= tol * top].sum().item(), top, tol, "slq")
 
 
-def _lanczos(hvp, d: int, steps: int, gen: torch.Generator):
+def _lanczos(hvp: Callable[[torch.Tensor], torch.Tensor], d: int, steps: int,
+             gen: torch.Generator) -> torch.Tensor:
     v = torch.randn(d, generator=gen, dtype=torch.float64)
     v /= v.norm()
     vs, alphas, betas = [v], [], []

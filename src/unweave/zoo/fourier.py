@@ -116,7 +116,7 @@ def logit_measures(model: torch.nn.Module, data: ModAddData, p: int, freqs: list
     excluded = excluded_logits(logits, p, freqs)
     tr, te, y = data.train_idx, data.test_idx, data.labels
 
-    def acc(z, idx):
+    def acc(z: torch.Tensor, idx: torch.Tensor) -> float:
         return (z[idx].argmax(-1) == y[idx]).double().mean().item()
 
     return {"train_loss": loss_fn(logits[tr], y[tr]).item(), "test_loss": loss_fn(logits[te], y[te]).item(),

@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from unweave import progress
-from unweave.configs import setting
 from unweave.artifacts import read_json, read_tensors, write_json, write_tensors
+from unweave.configs import setting
 from unweave.zoo.transformer import Transformer, TransformerConfig
 
 
@@ -60,7 +60,7 @@ class ModAddConfig:
                                  d_mlp=self.d_mlp, n_layers=1, d_vocab_out=self.p)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "ModAddConfig":
+    def from_dict(cls, data: dict) -> ModAddConfig:
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
         if unknown:
@@ -108,7 +108,7 @@ def train_loader(cfg: ModAddConfig, batch_size: int | None = None) -> DataLoader
     return DataLoader(dataset, batch_size=batch_size or len(dataset), shuffle=batch_size is not None)
 
 
-def evaluate(model, data: ModAddData) -> dict[str, float]:
+def evaluate(model: torch.nn.Module, data: ModAddData) -> dict[str, float]:
     with torch.no_grad():
         logits = answer_logits(model, data.tokens)
     out = {}
@@ -137,7 +137,7 @@ class TrainedModAdd:
         return (self.dir / "model.safetensors").exists()
 
     @classmethod
-    def open(cls, path: Path, finished: bool = True) -> "TrainedModAdd":
+    def open(cls, path: Path, finished: bool = True) -> TrainedModAdd:
         """The one way to open a run folder: a clear error when there is no run there (or,
         with `finished`, when it has not reached its last step)."""
         run = cls(path)
@@ -165,11 +165,12 @@ class TrainedModAdd:
         return model.eval()
 
 
-def _optimizer(model, cfg: ModAddConfig) -> torch.optim.AdamW:
+def _optimizer(model: torch.nn.Module, cfg: ModAddConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
 
 
-def _save_state(run_dir: Path, step: int, model, opt, history) -> None:
+def _save_state(run_dir: Path, step: int, model: torch.nn.Module, opt: torch.optim.Optimizer,
+                history: list[dict]) -> None:
     """Everything needed to resume: weights, AdamW moments, step, history."""
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     for i, (name, _) in enumerate(model.named_parameters()):
@@ -182,7 +183,7 @@ def _save_state(run_dir: Path, step: int, model, opt, history) -> None:
     write_json(run_dir / "state.json", {"step": step})  # last: marks the state above as complete
 
 
-def _load_state(run_dir: Path, model, opt) -> tuple[int, list[dict]]:
+def _load_state(run_dir: Path, model: torch.nn.Module, opt: torch.optim.Optimizer) -> tuple[int, list[dict]]:
     step = read_json(run_dir / "state.json")["step"]
     tensors = read_tensors(run_dir / "state.safetensors")
     model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
