@@ -1,5 +1,5 @@
+import dataclasses
 import math
-import warnings
 
 import numpy as np
 import pytest
@@ -7,7 +7,11 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from unweave.slt import LLCError, SGLDConfig, calibrate, estimate_llc, hessian_summary, truth
+from unweave.slt.callbacks import Divergence, MALAAcceptance, StepState
+from unweave.slt.gradients import ChainGradients
 from unweave.slt.llc import mean_loss
+from unweave.slt.sgld import run_chains, select_parameters
+from unweave.slt.updates import SGLD, RMSPropSGLD, update_rule
 from unweave.zoo import singular
 
 
@@ -55,7 +59,8 @@ def test_reduced_rank_regression_within_ten_percent():
 def test_llc_is_n_beta_times_mean_excess_loss():
     """The reported numbers follow from the trace: recompute them independently with numpy."""
     model, loader = singular.deep_linear_task([3, 2, 3], 1, n=200, batch_size=50)
-    r = estimate_llc(model, singular.half_squared_error, loader, SGLDConfig(epsilon=1e-4, nbeta=500, chains=3, draws=50))
+    r = estimate_llc(model, singular.half_squared_error, loader,
+                     SGLDConfig(epsilon=1e-4, nbeta=500, chains=3, draws=50))
     trace = np.array(r.loss_trace)
     per_chain = r.nbeta * (trace.mean(1) - r.init_loss)
     np.testing.assert_allclose(r.llc_per_chain, per_chain, rtol=1e-10)
@@ -141,3 +146,160 @@ def test_modadd_loss_at_w_star(small_modadd):
     loader = train_loader(small_modadd.config)
     assert mean_loss(small_modadd.load(), answer_loss, loader) == pytest.approx(small_modadd.history[-1]["train_loss"],
                                                                                 rel=1e-4)
+
+
+# --- the chain loop's pieces: update rules, callbacks, gradients ---------------------------------------------------
+
+def _chains(cfg, model=None, loader=None, loss_fn=singular.half_squared_error, **kw):
+    if model is None:
+        model, loader = singular.deep_linear_task([3, 2, 3], 1, n=200)
+    return run_chains(model, loss_fn, loader, select_parameters(model, None), cfg.nbeta, cfg, **kw)
+
+
+def test_a_custom_update_rule_plugs_in():
+    """A rule is one class: G = 1/2 everywhere is plain SGLD at half the step size."""
+    class HalfStep(SGLD):
+        calls = 0
+
+        def preconditioner(self, name, drift):
+            self.calls += 1
+            return torch.full_like(drift, 0.5)
+
+    cfg = SGLDConfig(epsilon=1e-4, nbeta=300, chains=2, draws=20)
+    rule = HalfStep(1e-4)
+    custom = _chains(cfg, rule=rule)
+    plain = _chains(dataclasses.replace(cfg, epsilon=5e-5))
+    assert rule.calls == 20 * 2  # once per step per parameter (two layers)
+    np.testing.assert_allclose(custom.losses, plain.losses, rtol=1e-4)
+    np.testing.assert_allclose(custom.acceptance, plain.acceptance, rtol=1e-3)  # the same proposal, too
+    assert isinstance(update_rule(SGLDConfig(rmsprop=True)), RMSPropSGLD)
+    assert type(update_rule(SGLDConfig())) is SGLD
+
+
+def test_callbacks_see_every_step_and_can_stop_the_chains():
+    class StopAtSix:
+        def __init__(self):
+            self.steps = []
+
+        def __call__(self, state):
+            assert set(state.w) == {"0.weight", "1.weight"} and state.loss.shape == (2,)
+            assert state.log_target.dtype == torch.float64 and state.G == {"0.weight": None, "1.weight": None}
+            self.steps.append(state.step)
+            return state.step == 6
+
+    stop, ticks = StopAtSix(), []
+    trace = _chains(SGLDConfig(epsilon=1e-4, nbeta=300, chains=2, draws=10, burn_in=3), callbacks=[stop],
+                    on_step=lambda: ticks.append(1))
+    assert stop.steps == list(range(7))
+    assert len(ticks) == 6  # progress runs after the custom callbacks: not on the step that stopped
+    assert torch.isfinite(trace.losses[:, :4]).all()  # steps 3-6 are draws 0-3, recorded before the stop
+    assert torch.isnan(trace.losses[:, 4:]).all()
+
+
+def test_divergence_callback_stops_at_the_first_non_finite_loss():
+    def state(step, loss):
+        return StepState(step, torch.tensor(loss), {}, {}, {}, torch.zeros(2), 1e-3)
+
+    div = Divergence()
+    assert not div(state(0, [0.1, 0.2])) and div.step is None
+    assert div(state(5, [0.1, float("nan")])) and div.step == 5
+    assert div(state(6, [float("inf"), 0.0]))
+
+    calls = []  # the loss turns NaN on its 9th call: one call per step with one looped chain
+
+    def loss_fn(out, y):
+        calls.append(1)
+        loss = singular.half_squared_error(out, y)
+        return loss + float("nan") if len(calls) > 8 else loss
+
+    ticks = []
+    trace = _chains(SGLDConfig(epsilon=1e-4, nbeta=300, chains=1, draws=20, vectorize=False), loss_fn=loss_fn,
+                    on_step=lambda: ticks.append(1))
+    assert len(calls) == 9 and len(ticks) == 8  # stopped at step 8, nothing after
+    assert torch.isfinite(trace.losses[:, :8]).all() and torch.isnan(trace.losses[:, 8:]).all()
+
+
+def _gaussian_state(step, w, G, k, eps):
+    """Target N(0, 1/k) per weight: log p = -k/2 |w|^2, drift = -k w."""
+    half_sq = 0.5 * k * w.pow(2).sum(1)
+    return StepState(step, half_sq, {"w": w}, {"w": -k * w}, {"w": G}, -half_sq, eps)
+
+
+@pytest.mark.parametrize("preconditioned", [False, True])
+def test_mala_acceptance_is_the_metropolis_hastings_ratio(preconditioned):
+    """Against the ratio written with scipy's normal densities: min(1, p(w1) q(w0 | w1) / (p(w0) q(w1 | w0)))
+    with q(b | a) = N(a + eps/2 G drift(a), eps G), G taken at the move's start."""
+    from scipy.stats import norm
+
+    k, eps = 3.0, 0.3
+    gen = torch.Generator().manual_seed(0)
+    w0 = torch.randn(5, 3, generator=gen, dtype=torch.float64)
+    G = torch.rand(5, 3, generator=gen, dtype=torch.float64) + 0.5 if preconditioned else None
+    g = torch.ones_like(w0) if G is None else G
+    w1 = w0 + eps / 2 * g * (-k * w0) + (eps * g).sqrt() * torch.randn(5, 3, generator=gen, dtype=torch.float64)
+    mala = MALAAcceptance(5)
+    mala(_gaussian_state(0, w0, G, k, eps))
+    mala(_gaussian_state(1, w1, torch.full_like(w0, 7.0), k, eps))  # the G at w1 plays no part
+
+    a, b, g = w0.numpy(), w1.numpy(), g.numpy()
+    log_p = lambda w: norm.logpdf(w, scale=k ** -0.5).sum(1)
+    log_q = lambda to, fro: norm.logpdf(to, loc=fro - eps / 2 * g * k * fro, scale=np.sqrt(eps * g)).sum(1)
+    expected = np.minimum(1, np.exp(log_p(b) + log_q(a, b) - log_p(a) - log_q(b, a)))
+    assert 0.05 < expected.min() and expected.max() <= 1 and expected.min() < 0.99  # a real test of the ratio
+    np.testing.assert_allclose(mala.acceptance.numpy(), expected, rtol=1e-10)
+
+
+def test_mala_acceptance_of_sgld_on_a_quadratic():
+    """L(w) = w^2 (normal crossing, power 1): the target is N(0, 1/k), k = 2 n_beta + gamma, and SGLD's
+    stationary law is N(0, s^2) with s^2 = eps / (1 - (1 - eps k / 2)^2). The mean acceptance should be
+    E min(1, ratio) over w ~ N(0, s^2) and one SGLD move from it: near 1 for tiny steps, lower for large."""
+    from scipy.stats import norm
+
+    model, loader = singular.normal_crossing_task([1], n=1000)
+    nbeta, gamma = 1000.0, 10.0
+    k = 2 * nbeta + gamma
+
+    def expected(eps):
+        rng = np.random.default_rng(0)
+        w = rng.normal(0, np.sqrt(eps / (1 - (1 - eps * k / 2) ** 2)), 400_000)
+        w1 = w - eps / 2 * k * w + np.sqrt(eps) * rng.normal(size=w.shape)
+        log_q = lambda to, fro: norm.logpdf(to, loc=fro - eps / 2 * k * fro, scale=np.sqrt(eps))
+        log_p = lambda x: norm.logpdf(x, scale=k ** -0.5)
+        return np.minimum(1, np.exp(log_p(w1) + log_q(w, w1) - log_p(w) - log_q(w1, w))).mean()
+
+    def measured(eps):
+        cfg = SGLDConfig(epsilon=eps, nbeta=nbeta, localization=gamma, chains=32, draws=300)
+        return run_chains(model, singular.normal_crossing_loss, loader, ["w"], nbeta, cfg).acceptance.mean().item()
+
+    tiny, large = 0.01 / k, 3.0 / k
+    assert measured(tiny) > 0.999 and expected(tiny) > 0.999
+    assert measured(large) == pytest.approx(expected(large), abs=0.02)
+    assert measured(large) < 0.8
+
+
+def test_chains_fall_back_to_a_loop_when_vmap_cannot_trace_the_model():
+    class Branchy(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):  # .item() on a parameter: vmap cannot batch it
+            return self.inner(x) if self.inner[0].weight.sum().item() > -1e30 else -self.inner(x)
+
+    inner, loader = singular.deep_linear_task([3, 2, 3], 1, n=200)
+    model = Branchy(inner)
+    cfg = SGLDConfig(epsilon=1e-4, nbeta=300, chains=2, draws=10)
+    with pytest.warns(UserWarning, match="could not be vectorised"):
+        fallen = _chains(dataclasses.replace(cfg, vectorize=True), model, loader)
+    looped = _chains(dataclasses.replace(cfg, vectorize=False), model, loader)
+    assert not fallen.vectorized and torch.equal(fallen.losses, looped.losses)
+
+    grads = ChainGradients(inner, singular.half_squared_error, "auto")
+    w = {n: p.detach().unsqueeze(0).repeat(2, 1, 1) for n, p in inner.named_parameters()}
+    x, y = loader.dataset.tensors
+    used = []
+    for _ in range(6):
+        loss, g = grads(w, [x, x], [y, y], True)
+        used.append(grads.vectorized)
+        assert loss.shape == (2,) and g["0.weight"].shape == (2, 2, 3)
+    assert used[:3] == [True, True, False] and len(set(used[3:])) == 1  # timed both; the 4th call decides

@@ -5,24 +5,30 @@ Each step, for each chain (Welling & Teh 2011; Lau et al. 2023, localised form):
     w <- w - (eps / 2) * G * (n_beta * grad L_batch(w) + gamma * (w - w*)) + sqrt(eps * G) * N(0, I)
 
 with G = 1 (plain SGLD) or the RMSProp preconditioner G = 1 / (sqrt(V) + delta),
-V <- alpha V + (1 - alpha) drift^2, drift = n_beta grad L + gamma (w - w*) (Li et al. 2016). Chains are vectorised with
-`torch.func.functional_call` + `vmap` over stacked parameter copies when the model allows
-it, and run in a loop otherwise; chain c's noise and batch order depend only on (seed, c).
+V <- alpha V + (1 - alpha) drift^2, drift = n_beta grad L + gamma (w - w*) (Li et al. 2016).
+Chain c's noise and batch order depend only on (seed, c).
+
+`run_chains` is the loop; its pieces live beside it:
+  gradients.ChainGradients  per-chain losses and gradients (vmap, or a loop, or "auto" timing both)
+  updates                   the localised posterior (log density, drift) and the update rules
+  callbacks                 per-step diagnostics: divergence, the loss trace, MALA acceptance
 """
 
 from __future__ import annotations
 
 import math
-import time
-import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
-from torch.func import functional_call, grad_and_value, vmap
-from torch.utils.data import RandomSampler, SequentialSampler, TensorDataset, default_collate
+from torch.utils.data import DataLoader, RandomSampler, SequentialSampler, TensorDataset, default_collate
 
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+from unweave.configs import setting
+from unweave.slt.callbacks import Callback, Divergence, LossTrace, MALAAcceptance, StepState
+from unweave.slt.gradients import Batch, ChainGradients, LossFn
+from unweave.slt.updates import LocalPosterior, UpdateRule, update_rule
+
+__all__ = ["ChainBatches", "LLCError", "LossFn", "SGLDConfig", "Trace", "run_chains", "select_parameters"]
 
 
 class LLCError(ValueError):
@@ -31,17 +37,18 @@ class LLCError(ValueError):
 
 @dataclass(frozen=True)
 class SGLDConfig:
-    epsilon: float = 1e-3  # step size
-    nbeta: float | None = None  # inverse temperature n*beta; None: n / ln n
-    localization: float = 100.0  # gamma, the pull towards w*
-    chains: int = 4
-    draws: int = 200
-    burn_in: int = 0
-    rmsprop: bool = False
-    rmsprop_alpha: float = 0.99
-    rmsprop_delta: float = 1e-4
-    seed: int = 0
-    vectorize: bool | str = "auto"  # True: vmap over chains; False: a loop; "auto": time both, keep the faster
+    epsilon: float = setting(1e-4, "SGLD step size.")
+    nbeta: float | None = setting(None, "Inverse temperature n*beta (default n / ln n).")
+    localization: float = setting(100.0, "Pull gamma towards the trained weights.")
+    chains: int = setting(4, "Independent chains (run vectorised).")
+    draws: int = setting(200, "Draws per chain.")
+    burn_in: int = setting(0, "Steps discarded before the draws.")
+    rmsprop: bool = setting(False, "RMSProp-preconditioned SGLD.")
+    rmsprop_alpha: float = setting(0.99, "RMSProp: decay of the squared-drift average.")
+    rmsprop_delta: float = setting(1e-4, "RMSProp: added to the root before dividing.")
+    seed: int = setting(0, "Seed: chain c's noise and batches depend only on (seed, c).")
+    # True: vmap over chains; False: a loop; "auto": time both, keep the faster
+    vectorize: bool | str = setting("auto", "vmap over chains (True), a loop (False) or 'auto'.", cli=False)
 
     def __post_init__(self):
         if not self.epsilon > 0:
@@ -129,7 +136,7 @@ class ChainBatches:
                 return x, y
 
 
-def _direct_tensors(loader) -> tuple[torch.Tensor, ...] | None:
+def _direct_tensors(loader: Iterable) -> tuple[torch.Tensor, ...] | None:
     """The tensors of a plain DataLoader over a TensorDataset (x, y), else None."""
     dataset = getattr(loader, "dataset", None)
     if (isinstance(dataset, TensorDataset) and len(dataset.tensors) == 2 and loader.batch_size
@@ -139,119 +146,63 @@ def _direct_tensors(loader) -> tuple[torch.Tensor, ...] | None:
     return None
 
 
-def _shuffles(loader) -> bool:
+def _shuffles(loader: DataLoader) -> bool:
     return isinstance(loader.sampler, RandomSampler)
 
 
 @dataclass
 class Trace:
-    losses: torch.Tensor  # (chains, draws) batch loss at each draw
+    losses: torch.Tensor  # (chains, draws) batch loss at each draw; NaN from a divergence on
     acceptance: torch.Tensor  # (chains,) mean MALA acceptance probability
     vectorized: bool
 
 
+def next_batches(batches: list[ChainBatches]) -> tuple[Batch, Batch, bool]:
+    """Every chain's next batch: (x, y, shared). When all chains got the same tensors (one
+    full batch), x and y are lists of that one tensor, so the data is not copied per chain;
+    otherwise they are stacked (chains, batch, ...)."""
+    drawn = [next(b) for b in batches]
+    xs, ys = [d[0] for d in drawn], [d[1] for d in drawn]
+    if all(x is xs[0] for x in xs):
+        return xs, ys, True
+    return torch.stack(xs), torch.stack(ys), False
+
+
 def _noise(gens: list[torch.Generator], like: torch.Tensor) -> torch.Tensor:
+    """Standard normal noise shaped like `like` (chains, ...), chain c's from its own generator."""
     return torch.stack([torch.randn(like.shape[1:], generator=g, dtype=like.dtype) for g in gens])
 
 
-def run_chains(model: torch.nn.Module, loss_fn: LossFn, loader: Iterable, names: list[str],
-               nbeta: float, cfg: SGLDConfig, on_step: Callable[[], None] | None = None) -> Trace:
-    """Sample `cfg.chains` chains of `cfg.burn_in + cfg.draws` steps; return the draws' losses."""
+def _ticker(on_step: Callable[[], object]) -> Callback:
+    """A progress hook as a callback that never stops the chains, whatever it returns."""
+    def callback(state: StepState) -> None:
+        on_step()
+    return callback
+
+
+def run_chains(model: torch.nn.Module, loss_fn: LossFn, loader: Iterable, names: list[str], nbeta: float,
+               cfg: SGLDConfig, on_step: Callable[[], None] | None = None, *, rule: UpdateRule | None = None,
+               callbacks: Sequence[Callback] = ()) -> Trace:
+    """Sample `cfg.chains` chains of `cfg.burn_in + cfg.draws` steps; return the draws' losses.
+
+    `rule` replaces the update rule the config chooses; `callbacks` run after the built-in
+    diagnostics (divergence, loss trace, MALA acceptance) at every step, and may stop the chains."""
     params = dict(model.named_parameters())
-    w_star = {n: params[n].detach().clone() for n in names}
-    C = cfg.chains
-    w = {n: w_star[n].unsqueeze(0).repeat(C, *[1] * w_star[n].dim()) for n in names}
-    # RMSProp second moments start at 1 (G = 1, plain SGLD) rather than 0: at w* the drift is ~0,
-    # and G = 1/delta there would throw the first steps far from w*
-    v = {n: torch.ones_like(t) for n, t in w.items()}
-    gens = [torch.Generator().manual_seed(cfg.seed * 1_000_003 + c) for c in range(C)]
-    batches = [ChainBatches(loader, cfg.seed * 7919 + c) for c in range(C)]
-
-    def one_loss(p, x, y):
-        return loss_fn(functional_call(model, p, (x,)), y)
-
-    vmapped = vmap(grad_and_value(one_loss))
-    vmapped_shared = vmap(grad_and_value(one_loss), in_dims=(0, None, None))  # full batch: one copy of the data
-    looped = grad_and_value(one_loss)
-    # "auto": steps 0-1 vectorised, 2-3 looped (the first of each warms up), then the faster one
-    vectorized = cfg.vectorize is not False
-    timings: dict[bool, float] = {}
-
-    def losses_and_grads(x, y, shared):
-        nonlocal vectorized
-        if vectorized:
-            try:
-                g, loss = vmapped_shared(w, x[0], y[0]) if shared else vmapped(w, x, y)
-                return loss.detach(), {n: t.detach() for n, t in g.items()}
-            except Exception as err:  # vmap cannot trace every model (data-dependent control flow, .item())
-                warnings.warn(f"chains could not be vectorised ({type(err).__name__}: {err}); running them in a loop",
-                              stacklevel=3)
-                vectorized = False
-        out = [looped({n: t[c] for n, t in w.items()}, x[c], y[c]) for c in range(C)]
-        loss = torch.stack([o[1].detach() for o in out])
-        return loss, {n: torch.stack([o[0][n].detach() for o in out]) for n in names}
-
-    def precond(n, g):
-        if not cfg.rmsprop:
-            return None
-        v[n].mul_(cfg.rmsprop_alpha).addcmul_(g, g, value=1 - cfg.rmsprop_alpha)
-        return 1 / (v[n].sqrt() + cfg.rmsprop_delta)
-
-    def log_target(loss, w_):  # log density up to a constant, per chain
-        dist = sum((w_[n] - w_star[n]).pow(2).flatten(1).sum(1) for n in names)
-        return -nbeta * loss - cfg.localization / 2 * dist
-
-    def drift(g, w_):  # gradient of the log target
-        return {n: -(nbeta * g[n] + cfg.localization * (w_[n] - w_star[n])) for n in names}
-
-    total = cfg.burn_in + cfg.draws
-    losses = torch.empty(C, cfg.draws, dtype=torch.float64)
-    acc_sum, n_acc = torch.zeros(C, dtype=torch.float64), 0
-    prev = None  # (w, log target, drift, G) of the last step, for the MALA acceptance
-    for step in range(total):
-        stacked = [next(b) for b in batches]
-        shared = all(s[0] is stacked[0][0] for s in stacked)
-        x, y = ([s[0] for s in stacked], [s[1] for s in stacked]) if shared else \
-            (torch.stack([s[0] for s in stacked]), torch.stack([s[1] for s in stacked]))
-        if cfg.vectorize == "auto" and step < 4:
-            vectorized = step < 2 and vectorized
-            start = time.perf_counter()
-            loss, g = losses_and_grads(x, y, shared)
-            timings[vectorized] = time.perf_counter() - start
-            if step == 3:
-                vectorized = timings.get(True, float("inf")) < timings[False]
-        else:
-            loss, g = losses_and_grads(x, y, shared)
-        if not torch.isfinite(loss).all():
-            losses[:, max(0, step - cfg.burn_in):] = float("nan")
+    posterior = LocalPosterior({n: params[n].detach().clone() for n in names}, nbeta, cfg.localization)
+    w = posterior.start(cfg.chains)
+    rule = rule if rule is not None else update_rule(cfg)
+    rule.start(w)
+    gens = [torch.Generator().manual_seed(cfg.seed * 1_000_003 + c) for c in range(cfg.chains)]
+    batches = [ChainBatches(loader, cfg.seed * 7919 + c) for c in range(cfg.chains)]
+    grads = ChainGradients(model, loss_fn, cfg.vectorize)
+    trace, mala = LossTrace(cfg.chains, cfg.draws, cfg.burn_in), MALAAcceptance(cfg.chains)
+    steps = [Divergence(), trace, mala, *callbacks] + ([_ticker(on_step)] if on_step is not None else [])
+    for step in range(cfg.burn_in + cfg.draws):
+        loss, g = grads(w, *next_batches(batches))
+        drift = posterior.drift(g, w)
+        G = {n: rule.preconditioner(n, drift[n]) for n in names}
+        state = StepState(step, loss, w, drift, G, posterior.log_density(loss.double(), w), rule.epsilon)
+        if any(callback(state) for callback in steps):  # the first True stops every chain
             break
-        here_target, here_drift = log_target(loss.double(), w), drift(g, w)
-        if step >= cfg.burn_in:
-            losses[:, step - cfg.burn_in] = loss.double()
-        G = {n: precond(n, here_drift[n]) for n in names}  # scaled like the drift it divides
-        if prev is not None:  # MALA: would the proposal prev -> w have been accepted?
-            pw, pt, pd, pG = prev
-            fwd = sum(_sq(w[n] - pw[n] - cfg.epsilon / 2 * _mul(pG[n], pd[n]), pG[n]) for n in names)
-            bwd = sum(_sq(pw[n] - w[n] - cfg.epsilon / 2 * _mul(pG[n], here_drift[n]), pG[n]) for n in names)
-            log_alpha = here_target - pt + (fwd - bwd) / (2 * cfg.epsilon)
-            acc_sum += log_alpha.clamp(max=0).exp()
-            n_acc += 1
-        prev = ({n: t.clone() for n, t in w.items()}, here_target, here_drift, G)
-        for n in names:
-            step_ = cfg.epsilon / 2 * _mul(G[n], here_drift[n])
-            noise = _noise(gens, w[n]) * (cfg.epsilon * (G[n] if G[n] is not None else 1)) ** 0.5
-            w[n] = w[n] + step_ + noise
-        if on_step is not None:
-            on_step()
-    acceptance = acc_sum / max(n_acc, 1)
-    return Trace(losses, acceptance, vectorized)
-
-
-def _mul(G, t):
-    return t if G is None else G * t
-
-
-def _sq(t, G):
-    """Squared norm per chain in the proposal's metric (divided by G when preconditioned)."""
-    t = t.double()
-    return (t.pow(2) if G is None else t.pow(2) / G.double()).flatten(1).sum(1)
+        w = {n: rule.step(w[n], drift[n], G[n], _noise(gens, w[n])) for n in names}
+    return Trace(trace.losses, mala.acceptance, grads.vectorized)

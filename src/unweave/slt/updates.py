@@ -1,0 +1,108 @@
+"""What the SGLD chains sample, and the rules that step them.
+
+The target is the tempered posterior localised at the trained weights w*,
+
+    log p(w) = -n_beta L(w) - gamma/2 |w - w*|^2 + const,   drift(w) = grad log p(w),
+
+and an update rule is a preconditioned Langevin step (Welling & Teh 2011; Li et al. 2016)
+
+    w <- w + (eps / 2) G drift + sqrt(eps G) xi,   xi ~ N(0, I),
+
+where the rule only chooses G: None (G = 1, plain SGLD) or a tensor shaped like the weights.
+A new rule is one class: subclass `SGLD` and override `preconditioner` (and `start` if it
+keeps state). The MALA acceptance diagnostic assumes this proposal, so a rule that changes
+`step` itself should not rely on that diagnostic.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
+
+import torch
+
+if TYPE_CHECKING:
+    from unweave.slt.sgld import SGLDConfig
+
+Weights = dict[str, torch.Tensor]  # parameter name -> (chains, *shape) stacked copies
+
+
+class LocalPosterior:
+    """The localised tempered posterior around w*: its log density (for MALA) and drift (for the step)."""
+
+    def __init__(self, w_star: Weights, nbeta: float, localization: float):
+        self.w_star, self.nbeta, self.localization = w_star, nbeta, localization
+
+    def start(self, chains: int) -> Weights:
+        """`chains` stacked copies of w*: every chain starts at the trained weights."""
+        return {n: t.unsqueeze(0).repeat(chains, *[1] * t.dim()) for n, t in self.w_star.items()}
+
+    def log_density(self, loss: torch.Tensor, w: Weights) -> torch.Tensor:
+        """log p(w) per chain, up to a constant, from the chains' batch losses."""
+        dist = sum((w[n] - self.w_star[n]).pow(2).flatten(1).sum(1) for n in self.w_star)
+        return -self.nbeta * loss - self.localization / 2 * dist
+
+    def drift(self, grads: Weights, w: Weights) -> Weights:
+        """grad log p(w): the batch-loss gradients pulled back towards w*."""
+        return {n: -(self.nbeta * grads[n] + self.localization * (w[n] - self.w_star[n])) for n in self.w_star}
+
+
+class UpdateRule(Protocol):
+    """One SGLD-type step, applied parameter by parameter to all chains at once."""
+
+    epsilon: float
+
+    def start(self, w: Weights) -> None:
+        """Reset any per-run state for chains starting at `w`."""
+
+    def preconditioner(self, name: str, drift: torch.Tensor) -> torch.Tensor | None:
+        """G for parameter `name` at this step (None: the identity); called once per parameter per step."""
+
+    def step(self, w: torch.Tensor, drift: torch.Tensor, G: torch.Tensor | None, noise: torch.Tensor) -> torch.Tensor:
+        """The next weights of one parameter, given standard normal `noise` shaped like `w`."""
+
+
+class SGLD:
+    """Plain SGLD: G = 1, the step every rule here shares."""
+
+    def __init__(self, epsilon: float):
+        self.epsilon = epsilon
+
+    def start(self, w: Weights) -> None:
+        """Plain SGLD keeps no state."""
+
+    def preconditioner(self, name: str, drift: torch.Tensor) -> torch.Tensor | None:
+        """The identity, written None so that no multiplication by 1 happens."""
+        return None
+
+    def step(self, w: torch.Tensor, drift: torch.Tensor, G: torch.Tensor | None, noise: torch.Tensor) -> torch.Tensor:
+        """w + eps/2 G drift + sqrt(eps G) noise."""
+        scaled = drift if G is None else G * drift
+        return w + self.epsilon / 2 * scaled + noise * (self.epsilon * (G if G is not None else 1)) ** 0.5
+
+
+class RMSPropSGLD(SGLD):
+    """RMSProp-preconditioned SGLD (Li et al. 2016): G = 1 / (sqrt(V) + delta),
+    V <- alpha V + (1 - alpha) drift^2, per weight."""
+
+    def __init__(self, epsilon: float, alpha: float = 0.99, delta: float = 1e-4):
+        super().__init__(epsilon)
+        self.alpha, self.delta = alpha, delta
+        self.v: Weights = {}
+
+    def start(self, w: Weights) -> None:
+        """V starts at 1 (G = 1, plain SGLD) rather than 0: at w* the drift is ~0, and G = 1/delta
+        there would throw the first steps far from w*."""
+        self.v = {n: torch.ones_like(t) for n, t in w.items()}
+
+    def preconditioner(self, name: str, drift: torch.Tensor) -> torch.Tensor:
+        """Update V with this step's drift and return G, scaled like the drift it divides."""
+        v = self.v[name]
+        v.mul_(self.alpha).addcmul_(drift, drift, value=1 - self.alpha)
+        return 1 / (v.sqrt() + self.delta)
+
+
+def update_rule(cfg: SGLDConfig) -> UpdateRule:
+    """The rule the configuration asks for."""
+    if cfg.rmsprop:
+        return RMSPropSGLD(cfg.epsilon, cfg.rmsprop_alpha, cfg.rmsprop_delta)
+    return SGLD(cfg.epsilon)
