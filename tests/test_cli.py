@@ -188,8 +188,9 @@ def test_sae_train_and_eval_from_a_store(tiny_llama_dir, tmp_path):
     from unweave.sites import capture
 
     model, tokenizer = load_model(str(tiny_llama_dir))
-    rows = load_text("shakespeare", tokenizer, 32, max_tokens=4096 + 16_384)[4096 // 32:]
-    x = capture(model, "model.layers.0", rows[: 16_384 // 32], stop_early=True)["model.layers.0"].reshape(-1, 32)
+    # sae eval's held-out text: rows of 128 tokens after the 4096 the store (and so the dictionary) saw
+    rows = load_text("shakespeare", tokenizer, 128, max_tokens=4096 + 16_384)[4096 // 128:]
+    x = capture(model, "model.layers.0", rows[: 16_384 // 128], stop_early=True)["model.layers.0"].reshape(-1, 32)
     for folder in folders:
         sae = io.load(folder).eval()
         keep = x.norm(dim=1).numpy() <= sae.max_input_norm

@@ -82,7 +82,7 @@ class Run:
         self.dir = Path(out)
         self.command = command
         self.config = config
-        name = name or command.split()[-1].replace("-", "_")
+        name = name or command.replace(" ", "_").replace("-", "_")
         self.results_path = self.dir / (results or f"{name}.json")
         self.report_path = self.dir / (report or f"{name}.html")
         self.started = time.time()
