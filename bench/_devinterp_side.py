@@ -7,8 +7,8 @@ one JSON line with devinterp's estimate and the sampling wall-clock time.
 
 import json
 import sys
-import warnings
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -45,18 +45,36 @@ def main():
 
     def run(draws):
         return estimate_learning_coeff_with_summary(
-            model, loader, evaluate=evaluate, sampling_method=SGLD,
+            model,
+            loader,
+            evaluate=evaluate,
+            sampling_method=SGLD,
             optimizer_kwargs={"lr": s["epsilon"], "localization": s["localization"], "nbeta": s["nbeta"]},
-            num_chains=s["chains"], num_draws=draws, num_burnin_steps=s["burn_in"], init_loss=spec["init_loss"],
-            seed=s["seed"], verbose=False, online=False)
+            num_chains=s["chains"],
+            num_draws=draws,
+            num_burnin_steps=s["burn_in"],
+            init_loss=spec["init_loss"],
+            seed=s["seed"],
+            verbose=False,
+            online=False,
+        )
 
     run(5)  # warm-up, as the unweave side does
     start = time.perf_counter()
     out = run(s["draws"])
     seconds = time.perf_counter() - start
     per_chain = out["llc/means"].tolist() if "llc/means" in out else None
-    print(json.dumps({"seconds": seconds, "llc_mean": float(out["llc/mean"]), "llc_std": float(out["llc/std"]),
-                      "per_chain": per_chain, "keys": sorted(out)}))
+    print(
+        json.dumps(
+            {
+                "seconds": seconds,
+                "llc_mean": float(out["llc/mean"]),
+                "llc_std": float(out["llc/std"]),
+                "per_chain": per_chain,
+                "keys": sorted(out),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -20,8 +20,16 @@ torch.set_grad_enabled(False)
 model = AutoModelForCausalLM.from_pretrained(job["model"], dtype=torch.float32).eval()
 data = load_file(job["data"])
 tokens, base_all, source_all = data["tokens"], data["base"], data["source"]
-config = pv.IntervenableConfig([{"layer": job["layer"], "component": "head_attention_value_output", "unit": "h.pos",
-                                 "intervention_type": pv.VanillaIntervention}])
+config = pv.IntervenableConfig(
+    [
+        {
+            "layer": job["layer"],
+            "component": "head_attention_value_output",
+            "unit": "h.pos",
+            "intervention_type": pv.VanillaIntervention,
+        }
+    ]
+)
 intervenable = pv.IntervenableModel(config, model)
 head, pos, bs = job["head"], tokens.shape[1] - 1, job["batch_size"]
 
@@ -29,10 +37,11 @@ head, pos, bs = job["head"], tokens.shape[1] - 1, job["batch_size"]
 def run(n):
     outs = []
     for start in range(0, n, bs):
-        base, source = base_all[start:start + bs], source_all[start:start + bs]
+        base, source = base_all[start : start + bs], source_all[start : start + bs]
         loc = ([[head]] * len(base), [[pos]] * len(base))
-        _, out = intervenable({"input_ids": tokens[base]}, [{"input_ids": tokens[source]}],
-                              {"sources->base": ([loc], [loc])})
+        _, out = intervenable(
+            {"input_ids": tokens[base]}, [{"input_ids": tokens[source]}], {"sources->base": ([loc], [loc])}
+        )
         outs.append(out.logits[:, -1])
     return torch.cat(outs)
 

@@ -13,8 +13,10 @@ import argparse
 import time
 
 from common import table
-from unweave.anomaly.targets import TASKS, resolve as make_task
+
 from unweave.anomaly.evaluate import best, evaluate_task
+from unweave.anomaly.targets import TASKS
+from unweave.anomaly.targets import resolve as make_task
 
 
 def main() -> None:
@@ -39,15 +41,34 @@ def main() -> None:
     by = {r["task"]: r for r in rows}
     if "backdoor-mnist-corner" in by:
         a = by["backdoor-mnist-corner"]["activations AUROC"]
-        print(f"\nbackdoor-mnist-corner: best activation AUROC {a:.3f} (target >= 0.97): {'PASS' if a >= 0.97 else 'FAIL'}")
+        print(
+            f"\nbackdoor-mnist-corner: best activation AUROC {a:.3f} (target >= 0.97): "
+            f"{'PASS' if a >= 0.97 else 'FAIL'}"
+        )
     if "planted-rule" in by:
         r = by["planted-rule"]
         ok = max(r["activations AUROC"], r["attributions AUROC"]) >= 0.9 and r["raw input AUROC"] <= 0.6
-        print(f"planted-rule: best model-based {max(r['activations AUROC'], r['attributions AUROC']):.3f} "
-              f"(>= 0.90), raw input {r['raw input AUROC']:.3f} (<= 0.60): {'PASS' if ok else 'FAIL'}")
+        print(
+            f"planted-rule: best model-based {max(r['activations AUROC'], r['attributions AUROC']):.3f} "
+            f"(>= 0.90), raw input {r['raw input AUROC']:.3f} (<= 0.60): {'PASS' if ok else 'FAIL'}"
+        )
     print("\nAll detectors x features x sites (AUROC):")
-    print(table([{"task": r["task"], "detector": r["detector"], "features": r["features"], "site": r["site"],
-                  "AUROC": r["auroc"], "AP": r["ap"], "FPR@95TPR": r["fpr@95tpr"]} for r in full]))
+    print(
+        table(
+            [
+                {
+                    "task": r["task"],
+                    "detector": r["detector"],
+                    "features": r["features"],
+                    "site": r["site"],
+                    "AUROC": r["auroc"],
+                    "AP": r["ap"],
+                    "FPR@95TPR": r["fpr@95tpr"],
+                }
+                for r in full
+            ]
+        )
+    )
 
 
 if __name__ == "__main__":

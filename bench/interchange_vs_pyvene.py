@@ -25,15 +25,16 @@ unembedding that bounds the fresh-pairs speed-up near 1.6x in FLOPs.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import subprocess
 import tempfile
 from pathlib import Path
 
 import torch
+from common import best_of, table
 from safetensors.torch import load_file, save_file
 
-from common import best_of, table
 from unweave.hf import cache_dir, load_model
 from unweave.hypotheses import Hypothesis, Indices, Node
 from unweave.hypotheses.cases import smollm2_head_scores, smollm2_repeated_tokens
@@ -46,12 +47,23 @@ PEER = HERE / "venv-pyvene" / "bin" / "python"
 
 def peer(tokens, base, source, layer, head, batch_size, repeats, threads, workdir: Path):
     save_file({"tokens": tokens.contiguous(), "base": base, "source": source}, str(workdir / "data.safetensors"))
-    job = {"model": str(cache_dir() / "models" / "smollm2-135m"), "data": str(workdir / "data.safetensors"),
-           "layer": layer, "head": head, "batch_size": batch_size, "repeats": repeats, "threads": threads,
-           "out": str(workdir / "peer.safetensors")}
+    job = {
+        "model": str(cache_dir() / "models" / "smollm2-135m"),
+        "data": str(workdir / "data.safetensors"),
+        "layer": layer,
+        "head": head,
+        "batch_size": batch_size,
+        "repeats": repeats,
+        "threads": threads,
+        "out": str(workdir / "peer.safetensors"),
+    }
     (workdir / "job.json").write_text(json.dumps(job))
-    done = subprocess.run([str(PEER), str(HERE / "_pyvene_side.py"), str(workdir / "job.json")],
-                          capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        [str(PEER), str(HERE / "_pyvene_side.py"), str(workdir / "job.json")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     seconds = json.loads(done.stdout.strip().splitlines()[-1])["seconds"]
     return min(seconds), load_file(str(workdir / "peer.safetensors"))["logits"]
 
@@ -70,8 +82,13 @@ def main():
     scores = smollm2_head_scores(model, smollm2_repeated_tokens(tokenizer, 32, half, seed=1), half)
     layer, head = divmod(int(scores.flatten().argmax()), scores.shape[1])
     d_head = model.config.hidden_size // scores.shape[1]
-    node = Node("head", f"model.layers.{layer}.self_attn.o_proj:input", fn=lambda x: x[:, half],
-                subspace=Indices(range(head * d_head, (head + 1) * d_head)), positions=[-1])
+    node = Node(
+        "head",
+        f"model.layers.{layer}.self_attn.o_proj:input",
+        fn=lambda x: x[:, half],
+        subspace=Indices(range(head * d_head, (head + 1) * d_head)),
+        positions=[-1],
+    )
     hypothesis = Hypothesis([node], output=lambda out: out.logits[:, -1], predict=lambda v: v["head"])
     n = args.pairs
     gen = torch.Generator().manual_seed(0)
@@ -79,24 +96,39 @@ def main():
     fresh_tokens = smollm2_repeated_tokens(tokenizer, 2 * n, half, seed=2)
     workloads["fresh pairs"] = (fresh_tokens, torch.arange(n), torch.arange(n, 2 * n))
     pool = smollm2_repeated_tokens(tokenizer, n // 4, half, seed=3)
-    workloads["IIA over a pool (4 pairs per input)"] = (pool, torch.randint(len(pool), (n,), generator=gen),
-                                                        torch.randint(len(pool), (n,), generator=gen))
+    workloads["IIA over a pool (4 pairs per input)"] = (
+        pool,
+        torch.randint(len(pool), (n,), generator=gen),
+        torch.randint(len(pool), (n,), generator=gen),
+    )
     rows = []
     for name, (tokens, base, source) in workloads.items():
         engine = Engine(model, tokens, hypothesis, args.batch_size, forward_kwargs={"logits_to_keep": 1})
-        ours = lambda: interchange_outputs(engine, ["head"], base, source, args.batch_size)[0]  # noqa: E731
+        ours = functools.partial(interchange_outputs, engine, ["head"], base, source, args.batch_size)
         _, ours_s = best_of(ours, repeats=args.repeats)
         with tempfile.TemporaryDirectory() as tmp:
-            peer_s, peer_logits = peer(tokens, base, source, layer, head, args.batch_size, args.repeats, threads,
-                                       Path(tmp))
-        intervened = ours()
-        clean = torch.cat([engine.forward(base[i:i + args.batch_size]).logits[:, -1]
-                           for i in range(0, n, args.batch_size)])
-        rows.append({"workload": name, "pairs": n, "unweave /s": n / ours_s, "pyvene /s": n / peer_s,
-                     "speed-up": peer_s / ours_s, "max |unweave - pyvene|": float((intervened - peer_logits).abs().max()),
-                     "mean |intervened - clean|": float((intervened - clean).abs().mean())})
-    print(f"SmolLM2-135M fp32, head L{layer}H{head} at the last of {fresh_tokens.shape[1]} tokens, "
-          f"batch {args.batch_size}, {threads} threads, min of {args.repeats}")
+            peer_s, peer_logits = peer(
+                tokens, base, source, layer, head, args.batch_size, args.repeats, threads, Path(tmp)
+            )
+        intervened = ours()[0]
+        clean = torch.cat(
+            [engine.forward(base[i : i + args.batch_size]).logits[:, -1] for i in range(0, n, args.batch_size)]
+        )
+        rows.append(
+            {
+                "workload": name,
+                "pairs": n,
+                "unweave /s": n / ours_s,
+                "pyvene /s": n / peer_s,
+                "speed-up": peer_s / ours_s,
+                "max |unweave - pyvene|": float((intervened - peer_logits).abs().max()),
+                "mean |intervened - clean|": float((intervened - clean).abs().mean()),
+            }
+        )
+    print(
+        f"SmolLM2-135M fp32, head L{layer}H{head} at the last of {fresh_tokens.shape[1]} tokens, "
+        f"batch {args.batch_size}, {threads} threads, min of {args.repeats}"
+    )
     print(table(rows))
 
 

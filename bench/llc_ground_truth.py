@@ -12,6 +12,7 @@ import time
 import warnings
 
 from common import table
+
 from unweave.slt import SGLDConfig, estimate_llc, truth
 from unweave.zoo import singular
 
@@ -27,10 +28,30 @@ STIFF = SGLDConfig(epsilon=1e-5, nbeta=1e4, localization=100.0, chains=8, draws=
 # without a closed form, `unweave llc --calibrate` is the way to choose.
 CASES = [
     # name, model kind, spec, settings
-    ("normal crossing w^2", "nc", [1], SGLDConfig(epsilon=1e-5, nbeta=1e4, localization=1.0, chains=64, draws=3000, burn_in=1000)),
-    ("normal crossing w^4", "nc", [2], SGLDConfig(epsilon=1e-4, nbeta=1e4, localization=1.0, chains=64, draws=3000, burn_in=1000)),
-    ("normal crossing w^6", "nc", [3], SGLDConfig(epsilon=1e-4, nbeta=1e4, localization=1.0, chains=64, draws=3000, burn_in=1000)),
-    ("normal crossing w1^2 w2^4", "nc", [1, 2], SGLDConfig(epsilon=2e-5, nbeta=1e6, localization=10.0, chains=64, draws=6000, burn_in=3000)),
+    (
+        "normal crossing w^2",
+        "nc",
+        [1],
+        SGLDConfig(epsilon=1e-5, nbeta=1e4, localization=1.0, chains=64, draws=3000, burn_in=1000),
+    ),
+    (
+        "normal crossing w^4",
+        "nc",
+        [2],
+        SGLDConfig(epsilon=1e-4, nbeta=1e4, localization=1.0, chains=64, draws=3000, burn_in=1000),
+    ),
+    (
+        "normal crossing w^6",
+        "nc",
+        [3],
+        SGLDConfig(epsilon=1e-4, nbeta=1e4, localization=1.0, chains=64, draws=3000, burn_in=1000),
+    ),
+    (
+        "normal crossing w1^2 w2^4",
+        "nc",
+        [1, 2],
+        SGLDConfig(epsilon=2e-5, nbeta=1e6, localization=10.0, chains=64, draws=6000, burn_in=3000),
+    ),
     ("RRR 5-3-5 r=1 (case 1, odd)", "dln", ([5, 3, 5], 1), LINEAR),
     ("RRR 4-3-4 r=1 (case 1, even)", "dln", ([4, 3, 4], 1), LINEAR),
     ("RRR 2-1-4 r=1 (case 2)", "dln", ([2, 1, 4], 1), STIFF),
@@ -58,12 +79,21 @@ def main() -> None:
             warnings.simplefilter("always")
             r = estimate_llc(model, loss, loader, cfg)
         err = abs(r.llc_mean - true) / true
-        rows.append({"case": name, "settings": f"eps {cfg.epsilon:g}, nb {cfg.nbeta:g}, gamma {cfg.localization:g}, "
-                                                f"{cfg.chains}x{cfg.draws}+{cfg.burn_in}",
-                     "params": r.n_params, "true lambda": true,
-                     "estimate": f"{r.llc_mean:.4g} ± {r.llc_std_err:.2g}", "rel. error": err,
-                     "MALA acc.": r.mala_acceptance, "warnings": len(caught), "seconds": time.perf_counter() - start,
-                     "<= 10%": "PASS" if err <= 0.1 else "FAIL"})
+        rows.append(
+            {
+                "case": name,
+                "settings": f"eps {cfg.epsilon:g}, nb {cfg.nbeta:g}, gamma {cfg.localization:g}, "
+                f"{cfg.chains}x{cfg.draws}+{cfg.burn_in}",
+                "params": r.n_params,
+                "true lambda": true,
+                "estimate": f"{r.llc_mean:.4g} ± {r.llc_std_err:.2g}",
+                "rel. error": err,
+                "MALA acc.": r.mala_acceptance,
+                "warnings": len(caught),
+                "seconds": time.perf_counter() - start,
+                "<= 10%": "PASS" if err <= 0.1 else "FAIL",
+            }
+        )
     print(table(rows))
     print(f"\n{sum(r['<= 10%'] == 'PASS' for r in rows)}/{len(rows)} cases within 10% of the closed form")
 

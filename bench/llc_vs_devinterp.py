@@ -25,8 +25,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-
 from common import table
+
 from unweave.slt import SGLDConfig, estimate_llc
 from unweave.slt.llc import mean_loss
 from unweave.zoo import singular
@@ -39,27 +39,45 @@ PEER = HERE / "venv-devinterp" / "bin" / "python"
 def cases(modadd_run: Path | None):
     for widths, rank in (([5, 3, 5], 1), ([10, 6, 8], 2)):
         model, loader = singular.deep_linear_task(widths, rank, n=1000, batch_size=100)
-        yield (f"reduced-rank regression {widths} r={rank}", {"kind": "linear", "widths": widths}, model,
-               singular.half_squared_error, loader, SGLDConfig(epsilon=1e-4, nbeta=1e3, localization=100.0,
-                                                                chains=4, draws=200))
+        yield (
+            f"reduced-rank regression {widths} r={rank}",
+            {"kind": "linear", "widths": widths},
+            model,
+            singular.half_squared_error,
+            loader,
+            SGLDConfig(epsilon=1e-4, nbeta=1e3, localization=100.0, chains=4, draws=200),
+        )
     if modadd_run is not None and (modadd_run / "model.safetensors").exists():
         run = TrainedModAdd(modadd_run)
-        yield (f"modular addition p={run.config.p} (final)", {"kind": "modadd", "modadd": vars(run.config)},
-               run.load(), answer_loss, train_loader(run.config, batch_size=256),
-               SGLDConfig(epsilon=1e-4, nbeta=100.0, localization=100.0, chains=4, draws=200))
+        yield (
+            f"modular addition p={run.config.p} (final)",
+            {"kind": "modadd", "modadd": vars(run.config)},
+            run.load(),
+            answer_loss,
+            train_loader(run.config, batch_size=256),
+            SGLDConfig(epsilon=1e-4, nbeta=100.0, localization=100.0, chains=4, draws=200),
+        )
 
 
 def peer(spec_extra, model, loader, cfg: SGLDConfig, init_loss: float, tmp: Path) -> dict:
     x, y = loader.dataset.tensors
     torch.save(model.state_dict(), tmp / "w.pt")
     torch.save((x, y), tmp / "d.pt")
-    spec = {**spec_extra, "weights": str(tmp / "w.pt"), "data": str(tmp / "d.pt"), "batch_size": loader.batch_size,
-            "threads": torch.get_num_threads(), "init_loss": init_loss,
-            "sgld": {k: getattr(cfg, k) for k in ("epsilon", "nbeta", "localization", "chains", "draws", "burn_in",
-                                                   "seed")}}
+    spec = {
+        **spec_extra,
+        "weights": str(tmp / "w.pt"),
+        "data": str(tmp / "d.pt"),
+        "batch_size": loader.batch_size,
+        "threads": torch.get_num_threads(),
+        "init_loss": init_loss,
+        "sgld": {
+            k: getattr(cfg, k) for k in ("epsilon", "nbeta", "localization", "chains", "draws", "burn_in", "seed")
+        },
+    }
     (tmp / "spec.json").write_text(json.dumps(spec))
-    out = subprocess.run([str(PEER), str(HERE / "_devinterp_side.py"), str(tmp / "spec.json")],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [str(PEER), str(HERE / "_devinterp_side.py"), str(tmp / "spec.json")], capture_output=True, text=True
+    )
     if out.returncode:
         raise SystemExit(f"devinterp side failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -83,11 +101,18 @@ def main() -> None:
             theirs = peer(spec, model, loader, cfg, init, Path(tmp))
             their_se = theirs["llc_std"] / math.sqrt(cfg.chains)
             gap = abs(ours.llc_mean - theirs["llc_mean"])
-            rows.append({"case": name, "chains x draws": f"{cfg.chains}x{cfg.draws}", "unweave s": ours_s,
-                         "devinterp s": theirs["seconds"], "speed-up": theirs["seconds"] / ours_s,
-                         "unweave LLC": f"{ours.llc_mean:.4g} ± {ours.llc_std_err:.2g}",
-                         "devinterp LLC": f"{theirs['llc_mean']:.4g} ± {their_se:.2g}",
-                         "agree (2 SE)": gap <= 2 * math.hypot(ours.llc_std_err, their_se)})
+            rows.append(
+                {
+                    "case": name,
+                    "chains x draws": f"{cfg.chains}x{cfg.draws}",
+                    "unweave s": ours_s,
+                    "devinterp s": theirs["seconds"],
+                    "speed-up": theirs["seconds"] / ours_s,
+                    "unweave LLC": f"{ours.llc_mean:.4g} ± {ours.llc_std_err:.2g}",
+                    "devinterp LLC": f"{theirs['llc_mean']:.4g} ± {their_se:.2g}",
+                    "agree (2 SE)": gap <= 2 * math.hypot(ours.llc_std_err, their_se),
+                }
+            )
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; devinterp 1.3.2 in {PEER.parent.parent.name}")
     print(table(rows))
 

@@ -14,7 +14,8 @@ activations, the same batches in the same order, with Adam at the same learning 
 warm-up and final linear decay, input normalisation to mean norm sqrt(d) estimated on the
 first batch, and AuxK; then FVU is measured on the same held-out activations (a shard not
 trained on). Massive-activation tokens (norm > 10x the median, ~1%) are removed from both
-sides' data, as `unweave sae train` leaves them out by default. SAELens runs twice: dense decoding (its default) and its sparse-activation
+sides' data, as `unweave sae train` leaves them out by default. SAELens runs twice: dense
+decoding (its default) and its sparse-activation
 option. Training time only: data sit in memory on both sides.
 """
 
@@ -28,9 +29,9 @@ import time
 from pathlib import Path
 
 import torch
+from common import table
 from safetensors.torch import load_file, save_file
 
-from common import table
 from unweave.dictionaries import SAE, SAEConfig, TrainConfig, train_many
 from unweave.dictionaries.metrics import fvu
 from unweave.dictionaries.sae import norm_limit, ordinary_rows
@@ -73,24 +74,41 @@ def main():
 
     sae = SAE(SAEConfig(d_in=d, n_latents=width, k=args.k), seed=0)
     start = time.perf_counter()
-    train_many([sae], (train[j * bs:(j + 1) * bs] for j in range(steps)), cfg)
+    train_many([sae], (train[j * bs : (j + 1) * bs] for j in range(steps)), cfg)
     ours_s = time.perf_counter() - start
     with torch.no_grad():
         recon, z = sae(held_out)
-    rows = [{"library": "unweave", "tokens/s": steps * bs / ours_s, "seconds": ours_s,
-             "held-out FVU": fvu(held_out, recon), "dead": float(((z != 0).sum(0) == 0).float().mean())}]
+    rows = [
+        {
+            "library": "unweave",
+            "tokens/s": steps * bs / ours_s,
+            "seconds": ours_s,
+            "held-out FVU": fvu(held_out, recon),
+            "dead": float(((z != 0).sum(0) == 0).float().mean()),
+        }
+    ]
     del recon, z
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         save_file({"train": train, "held_out": held_out.contiguous()}, str(tmp / "data.safetensors"))
         for sparse in (False, True):
-            job = {"data": str(tmp / "data.safetensors"), "width": width, "k": args.k, "lr": args.lr, "warmup": 100,
-                   "decay_frac": 0.2, "batch_size": bs, "threads": threads, "sparse": sparse,
-                   "out": str(tmp / "recon.safetensors")}
+            job = {
+                "data": str(tmp / "data.safetensors"),
+                "width": width,
+                "k": args.k,
+                "lr": args.lr,
+                "warmup": 100,
+                "decay_frac": 0.2,
+                "batch_size": bs,
+                "threads": threads,
+                "sparse": sparse,
+                "out": str(tmp / "recon.safetensors"),
+            }
             (tmp / "job.json").write_text(json.dumps(job))
-            done = subprocess.run([str(PEER), str(HERE / "_saelens_side.py"), str(tmp / "job.json")],
-                                  capture_output=True, text=True)
+            done = subprocess.run(
+                [str(PEER), str(HERE / "_saelens_side.py"), str(tmp / "job.json")], capture_output=True, text=True
+            )
             name = f"SAELens ({'sparse' if sparse else 'dense'} decode)"
             if done.returncode:  # its sparse option fails on CPU here (aten::view on SparseCPU, torch 2.13)
                 reason = [ln for ln in done.stderr.splitlines() if "Error" in ln][-1:] or ["unknown"]
@@ -98,14 +116,22 @@ def main():
                 continue
             result = json.loads(done.stdout.strip().splitlines()[-1])
             peer_recon = load_file(str(tmp / "recon.safetensors"))["recon"]
-            rows.append({"library": name,
-                         "tokens/s": result["steps"] * bs / result["seconds"], "seconds": result["seconds"],
-                         "held-out FVU": fvu(held_out, peer_recon), "dead": float("nan")})
+            rows.append(
+                {
+                    "library": name,
+                    "tokens/s": result["steps"] * bs / result["seconds"],
+                    "seconds": result["seconds"],
+                    "held-out FVU": fvu(held_out, peer_recon),
+                    "dead": float("nan"),
+                }
+            )
     for r in rows[1:]:
         r["unweave speed-up"] = rows[0]["tokens/s"] / r["tokens/s"]
     rows[0]["unweave speed-up"] = 1.0
-    print(f"TopK k={args.k}, {d} -> {width}, batch {bs}, {steps} steps ({steps * bs} tokens), lr {args.lr}, "
-          f"{threads} threads; FVU on {len(held_out)} held-out tokens")
+    print(
+        f"TopK k={args.k}, {d} -> {width}, batch {bs}, {steps} steps ({steps * bs} tokens), lr {args.lr}, "
+        f"{threads} threads; FVU on {len(held_out)} held-out tokens"
+    )
     print(table(rows))
 
 

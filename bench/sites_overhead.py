@@ -9,12 +9,11 @@ stopping early buys when only a middle layer is needed.
 from __future__ import annotations
 
 import argparse
-
-import torch
-
 import statistics
 
+import torch
 from common import interleaved, table
+
 from unweave.hf import load_model, load_text
 from unweave.sites import capture
 
@@ -34,7 +33,8 @@ def main() -> None:
         "plain forward": lambda: model(x),
         "capture 1 site (layer 15)": lambda: capture(model, ["model.layers.15"], x),
         "capture 3 sites (resid, mlp in, attn out)": lambda: capture(
-            model, ["model.layers.15", "model.layers.15.mlp:input", "model.layers.15.self_attn"], x),
+            model, ["model.layers.15", "model.layers.15.mlp:input", "model.layers.15.self_attn"], x
+        ),
         "capture all 30 layers": lambda: capture(model, all_layers, x),
         "capture layer 15, stop early": lambda: capture(model, ["model.layers.15"], x, stop_early=True),
     }
@@ -44,14 +44,26 @@ def main() -> None:
     rows, base, base_min = [], statistics.median(times["plain forward"]), min(times["plain forward"])
     for name, ts in times.items():
         median, low = statistics.median(ts), min(ts)
-        rows.append({"case": name, "median s": median, "min s": low, "tokens/s (min)": n_tok / low,
-                     "overhead % (median)": 100 * (median / base - 1), "overhead % (min)": 100 * (low / base_min - 1)})
-    print(f"SmolLM2-135M fp32, batch {args.batch} x {args.ctx} tokens, {torch.get_num_threads()} threads, "
-          f"{args.repeats} interleaved rounds")
+        rows.append(
+            {
+                "case": name,
+                "median s": median,
+                "min s": low,
+                "tokens/s (min)": n_tok / low,
+                "overhead % (median)": 100 * (median / base - 1),
+                "overhead % (min)": 100 * (low / base_min - 1),
+            }
+        )
+    print(
+        f"SmolLM2-135M fp32, batch {args.batch} x {args.ctx} tokens, {torch.get_num_threads()} threads, "
+        f"{args.repeats} interleaved rounds"
+    )
     print(table(rows))
     worst = max(r["overhead % (min)"] for r in rows[1:3])
-    print(f"\ncapture overhead, 1-3 sites, full forward: {worst:.2f}% (target <= 5%): {'PASS' if worst <= 5 else 'FAIL'}"
-          f"\ncapture overhead, all 30 layers kept in memory: {rows[3]['overhead % (min)']:.2f}%")
+    print(
+        f"\ncapture overhead, 1-3 sites, full forward: {worst:.2f}% (target <= 5%): {'PASS' if worst <= 5 else 'FAIL'}"
+        f"\ncapture overhead, all 30 layers kept in memory: {rows[3]['overhead % (min)']:.2f}%"
+    )
 
 
 if __name__ == "__main__":

@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 
 import torch
-
 from common import table
+
 from unweave.hf import load_model, load_text
 from unweave.store import ActivationStore, write_store
 
@@ -40,12 +40,13 @@ def main() -> None:
         start = time.perf_counter()
         with torch.no_grad():
             for i in range(0, len(rows), args.batch):
-                model(rows[i:i + args.batch])
+                model(rows[i : i + args.batch])
         plain = time.perf_counter() - start
 
         start = time.perf_counter()
-        store = write_store(model, [SITE], rows, out, model_name="smollm2-135m", batch_size=args.batch,
-                            shard_tokens=args.shard_tokens)
+        store = write_store(
+            model, [SITE], rows, out, model_name="smollm2-135m", batch_size=args.batch, shard_tokens=args.shard_tokens
+        )
         write = time.perf_counter() - start
         size_mb = sum(s.path.stat().st_size for s in store.shards) / 1e6
 
@@ -62,8 +63,10 @@ def main() -> None:
         {"step": "plain full forward (30 layers)", "seconds": plain, "tokens/s": n_tok / plain, "MB/s": float("nan")},
         {"step": f"cache {SITE}, stop early", "seconds": write, "tokens/s": n_tok / write, "MB/s": size_mb / write},
     ] + [{"step": label, "seconds": t, "tokens/s": n / t, "MB/s": size_mb / t} for label, t, n in reads]
-    print(f"SmolLM2-135M fp32, {n_tok} Shakespeare tokens in rows of {args.ctx}, batch {args.batch}, "
-          f"{torch.get_num_threads()} threads; store: {len(store.shards)} shards, {size_mb:.1f} MB float32")
+    print(
+        f"SmolLM2-135M fp32, {n_tok} Shakespeare tokens in rows of {args.ctx}, batch {args.batch}, "
+        f"{torch.get_num_threads()} threads; store: {len(store.shards)} shards, {size_mb:.1f} MB float32"
+    )
     print(table(table_rows))
     print(f"\ncaching with early stop vs full forward: {plain / write:.2f}x the tokens/s")
 

@@ -4,8 +4,7 @@ import torch
 from unweave.zoo.modadd import ModAddConfig, train
 
 # A small modular-addition model that groks in ~15 s on 2 cores (the demo uses p=59).
-SMALL_MODADD = ModAddConfig(p=31, frac_train=0.5, lr=1e-2, d_model=64, d_mlp=256, steps=1500,
-                            checkpoint_every=500)
+SMALL_MODADD = ModAddConfig(p=31, frac_train=0.5, lr=1e-2, d_model=64, d_mlp=256, steps=1500, checkpoint_every=500)
 
 
 @pytest.fixture(scope="session")
@@ -25,7 +24,14 @@ def tiny_llama_dir(tmp_path_factory):
     tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>").save_pretrained(path)
-    cfg = LlamaConfig(vocab_size=len(words), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    cfg = LlamaConfig(
+        vocab_size=len(words),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
     LlamaForCausalLM(cfg).save_pretrained(path)
     return path

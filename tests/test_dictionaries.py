@@ -64,6 +64,7 @@ def test_saelens_layout_round_trip_and_foreign_file(tmp_path):
     from safetensors.torch import save_file
 
     from unweave.dictionaries import io
+
     sae = SAE(SAEConfig(d_in=6, n_latents=12, k=3), seed=1)
     folder = io.save(sae, tmp_path / "ours", metadata={"hook_name": "blocks.0.hook_resid_post"})
     assert json.loads((folder / "cfg.json").read_text())["d_sae"] == 12
@@ -73,8 +74,17 @@ def test_saelens_layout_round_trip_and_foreign_file(tmp_path):
     # a file written per the layout by someone else: a 'standard' (ReLU) SAE
     foreign = tmp_path / "foreign"
     foreign.mkdir()
-    (foreign / "cfg.json").write_text(json.dumps({"architecture": "standard", "d_in": 4, "d_sae": 8,
-                                                  "apply_b_dec_to_input": True, "normalize_activations": "none"}))
+    (foreign / "cfg.json").write_text(
+        json.dumps(
+            {
+                "architecture": "standard",
+                "d_in": 4,
+                "d_sae": 8,
+                "apply_b_dec_to_input": True,
+                "normalize_activations": "none",
+            }
+        )
+    )
     w = {"W_enc": torch.randn(4, 8), "W_dec": torch.randn(8, 4), "b_enc": torch.randn(8), "b_dec": torch.randn(4)}
     save_file(w, str(foreign / "sae_weights.safetensors"))
     loaded = io.load(foreign)
@@ -100,13 +110,17 @@ def test_a_sweep_trains_from_one_stream_read_once():
     assert len(reads) == 50 and [len(curve) for curve in losses] == [50, 50, 50]
     assert losses[2][-1] < losses[0][-1]  # more latents per example reconstruct better
     with pytest.raises(ValueError, match="share d_in"):
-        train_many([SAE(SAEConfig(d_in=6, n_latents=8, k=1)), SAE(SAEConfig(d_in=5, n_latents=8, k=1))], stream(),
-                   TrainConfig(steps=1))
+        train_many(
+            [SAE(SAEConfig(d_in=6, n_latents=8, k=1)), SAE(SAEConfig(d_in=5, n_latents=8, k=1))],
+            stream(),
+            TrainConfig(steps=1),
+        )
 
 
 def test_spliced_metrics_against_a_direct_computation():
     from unweave.dictionaries.splice import spliced_metrics
     from unweave.zoo.transformer import Transformer, TransformerConfig
+
     torch.manual_seed(0)
     model = Transformer(TransformerConfig(vocab=20, n_ctx=12, d_model=16, n_heads=2, d_mlp=32, n_layers=2)).eval()
     tokens = torch.randint(0, 20, (6, 12))
@@ -132,6 +146,7 @@ def test_spliced_metrics_against_a_direct_computation():
 
 def test_batchtopk_keeps_k_per_example_on_average_and_exports_as_jumprelu(tmp_path):
     from unweave.dictionaries import io
+
     sae = SAE(SAEConfig(d_in=6, n_latents=24, architecture="batchtopk", k=3))
     x = torch.randn(32, 6)
     _, z = sae(x)
@@ -185,10 +200,12 @@ def _stream(d_in=6, d_out=None, seed=0):
 @pytest.mark.parametrize("name", sorted(ARCHITECTURES))
 def test_every_registered_architecture_round_trips_through_the_saelens_layout(name, kind, tmp_path):
     from unweave.dictionaries import io
+
     extra = {} if kind == "sae" else {"kind": "transcoder", "d_out": 5, "skip": True}
     sae = SAE(SAEConfig(d_in=6, n_latents=24, architecture=name, k=3, l1=1e-2, bandwidth=0.1, **extra), seed=1)
-    train_many([sae], _stream(6, extra.get("d_out"), seed=2), TrainConfig(steps=30, lr=3e-3, warmup=5,
-                                                                            max_norm_ratio=10))
+    train_many(
+        [sae], _stream(6, extra.get("d_out"), seed=2), TrainConfig(steps=30, lr=3e-3, warmup=5, max_norm_ratio=10)
+    )
     loaded = io.load(io.save(sae, tmp_path / name))
     arch = ARCHITECTURES[name]
     assert loaded.cfg.architecture == (name if arch.loads_saelens else SAELENS[arch.saelens].name)

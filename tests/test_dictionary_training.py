@@ -23,8 +23,12 @@ def test_geometric_median_matches_scipy():
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(200, 5, generator=gen)
     x[:10] += 50  # outliers pull the mean, not the median
-    want = minimize(lambda m: np.linalg.norm(x.double().numpy() - m, axis=1).sum(), x.mean(0).double().numpy(),
-                    method="Nelder-Mead", options={"xatol": 1e-9, "fatol": 1e-12, "maxiter": 20000}).x
+    want = minimize(
+        lambda m: np.linalg.norm(x.double().numpy() - m, axis=1).sum(),
+        x.mean(0).double().numpy(),
+        method="Nelder-Mead",
+        options={"xatol": 1e-9, "fatol": 1e-12, "maxiter": 20000},
+    ).x
     np.testing.assert_allclose(geometric_median(x).numpy(), want, atol=1e-3)
     assert (geometric_median(x) - x.mean(0)).norm() > 1
 
@@ -41,10 +45,15 @@ def test_sparse_topk_decode_equals_dense_with_gradients():
     torch.testing.assert_close(g_sparse, g_dense)
 
 
-@pytest.mark.parametrize("cfg", [SAEConfig(d_in=6, n_latents=16, k=3),
-                                 SAEConfig(d_in=6, n_latents=16, architecture="jumprelu"),
-                                 SAEConfig(d_in=6, n_latents=16, architecture="batchtopk", k=3),
-                                 SAEConfig(d_in=6, n_latents=16, k=3, kind="transcoder", d_out=4, skip=True)])
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        SAEConfig(d_in=6, n_latents=16, k=3),
+        SAEConfig(d_in=6, n_latents=16, architecture="jumprelu"),
+        SAEConfig(d_in=6, n_latents=16, architecture="batchtopk", k=3),
+        SAEConfig(d_in=6, n_latents=16, k=3, kind="transcoder", d_out=4, skip=True),
+    ],
+)
 def test_folded_scales_give_the_same_dictionary_on_raw_activations(cfg):
     sae = SAE(cfg, seed=1)
     with torch.no_grad():
@@ -72,8 +81,10 @@ def test_resume_after_interruption_is_exact(tmp_path):
     folder = tmp_path / "checkpoint"
 
     def fresh():
-        return [SAE(SAEConfig(d_in=6, n_latents=24, k=1, aux_k=4, dead_after=64), seed=0),
-                SAE(SAEConfig(d_in=6, n_latents=24, architecture="jumprelu", l1=1e-2, bandwidth=0.5), seed=0)]
+        return [
+            SAE(SAEConfig(d_in=6, n_latents=24, k=1, aux_k=4, dead_after=64), seed=0),
+            SAE(SAEConfig(d_in=6, n_latents=24, architecture="jumprelu", l1=1e-2, bandwidth=0.5), seed=0),
+        ]
 
     whole = fresh()
     losses = train_many(whole, _data(), cfg)
@@ -135,6 +146,7 @@ def _planted_mlp(n_features=24, d_in=32, d_out=10, seed=0):
         while True:
             f = torch.rand(512, n_features, generator=gen) * (torch.rand(512, n_features, generator=gen) < 0.06)
             yield f @ A, f @ B
+
     return A, B, stream
 
 
@@ -181,8 +193,10 @@ def test_connection_penalty_makes_connections_sparser():
         train_connected(layers, stream(), TrainConfig(steps=600, lr=3e-3, warmup=20), penalty)
         batch = next(stream())
         stats = connection_stats(layers[0], layers[1], batch[0], batch[2])
-        fvu = [((y - sae(x)[0]).pow(2).sum() / (y - y.mean(0)).pow(2).sum()).item()
-               for sae, x, y in ((layers[0], batch[0], batch[1]), (layers[1], batch[2], batch[3]))]
+        fvu = [
+            ((y - sae(x)[0]).pow(2).sum() / (y - y.mean(0)).pow(2).sum()).item()
+            for sae, x, y in ((layers[0], batch[0], batch[1]), (layers[1], batch[2], batch[3]))
+        ]
         results[penalty] = (stats, fvu)
     (dense, fvu_dense), (sparse, fvu_sparse) = results[0.0], results[3.0]
     # measured: fan-in 10.3 -> 6.6 upstream latents, 314 -> 226 connections, FVU 0.39/0.51 -> 0.58/0.71

@@ -23,7 +23,9 @@ def test_spectrum_matches_numpy_fft():
 def test_key_frequencies_and_norm_fraction_recover_planted_embedding():
     p, x = 23, torch.arange(23, dtype=torch.float64)
     planted = [3, 8]
-    cols = [torch.cos(2 * torch.pi * k * x / p) for k in planted] + [torch.sin(2 * torch.pi * k * x / p) for k in planted]
+    cols = [torch.cos(2 * torch.pi * k * x / p) for k in planted] + [
+        torch.sin(2 * torch.pi * k * x / p) for k in planted
+    ]
     planted_part = torch.stack(cols, dim=1)
     other = 0.1 * torch.cos(2 * torch.pi * 5 * x / p)[:, None].expand(p, 4)  # orthogonal to the planted part
     W = planted_part + other
@@ -64,6 +66,6 @@ def test_grokked_model_passes_fourier_acceptance(small_modadd):
     assert a.restricted_test_acc >= 0.99
     assert a.excluded_train_loss >= 10 * a.train_loss
     # control: with frequencies the model does not use, "restriction" destroys accuracy
-    others = [k for k in range(1, (cfg.p - 1) // 2 + 1) if k not in a.key_freqs][:len(a.key_freqs)]
+    others = [k for k in range(1, (cfg.p - 1) // 2 + 1) if k not in a.key_freqs][: len(a.key_freqs)]
     control = fourier.logit_measures(small_modadd.load(), make_data(cfg), cfg.p, others)
     assert control["restricted_test_acc"] < 0.5

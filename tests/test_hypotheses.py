@@ -11,8 +11,8 @@ from torch import nn
 from unweave.hypotheses import Hypothesis, HypothesisError, Indices, Latents, Node, Projection, interchange, scrub
 from unweave.hypotheses.cases import cancellation_case, induction_case, modadd_case
 from unweave.hypotheses.engine import Engine
-from unweave.sites import capturing, patch
 from unweave.scoring import ce_per_example, kl_per_example, loss_recovered
+from unweave.sites import capturing, patch
 from unweave.zoo import fourier
 from unweave.zoo.induction import InductionConfig, model_head_scores, repeated_sequences, train
 from unweave.zoo.modadd import make_data
@@ -130,7 +130,11 @@ def test_bad_hypotheses_are_clear_errors():
     with pytest.raises(HypothesisError, match="closest valid sites: (first|second)"):
         Engine(model, DIGITS, Hypothesis([Node("n", "secnd", fn=lambda x: x[:, 0])]))
     with pytest.raises(HypothesisError, match="width 3 but the activation's last dimension is 1"):
-        Engine(model, DIGITS, Hypothesis([Node("n", "second", fn=lambda x: x[:, 0], subspace=Projection(torch.ones(1, 3)))]))
+        Engine(
+            model,
+            DIGITS,
+            Hypothesis([Node("n", "second", fn=lambda x: x[:, 0], subspace=Projection(torch.ones(1, 3)))]),
+        )
     a = Node("a", "first", fn=lambda x: x[:, 0])
     b = Node("b", "second", fn=lambda x: x[:, 0], parents=[a])
     a.parents = [b]
@@ -235,8 +239,15 @@ def test_smollm2_induction_heads_found_and_scored():
     plain[:, 21:] = torch.randint(1000, 20000, plain[:, 21:].shape, generator=torch.Generator().manual_seed(1))
     control = smollm2_head_scores(case.model, plain[:32], 20)
     assert control.flatten()[scores.flatten().argmax()] < 0.15
-    res = scrub_all(case.model, case.inputs, list(case.hypotheses.values()), case.labels, n_examples=64,
-                    batch_size=32, forward_kwargs=case.forward_kwargs)
+    res = scrub_all(
+        case.model,
+        case.inputs,
+        list(case.hypotheses.values()),
+        case.labels,
+        n_examples=64,
+        batch_size=32,
+        forward_kwargs=case.forward_kwargs,
+    )
     true, random_heads, current = res
     assert true.recovered > 0.5 and random_heads.recovered < 0.2 and current.recovered < 0.2
     assert np.median(true.kl) < 0.6 * min(np.median(random_heads.kl), np.median(current.kl))

@@ -150,7 +150,7 @@ def test_key_frequency_norm_fraction_ignores_the_equals_row():
     assert got == pytest.approx(want, rel=1e-10)
     assert want > 0.5
     # counting the '=' row in the total would give a tiny fraction: far off
-    with_eq = want * (W[:p] ** 2).sum() / (W ** 2).sum()
+    with_eq = want * (W[:p] ** 2).sum() / (W**2).sum()
     assert far_apart(want, with_eq, 10.0)
     # and the '=' row does not move the answer at all
     W2 = W.copy()
@@ -184,11 +184,17 @@ def np_measures(logits: np.ndarray, data: ModAddData, p: int, freqs: list[int]) 
     fit = numpy_key_fit(logits, p, freqs)
     restricted, excluded = logits.mean(0) + fit, logits - fit
     tr, te, y = data.train_idx.numpy(), data.test_idx.numpy(), data.labels.numpy()
-    return {"train_loss": np_ce(logits[tr], y[tr]), "test_loss": np_ce(logits[te], y[te]),
-            "test_acc": np_acc(logits[te], y[te]),
-            "restricted_test_loss": np_ce(restricted[te], y[te]), "restricted_test_acc": np_acc(restricted[te], y[te]),
-            "excluded_train_loss": np_ce(excluded[tr], y[tr]), "excluded_train_acc": np_acc(excluded[tr], y[tr]),
-            "excluded_test_loss": np_ce(excluded[te], y[te]), "excluded_test_acc": np_acc(excluded[te], y[te])}
+    return {
+        "train_loss": np_ce(logits[tr], y[tr]),
+        "test_loss": np_ce(logits[te], y[te]),
+        "test_acc": np_acc(logits[te], y[te]),
+        "restricted_test_loss": np_ce(restricted[te], y[te]),
+        "restricted_test_acc": np_acc(restricted[te], y[te]),
+        "excluded_train_loss": np_ce(excluded[tr], y[tr]),
+        "excluded_train_acc": np_acc(excluded[tr], y[tr]),
+        "excluded_test_loss": np_ce(excluded[te], y[te]),
+        "excluded_test_acc": np_acc(excluded[te], y[te]),
+    }
 
 
 class MemorisingModAdd(nn.Module):
@@ -196,8 +202,16 @@ class MemorisingModAdd(nn.Module):
     frequencies) plus a bump on the right answer of *training* pairs only, so excluding the
     key frequencies leaves the training pairs right and the test pairs at chance."""
 
-    def __init__(self, p: int, freqs: list[int], train_idx: np.ndarray, W_E: np.ndarray, seed: int = 0,
-                 amplitude: float = 1.0, class_bias: float = 0.0):
+    def __init__(
+        self,
+        p: int,
+        freqs: list[int],
+        train_idx: np.ndarray,
+        W_E: np.ndarray,
+        seed: int = 0,
+        amplitude: float = 1.0,
+        class_bias: float = 0.0,
+    ):
         super().__init__()
         rng = np.random.default_rng(seed)
         a, b = np.divmod(np.arange(p * p), p)
@@ -218,12 +232,17 @@ def memorising_case(p: int = 13, freqs=(2, 5), seed: int = 0, **kwargs):
     freqs = list(freqs)
     rng = np.random.default_rng(seed)
     perm = rng.permutation(p * p)
-    train_idx, test_idx = np.sort(perm[: p * p // 2]), np.sort(perm[p * p // 2:])
+    train_idx, test_idx = np.sort(perm[: p * p // 2]), np.sort(perm[p * p // 2 :])
     a, b = torch.cartesian_prod(torch.arange(p), torch.arange(p)).T
-    data = ModAddData(torch.stack([a, b, torch.full_like(a, p)], 1), (a + b) % p,
-                      torch.as_tensor(train_idx), torch.as_tensor(test_idx))
-    model = MemorisingModAdd(p, freqs, train_idx, planted_embedding(p, 6, freqs, eq_scale=20.0, seed=seed), seed,
-                             **kwargs)
+    data = ModAddData(
+        torch.stack([a, b, torch.full_like(a, p)], 1),
+        (a + b) % p,
+        torch.as_tensor(train_idx),
+        torch.as_tensor(test_idx),
+    )
+    model = MemorisingModAdd(
+        p, freqs, train_idx, planted_embedding(p, 6, freqs, eq_scale=20.0, seed=seed), seed, **kwargs
+    )
     return model, data, freqs
 
 
@@ -232,8 +251,15 @@ def test_excluded_loss_is_on_the_training_split():
     p = model.p
     got = fourier.logit_measures(model, data, p, freqs)
     want = np_measures(model.table.numpy(), data, p, freqs)
-    assert set(got) == {"train_loss", "test_loss", "test_acc", "restricted_test_loss", "restricted_test_acc",
-                        "excluded_train_loss", "excluded_train_acc"}
+    assert set(got) == {
+        "train_loss",
+        "test_loss",
+        "test_acc",
+        "restricted_test_loss",
+        "restricted_test_acc",
+        "excluded_train_loss",
+        "excluded_train_acc",
+    }
     for key, value in got.items():
         assert value == pytest.approx(want[key], rel=1e-9, abs=1e-12), key
     # on the test split the excluded logits are at chance, on the training split right: far apart
@@ -264,11 +290,18 @@ def test_analyse_on_a_planted_model_matches_numpy():
     assert a.key_freqs == freqs
     assert a.key_norm_fraction == pytest.approx(numpy_norm_fraction(W, p, freqs), rel=1e-6)
     F = np.fft.fft(W[:p], axis=0)
-    np.testing.assert_allclose(a.spectrum, np.sqrt(2 * (np.abs(F[1:(p - 1) // 2 + 1]) ** 2).sum(1) / p), rtol=1e-6)
+    np.testing.assert_allclose(a.spectrum, np.sqrt(2 * (np.abs(F[1 : (p - 1) // 2 + 1]) ** 2).sum(1) / p), rtol=1e-6)
     want = np_measures(model.table.numpy(), data, p, freqs)
     out = a.to_dict()
-    for key in ("train_loss", "test_loss", "test_acc", "restricted_test_loss", "restricted_test_acc",
-                "excluded_train_loss", "excluded_train_acc"):
+    for key in (
+        "train_loss",
+        "test_loss",
+        "test_acc",
+        "restricted_test_loss",
+        "restricted_test_acc",
+        "excluded_train_loss",
+        "excluded_train_acc",
+    ):
         assert out[key] == pytest.approx(want[key], rel=1e-9, abs=1e-12), key
     assert out["excluded_over_train"] == pytest.approx(want["excluded_train_loss"] / want["train_loss"], rel=1e-9)
     assert out["p"] == p and out["key_freqs"] == freqs

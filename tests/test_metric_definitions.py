@@ -31,8 +31,11 @@ def test_detection_metrics_match_scikit_learn(seed, rounded):
     for tpr in (0.5, 0.8, 0.95, 1.0):
         assert det.fpr_at_tpr(s, y, tpr) == pytest.approx(sklearn_fpr_at_tpr(s, y, tpr), abs=1e-12), tpr
     assert det.fpr_at_tpr(s, y) == pytest.approx(sklearn_fpr_at_tpr(s, y, 0.95), abs=1e-12)
-    assert det.summary(s, y) == {"auroc": det.auroc(s, y), "ap": det.average_precision(s, y),
-                                 "fpr@95tpr": det.fpr_at_tpr(s, y, 0.95)}
+    assert det.summary(s, y) == {
+        "auroc": det.auroc(s, y),
+        "ap": det.average_precision(s, y),
+        "fpr@95tpr": det.fpr_at_tpr(s, y, 0.95),
+    }
 
 
 def test_detection_metrics_by_hand():
@@ -91,12 +94,16 @@ def error_message(fn, *args):
 @pytest.mark.parametrize("fn", [det.auroc, det.average_precision, det.fpr_at_tpr, det.summary])
 def test_detection_input_errors(fn):
     assert error_message(fn, [0.1, 0.2, 0.3], [0, 1]) == (
-        "scores and labels must be 1-D and of one length, got (3,) and (2,)")
+        "scores and labels must be 1-D and of one length, got (3,) and (2,)"
+    )
     assert error_message(fn, [[0.1, 0.2], [0.3, 0.4]], [[0, 1], [1, 0]]) == (
-        "scores and labels must be 1-D and of one length, got (2, 2) and (2, 2)")
+        "scores and labels must be 1-D and of one length, got (2, 2) and (2, 2)"
+    )
     assert error_message(fn, 0.5, 1) == "scores and labels must be 1-D and of one length, got () and ()"
-    both = ("labels must contain both normal (0) and anomalous (1) examples; a task with no anomalous (or no "
-            "normal) examples has no detection score")
+    both = (
+        "labels must contain both normal (0) and anomalous (1) examples; a task with no anomalous (or no "
+        "normal) examples has no detection score"
+    )
     assert error_message(fn, [0.1, 0.2], [0, 0]) == both
     assert error_message(fn, [0.1, 0.2], [1, 1]) == both
     assert error_message(fn, [0.1, np.nan, 0.3], [0, 1, 1]) == "scores contain NaN or inf"
@@ -117,7 +124,7 @@ def test_mse_and_fvu_match_numpy():
     # closed forms: the data itself, and its per-dimension mean
     assert dic.fvu(xt, xt) == 0.0 and dic.mse(xt, xt) == 0.0
     assert dic.fvu(xt, xt.mean(0).expand_as(xt)) == pytest.approx(1.0, rel=1e-9)
-    assert dic.fvu(xt, torch.zeros_like(xt)) == pytest.approx((x32 ** 2).sum() / ((x32 - x32.mean(0)) ** 2).sum())
+    assert dic.fvu(xt, torch.zeros_like(xt)) == pytest.approx((x32**2).sum() / ((x32 - x32.mean(0)) ** 2).sum())
     assert isinstance(dic.mse(xt, rt), float) and isinstance(dic.fvu(xt, rt), float)
 
 
@@ -148,9 +155,11 @@ def test_reconstruction_shape_errors(fn):
         return str(info.value)
 
     assert message(torch.zeros(4, 3), torch.zeros(4, 2)) == (
-        "x and recon must both have shape (n, d); got (4, 3) and (4, 2)")
+        "x and recon must both have shape (n, d); got (4, 3) and (4, 2)"
+    )
     assert message(torch.zeros(2, 4, 3), torch.zeros(2, 4, 3)) == (
-        "x and recon must both have shape (n, d); got (2, 4, 3) and (2, 4, 3)")
+        "x and recon must both have shape (n, d); got (2, 4, 3) and (2, 4, 3)"
+    )
     assert message(torch.zeros(4), torch.zeros(4)) == "x and recon must both have shape (n, d); got (4,) and (4,)"
 
 

@@ -17,9 +17,15 @@ def test_data_is_all_pairs_with_a_disjoint_seeded_split():
     assert not torch.equal(make_data(ModAddConfig(p=7, frac_train=0.3, seed=1)).train_idx, d.train_idx)
 
 
-@pytest.mark.parametrize("field,value,message", [
-    ("p", 12, "odd prime"), ("frac_train", 1.5, "frac_train"), ("steps", 0, "steps"), ("lr", -1.0, "lr"),
-])
+@pytest.mark.parametrize(
+    "field,value,message",
+    [
+        ("p", 12, "odd prime"),
+        ("frac_train", 1.5, "frac_train"),
+        ("steps", 0, "steps"),
+        ("lr", -1.0, "lr"),
+    ],
+)
 def test_bad_config_names_the_field(field, value, message):
     with pytest.raises(ValueError, match=message):
         ModAddConfig(**{field: value})
@@ -46,5 +52,6 @@ def test_reuse_and_config_clash(tmp_path):
     with pytest.raises(ValueError, match="different config"):
         train(ModAddConfig(p=17, steps=5), tmp_path)
     data = make_data(TINY)
-    assert evaluate(run.load(), data) == pytest.approx(run.history[-1] | {"step": 40} and
-                                                       {k: v for k, v in run.history[-1].items() if k != "step"})
+    assert evaluate(run.load(), data) == pytest.approx(
+        run.history[-1] | {"step": 40} and {k: v for k, v in run.history[-1].items() if k != "step"}
+    )

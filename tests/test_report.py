@@ -25,9 +25,18 @@ def render(path):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
-            "--disable-background-networking", "--disable-component-update"])
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-sync",
+                "--disable-background-networking",
+                "--disable-component-update",
+            ],
+        )
         try:
             page = browser.new_page()
             errors, page_errors = [], []
@@ -42,8 +51,11 @@ def render(path):
             browser.close()
 
 
-browser = pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium is absent: install Debian's chromium "
-                                                     "(apt-get install chromium) to render the report in tests")
+browser = pytest.mark.skipif(
+    CHROMIUM is None,
+    reason="headless Chromium is absent: install Debian's chromium "
+    "(apt-get install chromium) to render the report in tests",
+)
 
 
 @browser

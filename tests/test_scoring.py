@@ -66,16 +66,20 @@ def test_kl_per_example_means_over_positions_and_takes_2d_outputs():
     want = entropy(np_softmax(p.numpy()), np_softmax(q.numpy()), axis=-1).mean(-1)
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-10)
     two = scoring.kl_per_example(p[:, 0], q[:, 0])
-    np.testing.assert_allclose(two.numpy(), entropy(np_softmax(p[:, 0].numpy()), np_softmax(q[:, 0].numpy()), axis=-1),
-                               rtol=1e-10)
+    np.testing.assert_allclose(
+        two.numpy(), entropy(np_softmax(p[:, 0].numpy()), np_softmax(q[:, 0].numpy()), axis=-1), rtol=1e-10
+    )
     assert torch.equal(scoring.kl_per_example(p, p), torch.zeros(5, dtype=torch.float64))
 
 
 @pytest.mark.parametrize("shape", [(6,), (2, 3, 4, 5)])
 def test_outputs_of_other_ranks_are_a_clear_error(shape):
     x = torch.zeros(shape)
-    with pytest.raises(ValueError, match=r"outputs must be logits of shape \(n, classes\) or \(n, positions, classes\), "
-                                         rf"got {re_tuple(shape)}; make Hypothesis.output select them"):
+    with pytest.raises(
+        ValueError,
+        match=r"outputs must be logits of shape \(n, classes\) or \(n, positions, classes\), "
+        rf"got {re_tuple(shape)}; make Hypothesis.output select them",
+    ):
         scoring.kl_per_example(x, x)
     with pytest.raises(ValueError, match="outputs must be logits"):
         scoring.ce_per_example(x, torch.zeros(shape[0], dtype=torch.long))
@@ -85,6 +89,7 @@ def test_outputs_of_other_ranks_are_a_clear_error(shape):
 
 def re_tuple(shape):
     import re
+
     return re.escape(str(tuple(shape)))
 
 
@@ -145,16 +150,19 @@ def test_predictions_are_the_argmax_per_position():
     assert two.shape == (5, 1) and torch.equal(two[:, 0], torch.as_tensor(z[:, 0].numpy().argmax(-1)))
 
 
-@pytest.mark.parametrize("clean,patched,baseline,want", [
-    (0.1, 0.1, 2.0, 1.0),
-    (0.1, 2.0, 2.0, 0.0),
-    (0.0, 0.5, 1.0, 0.5),
-    (1.0, 0.5, 0.0, 0.5),  # baseline better than the model: the same ratio
-    (0.5, 3.5, 2.0, -1.0),  # worse than the baseline: negative
-    (0.0, 0.0, 1e-12, 1.0),  # a gap of exactly 1e-12 is kept
-    (0.0, 0.0, -1e-12, 1.0),
-    (0.0, 0.25e-12, 0.5e-12 + 0.5e-12, 0.75),
-])
+@pytest.mark.parametrize(
+    "clean,patched,baseline,want",
+    [
+        (0.1, 0.1, 2.0, 1.0),
+        (0.1, 2.0, 2.0, 0.0),
+        (0.0, 0.5, 1.0, 0.5),
+        (1.0, 0.5, 0.0, 0.5),  # baseline better than the model: the same ratio
+        (0.5, 3.5, 2.0, -1.0),  # worse than the baseline: negative
+        (0.0, 0.0, 1e-12, 1.0),  # a gap of exactly 1e-12 is kept
+        (0.0, 0.0, -1e-12, 1.0),
+        (0.0, 0.25e-12, 0.5e-12 + 0.5e-12, 0.75),
+    ],
+)
 def test_loss_recovered_closed_form(clean, patched, baseline, want):
     assert scoring.loss_recovered(clean, patched, baseline) == pytest.approx(want, rel=1e-12)
 

@@ -19,8 +19,20 @@ def test_rrr_formula_agrees_with_deep_linear_formula():
     """Aoyagi & Watanabe (2005) and Aoyagi (2024) are separate derivations; on two layers they
     must agree, in every case and parity."""
     seen = set()
-    for M, H, N in [(5, 3, 5), (2, 1, 2), (5, 4, 5), (3, 2, 3), (4, 3, 8), (2, 1, 4), (8, 3, 4), (4, 1, 2),
-                    (3, 8, 4), (1, 4, 2), (6, 2, 3), (7, 5, 2)]:
+    for M, H, N in [
+        (5, 3, 5),
+        (2, 1, 2),
+        (5, 4, 5),
+        (3, 2, 3),
+        (4, 3, 8),
+        (2, 1, 4),
+        (8, 3, 4),
+        (4, 1, 2),
+        (3, 8, 4),
+        (1, 4, 2),
+        (6, 2, 3),
+        (7, 5, 2),
+    ]:
         for r in range(min(M, H, N) + 1):
             seen.add(truth.rrr_case(M, H, N, r))
             assert truth.reduced_rank_regression(M, H, N, r) == pytest.approx(truth.deep_linear([M, H, N], r))
@@ -41,8 +53,12 @@ def test_normal_crossing_single_power_is_exact():
     """K = w^4 with a wide prior: E[n_beta K] = Gamma(5/4) / Gamma(1/4) = 1/4 for any large n_beta.
     Chains start at the flat point w = 0 and need a long burn-in to reach the tails."""
     model, loader = singular.normal_crossing_task([2], n=1000)
-    r = estimate_llc(model, singular.normal_crossing_loss, loader,
-                     SGLDConfig(epsilon=1e-4, nbeta=1e4, localization=1.0, chains=64, draws=3000, burn_in=1000))
+    r = estimate_llc(
+        model,
+        singular.normal_crossing_loss,
+        loader,
+        SGLDConfig(epsilon=1e-4, nbeta=1e4, localization=1.0, chains=64, draws=3000, burn_in=1000),
+    )
     assert r.llc_mean == pytest.approx(0.25, rel=0.1)
     assert r.n_params == 1 and r.flattened and r.mala_acceptance > 0.9
 
@@ -50,8 +66,12 @@ def test_normal_crossing_single_power_is_exact():
 def test_reduced_rank_regression_within_ten_percent():
     model, loader = singular.deep_linear_task([4, 3, 4], 1, n=1000)
     truth_value = truth.reduced_rank_regression(4, 3, 4, 1)
-    r = estimate_llc(model, singular.half_squared_error, loader,
-                     SGLDConfig(epsilon=1e-4, nbeta=1e4, localization=100.0, chains=4, draws=800, burn_in=200))
+    r = estimate_llc(
+        model,
+        singular.half_squared_error,
+        loader,
+        SGLDConfig(epsilon=1e-4, nbeta=1e4, localization=100.0, chains=4, draws=800, burn_in=200),
+    )
     assert abs(r.llc_mean - truth_value) / truth_value <= 0.1
     assert r.llc_mean < r.n_params / 2  # singular: fewer effective parameters than a regular model
 
@@ -59,8 +79,9 @@ def test_reduced_rank_regression_within_ten_percent():
 def test_llc_is_n_beta_times_mean_excess_loss():
     """The reported numbers follow from the trace: recompute them independently with numpy."""
     model, loader = singular.deep_linear_task([3, 2, 3], 1, n=200, batch_size=50)
-    r = estimate_llc(model, singular.half_squared_error, loader,
-                     SGLDConfig(epsilon=1e-4, nbeta=500, chains=3, draws=50))
+    r = estimate_llc(
+        model, singular.half_squared_error, loader, SGLDConfig(epsilon=1e-4, nbeta=500, chains=3, draws=50)
+    )
     trace = np.array(r.loss_trace)
     per_chain = r.nbeta * (trace.mean(1) - r.init_loss)
     np.testing.assert_allclose(r.llc_per_chain, per_chain, rtol=1e-10)
@@ -76,8 +97,11 @@ def test_default_nbeta_is_n_over_log_n():
 
 def test_chains_are_reproducible_one_by_one_and_vmap_matches_loop():
     model, loader = singular.deep_linear_task([3, 2, 3], 1, n=200, batch_size=40)
-    run = lambda **kw: estimate_llc(model, singular.half_squared_error, loader,
-                                    SGLDConfig(epsilon=1e-4, nbeta=300, draws=30, **kw)).loss_trace
+    run = lambda **kw: (
+        estimate_llc(
+            model, singular.half_squared_error, loader, SGLDConfig(epsilon=1e-4, nbeta=300, draws=30, **kw)
+        ).loss_trace
+    )
     four, two = np.array(run(chains=4, vectorize=True)), np.array(run(chains=2, vectorize=True))
     np.testing.assert_allclose(four[:2], two, rtol=1e-4)  # chain c does not depend on how many run
     np.testing.assert_allclose(np.array(run(chains=4, vectorize=False)), four, rtol=1e-4)
@@ -117,15 +141,25 @@ def test_divergence_is_detected_with_advice():
 def test_unflattened_trace_warns():
     model, loader = singular.deep_linear_task([4, 3, 4], 1, n=500)
     with pytest.warns(UserWarning, match="not flattened"):  # tiny steps: still climbing from w* at the end
-        r = estimate_llc(model, singular.half_squared_error, loader,
-                         SGLDConfig(epsilon=1e-7, nbeta=1e4, localization=1.0, chains=4, draws=100))
+        r = estimate_llc(
+            model,
+            singular.half_squared_error,
+            loader,
+            SGLDConfig(epsilon=1e-7, nbeta=1e4, localization=1.0, chains=4, draws=100),
+        )
     assert not r.flattened
 
 
 def test_calibration_prefers_the_largest_healthy_step():
     model, loader = singular.deep_linear_task([3, 2, 3], 1, n=300)
-    cal = calibrate(model, singular.half_squared_error, loader, epsilons=(1e-5, 1e-4, 1.0), nbetas=[1e3],
-                    base=SGLDConfig(chains=4, draws=200, burn_in=50))
+    cal = calibrate(
+        model,
+        singular.half_squared_error,
+        loader,
+        epsilons=(1e-5, 1e-4, 1.0),
+        nbetas=[1e3],
+        base=SGLDConfig(chains=4, draws=200, burn_in=50),
+    )
     by_eps = {row["epsilon"]: row for row in cal.grid}
     assert by_eps[1.0]["diverged"] and not by_eps[1.0]["healthy"]
     assert cal.chosen == {"epsilon": 1e-4, "nbeta": 1e3}
@@ -143,12 +177,15 @@ def test_hessian_counts_flat_directions():
 
 def test_modadd_loss_at_w_star(small_modadd):
     from unweave.zoo.modadd import answer_loss, train_loader
+
     loader = train_loader(small_modadd.config)
-    assert mean_loss(small_modadd.load(), answer_loss, loader) == pytest.approx(small_modadd.history[-1]["train_loss"],
-                                                                                rel=1e-4)
+    assert mean_loss(small_modadd.load(), answer_loss, loader) == pytest.approx(
+        small_modadd.history[-1]["train_loss"], rel=1e-4
+    )
 
 
 # --- the chain loop's pieces: update rules, callbacks, gradients ---------------------------------------------------
+
 
 def _chains(cfg, model=None, loader=None, loss_fn=singular.half_squared_error, **kw):
     if model is None:
@@ -158,6 +195,7 @@ def _chains(cfg, model=None, loader=None, loss_fn=singular.half_squared_error, *
 
 def test_a_custom_update_rule_plugs_in():
     """A rule is one class: G = 1/2 everywhere is plain SGLD at half the step size."""
+
     class HalfStep(SGLD):
         calls = 0
 
@@ -188,8 +226,11 @@ def test_callbacks_see_every_step_and_can_stop_the_chains():
             return state.step == 6
 
     stop, ticks = StopAtSix(), []
-    trace = _chains(SGLDConfig(epsilon=1e-4, nbeta=300, chains=2, draws=10, burn_in=3), callbacks=[stop],
-                    on_step=lambda: ticks.append(1))
+    trace = _chains(
+        SGLDConfig(epsilon=1e-4, nbeta=300, chains=2, draws=10, burn_in=3),
+        callbacks=[stop],
+        on_step=lambda: ticks.append(1),
+    )
     assert stop.steps == list(range(7))
     assert len(ticks) == 6  # progress runs after the custom callbacks: not on the step that stopped
     assert torch.isfinite(trace.losses[:, :4]).all()  # steps 3-6 are draws 0-3, recorded before the stop
@@ -213,8 +254,11 @@ def test_divergence_callback_stops_at_the_first_non_finite_loss():
         return loss + float("nan") if len(calls) > 8 else loss
 
     ticks = []
-    trace = _chains(SGLDConfig(epsilon=1e-4, nbeta=300, chains=1, draws=20, vectorize=False), loss_fn=loss_fn,
-                    on_step=lambda: ticks.append(1))
+    trace = _chains(
+        SGLDConfig(epsilon=1e-4, nbeta=300, chains=1, draws=20, vectorize=False),
+        loss_fn=loss_fn,
+        on_step=lambda: ticks.append(1),
+    )
     assert len(calls) == 9 and len(ticks) == 8  # stopped at step 8, nothing after
     assert torch.isfinite(trace.losses[:, :8]).all() and torch.isnan(trace.losses[:, 8:]).all()
 
@@ -242,7 +286,7 @@ def test_mala_acceptance_is_the_metropolis_hastings_ratio(preconditioned):
     mala(_gaussian_state(1, w1, torch.full_like(w0, 7.0), k, eps))  # the G at w1 plays no part
 
     a, b, g = w0.numpy(), w1.numpy(), g.numpy()
-    log_p = lambda w: norm.logpdf(w, scale=k ** -0.5).sum(1)
+    log_p = lambda w: norm.logpdf(w, scale=k**-0.5).sum(1)
     log_q = lambda to, fro: norm.logpdf(to, loc=fro - eps / 2 * g * k * fro, scale=np.sqrt(eps * g)).sum(1)
     expected = np.minimum(1, np.exp(log_p(b) + log_q(a, b) - log_p(a) - log_q(b, a)))
     assert 0.05 < expected.min() and expected.max() <= 1 and expected.min() < 0.99  # a real test of the ratio
@@ -264,7 +308,7 @@ def test_mala_acceptance_of_sgld_on_a_quadratic():
         w = rng.normal(0, np.sqrt(eps / (1 - (1 - eps * k / 2) ** 2)), 400_000)
         w1 = w - eps / 2 * k * w + np.sqrt(eps) * rng.normal(size=w.shape)
         log_q = lambda to, fro: norm.logpdf(to, loc=fro - eps / 2 * k * fro, scale=np.sqrt(eps))
-        log_p = lambda x: norm.logpdf(x, scale=k ** -0.5)
+        log_p = lambda x: norm.logpdf(x, scale=k**-0.5)
         return np.minimum(1, np.exp(log_p(w1) + log_q(w, w1) - log_p(w) - log_q(w1, w))).mean()
 
     def measured(eps):

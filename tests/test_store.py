@@ -107,6 +107,7 @@ def test_bad_inputs(model, tokens, tmp_path):
 
 def test_non_finite_activations_name_shard_and_row(model, tokens, tmp_path):
     from unweave.artifacts import read_tensors, sha256, write_json, write_tensors
+
     store = write(model, tokens, tmp_path)
     shard = store.shards[1].path
     tensors = read_tensors(shard)

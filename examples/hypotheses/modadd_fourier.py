@@ -27,7 +27,13 @@ waves = [f(2 * torch.pi * k * c / p) for k in freqs for f in (torch.cos, torch.s
 directions = torch.stack(waves) @ model.unembed.weight.detach()
 
 # claim: at "=", that part of the residual stream depends on a and b only through (a + b) mod p
-total = Node("sum", "blocks.0.hook_resid_post", fn=lambda x: (x[:, 0] + x[:, 1]) % p,
-             subspace=Projection(directions), positions=[-1])
-hypothesis = Hypothesis([total], output=lambda logits: logits[:, -1], name=f"fourier {freqs}",
-                        predict=lambda values: values["sum"])
+total = Node(
+    "sum",
+    "blocks.0.hook_resid_post",
+    fn=lambda x: (x[:, 0] + x[:, 1]) % p,
+    subspace=Projection(directions),
+    positions=[-1],
+)
+hypothesis = Hypothesis(
+    [total], output=lambda logits: logits[:, -1], name=f"fourier {freqs}", predict=lambda values: values["sum"]
+)

@@ -34,19 +34,33 @@ def run_cache(cfg: CacheConfig) -> RunResult:
     loaded = load_model(cfg.model)
     rows = load_text(cfg.text, loaded.tokenizer, cfg.ctx_len, max_tokens=cfg.tokens)
     start = time.perf_counter()
-    store = write_store(loaded.model, cfg.site, rows, cfg.out, model_name=cfg.model, shard_tokens=cfg.shard_tokens,
-                        batch_size=cfg.batch_size, dtype=cfg.dtype)
+    store = write_store(
+        loaded.model,
+        cfg.site,
+        rows,
+        cfg.out,
+        model_name=cfg.model,
+        shard_tokens=cfg.shard_tokens,
+        batch_size=cfg.batch_size,
+        dtype=cfg.dtype,
+    )
     seconds = time.perf_counter() - start
     sites = []
     for s in store.sites:
         norms = store.load_shard(0, s).double().norm(dim=1)
-        sites.append({"site": s, "width": store.width(s), "median norm (first shard)": norms.median().item(),
-                      "max norm": norms.max().item(), "share of tokens > 10x median":
-                      (norms > 10 * norms.median()).double().mean().item()})
-    results = {"tokens": store.n_tokens, "shards": len(store.shards), "sites": sites,
-               "seconds_this_call": seconds}
+        sites.append(
+            {
+                "site": s,
+                "width": store.width(s),
+                "median norm (first shard)": norms.median().item(),
+                "max norm": norms.max().item(),
+                "share of tokens > 10x median": (norms > 10 * norms.median()).double().mean().item(),
+            }
+        )
+    results = {"tokens": store.n_tokens, "shards": len(store.shards), "sites": sites, "seconds_this_call": seconds}
     report = Report(f"unweave cache: {cfg.model} on {cfg.text}")
-    report.summary().text(f"{store.n_tokens} tokens in {len(store.shards)} shards at {len(sites)} sites.",
-                          summary=True).table(sites)
+    report.summary().text(
+        f"{store.n_tokens} tokens in {len(store.shards)} shards at {len(sites)} sites.", summary=True
+    ).table(sites)
     widths = ", ".join(f"{s} ({store.width(s)})" for s in store.sites)
     return run.finish(results, report, [f"stored {store.n_tokens} tokens at {widths} in {len(store.shards)} shards"])

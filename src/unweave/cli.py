@@ -25,8 +25,12 @@ from unweave.runs import RunResult
 from unweave.slt.command import LLCConfig, run_llc
 from unweave.zoo.command import TrainModAddConfig, run_train_modadd
 
-app = typer.Typer(help="unweave: reverse-engineer trained networks into descriptions you can check.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="unweave: reverse-engineer trained networks into descriptions you can check.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
 train_app = typer.Typer(help="Train a model of the zoo (toy models with known answers).", no_args_is_help=True)
 sae_app = typer.Typer(help="Sparse dictionaries: train them, evaluate them.", no_args_is_help=True)
 app.add_typer(train_app, name="train")
@@ -50,8 +54,10 @@ def _options(cls: type) -> list[tuple[str, Any, Any, tuple[str, ...]]]:
                 out.append((name, kind, param, (f.name, *path)))
             continue
         if _is_union(types[f.name]):
-            raise TypeError(f"{cls.__name__}.{f.name}: the command line cannot take a {types[f.name]}; "
-                            "declare it with setting(..., cli=False)")
+            raise TypeError(
+                f"{cls.__name__}.{f.name}: the command line cannot take a {types[f.name]}; "
+                "declare it with setting(..., cli=False)"
+            )
         help_text = f.metadata.get("help", "")
         required = default is MISSING
         if f.metadata.get("argument"):
@@ -87,8 +93,7 @@ def _build(cls: type, values: dict[tuple[str, ...], Any]) -> Any:
     return cls(**kwargs)
 
 
-def command(group: typer.Typer, name: str, cls: type, run: Callable[[Any], RunResult], doc: str,
-            epilog: str) -> None:
+def command(group: typer.Typer, name: str, cls: type, run: Callable[[Any], RunResult], doc: str, epilog: str) -> None:
     """Register `run(config)` as a command whose options are the fields of `cls`."""
     options = _options(cls)
 
@@ -98,11 +103,15 @@ def command(group: typer.Typer, name: str, cls: type, run: Callable[[Any], RunRe
             result = run(cfg)
         for line in result.summary:
             console.print(line)
-        console.print(f"[bold green]report[/] {result.report}\n[bold green]results[/] {result.results}\n"
-                      f"[bold green]record[/] {result.record}")
+        console.print(
+            f"[bold green]report[/] {result.report}\n[bold green]results[/] {result.results}\n"
+            f"[bold green]record[/] {result.record}"
+        )
 
-    params = [inspect.Parameter(opt, inspect.Parameter.KEYWORD_ONLY, default=param, annotation=kind)
-              for opt, kind, param, _ in options]
+    params = [
+        inspect.Parameter(opt, inspect.Parameter.KEYWORD_ONLY, default=param, annotation=kind)
+        for opt, kind, param, _ in options
+    ]
     invoke.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     invoke.__annotations__ = {p.name: p.annotation for p in params}
     invoke.__doc__ = doc
@@ -111,35 +120,75 @@ def command(group: typer.Typer, name: str, cls: type, run: Callable[[Any], RunRe
 
 # (group, name, config, runner, what it does, example): each becomes `unweave [group] name`
 COMMANDS = [
-    (app, "demo", DemoConfig, run_demo,
-     "Train (or reuse) a modular-addition transformer, recover its Fourier algorithm, write report.html.",
-     "Example: unweave demo --out runs/demo"),
-    (train_app, "modadd", TrainModAddConfig, run_train_modadd,
-     "Train the one-layer modular-addition transformer (a + b mod p), saving checkpoints.",
-     "Example: unweave train modadd --p 59 --steps 3000 --out runs/modadd"),
-    (app, "cache", CacheConfig, run_cache,
-     "Run a model over text and write activations at sites to a sharded safetensors store.",
-     "Example: unweave cache --model smollm2-135m --site model.layers.15 --tokens 100000 --out runs/cache-l15"),
-    (app, "llc", LLCConfig, run_llc,
-     "Estimate the local learning coefficient (an effective parameter count) by SGLD, with diagnostics.",
-     "Examples: unweave llc runs/demo/modadd --checkpoint all --out runs/llc;  "
-     "unweave llc rrr:5,3,5:1 --nbeta 10000 --epsilon 1e-4;  unweave llc rrr:5,3,5:1 --calibrate"),
-    (app, "detect", DetectConfig, run_detect,
-     "Flag inputs a model handles by an unusual mechanism; AUROC of each detector vs raw-input baselines.",
-     "Examples: unweave detect --task planted-rule --out runs/detect;  "
-     "unweave detect --task backdoor-mnist-corner --task backdoor-digits-pixel --poison-rate 0.1"),
-    (app, "scrub", ScrubConfig, run_scrub,
-     "Test hypotheses by causal scrubbing and interchange interventions, scored per example by KL.",
-     "Examples: unweave scrub modadd --out runs/scrub-modadd;  unweave scrub induction;  "
-     "unweave scrub my_hypothesis.py --unclaimed mean"),
-    (sae_app, "train", SAETrainConfig, run_sae_train,
-     "Train dictionaries (a sweep of k and widths in one pass) on stored or live activations.",
-     "Examples: unweave sae train --store runs/cache-l15 --site model.layers.15 --k 16 --k 32 --width 4608 "
-     "--out runs/sae;  unweave sae train --live --site model.layers.5.mlp:input --target-site "
-     "model.layers.5.mlp --tokens 200000"),
-    (sae_app, "eval", SAEEvalConfig, run_sae_eval,
-     "FVU, L0, dead/dense latents, density histogram, spliced KL and CE loss recovered, top snippets.",
-     "Example: unweave sae eval runs/sae/topk-k32-w4608 --out runs/sae-eval"),
+    (
+        app,
+        "demo",
+        DemoConfig,
+        run_demo,
+        "Train (or reuse) a modular-addition transformer, recover its Fourier algorithm, write report.html.",
+        "Example: unweave demo --out runs/demo",
+    ),
+    (
+        train_app,
+        "modadd",
+        TrainModAddConfig,
+        run_train_modadd,
+        "Train the one-layer modular-addition transformer (a + b mod p), saving checkpoints.",
+        "Example: unweave train modadd --p 59 --steps 3000 --out runs/modadd",
+    ),
+    (
+        app,
+        "cache",
+        CacheConfig,
+        run_cache,
+        "Run a model over text and write activations at sites to a sharded safetensors store.",
+        "Example: unweave cache --model smollm2-135m --site model.layers.15 --tokens 100000 --out runs/cache-l15",
+    ),
+    (
+        app,
+        "llc",
+        LLCConfig,
+        run_llc,
+        "Estimate the local learning coefficient (an effective parameter count) by SGLD, with diagnostics.",
+        "Examples: unweave llc runs/demo/modadd --checkpoint all --out runs/llc;  "
+        "unweave llc rrr:5,3,5:1 --nbeta 10000 --epsilon 1e-4;  unweave llc rrr:5,3,5:1 --calibrate",
+    ),
+    (
+        app,
+        "detect",
+        DetectConfig,
+        run_detect,
+        "Flag inputs a model handles by an unusual mechanism; AUROC of each detector vs raw-input baselines.",
+        "Examples: unweave detect --task planted-rule --out runs/detect;  "
+        "unweave detect --task backdoor-mnist-corner --task backdoor-digits-pixel --poison-rate 0.1",
+    ),
+    (
+        app,
+        "scrub",
+        ScrubConfig,
+        run_scrub,
+        "Test hypotheses by causal scrubbing and interchange interventions, scored per example by KL.",
+        "Examples: unweave scrub modadd --out runs/scrub-modadd;  unweave scrub induction;  "
+        "unweave scrub my_hypothesis.py --unclaimed mean",
+    ),
+    (
+        sae_app,
+        "train",
+        SAETrainConfig,
+        run_sae_train,
+        "Train dictionaries (a sweep of k and widths in one pass) on stored or live activations.",
+        "Examples: unweave sae train --store runs/cache-l15 --site model.layers.15 --k 16 --k 32 --width 4608 "
+        "--out runs/sae;  unweave sae train --live --site model.layers.5.mlp:input --target-site "
+        "model.layers.5.mlp --tokens 200000",
+    ),
+    (
+        sae_app,
+        "eval",
+        SAEEvalConfig,
+        run_sae_eval,
+        "FVU, L0, dead/dense latents, density histogram, spliced KL and CE loss recovered, top snippets.",
+        "Example: unweave sae eval runs/sae/topk-k32-w4608 --out runs/sae-eval",
+    ),
 ]
 for row in COMMANDS:
     command(*row)

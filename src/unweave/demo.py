@@ -24,8 +24,11 @@ class DemoConfig:
     modadd: ModAddConfig = setting(ModAddConfig(), "The model and its training.")
     # the LLC trajectory's SGLD settings: n*beta = n / ln n for the 1392 training pairs; epsilon from
     # `unweave llc runs/demo/modadd --calibrate --batch-size 256` (3e-5: MALA acceptance ~0.7, 1e-4: ~0.35)
-    sgld: SGLDConfig = setting(SGLDConfig(epsilon=3e-5, nbeta=192.3, localization=100.0, chains=2, draws=100,
-                                          burn_in=20), "SGLD settings of the LLC trajectory.", cli=False)
+    sgld: SGLDConfig = setting(
+        SGLDConfig(epsilon=3e-5, nbeta=192.3, localization=100.0, chains=2, draws=100, burn_in=20),
+        "SGLD settings of the LLC trajectory.",
+        cli=False,
+    )
     llc_batch_size: int = setting(256, "SGLD batch size of the LLC trajectory.", cli=False)
 
 
@@ -37,19 +40,26 @@ def progress_measures(run: TrainedModAdd, key_freqs: list[int]) -> list[dict]:
     rows = []
     for step, path in progress.track(run.checkpoints(), "progress measures per checkpoint"):
         model = run.load(path)
-        rows.append({"step": step, "key_norm_fraction": fourier.norm_fraction(model.W_E.detach(), cfg.p, key_freqs),
-                     **fourier.logit_measures(model, data, cfg.p, key_freqs)})
+        rows.append(
+            {
+                "step": step,
+                "key_norm_fraction": fourier.norm_fraction(model.W_E.detach(), cfg.p, key_freqs),
+                **fourier.logit_measures(model, data, cfg.p, key_freqs),
+            }
+        )
     return rows
 
 
 def summary(a: fourier.FourierAnalysis) -> str:
-    return (f"The model reaches {a.test_acc:.2%} test accuracy. Its embedding puts "
-            f"{a.key_norm_fraction:.1%} of its norm on {len(a.key_freqs)} key frequencies {a.key_freqs} "
-            f"(of {len(a.spectrum)}). Keeping only the logits' components along cos/sin(w_k(a+b)) for those "
-            f"frequencies gives {a.restricted_test_acc:.2%} test accuracy (restricted loss "
-            f"{a.restricted_test_loss:.3g}); removing them raises the training loss from {a.train_loss:.3g} to "
-            f"{a.excluded_train_loss:.3g} ({a.excluded_over_train:.3g} times). The model computes a + b mod "
-            f"{a.p} with the Fourier algorithm on these frequencies.")
+    return (
+        f"The model reaches {a.test_acc:.2%} test accuracy. Its embedding puts "
+        f"{a.key_norm_fraction:.1%} of its norm on {len(a.key_freqs)} key frequencies {a.key_freqs} "
+        f"(of {len(a.spectrum)}). Keeping only the logits' components along cos/sin(w_k(a+b)) for those "
+        f"frequencies gives {a.restricted_test_acc:.2%} test accuracy (restricted loss "
+        f"{a.restricted_test_loss:.3g}); removing them raises the training loss from {a.train_loss:.3g} to "
+        f"{a.excluded_train_loss:.3g} ({a.excluded_over_train:.3g} times). The model computes a + b mod "
+        f"{a.p} with the Fourier algorithm on these frequencies."
+    )
 
 
 def run_demo(cfg: DemoConfig | None = None) -> RunResult:
@@ -65,38 +75,57 @@ def run_demo(cfg: DemoConfig | None = None) -> RunResult:
     every = max(1, len(saved) // 8)  # thin long runs to 8-15 points to keep the demo quick (15 here: all)
     with warnings.catch_warnings(record=True) as caught:  # the report shows the sampler's warnings
         warnings.simplefilter("always")
-        llc_points = llc_over_checkpoints([(step, trained.load(path)) for step, path in saved[every - 1::every]],
-                                          answer_loss, train_loader(cfg.modadd, batch_size=cfg.llc_batch_size),
-                                          cfg.sgld)
+        llc_points = llc_over_checkpoints(
+            [(step, trained.load(path)) for step, path in saved[every - 1 :: every]],
+            answer_loss,
+            train_loader(cfg.modadd, batch_size=cfg.llc_batch_size),
+            cfg.sgld,
+        )
 
     sgld = cfg.sgld
     report = Report("unweave demo: a grokked modular-addition transformer, reverse-engineered")
     report.summary().text(summary(analysis), summary=True)
-    report.section("Model and training").table([{"setting": k, "value": v} for k, v in asdict(cfg.modadd).items()]) \
-        .figure(plots.loss_curves(history))
-    report.section("Fourier analysis").figure(plots.spectrum(analysis)).table([
-        {"quantity": "test accuracy", "value": analysis.test_acc},
-        {"quantity": "restricted test accuracy (key frequencies only)", "value": analysis.restricted_test_acc},
-        {"quantity": "restricted test loss", "value": analysis.restricted_test_loss},
-        {"quantity": "train loss", "value": analysis.train_loss},
-        {"quantity": "excluded train loss (key frequencies removed)", "value": analysis.excluded_train_loss},
-        {"quantity": "excluded / train loss", "value": analysis.excluded_over_train},
-        {"quantity": "share of embedding norm in key frequencies", "value": analysis.key_norm_fraction},
-    ]).figure(plots.progress_measures(measures, history))
+    report.section("Model and training").table(
+        [{"setting": k, "value": v} for k, v in asdict(cfg.modadd).items()]
+    ).figure(plots.loss_curves(history))
+    report.section("Fourier analysis").figure(plots.spectrum(analysis)).table(
+        [
+            {"quantity": "test accuracy", "value": analysis.test_acc},
+            {"quantity": "restricted test accuracy (key frequencies only)", "value": analysis.restricted_test_acc},
+            {"quantity": "restricted test loss", "value": analysis.restricted_test_loss},
+            {"quantity": "train loss", "value": analysis.train_loss},
+            {"quantity": "excluded train loss (key frequencies removed)", "value": analysis.excluded_train_loss},
+            {"quantity": "excluded / train loss", "value": analysis.excluded_over_train},
+            {"quantity": "share of embedding norm in key frequencies", "value": analysis.key_norm_fraction},
+        ]
+    ).figure(plots.progress_measures(measures, history))
     report.section("Learning coefficient through training").text(
         f"Local learning coefficient by SGLD at {len(llc_points)} checkpoints ({sgld.chains} chains x "
         f"{sgld.draws} draws, epsilon {sgld.epsilon:g}, n*beta {sgld.nbeta:g}, batch {cfg.llc_batch_size}), "
         f"an effective parameter count beside the {sum(p.numel() for p in final.parameters())} raw ones."
-    ).text(f"Sampler warnings: {len(caught)} ({'; '.join(sorted({str(w.message) for w in caught}))})"
-           if caught else "Sampler warnings: none."
+    ).text(
+        f"Sampler warnings: {len(caught)} ({'; '.join(sorted({str(w.message) for w in caught}))})"
+        if caught
+        else "Sampler warnings: none."
     ).figure(slt_plots.trajectory(llc_points, history)).table(
-        [{"step": s, "LLC": r.llc_mean, "std. err.": r.llc_std_err, "MALA acceptance": r.mala_acceptance}
-         for s, r in llc_points])
-    results = {"config": asdict(cfg.modadd), "fourier": analysis.to_dict(), "progress_measures": measures,
-               "llc": [{"step": s, "llc_mean": r.llc_mean, "llc_std_err": r.llc_std_err,
-                        "mala_acceptance": r.mala_acceptance} for s, r in llc_points],
-               "final": history[-1]}
+        [
+            {"step": s, "LLC": r.llc_mean, "std. err.": r.llc_std_err, "MALA acceptance": r.mala_acceptance}
+            for s, r in llc_points
+        ]
+    )
+    results = {
+        "config": asdict(cfg.modadd),
+        "fourier": analysis.to_dict(),
+        "progress_measures": measures,
+        "llc": [
+            {"step": s, "llc_mean": r.llc_mean, "llc_std_err": r.llc_std_err, "mala_acceptance": r.mala_acceptance}
+            for s, r in llc_points
+        ],
+        "final": history[-1],
+    }
     a = analysis
-    line = (f"key frequencies {a.key_freqs}; restricted test accuracy {a.restricted_test_acc:.2%}; "
-            f"excluded / train loss {a.excluded_over_train:.3g}")
+    line = (
+        f"key frequencies {a.key_freqs}; restricted test accuracy {a.restricted_test_acc:.2%}; "
+        f"excluded / train loss {a.excluded_over_train:.3g}"
+    )
     return run.finish(results, report, [line])

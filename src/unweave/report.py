@@ -8,13 +8,15 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
+import numpy as np
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 1000px; margin: 2em auto; padding: 0 1em; color: #222; }
 h1 { border-bottom: 2px solid #444; } h2 { margin-top: 2em; border-bottom: 1px solid #ccc; }
-table { border-collapse: collapse; margin: 1em 0; } td, th { border: 1px solid #ccc; padding: 4px 10px; text-align: right; }
+table { border-collapse: collapse; margin: 1em 0; }
+td, th { border: 1px solid #ccc; padding: 4px 10px; text-align: right; }
 th { background: #f3f3f3; } td:first-child, th:first-child { text-align: left; }
 .summary { background: #f6f8fa; border-left: 4px solid #4a7; padding: 0.5em 1em; }
 """
@@ -74,12 +76,26 @@ class Report:
     def html(self) -> str:
         ordered = ([self._summary] if self._summary is not None else []) + self.sections
         body = "\n".join(s.html() for s in ordered)
-        return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(self.title)}</title>"
-                f"<style>{_STYLE}</style><script type=\"text/javascript\">{get_plotlyjs()}</script></head>"
-                f"<body><h1>{html.escape(self.title)}</h1>\n{body}\n</body></html>")
+        return (
+            f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{html.escape(self.title)}</title>'
+            f'<style>{_STYLE}</style><script type="text/javascript">{get_plotlyjs()}</script></head>'
+            f"<body><h1>{html.escape(self.title)}</h1>\n{body}\n</body></html>"
+        )
 
     def write(self, path: Path) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(self.html(), encoding="utf-8")
         return path
+
+
+def overlaid_histograms(
+    groups: dict[str, np.ndarray], title: str, xaxis_title: str, yaxis_title: str, nbins: int, height: int
+) -> go.Figure:
+    """One probability histogram per group on shared axes, overlaid (detector scores of normal
+    vs anomalous inputs, per-example KL of each hypothesis)."""
+    fig = go.Figure()
+    for name, values in groups.items():
+        fig.add_histogram(x=values, name=name, opacity=0.6, histnorm="probability", nbinsx=nbins)
+    fig.update_layout(barmode="overlay", title=title, xaxis_title=xaxis_title, yaxis_title=yaxis_title, height=height)
+    return fig

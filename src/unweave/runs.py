@@ -49,8 +49,10 @@ def checksum(path: Path) -> str | dict[str, str]:
         if (path / name).is_file():
             return {name: sha256(path / name)}
     files = sorted(f for f in path.rglob("*") if f.is_file() and f.name != RECORD)
-    return {str(f.relative_to(path)): sha256(f) if f.stat().st_size <= _MAX_HASHED_BYTES else "not hashed (> 1 GiB)"
-            for f in files}
+    return {
+        str(f.relative_to(path)): sha256(f) if f.stat().st_size <= _MAX_HASHED_BYTES else "not hashed (> 1 GiB)"
+        for f in files
+    }
 
 
 def versions() -> dict[str, str]:
@@ -77,8 +79,15 @@ class Run:
     """One command's run folder. Inputs named in the config (existing paths, except `out`)
     are checksummed at the start; `read(path)` adds any other input the command reads."""
 
-    def __init__(self, out: Path, command: str, config: Any, name: str | None = None,
-                 results: str | None = None, report: str | None = None):
+    def __init__(
+        self,
+        out: Path,
+        command: str,
+        config: Any,
+        name: str | None = None,
+        results: str | None = None,
+        report: str | None = None,
+    ):
         self.dir = Path(out)
         self.command = command
         self.config = config
@@ -98,12 +107,19 @@ class Run:
         self.inputs[str(path)] = checksum(path)
 
     def record(self) -> dict:
-        return {"command": f"unweave {self.command}", "argv": list(sys.argv),
-                "config": configs.to_dict(self.config), "seeds": configs.seeds(self.config),
-                "versions": versions(), "device": device(), "inputs": self.inputs,
-                "started": datetime.fromtimestamp(self.started, timezone.utc).isoformat(timespec="seconds"),
-                "wall_time_s": round(time.time() - self.started, 3),
-                "results": self.results_path.name, "report": self.report_path.name}
+        return {
+            "command": f"unweave {self.command}",
+            "argv": list(sys.argv),
+            "config": configs.to_dict(self.config),
+            "seeds": configs.seeds(self.config),
+            "versions": versions(),
+            "device": device(),
+            "inputs": self.inputs,
+            "started": datetime.fromtimestamp(self.started, timezone.utc).isoformat(timespec="seconds"),
+            "wall_time_s": round(time.time() - self.started, 3),
+            "results": self.results_path.name,
+            "report": self.report_path.name,
+        }
 
     def finish(self, results: dict, report: Report, summary: list[str]) -> RunResult:
         """Write the results, the report (with the run record as its last section) and
@@ -114,7 +130,8 @@ class Run:
         report.section("How this run was made").table(
             [{"field": k, "value": v} for k, v in record.items() if k not in ("config", "inputs", "versions")]
             + [{"field": f"config.{k}", "value": v} for k, v in _flat(record["config"]).items()]
-            + [{"field": k, "value": v} for k, v in record["versions"].items()])
+            + [{"field": k, "value": v} for k, v in record["versions"].items()]
+        )
         report.write(self.report_path)
         write_json(self.dir / RECORD, record)
         return RunResult(self.dir, self.dir / RECORD, self.results_path, self.report_path, summary, results)

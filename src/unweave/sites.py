@@ -13,13 +13,13 @@ import contextlib
 import difflib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 import torch
 from torch import nn
 
 KINDS = ("output", "input")
-PatchValue = Union[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]
+PatchValue = torch.Tensor | Callable[[torch.Tensor], torch.Tensor]
 
 
 class SiteError(ValueError):
@@ -43,8 +43,9 @@ class Site:
         module, _, kind = name.partition(":")
         kind = kind or "output"
         if kind not in KINDS:
-            raise SiteError(f"site {name!r}: unknown suffix ':{kind}'; use ':input' or ':output' "
-                            "(or no suffix, meaning ':output')")
+            raise SiteError(
+                f"site {name!r}: unknown suffix ':{kind}'; use ':input' or ':output' (or no suffix, meaning ':output')"
+            )
         return cls(module, kind)
 
     def __str__(self) -> str:
@@ -66,8 +67,9 @@ def resolve(model: nn.Module, name: str) -> tuple[Site, nn.Module]:
     valid = [n for n in modules if n]
     close = difflib.get_close_matches(site.module, valid, n=5, cutoff=0.4)
     hint = f"closest valid sites: {', '.join(close)}" if close else f"some valid sites: {', '.join(valid[:8])}"
-    raise SiteError(f"unknown site {name!r} in {type(model).__name__}; {hint}. "
-                    "unweave.list_sites(model) lists them all.")
+    raise SiteError(
+        f"unknown site {name!r} in {type(model).__name__}; {hint}. unweave.list_sites(model) lists them all."
+    )
 
 
 def _first_tensor_of_input(args: tuple, kwargs: dict) -> torch.Tensor:
@@ -103,14 +105,17 @@ def _replace_output(output: Any, new: torch.Tensor) -> Any:
 def _hook(module: nn.Module, site: Site, fn: Callable[[torch.Tensor], torch.Tensor | None]):
     """Register a hook calling fn(activation); a tensor it returns replaces the activation."""
     if site.kind == "output":
+
         def on_output(_mod: nn.Module, _args: tuple, output: Any) -> Any:
             new = fn(_first_tensor_of_output(output))
             return None if new is None else _replace_output(output, new)
+
         return module.register_forward_hook(on_output)
 
     def on_input(_mod: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
         new = fn(_first_tensor_of_input(args, kwargs))
         return None if new is None else _replace_input(args, kwargs, new)
+
     return module.register_forward_pre_hook(on_input, with_kwargs=True)
 
 
@@ -128,8 +133,9 @@ def _hooks(model: nn.Module, fns: Mapping[str, Callable]) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def capturing(model: nn.Module, sites: Sequence[str], stop_early: bool = False,
-              detach: bool = True) -> Iterator[dict[str, torch.Tensor]]:
+def capturing(
+    model: nn.Module, sites: Sequence[str], stop_early: bool = False, detach: bool = True
+) -> Iterator[dict[str, torch.Tensor]]:
     """Fill a dict {site: activation} during the forward passes run inside the block.
 
     With `stop_early`, the forward pass ends as soon as every site has been read (the
@@ -144,6 +150,7 @@ def capturing(model: nn.Module, sites: Sequence[str], stop_early: bool = False,
             acts[name] = act.detach() if detach else act
             if stop_early and len(acts) == len(names):
                 raise _StopForward
+
         return read
 
     with _hooks(model, {name: reader(name) for name in names}):
@@ -153,8 +160,9 @@ def capturing(model: nn.Module, sites: Sequence[str], stop_early: bool = False,
             pass
 
 
-def capture(model: nn.Module, sites: Sequence[str] | str, *args, stop_early: bool = False,
-            grad: bool = False, **kwargs) -> dict[str, torch.Tensor]:
+def capture(
+    model: nn.Module, sites: Sequence[str] | str, *args, stop_early: bool = False, grad: bool = False, **kwargs
+) -> dict[str, torch.Tensor]:
     """Run `model(*args, **kwargs)` once and return {site: activation} for each site.
 
     `stop_early=True` skips everything after the last site needed (useful to cache a
@@ -165,17 +173,21 @@ def capture(model: nn.Module, sites: Sequence[str] | str, *args, stop_early: boo
         model(*args, **kwargs)
     missing = [s for s in sites if s not in acts]
     if missing:
-        raise SiteError(f"sites {missing} exist but were not run by this forward pass "
-                        "(the module is never called with these inputs)")
+        raise SiteError(
+            f"sites {missing} exist but were not run by this forward pass "
+            "(the module is never called with these inputs)"
+        )
     return {s: acts[s] for s in sites}
 
 
 def _fit(site: str, act: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
     """`value` cast to the activation's dtype/device and broadcast over its leading dims."""
-    trailing = tuple(act.shape[act.dim() - value.dim():]) if value.dim() <= act.dim() else None
+    trailing = tuple(act.shape[act.dim() - value.dim() :]) if value.dim() <= act.dim() else None
     if trailing != tuple(value.shape):
-        raise SiteError(f"patch at site {site!r}: expected shape {tuple(act.shape)} "
-                        f"(or a trailing part of it, to broadcast), got {tuple(value.shape)}")
+        raise SiteError(
+            f"patch at site {site!r}: expected shape {tuple(act.shape)} "
+            f"(or a trailing part of it, to broadcast), got {tuple(value.shape)}"
+        )
     value = value.to(dtype=act.dtype, device=act.device)
     return value if value.shape == act.shape else value.expand(act.shape).contiguous()
 
@@ -187,13 +199,14 @@ def patch(model: nn.Module, patches: Mapping[str, PatchValue]) -> Iterator[None]
     Each value is a tensor (the new activation, or a trailing part of its shape to
     broadcast, e.g. a mean over the batch) or a function from the activation to the new one.
     """
+
     def patcher(name: str, value: PatchValue):
         def apply(act: torch.Tensor) -> torch.Tensor:
             new = value(act) if callable(value) else value
             if not isinstance(new, torch.Tensor):
-                raise SiteError(f"patch function at site {name!r} returned {type(new).__name__}, "
-                                "expected a tensor")
+                raise SiteError(f"patch function at site {name!r} returned {type(new).__name__}, expected a tensor")
             return _fit(name, act, new)
+
         return apply
 
     with _hooks(model, {name: patcher(name, value) for name, value in patches.items()}):

@@ -36,14 +36,23 @@ def _tokens_digest(tokens: torch.Tensor) -> str:
 
 def _flatten(site: str, act: torch.Tensor, rows: int, ctx_len: int) -> torch.Tensor:
     if tuple(act.shape[:2]) != (rows, ctx_len):
-        raise StoreError(f"site {site!r} gives activations of shape {tuple(act.shape)}; a store needs "
-                         f"(batch, pos, ...) = ({rows}, {ctx_len}, ...), one vector per token")
+        raise StoreError(
+            f"site {site!r} gives activations of shape {tuple(act.shape)}; a store needs "
+            f"(batch, pos, ...) = ({rows}, {ctx_len}, ...), one vector per token"
+        )
     return act.reshape(rows * ctx_len, -1)
 
 
-def write_store(model: torch.nn.Module, sites: Sequence[str], tokens: torch.Tensor, out_dir: Path,
-                model_name: str, shard_tokens: int = 65_536, batch_size: int = 8,
-                dtype: str = "float32") -> "ActivationStore":
+def write_store(
+    model: torch.nn.Module,
+    sites: Sequence[str],
+    tokens: torch.Tensor,
+    out_dir: Path,
+    model_name: str,
+    shard_tokens: int = 65_536,
+    batch_size: int = 8,
+    dtype: str = "float32",
+) -> ActivationStore:
     """Run `model` over `tokens` (rows, ctx_len) and store the activations at `sites`.
 
     Resumes an interrupted write into `out_dir` if it was started with the same model
@@ -60,9 +69,16 @@ def write_store(model: torch.nn.Module, sites: Sequence[str], tokens: torch.Tens
     out.mkdir(parents=True, exist_ok=True)
     n_rows, ctx_len = tokens.shape
     rows_per_shard = max(1, shard_tokens // ctx_len)
-    layout = {"format": FORMAT, "model": model_name, "sites": sites, "ctx_len": ctx_len,
-              "rows": n_rows, "rows_per_shard": rows_per_shard, "dtype": dtype,
-              "tokens_sha256": _tokens_digest(tokens)}
+    layout = {
+        "format": FORMAT,
+        "model": model_name,
+        "sites": sites,
+        "ctx_len": ctx_len,
+        "rows": n_rows,
+        "rows_per_shard": rows_per_shard,
+        "dtype": dtype,
+        "tokens_sha256": _tokens_digest(tokens),
+    }
     manifest = _resume_manifest(out, layout)
     n_shards = -(-n_rows // rows_per_shard)
     task = progress.Task(f"caching {', '.join(sites)}", total=n_shards)
@@ -71,10 +87,10 @@ def write_store(model: torch.nn.Module, sites: Sequence[str], tokens: torch.Tens
     model.eval()
     try:
         for shard in range(len(manifest["shards"]), n_shards):
-            rows = tokens[shard * rows_per_shard:(shard + 1) * rows_per_shard]
+            rows = tokens[shard * rows_per_shard : (shard + 1) * rows_per_shard]
             parts: dict[str, list[torch.Tensor]] = {s: [] for s in sites}
             for start in range(0, len(rows), batch_size):
-                batch = rows[start:start + batch_size]
+                batch = rows[start : start + batch_size]
                 acts = capture(model, sites, batch, stop_early=True)
                 for s in sites:
                     parts[s].append(_flatten(s, acts[s], len(batch), ctx_len).to(DTYPES[dtype]))
@@ -101,8 +117,10 @@ def _resume_manifest(out: Path, layout: dict) -> dict:
     manifest = read_json(path)
     differs = [k for k in layout if manifest.get(k) != layout[k]]
     if differs:
-        raise StoreError(f"{out} already holds a store written with different {', '.join(differs)}; "
-                         "choose another directory or delete this one")
+        raise StoreError(
+            f"{out} already holds a store written with different {', '.join(differs)}; "
+            "choose another directory or delete this one"
+        )
     for i, shard in enumerate(manifest["shards"]):  # keep the intact prefix, rewrite the rest
         file = out / shard["file"]
         if not file.exists() or sha256(file) != shard["sha256"]:
@@ -126,15 +144,19 @@ class ActivationStore:
         self.path = Path(path)
         manifest_path = self.path / MANIFEST
         if not manifest_path.exists():
-            raise StoreError(f"{self.path} is not an activation store (no {MANIFEST}); "
-                             "write one with `unweave cache` or unweave.store.write_store")
+            raise StoreError(
+                f"{self.path} is not an activation store (no {MANIFEST}); "
+                "write one with `unweave cache` or unweave.store.write_store"
+            )
         self.manifest = read_json(manifest_path)
         if self.manifest.get("format") != FORMAT:
             raise StoreError(f"{manifest_path}: format {self.manifest.get('format')!r}, expected {FORMAT!r}")
         self.shards = [ShardInfo(self.path / s["file"], s["tokens"], s["sha256"]) for s in self.manifest["shards"]]
         if not self.shards:
-            raise StoreError(f"{self.path} holds no shards yet (an interrupted write?): run the same "
-                             "cache command again to resume it")
+            raise StoreError(
+                f"{self.path} holds no shards yet (an interrupted write?): run the same "
+                "cache command again to resume it"
+            )
         self._verified: set[Path] = set()
 
     @property
@@ -162,13 +184,17 @@ class ActivationStore:
         if shard.path in self._verified:
             return
         if not shard.path.exists():
-            raise StoreError(f"shard {shard.path} is listed in the manifest but missing; run the same "
-                             "cache command again to rewrite it")
+            raise StoreError(
+                f"shard {shard.path} is listed in the manifest but missing; run the same "
+                "cache command again to rewrite it"
+            )
         actual = sha256(shard.path)
         if actual != shard.sha256:
-            raise StoreError(f"shard {shard.path} is corrupt or truncated: SHA-256 {actual[:12]}..., "
-                             f"manifest says {shard.sha256[:12]}...; run the same cache command again "
-                             "to rewrite it")
+            raise StoreError(
+                f"shard {shard.path} is corrupt or truncated: SHA-256 {actual[:12]}..., "
+                f"manifest says {shard.sha256[:12]}...; run the same cache command again "
+                "to rewrite it"
+            )
         self._verified.add(shard.path)
 
     def load_shard(self, index: int, key: str, check_finite: bool = False) -> torch.Tensor:
@@ -181,13 +207,22 @@ class ActivationStore:
             tensor = f.get_tensor(key if key == "tokens" else self._check_site(key))
         if check_finite and not torch.isfinite(tensor).all():
             row = int((~torch.isfinite(tensor)).reshape(len(tensor), -1).any(1).nonzero()[0])
-            raise StoreError(f"shard {shard.path} holds NaN or inf at site {key!r}, row {row} (token {row} of "
-                             "the shard): the model produced non-finite activations; check its dtype and inputs")
+            raise StoreError(
+                f"shard {shard.path} holds NaN or inf at site {key!r}, row {row} (token {row} of "
+                "the shard): the model produced non-finite activations; check its dtype and inputs"
+            )
         return tensor
 
-    def batches(self, site: str | Sequence[str], batch_size: int, shuffle: bool = True, seed: int = 0,
-                shards_in_memory: int = 2, drop_last: bool = False,
-                check_finite: bool = False) -> Iterator:
+    def batches(
+        self,
+        site: str | Sequence[str],
+        batch_size: int,
+        shuffle: bool = True,
+        seed: int = 0,
+        shards_in_memory: int = 2,
+        drop_last: bool = False,
+        check_finite: bool = False,
+    ) -> Iterator:
         """(batch_size, width) batches over one pass of the store; for a list of sites, tuples
         of such batches whose rows are the same tokens (e.g. an MLP's input and output).
 
@@ -205,14 +240,14 @@ class ActivationStore:
         order = list(order)
         carry = None
         for g in range(0, len(order), shards_in_memory):
-            group = [[self.load_shard(i, s, check_finite) for i in order[g:g + shards_in_memory]] for s in sites]
+            group = [[self.load_shard(i, s, check_finite) for i in order[g : g + shards_in_memory]] for s in sites]
             rows = [torch.cat(([carry[j]] if carry is not None else []) + group[j]) for j in range(len(sites))]
             if shuffle:
                 perm = torch.randperm(len(rows[0]), generator=gen)
                 rows = [r[perm] for r in rows]
             n_full = len(rows[0]) // batch_size * batch_size
             for start in range(0, n_full, batch_size):
-                batch = [r[start:start + batch_size] for r in rows]
+                batch = [r[start : start + batch_size] for r in rows]
                 yield batch[0] if isinstance(site, str) else tuple(batch)
             carry = [r[n_full:] for r in rows] if n_full < len(rows[0]) else None
         if carry is not None and not drop_last:

@@ -17,8 +17,11 @@ from unweave.runs import Run, RunResult
 
 @dataclass(frozen=True)
 class DetectConfig:
-    task: list[str] = setting(["planted-rule"], f"Task (repeat for several): {', '.join(TASKS[:2])}, or "
-                              "backdoor-{mnist,fashion,digits}-{corner,blend,pixel}.")
+    task: list[str] = setting(
+        ["planted-rule"],
+        f"Task (repeat for several): {', '.join(TASKS[:2])}, or "
+        "backdoor-{mnist,fashion,digits}-{corner,blend,pixel}.",
+    )
     out: Path = setting(Path("runs/detect"), "Where record.json, detect.json and detect.html go.")
     detector: list[str] = setting(list(DETECTORS), f"Detectors (repeat): {', '.join(DETECTORS)}.")
     poison_rate: float = setting(0.05, "Fraction of backdoor training images poisoned.")
@@ -35,16 +38,28 @@ def run_detect(cfg: DetectConfig) -> RunResult:
         rows = result["rows"]
         top = {kind: best(rows, kind) for kind in ("raw input", "activations", "attributions")}
         top = {kind: r for kind, r in top.items() if r is not None}
-        summary.append({"task": name, **{f"best {k}": f"{r['detector']} @ {r['site']}: {r['auroc']:.3f}"
-                                         for k, r in top.items()}, **task.info})
-        lines.append(f"{name}: " + "; ".join(f"{k} {r['detector']} @ {r['site']}: AUROC {r['auroc']:.3f}"
-                                            for k, r in top.items()))
+        summary.append(
+            {
+                "task": name,
+                **{f"best {k}": f"{r['detector']} @ {r['site']}: {r['auroc']:.3f}" for k, r in top.items()},
+                **task.info,
+            }
+        )
+        lines.append(
+            f"{name}: "
+            + "; ".join(f"{k} {r['detector']} @ {r['site']}: AUROC {r['auroc']:.3f}" for k, r in top.items())
+        )
         record[name] = {"info": task.info, "rows": rows}
         section = report.section(f"Task {name}")
         section.text(", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in task.info.items()))
         for kind, r in top.items():
-            section.figure(histogram(result["scores"][(r["detector"], r["features"], r["site"])], result["labels"],
-                                     f"best on {kind}: {r['detector']} @ {r['site']} (AUROC {r['auroc']:.3f})"))
+            section.figure(
+                histogram(
+                    result["scores"][(r["detector"], r["features"], r["site"])],
+                    result["labels"],
+                    f"best on {kind}: {r['detector']} @ {r['site']} (AUROC {r['auroc']:.3f})",
+                )
+            )
         section.table(rows)
     report.summary("Summary: best detector per kind of features (AUROC)").table(summary)
     return run.finish({"tasks": record, "summary": summary}, report, lines)

@@ -36,8 +36,9 @@ class Detector:
     def score(self, features: ArrayLike) -> np.ndarray:
         x = _as_2d(features, "features")
         if x.shape[1] != self.width:
-            raise ValueError(f"{self.name}: features have width {x.shape[1]}, the detector was fitted on width "
-                             f"{self.width}")
+            raise ValueError(
+                f"{self.name}: features have width {x.shape[1]}, the detector was fitted on width {self.width}"
+            )
         return self._score(x)
 
     def _fit(self, x: np.ndarray) -> None:
@@ -128,8 +129,9 @@ class IsolationForestDetector(Detector):
         return -self.model.score_samples(x)
 
 
-DETECTORS = {cls.name: cls for cls in (Mahalanobis, SpectralSignature, QuantumEntropy, LocalOutlier,
-                                        IsolationForestDetector)}
+DETECTORS = {
+    cls.name: cls for cls in (Mahalanobis, SpectralSignature, QuantumEntropy, LocalOutlier, IsolationForestDetector)
+}
 
 
 def make(name: str) -> Detector:

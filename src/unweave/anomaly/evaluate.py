@@ -23,10 +23,15 @@ def _rows(acts: torch.Tensor, position: int | str | None = None) -> np.ndarray:
     return acts.detach().flatten(1).double().numpy()
 
 
-def activation_features(model: torch.nn.Module, sites: Sequence[str], x: torch.Tensor,
-                        position: int | str | None = None, batch_size: int = 64) -> dict[str, np.ndarray]:
+def activation_features(
+    model: torch.nn.Module,
+    sites: Sequence[str],
+    x: torch.Tensor,
+    position: int | str | None = None,
+    batch_size: int = 64,
+) -> dict[str, np.ndarray]:
     """(examples, features) at each site, read in batches, stopping the forward at the last site."""
-    parts = [capture(model, list(sites), x[i:i + batch_size], stop_early=True) for i in range(0, len(x), batch_size)]
+    parts = [capture(model, list(sites), x[i : i + batch_size], stop_early=True) for i in range(0, len(x), batch_size)]
     return {s: np.concatenate([_rows(p[s], position) for p in parts]) for s in sites}
 
 
@@ -67,18 +72,40 @@ def evaluate_task(task: Task, detectors: Sequence[str] = tuple(DETECTORS), seed:
                 s = det.score(feats)
                 cal = det.score(cal_f[kind][site])
                 z_sum = z_sum + (s - cal.mean()) / (cal.std() + 1e-12)  # sites on one scale for the combination
-                rows.append({"task": task.name, "detector": name, "features": kind, "site": site,
-                             **metrics.summary(s, task.test_anomalous)})
+                rows.append(
+                    {
+                        "task": task.name,
+                        "detector": name,
+                        "features": kind,
+                        "site": site,
+                        **metrics.summary(s, task.test_anomalous),
+                    }
+                )
                 scores[(name, kind, site)] = s
             if len(per_site) > 1:
-                rows.append({"task": task.name, "detector": name, "features": kind, "site": "combined",
-                             **metrics.summary(z_sum, task.test_anomalous)})
+                rows.append(
+                    {
+                        "task": task.name,
+                        "detector": name,
+                        "features": kind,
+                        "site": "combined",
+                        **metrics.summary(z_sum, task.test_anomalous),
+                    }
+                )
                 scores[(name, kind, "combined")] = z_sum
     # a detector on dictionary latents needs a dictionary trained at the task's sites, which
     # unweave.dictionaries cannot train from a task yet: said in the table rather than left out
-    rows.append({"task": task.name, "detector": "dictionary latents", "features": "skipped",
-                 "site": "no dictionary trained at these sites yet", "auroc": float("nan"), "ap": float("nan"),
-                 "fpr@95tpr": float("nan")})
+    rows.append(
+        {
+            "task": task.name,
+            "detector": "dictionary latents",
+            "features": "skipped",
+            "site": "no dictionary trained at these sites yet",
+            "auroc": float("nan"),
+            "ap": float("nan"),
+            "fpr@95tpr": float("nan"),
+        }
+    )
     return {"rows": rows, "scores": scores, "labels": task.test_anomalous, "info": task.info}
 
 

@@ -16,8 +16,10 @@ def _check(scores: ArrayLike, labels: ArrayLike) -> tuple[np.ndarray, np.ndarray
     if scores.shape != labels.shape or scores.ndim != 1:
         raise ValueError(f"scores and labels must be 1-D and of one length, got {scores.shape} and {labels.shape}")
     if labels.all() or not labels.any():
-        raise ValueError("labels must contain both normal (0) and anomalous (1) examples; a task with no "
-                         "anomalous (or no normal) examples has no detection score")
+        raise ValueError(
+            "labels must contain both normal (0) and anomalous (1) examples; a task with no "
+            "anomalous (or no normal) examples has no detection score"
+        )
     if not np.isfinite(scores).all():
         raise ValueError("scores contain NaN or inf")
     return scores, labels
@@ -51,5 +53,8 @@ def fpr_at_tpr(scores: ArrayLike, labels: ArrayLike, tpr: float = 0.95) -> float
 
 
 def summary(scores: ArrayLike, labels: ArrayLike) -> dict[str, float]:
-    return {"auroc": auroc(scores, labels), "ap": average_precision(scores, labels),
-            "fpr@95tpr": fpr_at_tpr(scores, labels)}
+    return {
+        "auroc": auroc(scores, labels),
+        "ap": average_precision(scores, labels),
+        "fpr@95tpr": fpr_at_tpr(scores, labels),
+    }

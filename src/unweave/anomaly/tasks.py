@@ -42,8 +42,10 @@ class Task:
     def __post_init__(self):
         n_anom = int(self.test_anomalous.sum())
         if n_anom == 0 or n_anom == len(self.test_anomalous):
-            raise ValueError(f"task {self.name!r} has {n_anom} anomalous of {len(self.test_anomalous)} test inputs; "
-                             "it needs both normal and anomalous ones")
+            raise ValueError(
+                f"task {self.name!r} has {n_anom} anomalous of {len(self.test_anomalous)} test inputs; "
+                "it needs both normal and anomalous ones"
+            )
 
 
 class MLP(nn.Module):
@@ -59,8 +61,9 @@ class MLP(nn.Module):
         return self.head(self.act2(self.fc2(self.act1(self.fc1(x.flatten(1))))))
 
 
-def fit_classifier(x: torch.Tensor, y: torch.Tensor, n_classes: int, epochs: int = 15, seed: int = 0,
-                   hidden: int = 256) -> MLP:
+def fit_classifier(
+    x: torch.Tensor, y: torch.Tensor, n_classes: int, epochs: int = 15, seed: int = 0, hidden: int = 256
+) -> MLP:
     torch.manual_seed(seed)
     model = MLP(x[0].numel(), n_classes, hidden)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -78,7 +81,7 @@ def _read_idx(path: Path) -> np.ndarray:
     with gzip.open(path) as f:
         data = f.read()
     dims = data[3]
-    shape = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(dims)]
+    shape = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(dims)]
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * dims).reshape(shape)
 
 
@@ -94,11 +97,13 @@ def load_images(name: str, n_max: int = 12_000) -> tuple[torch.Tensor, torch.Ten
     elif name == "fashion":
         files = sorted(FASHION_DIR.glob("train-images*")), sorted(FASHION_DIR.glob("train-labels*"))
         if not files[0] or not files[1]:
-            raise FileNotFoundError(f"Fashion-MNIST not found under {FASHION_DIR}: "
-                                    "apt-get install dataset-fashion-mnist")
+            raise FileNotFoundError(
+                f"Fashion-MNIST not found under {FASHION_DIR}: apt-get install dataset-fashion-mnist"
+            )
         x, y = _read_idx(files[0][0])[:n_max] / 255.0, _read_idx(files[1][0])[:n_max]
     elif name == "digits":
         from sklearn.datasets import load_digits
+
         d = load_digits()
         x, y = d.images / 16.0, d.target
     else:
@@ -111,7 +116,7 @@ def add_trigger(x: torch.Tensor, trigger: str, seed: int = 0) -> torch.Tensor:
     out = x.clone()
     if trigger == "corner":  # a bright square in the bottom-right corner
         k = max(2, side // 7)
-        out[..., side - k - 1:side - 1, side - k - 1:side - 1] = 1.0
+        out[..., side - k - 1 : side - 1, side - k - 1 : side - 1] = 1.0
     elif trigger == "blend":  # a fixed random pattern blended over the whole image
         pattern = torch.rand(side, side, generator=torch.Generator().manual_seed(seed + 99))
         out = 0.8 * out + 0.2 * pattern
@@ -122,8 +127,9 @@ def add_trigger(x: torch.Tensor, trigger: str, seed: int = 0) -> torch.Tensor:
     return out
 
 
-def backdoor_task(dataset: str = "mnist", trigger: str = "corner", poison_rate: float = 0.05, target: int = 0,
-                  seed: int = 0) -> Task:
+def backdoor_task(
+    dataset: str = "mnist", trigger: str = "corner", poison_rate: float = 0.05, target: int = 0, seed: int = 0
+) -> Task:
     if not 0 < poison_rate < 1:
         raise ValueError(f"poison_rate must be in (0, 1), got {poison_rate}")
     x, y = load_images(dataset)
@@ -146,9 +152,20 @@ def backdoor_task(dataset: str = "mnist", trigger: str = "corner", poison_rate: 
     half = len(victims) // 2  # clean and triggered test inputs from disjoint images
     test = torch.cat([victims[:half], triggered[half:]])
     labels = np.r_[np.zeros(half), np.ones(len(victims) - half)]
-    return Task(f"backdoor-{dataset}-{trigger}", model, ["act1", "act2"], xtr[~poisoned], test, labels,
-                {"clean_accuracy": clean_acc, "attack_success_rate": asr, "poison_rate": poison_rate,
-                 "n_poisoned": int(poisoned.sum())})
+    return Task(
+        f"backdoor-{dataset}-{trigger}",
+        model,
+        ["act1", "act2"],
+        xtr[~poisoned],
+        test,
+        labels,
+        {
+            "clean_accuracy": clean_acc,
+            "attack_success_rate": asr,
+            "poison_rate": poison_rate,
+            "n_poisoned": int(poisoned.sum()),
+        },
+    )
 
 
 def _simplex_codewords() -> torch.Tensor:
@@ -180,9 +197,15 @@ def planted_rule_task(d: int = 20, n_train: int = 40_000, seed: int = 0) -> Task
     with torch.no_grad():
         acc_normal = (model(xt[~rt]).argmax(-1) == yt[~rt]).float().mean().item()
         acc_rule = (model(xt[rt]).argmax(-1) == yt[rt]).float().mean().item()
-    return Task("planted-rule", model, ["act1", "act2"], trusted, torch.cat([normal, anomalous]),
-                np.r_[np.zeros(len(normal)), np.ones(len(anomalous))],
-                {"accuracy_normal": acc_normal, "accuracy_rule": acc_rule, "rule_rate": 1 / 16})
+    return Task(
+        "planted-rule",
+        model,
+        ["act1", "act2"],
+        trusted,
+        torch.cat([normal, anomalous]),
+        np.r_[np.zeros(len(normal)), np.ones(len(anomalous))],
+        {"accuracy_normal": acc_normal, "accuracy_rule": acc_rule, "rule_rate": 1 / 16},
+    )
 
 
 def _bag_of_tokens(tokens: torch.Tensor, buckets: int = 256) -> np.ndarray:
@@ -202,10 +225,20 @@ def copying_task(n: int = 300, ctx_len: int = 64, site: str = "model.layers.15",
     model, tokenizer = load_model("smollm2-135m")
     rows = load_text("shakespeare", tokenizer, ctx_len, max_tokens=ctx_len * (3 * n + 50))
     perm = torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed))
-    trusted, normal, source = rows[perm[:n]], rows[perm[n:2 * n]], rows[perm[2 * n:3 * n]]
+    trusted, normal, source = rows[perm[:n]], rows[perm[n : 2 * n]], rows[perm[2 * n : 3 * n]]
     half = ctx_len // 2
     copied = torch.cat([source[:, :half], source[:, :half]], dim=1)
-    test = torch.cat([normal[: n // 2], copied[n // 2:]])
+    test = torch.cat([normal[: n // 2], copied[n // 2 :]])
     labels = np.r_[np.zeros(n // 2), np.ones(n - n // 2)]
-    return Task("copying-smollm2", model, [site], trusted, test, labels, {"ctx_len": ctx_len, "site": site},
-                position="mean", raw_features=_bag_of_tokens, attributions=False)
+    return Task(
+        "copying-smollm2",
+        model,
+        [site],
+        trusted,
+        test,
+        labels,
+        {"ctx_len": ctx_len, "site": site},
+        position="mean",
+        raw_features=_bag_of_tokens,
+        attributions=False,
+    )

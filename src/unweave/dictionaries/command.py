@@ -31,8 +31,9 @@ class SAETrainConfig:
     live: bool = setting(False, "Compute activations from the model while training (no store).")
     model: str = setting("smollm2-135m", "With --live: known model name or local HF folder.")
     target_site: str | None = setting(None, "Train transcoders from --site (an MLP's input) to this site (its output).")
-    out: Path = setting(Path("runs/sae"), "One SAELens-layout folder per dictionary goes here; an interrupted run "
-                        "there resumes.")
+    out: Path = setting(
+        Path("runs/sae"), "One SAELens-layout folder per dictionary goes here; an interrupted run there resumes."
+    )
     architecture: str = setting("topk", f"Architecture: {', '.join(sorted(ARCHITECTURES))}.")
     k: list[int] = setting([32], "Latents per example (repeat for a sweep).")
     width: list[int] | None = setting(None, "Number of latents (repeat for a sweep; default 8 x d).")
@@ -42,8 +43,11 @@ class SAETrainConfig:
     batch_size: int = setting(4096, "Activations per step.")
     lr: float = setting(1e-3, "Adam learning rate (with warm-up and a final decay).")
     l1: float = setting(1e-3, "Sparsity penalty for relu and jumprelu.")
-    max_norm_ratio: float = setting(10.0, "Leave out (and pass through when spliced) tokens whose norm exceeds this "
-                                    "multiple of the median: massive activations. 0 keeps every token.")
+    max_norm_ratio: float = setting(
+        10.0,
+        "Leave out (and pass through when spliced) tokens whose norm exceeds this "
+        "multiple of the median: massive activations. 0 keeps every token.",
+    )
     seed: int = setting(0, "Seed for initialisation and batch order.")
 
     def __post_init__(self):
@@ -72,8 +76,13 @@ def _from_store(cfg: SAETrainConfig) -> _Source:
     d_out = None if cfg.target_site is None else store.width(cfg.target_site)
     steps = max(1, (cfg.tokens or store.n_tokens) // cfg.batch_size)
     sites = cfg.site if cfg.target_site is None else [cfg.site, cfg.target_site]
-    meta = {"model_name": store.manifest["model"], "hook_name": cfg.site, "store": str(cfg.store),
-            "text_tokens": store.n_tokens, "training_tokens": steps * cfg.batch_size}
+    meta = {
+        "model_name": store.manifest["model"],
+        "hook_name": cfg.site,
+        "store": str(cfg.store),
+        "text_tokens": store.n_tokens,
+        "training_tokens": steps * cfg.batch_size,
+    }
     return _Source(store_batches(store, sites, cfg.batch_size, cfg.seed), d_in, d_out, steps, meta)
 
 
@@ -85,8 +94,14 @@ def _live(cfg: SAETrainConfig) -> _Source:
     names = [cfg.site] if cfg.target_site is None else [cfg.site, cfg.target_site]
     widths = {n: a.shape[-1] for n, a in capture(model, names, rows[:1], stop_early=True).items()}
     steps = max(1, (cfg.tokens or 200_000) // cfg.batch_size)
-    meta = {"model_name": cfg.model, "hook_name": cfg.site, "live": True, "text_tokens": len(rows) * cfg.ctx_len,
-            "ctx_len": cfg.ctx_len, "training_tokens": steps * cfg.batch_size}
+    meta = {
+        "model_name": cfg.model,
+        "hook_name": cfg.site,
+        "live": True,
+        "text_tokens": len(rows) * cfg.ctx_len,
+        "ctx_len": cfg.ctx_len,
+        "training_tokens": steps * cfg.batch_size,
+    }
     stream = live_batches(model, cfg.site if cfg.target_site is None else names, rows, cfg.batch_size, seed=cfg.seed)
     return _Source(stream, widths[cfg.site], widths.get(cfg.target_site), steps, meta)
 
@@ -98,25 +113,44 @@ def run_sae_train(cfg: SAETrainConfig) -> RunResult:
     checkpoint in `out` when called again with the same settings."""
     run = Run(cfg.out, "sae train", cfg)
     source = _live(cfg) if cfg.live else _from_store(cfg)
-    base = SAEConfig(d_in=source.d_in, n_latents=(cfg.width or [8 * source.d_in])[0], architecture=cfg.architecture,
-                     k=cfg.k[0], l1=cfg.l1)
+    base = SAEConfig(
+        d_in=source.d_in,
+        n_latents=(cfg.width or [8 * source.d_in])[0],
+        architecture=cfg.architecture,
+        k=cfg.k[0],
+        l1=cfg.l1,
+    )
     if cfg.target_site is not None:
         base = replace(base, kind="transcoder", d_out=source.d_out)
         source.meta["hook_name_out"] = cfg.target_site
     saes = [SAE(replace(base, k=k, n_latents=w), seed=cfg.seed) for k in cfg.k for w in (cfg.width or [base.n_latents])]
     task = progress.Task(f"training {len(saes)} dictionaries", total=source.steps)
     train_cfg = TrainConfig(source.steps, lr=cfg.lr, max_norm_ratio=cfg.max_norm_ratio or None)
-    losses = train_many(saes, source.stream, train_cfg, checkpoint_dir=Path(cfg.out) / ".checkpoint",
-                        on_step=lambda _: task.advance())
+    losses = train_many(
+        saes, source.stream, train_cfg, checkpoint_dir=Path(cfg.out) / ".checkpoint", on_step=lambda _: task.advance()
+    )
     task.close()
     kind = "transcoder-" if base.kind == "transcoder" else ""
-    folders = [io.save(s, Path(cfg.out) / f"{kind}{s.cfg.architecture}-k{s.cfg.k}-w{s.cfg.n_latents}", source.meta)
-               for s in saes]
-    rows = [{"dictionary": f.name, "k": s.cfg.k, "width": s.cfg.n_latents, "steps": len(curve),
-             "final loss": curve[-1] if curve else float("nan")} for f, s, curve in zip(folders, saes, losses)]
+    folders = [
+        io.save(s, Path(cfg.out) / f"{kind}{s.cfg.architecture}-k{s.cfg.k}-w{s.cfg.n_latents}", source.meta)
+        for s in saes
+    ]
+    rows = [
+        {
+            "dictionary": f.name,
+            "k": s.cfg.k,
+            "width": s.cfg.n_latents,
+            "steps": len(curve),
+            "final loss": curve[-1] if curve else float("nan"),
+        }
+        for f, s, curve in zip(folders, saes, losses)
+    ]
     report = Report("unweave sae train")
-    report.summary().text(f"{len(saes)} dictionaries at {cfg.site} ({source.meta['model_name']}), "
-                          f"{source.steps} steps of {cfg.batch_size} activations.", summary=True).table(rows)
+    report.summary().text(
+        f"{len(saes)} dictionaries at {cfg.site} ({source.meta['model_name']}), "
+        f"{source.steps} steps of {cfg.batch_size} activations.",
+        summary=True,
+    ).table(rows)
     report.section("Training").figure(loss_curves({f.name: c for f, c in zip(folders, losses)}))
     results = {"dictionaries": [str(f) for f in folders], "rows": rows, "metadata": source.meta}
     return run.finish(results, report, [f"saved {f}" for f in folders])
@@ -148,11 +182,12 @@ def run_sae_eval(cfg: SAEEvalConfig) -> RunResult:
         used = meta.get("text_tokens", 0)
         needed = used + max(cfg.spliced_tokens, cfg.max_tokens)
         rows = load_text("shakespeare", tokenizer, cfg.ctx_len, max_tokens=needed)
-        held_out = rows[math.ceil(used / cfg.ctx_len):]
+        held_out = rows[math.ceil(used / cfg.ctx_len) :]
         if len(held_out) == 0:
             raise StoreError("no held-out text is left after the training tokens for the spliced metrics")
-        x, y, tokens = held_out_activations(meta, model, held_out[: max(1, cfg.max_tokens // cfg.ctx_len)],
-                                            cfg.max_tokens)
+        x, y, tokens = held_out_activations(
+            meta, model, held_out[: max(1, cfg.max_tokens // cfg.ctx_len)], cfg.max_tokens
+        )
         m = evaluate(sae, x, y)
         site_out = meta.get("hook_name_out", meta["hook_name"])
         input_site = meta["hook_name"] if sae.cfg.kind == "transcoder" else None
@@ -164,6 +199,9 @@ def run_sae_eval(cfg: SAEEvalConfig) -> RunResult:
         section.figure(density_histogram(m["density"], f"Latent firing density, {Path(folder).name}"))
         section.table(top_snippets(sae, x, tokens, tokenizer))
     report.summary("Metrics").table(table)
-    lines = [f"{r['dictionary']}: FVU {r['fvu']:.3g}, L0 {r['l0']:.3g}, dead {r['dead_fraction']:.2%}, "
-             f"CE loss recovered {r['ce_loss_recovered']:.3f}, KL {r['kl']:.3g}" for r in table]
+    lines = [
+        f"{r['dictionary']}: FVU {r['fvu']:.3g}, L0 {r['l0']:.3g}, dead {r['dead_fraction']:.2%}, "
+        f"CE loss recovered {r['ce_loss_recovered']:.3f}, KL {r['kl']:.3g}"
+        for r in table
+    ]
     return run.finish(record, report, lines)

@@ -36,8 +36,9 @@ def attributions(up: SAE, down: SAE, up_top: Top, down_top: Top) -> tuple[torch.
     """(batch, k_up, k_down) attributions with the latent indices they connect."""
     (iu, vu), (idn, vd) = up_top, down_top
     if up.cfg.width_out != down.cfg.d_in:
-        raise ValueError(f"layer widths do not chain: upstream writes {up.cfg.width_out}, downstream reads "
-                         f"{down.cfg.d_in}")
+        raise ValueError(
+            f"layer widths do not chain: upstream writes {up.cfg.width_out}, downstream reads {down.cfg.d_in}"
+        )
     dec = up.W_dec[iu]  # (b, k_up, d)
     enc = down.W_enc.T[idn]  # (b, k_down, d)
     a = vu[..., None] * torch.einsum("bud,bkd->buk", dec, enc) * (vd > 0)[:, None, :]
@@ -87,8 +88,10 @@ def train_connected(layers: Sequence[SAE], batches: Iterable, cfg: TrainConfig, 
     for step in range(cfg.steps):
         batch = next(stream)
         if len(batch) != 2 * len(layers):
-            raise ValueError(f"each batch must hold (input, output) for {len(layers)} layers: {2 * len(layers)} "
-                             f"tensors, got {len(batch)}")
+            raise ValueError(
+                f"each batch must hold (input, output) for {len(layers)} layers: {2 * len(layers)} "
+                f"tensors, got {len(batch)}"
+            )
         if scale is None:
             scale = norm_scale(batch[0]) if cfg.normalise else 1.0
             for i, sae in enumerate(layers):
@@ -99,8 +102,9 @@ def train_connected(layers: Sequence[SAE], batches: Iterable, cfg: TrainConfig, 
         tops = [_top(sae, x, pre) for sae, x, pre in zip(layers, xs, pres)]
         loss = sum(sae.loss(x, y, pre) for sae, x, y, pre in zip(layers, xs, ys, pres))
         if penalty:
-            loss = loss + penalty * sum(connection_penalty(layers[i], layers[i + 1], tops[i], tops[i + 1])
-                                        for i in range(len(layers) - 1))
+            loss = loss + penalty * sum(
+                connection_penalty(layers[i], layers[i + 1], tops[i], tops[i + 1]) for i in range(len(layers) - 1)
+            )
         optimiser_step(opt, loss, cfg.lr_at(step), list(layers))
         losses.append(loss.item())
     for sae in layers:

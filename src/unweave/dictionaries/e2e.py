@@ -17,8 +17,9 @@ from unweave.scoring import kl_per_token
 from unweave.sites import capture
 
 
-def spliced_kl(model: torch.nn.Module, site: str, sae: SAE, tokens: torch.Tensor,
-               input_site: str | None = None) -> torch.Tensor:
+def spliced_kl(
+    model: torch.nn.Module, site: str, sae: SAE, tokens: torch.Tensor, input_site: str | None = None
+) -> torch.Tensor:
     """Mean over tokens of KL(p_model || p_spliced), differentiable in the dictionary."""
     with torch.no_grad():
         clean = _logits(model(tokens))
@@ -26,8 +27,15 @@ def spliced_kl(model: torch.nn.Module, site: str, sae: SAE, tokens: torch.Tensor
         return kl_per_token(clean, _logits(model(tokens))).mean()
 
 
-def train_e2e(model: torch.nn.Module, site: str, sae: SAE, token_batches: Iterable[torch.Tensor], cfg: TrainConfig,
-              recon_coef: float = 0.0, input_site: str | None = None) -> list[float]:
+def train_e2e(
+    model: torch.nn.Module,
+    site: str,
+    sae: SAE,
+    token_batches: Iterable[torch.Tensor],
+    cfg: TrainConfig,
+    recon_coef: float = 0.0,
+    input_site: str | None = None,
+) -> list[float]:
     """Minimise KL(model || spliced) (+ recon_coef x reconstruction loss) over token batches."""
     for p in model.parameters():
         p.requires_grad_(False)

@@ -24,16 +24,28 @@ def evaluate(sae: SAE, x: torch.Tensor, y: torch.Tensor | None = None) -> dict:
     recon, z = sae(x)
     keep = ordinary(sae, x)  # tokens it was trained for; the rest pass through when spliced
     spliced = apply(sae, x, keep=None if sae.cfg.kind == "sae" else y)
-    return {"fvu_all_tokens_spliced": metrics.fvu(y, spliced), "fvu": metrics.fvu(y[keep], recon[keep]),
-            "mse": metrics.mse(y[keep], recon[keep]), "l0": metrics.l0(z[keep]),
-            "dead_fraction": metrics.dead_fraction(z[keep]), "dense_fraction": metrics.dense_fraction(z[keep]),
-            "density": metrics.firing_density(z[keep]).tolist(), "tokens": len(x),
-            "passed_through_fraction": float((~keep).float().mean())}
+    return {
+        "fvu_all_tokens_spliced": metrics.fvu(y, spliced),
+        "fvu": metrics.fvu(y[keep], recon[keep]),
+        "mse": metrics.mse(y[keep], recon[keep]),
+        "l0": metrics.l0(z[keep]),
+        "dead_fraction": metrics.dead_fraction(z[keep]),
+        "dense_fraction": metrics.dense_fraction(z[keep]),
+        "density": metrics.firing_density(z[keep]).tolist(),
+        "tokens": len(x),
+        "passed_through_fraction": float((~keep).float().mean()),
+    }
 
 
 @torch.no_grad()
-def top_snippets(sae: SAE, acts: torch.Tensor, tokens: torch.Tensor, tokenizer: PreTrainedTokenizerBase,
-                 latents: int = 5, width: int = 8) -> list[dict]:
+def top_snippets(
+    sae: SAE,
+    acts: torch.Tensor,
+    tokens: torch.Tensor,
+    tokenizer: PreTrainedTokenizerBase,
+    latents: int = 5,
+    width: int = 8,
+) -> list[dict]:
     """For a few latents of moderate density: the text around their strongest activations.
     `acts` (n, d) are the activations of the flat token stream `tokens` (n,)."""
     z = sae.encode(acts)
@@ -45,15 +57,23 @@ def top_snippets(sae: SAE, acts: torch.Tensor, tokens: torch.Tensor, tokenizer: 
     rows = []
     for latent in chosen.tolist():
         best = z[:, latent].topk(3).indices.tolist()
-        texts = [tokenizer.decode(tokens[max(0, i - width):i]) + " [[" + tokenizer.decode(tokens[i:i + 1]) + "]]"
-                 for i in best]
-        rows.append({"latent": latent, "density": z[:, latent].count_nonzero().item() / len(z),
-                     "top contexts": " | ".join(t.replace("\n", " ") for t in texts)})
+        texts = [
+            tokenizer.decode(tokens[max(0, i - width) : i]) + " [[" + tokenizer.decode(tokens[i : i + 1]) + "]]"
+            for i in best
+        ]
+        rows.append(
+            {
+                "latent": latent,
+                "density": z[:, latent].count_nonzero().item() / len(z),
+                "top contexts": " | ".join(t.replace("\n", " ") for t in texts),
+            }
+        )
     return rows
 
 
-def held_out_activations(meta: dict, model: torch.nn.Module, rows: torch.Tensor,
-                         max_tokens: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+def held_out_activations(
+    meta: dict, model: torch.nn.Module, rows: torch.Tensor, max_tokens: int
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """(x, y or None, flat tokens) on held-out text rows: the dictionary's input site (and
     output site, for a transcoder), computed from the model."""
     names = [meta["hook_name"]] + ([meta["hook_name_out"]] if "hook_name_out" in meta else [])

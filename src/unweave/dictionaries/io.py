@@ -18,12 +18,20 @@ def save(sae: SAE, folder: Path, metadata: dict | None = None) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     arch = sae.arch
-    cfg = {"architecture": arch.saelens, "d_in": sae.cfg.d_in, "d_sae": sae.cfg.n_latents,
-           "dtype": "float32", "device": "cpu", "apply_b_dec_to_input": True, "normalize_activations": "none",
-           "metadata": {**(metadata or {}), "max_input_norm": sae.max_input_norm}}
+    cfg = {
+        "architecture": arch.saelens,
+        "d_in": sae.cfg.d_in,
+        "d_sae": sae.cfg.n_latents,
+        "dtype": "float32",
+        "device": "cpu",
+        "apply_b_dec_to_input": True,
+        "normalize_activations": "none",
+        "metadata": {**(metadata or {}), "max_input_norm": sae.max_input_norm},
+    }
     if sae.cfg.kind == "transcoder":  # SAELens-style fields plus what a transcoder needs to load here
-        cfg.update({"d_out": sae.cfg.width_out, "is_transcoder": True, "skip": sae.cfg.skip,
-                    "apply_b_dec_to_input": False})
+        cfg.update(
+            {"d_out": sae.cfg.width_out, "is_transcoder": True, "skip": sae.cfg.skip, "apply_b_dec_to_input": False}
+        )
     cfg.update(arch.saelens_cfg(sae))
     tensors = {k: v for k, v in sae.state_dict().items() if k not in arch.state}
     tensors.update(arch.saelens_tensors(sae))
@@ -43,8 +51,10 @@ def load(folder: Path) -> SAE:
         raise ValueError(f"{folder / CFG}: {e}") from None
     transcoder = bool(cfg.get("is_transcoder", False))
     if cfg.get("apply_b_dec_to_input", True) is transcoder or cfg.get("normalize_activations", "none") != "none":
-        raise ValueError(f"{folder / CFG}: only apply_b_dec_to_input=true (false for transcoders) and "
-                         "normalize_activations='none' are supported")
+        raise ValueError(
+            f"{folder / CFG}: only apply_b_dec_to_input=true (false for transcoders) and "
+            "normalize_activations='none' are supported"
+        )
     fields = {"k": 1, "l1": 0.0}  # training settings the file need not record
     fields.update(arch.config_from_saelens(cfg))
     if transcoder:

@@ -65,7 +65,7 @@ class SAE(nn.Module):
         if cfg.kind == "sae":
             self.W_enc = nn.Parameter(w_dec.T.clone())
         else:  # input and output spaces differ: no transpose to start from
-            self.W_enc = nn.Parameter(torch.randn(cfg.d_in, cfg.n_latents, generator=gen) / cfg.d_in ** 0.5)
+            self.W_enc = nn.Parameter(torch.randn(cfg.d_in, cfg.n_latents, generator=gen) / cfg.d_in**0.5)
         self.b_enc = nn.Parameter(torch.zeros(cfg.n_latents))
         self.b_dec = nn.Parameter(torch.zeros(cfg.width_out))
         if cfg.skip:
@@ -83,8 +83,9 @@ class SAE(nn.Module):
 
     def _check(self, x: torch.Tensor) -> None:
         if x.dim() != 2 or x.shape[1] != self.cfg.d_in:
-            raise ValueError(f"activations must have shape (n, {self.cfg.d_in}) (d_in of this dictionary), "
-                             f"got {tuple(x.shape)}")
+            raise ValueError(
+                f"activations must have shape (n, {self.cfg.d_in}) (d_in of this dictionary), got {tuple(x.shape)}"
+            )
 
     def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
         self._check(x)
@@ -114,8 +115,9 @@ class SAE(nn.Module):
         latents = self.encode(x)
         return self.decode(latents, x), latents
 
-    def loss(self, x: torch.Tensor, target: torch.Tensor | None = None,
-             pre: torch.Tensor | None = None) -> torch.Tensor:
+    def loss(
+        self, x: torch.Tensor, target: torch.Tensor | None = None, pre: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Squared reconstruction error of `target` (default x; a transcoder's MLP output) plus
         the architecture's sparsity penalty and, if it uses one, the AuxK loss. `pre`: this
         batch's pre-activations, when the caller has them already."""

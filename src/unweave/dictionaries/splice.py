@@ -41,8 +41,10 @@ def apply(sae: SAE, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.
 
 def reconstruct(sae: SAE) -> Callable[[torch.Tensor], torch.Tensor]:
     """A patch function replacing a (..., d) activation by the dictionary's reconstruction."""
+
     def fn(act: torch.Tensor) -> torch.Tensor:
         return apply(sae, act.reshape(-1, act.shape[-1])).reshape(act.shape).to(act.dtype)
+
     return fn
 
 
@@ -57,25 +59,35 @@ def spliced(model: torch.nn.Module, site: str, sae: SAE, input_site: str | None 
     if input_site is None:
         raise ValueError("a transcoder needs input_site, the MLP input it reads (e.g. 'model.layers.5.mlp:input')")
     with capturing(model, [input_site], detach=False) as acts:
+
         def from_input(out: torch.Tensor) -> torch.Tensor:
             x = acts[input_site]
             flat_out = out.reshape(-1, out.shape[-1])
             return apply(sae, x.reshape(-1, x.shape[-1]), keep=flat_out).reshape(out.shape).to(out.dtype)
+
         with patch(model, {site: from_input}):
             yield
 
 
 @torch.no_grad()
-def spliced_metrics(model: torch.nn.Module, site: str, sae: SAE, tokens: torch.Tensor,
-                    input_site: str | None = None) -> dict[str, float]:
+def spliced_metrics(
+    model: torch.nn.Module, site: str, sae: SAE, tokens: torch.Tensor, input_site: str | None = None
+) -> dict[str, float]:
     """CE of the model, with the dictionary spliced in at `site`, and with the site zeroed."""
     clean = _logits(model(tokens))
     with spliced(model, site, sae, input_site):
         spliced_logits = _logits(model(tokens))
     with patch(model, {site: torch.zeros_like}):
         zeroed = _logits(model(tokens))
-    ce = {name: next_token_ce(z, tokens).mean().item()
-          for name, z in (("model", clean), ("spliced", spliced_logits), ("zero", zeroed))}
+    ce = {
+        name: next_token_ce(z, tokens).mean().item()
+        for name, z in (("model", clean), ("spliced", spliced_logits), ("zero", zeroed))
+    }
     kl = next_token_kl(clean, spliced_logits).mean().item()
-    return {"ce_model": ce["model"], "ce_spliced": ce["spliced"], "ce_zero_ablation": ce["zero"], "kl": kl,
-            "ce_loss_recovered": loss_recovered(ce["model"], ce["spliced"], ce["zero"])}
+    return {
+        "ce_model": ce["model"],
+        "ce_spliced": ce["spliced"],
+        "ce_zero_ablation": ce["zero"],
+        "kl": kl,
+        "ce_loss_recovered": loss_recovered(ce["model"], ce["spliced"], ce["zero"]),
+    }

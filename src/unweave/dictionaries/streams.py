@@ -11,8 +11,9 @@ from unweave.sites import capture
 from unweave.store import ActivationStore, StoreError
 
 
-def store_batches(store: ActivationStore, sites: str | list[str], batch_size: int,
-                  seed: int) -> Iterator[torch.Tensor | tuple[torch.Tensor, ...]]:
+def store_batches(
+    store: ActivationStore, sites: str | list[str], batch_size: int, seed: int
+) -> Iterator[torch.Tensor | tuple[torch.Tensor, ...]]:
     """Shuffled batches, epoch after epoch, NaN/inf checked, never the whole store in memory."""
     epoch = 0
     while True:
@@ -20,9 +21,15 @@ def store_batches(store: ActivationStore, sites: str | list[str], batch_size: in
         epoch += 1
 
 
-def live_batches(model: torch.nn.Module, sites: str | list[str], rows: torch.Tensor, batch_size: int,
-                 forward_rows: int = 8, buffer_batches: int = 16,
-                 seed: int = 0) -> Iterator[torch.Tensor | tuple[torch.Tensor, ...]]:
+def live_batches(
+    model: torch.nn.Module,
+    sites: str | list[str],
+    rows: torch.Tensor,
+    batch_size: int,
+    forward_rows: int = 8,
+    buffer_batches: int = 16,
+    seed: int = 0,
+) -> Iterator[torch.Tensor | tuple[torch.Tensor, ...]]:
     """Endless shuffled activation batches computed from the model while training runs (no
     store): rows of tokens are run `forward_rows` at a time (stopping after the last site),
     and batches are drawn from a shuffle buffer of `buffer_batches` batches, so memory stays

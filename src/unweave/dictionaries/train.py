@@ -91,8 +91,13 @@ class Checkpoint:
             tensors.update({f"{i}.weights.{k}": v for k, v in sae.state_dict().items()})
             tensors[f"{i}.since_fired"] = sae.since_fired
             saved = opt.state_dict()
-            tensors.update({f"{i}.adam.{param}.{name}": value for param, moments in saved["state"].items()
-                            for name, value in moments.items()})
+            tensors.update(
+                {
+                    f"{i}.adam.{param}.{name}": value
+                    for param, moments in saved["state"].items()
+                    for name, value in moments.items()
+                }
+            )
             param_groups.append(saved["param_groups"])
         name = f"checkpoint-{state['step']:08d}.safetensors"
         write_tensors(self.folder / name, tensors)
@@ -113,7 +118,7 @@ class Checkpoint:
 
 
 def _under(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
 def _untuple(group: dict) -> dict:
@@ -135,8 +140,13 @@ def optimiser_step(opt: torch.optim.Optimizer, loss: torch.Tensor, lr: float, sa
         sae.normalise_decoder()
 
 
-def train_many(saes: list[SAE], batches: Iterable, cfg: TrainConfig, checkpoint_dir: Path | None = None,
-               on_step: Callable[[int], object] | None = None) -> list[list[float]]:
+def train_many(
+    saes: list[SAE],
+    batches: Iterable,
+    cfg: TrainConfig,
+    checkpoint_dir: Path | None = None,
+    on_step: Callable[[int], object] | None = None,
+) -> list[list[float]]:
     """Train several dictionaries (a sweep of k or widths) on one stream: each batch is read
     once and fed to all. With `checkpoint_dir`, state is saved every `cfg.checkpoint_every`
     steps and a later call with the same arguments resumes where it stopped, with the same
@@ -144,8 +154,10 @@ def train_many(saes: list[SAE], batches: Iterable, cfg: TrainConfig, checkpoint_
     d_in = {s.cfg.d_in for s in saes}
     d_out = {s.cfg.width_out for s in saes}
     if len(d_in) != 1 or len(d_out) != 1:
-        raise ValueError(f"dictionaries trained on one stream must share d_in and d_out; got d_in {sorted(d_in)}, "
-                         f"d_out {sorted(d_out)}")
+        raise ValueError(
+            f"dictionaries trained on one stream must share d_in and d_out; got d_in {sorted(d_in)}, "
+            f"d_out {sorted(d_out)}"
+        )
     opts = [torch.optim.Adam(s.parameters(), lr=cfg.lr) for s in saes]
     losses: list[list[float]] = [[] for _ in saes]
     ckpt = Checkpoint(checkpoint_dir)
@@ -187,7 +199,8 @@ def train_many(saes: list[SAE], batches: Iterable, cfg: TrainConfig, checkpoint_
     return losses
 
 
-def train_sae(sae: SAE, batches: Iterable, steps: int, lr: float = 1e-3, warmup: int = 100,
-              normalise: bool = True) -> list[float]:
+def train_sae(
+    sae: SAE, batches: Iterable, steps: int, lr: float = 1e-3, warmup: int = 100, normalise: bool = True
+) -> list[float]:
     """One dictionary; see `train_many`."""
     return train_many([sae], batches, TrainConfig(steps, lr, warmup, normalise=normalise))[0]

@@ -100,12 +100,12 @@ def modadd_case(model: nn.Module, p: int, key_freqs: list[int]) -> Case:
     site, last = "blocks.0.hook_resid_post", [-1]
 
     def node(name: str, freqs: list[int], fn: Callable[[torch.Tensor], torch.Tensor]) -> Node:
-        return Node(name, site, fn=fn, subspace=Projection(_output_frequency_directions(W_U, p, freqs)),
-                    positions=last)
+        return Node(name, site, fn=fn, subspace=Projection(_output_frequency_directions(W_U, p, freqs)), positions=last)
 
     def hypothesis(name: str, freqs: list[int], fn: Callable[[torch.Tensor], torch.Tensor]) -> Hypothesis:
-        return Hypothesis([node("sum", freqs, fn)], output=lambda out: out[:, -1], name=name,
-                          predict=lambda v: v["sum"])
+        return Hypothesis(
+            [node("sum", freqs, fn)], output=lambda out: out[:, -1], name=name, predict=lambda v: v["sum"]
+        )
 
     def total(x: torch.Tensor) -> torch.Tensor:
         return (x[:, 0] + x[:, 1]) % p
@@ -132,8 +132,15 @@ def _heads(scores: torch.Tensor, threshold: float) -> list[int]:
     return [int(h) for h in (scores >= threshold).nonzero().flatten()]
 
 
-def induction_case(model: nn.Module, vocab: int, half: int = 12, n: int = 4096, seed: int = 0,
-                   prev_threshold: float = 0.25, induction_threshold: float = 0.3) -> Case:
+def induction_case(
+    model: nn.Module,
+    vocab: int,
+    half: int = 12,
+    n: int = 4096,
+    seed: int = 0,
+    prev_threshold: float = 0.25,
+    induction_threshold: float = 0.3,
+) -> Case:
     """The induction circuit of a two-layer attention-only zoo transformer.
 
     Heads are detected from attention patterns (scores at least the thresholds: a uniform
@@ -149,13 +156,18 @@ def induction_case(model: nn.Module, vocab: int, half: int = 12, n: int = 4096, 
     prev = _heads(scores["previous_token"][0], prev_threshold)
     ind = _heads(scores["induction"][1], induction_threshold)
     if not prev or not ind:
-        raise ValueError(f"no previous-token heads ({prev}) or induction heads ({ind}) found; scores: "
-                         f"{ {k: v.tolist() for k, v in scores.items()} }. Train the model longer.")
+        raise ValueError(
+            f"no previous-token heads ({prev}) or induction heads ({ind}) found; scores: "
+            f"{ {k: v.tolist() for k, v in scores.items()} }. Train the model longer."
+        )
     answer = lambda x: x[:, half - 1]  # noqa: E731 - the token after the current token's earlier occurrence
     current = lambda x: x[:, -1]  # noqa: E731
 
-    def circuit(name: str, answer_fn: Callable[[torch.Tensor], torch.Tensor] = answer,
-                query_fn: Callable[[torch.Tensor], torch.Tensor] = current) -> Hypothesis:
+    def circuit(
+        name: str,
+        answer_fn: Callable[[torch.Tensor], torch.Tensor] = answer,
+        query_fn: Callable[[torch.Tensor], torch.Tensor] = current,
+    ) -> Hypothesis:
         # queries at the last position read the current token; keys are written by the
         # previous-token heads (the rest of what keys read comes from a random input);
         # values read the sequence itself
@@ -163,24 +175,34 @@ def induction_case(model: nn.Module, vocab: int, half: int = 12, n: int = 4096, 
         pt = Node("prev_token", "blocks.0.attn.hook_z", fn=None, subspace=Indices(prev, axis=2))
         k = Node("keys", "blocks.1.attn.hook_k_input", fn=None, parents=[pt])
         v = Node("values", "blocks.1.attn.hook_v_input", fn=None)
-        top = Node("induction", "blocks.1.attn.hook_z", fn=answer_fn, parents=[q, k, v],
-                   subspace=Indices(ind, axis=2), positions=[-1])
+        top = Node(
+            "induction",
+            "blocks.1.attn.hook_z",
+            fn=answer_fn,
+            parents=[q, k, v],
+            subspace=Indices(ind, axis=2),
+            positions=[-1],
+        )
         return Hypothesis([top], output=lambda out: out[:, -1], name=name, predict=lambda v: v["induction"])
 
-    hyps = {"induction circuit": circuit("induction circuit"),
-            "induction heads output the current token (false)": circuit(
-                "induction heads output the current token (false)", answer_fn=current),
-            "queries read the previous token (false)": circuit(
-                "queries read the previous token (false)", query_fn=lambda x: x[:, -2])}
+    hyps = {
+        "induction circuit": circuit("induction circuit"),
+        "induction heads output the current token (false)": circuit(
+            "induction heads output the current token (false)", answer_fn=current
+        ),
+        "queries read the previous token (false)": circuit(
+            "queries read the previous token (false)", query_fn=lambda x: x[:, -2]
+        ),
+    }
     labels = answer(inputs)
-    info = {"previous_token_heads": prev, "induction_heads": ind,
-            "scores": {k: v.tolist() for k, v in scores.items()}}
+    info = {"previous_token_heads": prev, "induction_heads": ind, "scores": {k: v.tolist() for k, v in scores.items()}}
     return Case("induction", model, inputs, labels, hyps, info)
 
 
 # -- SmolLM2-135M ---------------------------------------------------------------------------
-def smollm2_repeated_tokens(tokenizer: PreTrainedTokenizerBase, n: int, half: int, seed: int = 0,
-                            choices: int = 16) -> torch.Tensor:
+def smollm2_repeated_tokens(
+    tokenizer: PreTrainedTokenizerBase, n: int, half: int, seed: int = 0, choices: int = 16
+) -> torch.Tensor:
     """(n, 2*half) rows: BOS, `half` random tokens, then the same tokens again minus the last,
     so the last position predicts the half's last token (the answer). The answer and the
     current token are drawn from `choices` tokens each, so that many rows agree on them."""
@@ -232,17 +254,31 @@ def smollm2_induction_case(n: int = 512, half: int = 20, top: int = 8, seed: int
         by_layer: dict[int, list[int]] = {}
         for layer, head in heads:
             by_layer.setdefault(layer, []).extend(range(head * d_head, (head + 1) * d_head))
-        nodes = [Node(f"L{layer}", f"model.layers.{layer}.self_attn.o_proj:input", fn=fn, subspace=Indices(idx),
-                      positions=[-1]) for layer, idx in sorted(by_layer.items())]
-        return Hypothesis(nodes, output=lambda out: out.logits[:, -1], name=name,
-                          predict=lambda v: v[nodes[0].name])
+        nodes = [
+            Node(
+                f"L{layer}",
+                f"model.layers.{layer}.self_attn.o_proj:input",
+                fn=fn,
+                subspace=Indices(idx),
+                positions=[-1],
+            )
+            for layer, idx in sorted(by_layer.items())
+        ]
+        return Hypothesis(nodes, output=lambda out: out.logits[:, -1], name=name, predict=lambda v: v[nodes[0].name])
 
-    hyps = {"induction heads carry the answer": heads_claim("induction heads carry the answer", chosen, answer),
-            "random heads carry the answer (false)": heads_claim("random heads carry the answer (false)",
-                                                                 random_heads, answer),
-            "induction heads carry the current token (false)": heads_claim(
-                "induction heads carry the current token (false)", chosen, current)}
-    info = {"induction_heads": [f"L{layer}H{h} ({float(scores[layer, h]):.2f})" for layer, h in chosen],
-            "random_heads": [f"L{layer}H{h}" for layer, h in random_heads], "scores": scores.tolist()}
+    hyps = {
+        "induction heads carry the answer": heads_claim("induction heads carry the answer", chosen, answer),
+        "random heads carry the answer (false)": heads_claim(
+            "random heads carry the answer (false)", random_heads, answer
+        ),
+        "induction heads carry the current token (false)": heads_claim(
+            "induction heads carry the current token (false)", chosen, current
+        ),
+    }
+    info = {
+        "induction_heads": [f"L{layer}H{h} ({float(scores[layer, h]):.2f})" for layer, h in chosen],
+        "random_heads": [f"L{layer}H{h}" for layer, h in random_heads],
+        "scores": scores.tolist(),
+    }
     # only the last position is scored: skip the 49k-wide unembedding everywhere else
     return Case("smollm2-induction", model, inputs, answer(inputs), hyps, info, {"logits_to_keep": 1})

@@ -22,8 +22,11 @@ CANCELLATION_FLAG = 0.2
 
 @dataclass(frozen=True)
 class ScrubConfig:
-    target: str = setting(help=f"A built-in case ({', '.join(CASES)}) or a Python file defining `model`, `inputs` "
-                          "and `hypotheses` (optional `labels`), or `case`.", argument=True)
+    target: str = setting(
+        help=f"A built-in case ({', '.join(CASES)}) or a Python file defining `model`, `inputs` "
+        "and `hypotheses` (optional `labels`), or `case`.",
+        argument=True,
+    )
     out: Path = setting(Path("runs/scrub"), "Where record.json, scrub.json and scrub.html go.")
     examples: int = setting(512, "Reference inputs scrubbed.")
     pairs: int = setting(512, "(base, source) pairs for interchange intervention accuracy.")
@@ -41,18 +44,31 @@ def run_scrub(cfg: ScrubConfig) -> RunResult:
     hyps = list(case.hypotheses.values())
     if cfg.unclaimed is not None:
         hyps = [dataclasses.replace(h, unclaimed=cfg.unclaimed) for h in hyps]
-    results = scrub_all(case.model, case.inputs, hyps, case.labels, cfg.examples, cfg.batch_size, cfg.seed,
-                        case.forward_kwargs)
+    results = scrub_all(
+        case.model, case.inputs, hyps, case.labels, cfg.examples, cfg.batch_size, cfg.seed, case.forward_kwargs
+    )
     rows, lines = [], []
     record = {"case": case.name, "info": case.info, "examples": len(results[0].kl), "hypotheses": []}
     for h, r in zip(hyps, results):
-        row = {"hypothesis": h.name, "loss recovered": r.recovered, "mean KL": float(r.kl.mean()),
-               "median KL": float(np.median(r.kl)), "p90 KL": float(np.quantile(r.kl, 0.9)),
-               f"changed (KL>{KL_CHANGED})": r.changed}
+        row = {
+            "hypothesis": h.name,
+            "loss recovered": r.recovered,
+            "mean KL": float(r.kl.mean()),
+            "median KL": float(np.median(r.kl)),
+            "p90 KL": float(np.quantile(r.kl, 0.9)),
+            f"changed (KL>{KL_CHANGED})": r.changed,
+        }
         entry = r.to_dict()
         if h.predict is not None:
-            iia = interchange(case.model, case.inputs, h, n_pairs=cfg.pairs, batch_size=cfg.batch_size,
-                              seed=cfg.seed, forward_kwargs=case.forward_kwargs)
+            iia = interchange(
+                case.model,
+                case.inputs,
+                h,
+                n_pairs=cfg.pairs,
+                batch_size=cfg.batch_size,
+                seed=cfg.seed,
+                forward_kwargs=case.forward_kwargs,
+            )
             row["IIA"] = iia.iia
             entry["interchange"] = iia.to_dict()
         rows.append(row)
@@ -62,15 +78,19 @@ def run_scrub(cfg: ScrubConfig) -> RunResult:
 
     report = Report(f"unweave scrub: {case.name}")
     headline = report.summary(f"Hypotheses on {case.name}")
-    headline.text(f"Causal scrubbing on {len(results[0].kl)} reference inputs; unclaimed parts: "
-                  f"{', '.join(sorted({h.unclaimed for h in hyps}))}. Loss recovered is 1 for the model and 0 for "
-                  "the model on random inputs; KL is per example, so errors that cancel on average still show.",
-                  summary=True)
+    headline.text(
+        f"Causal scrubbing on {len(results[0].kl)} reference inputs; unclaimed parts: "
+        f"{', '.join(sorted({h.unclaimed for h in hyps}))}. Loss recovered is 1 for the model and 0 for "
+        "the model on random inputs; KL is per example, so errors that cancel on average still show.",
+        summary=True,
+    )
     flagged = [r for r in rows if r["loss recovered"] >= 0.9 and r[f"changed (KL>{KL_CHANGED})"] >= CANCELLATION_FLAG]
     for r in flagged:
-        headline.text(f"'{r['hypothesis']}' recovers {r['loss recovered']:.1%} of the loss on average, yet "
-                      f"{r[f'changed (KL>{KL_CHANGED})']:.0%} of examples moved by more than {KL_CHANGED} nats: "
-                      "the average hides errors that cancel.")
+        headline.text(
+            f"'{r['hypothesis']}' recovers {r['loss recovered']:.1%} of the loss on average, yet "
+            f"{r[f'changed (KL>{KL_CHANGED})']:.0%} of examples moved by more than {KL_CHANGED} nats: "
+            "the average hides errors that cancel."
+        )
     headline.table(rows)
     section = report.section("Per-example KL divergence")
     section.figure(kl_histogram(results, "Per-example KL divergence"))

@@ -38,6 +38,7 @@ MIN_INTERCHANGEABLE = 2
 @dataclass
 class _Groups:
     """Inputs grouped by a node's value, for sampling an input that agrees with a reference."""
+
     group: torch.Tensor  # (n,) group id of each input
     order: torch.Tensor  # input indices sorted by group
     starts: torch.Tensor  # (groups,) offset of each group in `order`
@@ -72,8 +73,15 @@ class Engine:
     model scored at the last position, which skips the unembedding elsewhere).
     """
 
-    def __init__(self, model: nn.Module, inputs: torch.Tensor, hypothesis: Hypothesis,
-                 batch_size: int = 256, seed: int = 0, forward_kwargs: dict | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        inputs: torch.Tensor,
+        hypothesis: Hypothesis,
+        batch_size: int = 256,
+        seed: int = 0,
+        forward_kwargs: dict | None = None,
+    ):
         if len(inputs) < 2:
             raise HypothesisError(f"need at least 2 inputs to resample from, got {len(inputs)}")
         self.model, self.inputs, self.h = model.eval(), inputs, hypothesis
@@ -81,8 +89,10 @@ class Engine:
         self.forward_kwargs = forward_kwargs or {}
         hypothesis.validate(model, inputs[:2])
         with torch.no_grad():
-            self.groups = {n.name: _Groups.of(_values(n, inputs)) if n.fn is not None else _Identity()
-                           for n in hypothesis.all_nodes}
+            self.groups = {
+                n.name: _Groups.of(_values(n, inputs)) if n.fn is not None else _Identity()
+                for n in hypothesis.all_nodes
+            }
         self.warnings = self._check_interchangeable()
         self._means = self._site_means() if hypothesis.unclaimed == "mean" else {}
 
@@ -105,8 +115,9 @@ class Engine:
             return lambda act: act
         if mode == "zero":
             return torch.zeros_like
-        return lambda act: self._means[site][: act.shape[1]].expand_as(act) if act.dim() > 2 else \
-            self._means[site].expand_as(act)
+        return lambda act: (
+            self._means[site][: act.shape[1]].expand_as(act) if act.dim() > 2 else self._means[site].expand_as(act)
+        )
 
     def _patches(self, nodes: list[Node], sources: list[torch.Tensor]) -> dict:
         """Site patches that put each node's claimed part from its source activation."""
@@ -122,7 +133,9 @@ class Engine:
                 for node, src in pairs:
                     new = node.merge(new, src)
                 return new
+
             return apply
+
         return {site: patcher(site, pairs) for site, pairs in by_site.items()}
 
     # -- causal scrubbing ---------------------------------------------------------------
@@ -153,14 +166,17 @@ class Engine:
             acts = capture(self.model, sites, self.inputs[source], stop_early=True)
         return [acts[n.site] for n in nodes]
 
-    def interchange_batch(self, names: list[str], base: torch.Tensor, source: torch.Tensor,
-                          sources: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def interchange_batch(
+        self, names: list[str], base: torch.Tensor, source: torch.Tensor, sources: list[torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Output on `base` with the named nodes' claimed parts from `source`, and the label
         the interpretation predicts for that counterfactual. `sources` (the nodes'
         activations on `source`) may be given when they were computed already."""
         if self.h.predict is None:
-            raise HypothesisError("interchange interventions need Hypothesis(predict=...): the label the "
-                                  "interpretation predicts from its node values")
+            raise HypothesisError(
+                "interchange interventions need Hypothesis(predict=...): the label the "
+                "interpretation predicts from its node values"
+            )
         nodes = [self.h.node(n) for n in names]
         sources = self.source_activations(names, source) if sources is None else sources
         out = self._run(base, self._patches(nodes, sources))
@@ -178,8 +194,10 @@ class Engine:
             per_input = g.sizes[g.group].float()
             if per_input.median() < MIN_INTERCHANGEABLE:
                 alone = float((per_input == 1).float().mean())
-                msg = (f"node {node.name!r}: {alone:.0%} of inputs share their value with no other input, so "
-                       f"resampling keeps them unchanged; add inputs or make the node's function coarser")
+                msg = (
+                    f"node {node.name!r}: {alone:.0%} of inputs share their value with no other input, so "
+                    f"resampling keeps them unchanged; add inputs or make the node's function coarser"
+                )
                 warnings.warn(msg, stacklevel=3)
                 found.append(msg)
         return found
@@ -190,7 +208,7 @@ class Engine:
         with torch.no_grad():
             for start in range(0, len(self.inputs), self.batch_size):
                 with capturing(self.model, sites) as acts:
-                    self.model(self.inputs[start:start + self.batch_size])
+                    self.model(self.inputs[start : start + self.batch_size])
                 for s in sites:
                     sums[s] = sums.get(s, 0) + acts[s].double().sum(0)
         return {s: (v / len(self.inputs)).float() for s, v in sums.items()}
@@ -201,6 +219,8 @@ def _values(node: Node, inputs: torch.Tensor) -> torch.Tensor:
         return inputs
     values = torch.as_tensor(node.fn(inputs))
     if values.shape[:1] != inputs.shape[:1]:
-        raise HypothesisError(f"node {node.name!r}: fn must return one value per input (shape ({len(inputs)}, ...)), "
-                              f"got shape {tuple(values.shape)}")
+        raise HypothesisError(
+            f"node {node.name!r}: fn must return one value per input (shape ({len(inputs)}, ...)), "
+            f"got shape {tuple(values.shape)}"
+        )
     return values

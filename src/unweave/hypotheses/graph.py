@@ -47,6 +47,7 @@ class Subspace:
 @dataclass
 class Indices(Subspace):
     """Coordinates along one axis: a head's slice of `o_proj:input`, or `[h]` on axis 2 of `hook_z`."""
+
     indices: Sequence[int]
     axis: int = -1
 
@@ -58,8 +59,10 @@ class Indices(Subspace):
     def check(self, act_shape: tuple[int, ...], where: str) -> None:
         size = act_shape[self.axis]
         if int(self._index.max()) >= size or int(self._index.min()) < -size:
-            raise HypothesisError(f"{where}: Indices {list(self.indices)[:8]} out of range for axis {self.axis} "
-                                  f"of size {size} (activation shape {act_shape})")
+            raise HypothesisError(
+                f"{where}: Indices {list(self.indices)[:8]} out of range for axis {self.axis} "
+                f"of size {size} (activation shape {act_shape})"
+            )
 
     def _mask(self, act: torch.Tensor) -> torch.Tensor:
         shape = [1] * act.dim()
@@ -86,9 +89,11 @@ class Projection(Subspace):
 
     def check(self, act_shape: tuple[int, ...], where: str) -> None:
         if act_shape[-1] != self.width:
-            raise HypothesisError(f"{where}: Projection basis has width {self.width} but the activation's last "
-                                  f"dimension is {act_shape[-1]} (shape {act_shape}); "
-                                  f"give a basis of shape (k, {act_shape[-1]})")
+            raise HypothesisError(
+                f"{where}: Projection basis has width {self.width} but the activation's last "
+                f"dimension is {act_shape[-1]} (shape {act_shape}); "
+                f"give a basis of shape (k, {act_shape[-1]})"
+            )
 
     def part(self, act: torch.Tensor) -> torch.Tensor:
         b = self.basis.to(act.device, act.dtype)
@@ -107,9 +112,11 @@ class Latents(Subspace):
     def check(self, act_shape: tuple[int, ...], where: str) -> None:
         d_in = self.dictionary.W_dec.shape[1]
         if act_shape[-1] != d_in:
-            raise HypothesisError(f"{where}: the dictionary reads width {d_in} but the activation's last "
-                                  f"dimension is {act_shape[-1]} (shape {act_shape}); "
-                                  "use a dictionary trained at this site")
+            raise HypothesisError(
+                f"{where}: the dictionary reads width {d_in} but the activation's last "
+                f"dimension is {act_shape[-1]} (shape {act_shape}); "
+                "use a dictionary trained at this site"
+            )
 
     def part(self, act: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
@@ -149,6 +156,7 @@ class Hypothesis:
     `predict` (optional) maps {node name: values} to the label the interpretation predicts,
     used for interchange intervention accuracy.
     """
+
     nodes: Sequence[Node]
     output: Callable = lambda out: out
     unclaimed: str = "resample"
@@ -178,8 +186,10 @@ class Hypothesis:
             if n.name == name:
                 return n
         close = difflib.get_close_matches(name, [n.name for n in self.all_nodes], n=3, cutoff=0.3)
-        raise HypothesisError(f"no node named {name!r}; nodes: {[n.name for n in self.all_nodes]}"
-                              + (f" (closest: {close})" if close else ""))
+        raise HypothesisError(
+            f"no node named {name!r}; nodes: {[n.name for n in self.all_nodes]}"
+            + (f" (closest: {close})" if close else "")
+        )
 
     def validate(self, model: nn.Module, sample: torch.Tensor) -> None:
         """Check every site exists and every subspace fits, with one forward on `sample`."""
@@ -197,8 +207,10 @@ class Hypothesis:
                 n.subspace.check(shape, f"node {n.name!r} at {n.site}")
             if n.positions is not None:
                 if len(shape) < 3:
-                    raise HypothesisError(f"node {n.name!r}: positions given but {n.site} has shape {shape} "
-                                          "(no sequence dimension); drop `positions`")
+                    raise HypothesisError(
+                        f"node {n.name!r}: positions given but {n.site} has shape {shape} "
+                        "(no sequence dimension); drop `positions`"
+                    )
                 bad = [p for p in n.positions if not -shape[1] <= p < shape[1]]
                 if bad:
                     raise HypothesisError(f"node {n.name!r}: positions {bad} out of range for length {shape[1]}")
@@ -211,14 +223,16 @@ def _topological(nodes: Sequence[Node]) -> list[Node]:
 
     def visit(node: Node, path: list[str]) -> None:
         if not isinstance(node, Node):
-            raise HypothesisError(f"expected a Node, got {type(node).__name__} "
-                                  f"(under {' -> '.join(path) or 'the top'})")
+            raise HypothesisError(
+                f"expected a Node, got {type(node).__name__} (under {' -> '.join(path) or 'the top'})"
+            )
         if state.get(id(node)) == "done":
             return
         if state.get(id(node)) == "active":
-            cycle = path[path.index(node.name):] + [node.name]
-            raise HypothesisError(f"the hypothesis graph has a cycle: {' -> '.join(cycle)}; "
-                                  "a node cannot be computed from itself")
+            cycle = path[path.index(node.name) :] + [node.name]
+            raise HypothesisError(
+                f"the hypothesis graph has a cycle: {' -> '.join(cycle)}; a node cannot be computed from itself"
+            )
         state[id(node)] = "active"
         for parent in node.parents:
             visit(parent, path + [node.name])

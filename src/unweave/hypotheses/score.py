@@ -18,8 +18,12 @@ KL_CHANGED = 0.1
 
 
 def _summary(x: np.ndarray) -> dict:
-    return {"mean": float(x.mean()), "median": float(np.median(x)), "p90": float(np.quantile(x, 0.9)),
-            "max": float(x.max())}
+    return {
+        "mean": float(x.mean()),
+        "median": float(np.median(x)),
+        "p90": float(np.quantile(x, 0.9)),
+        "max": float(x.max()),
+    }
 
 
 @dataclass
@@ -35,8 +39,9 @@ class ScrubResult:
 
     @property
     def recovered(self) -> float:
-        return loss_recovered(float(self.loss_model.mean()), float(self.loss_scrubbed.mean()),
-                                  float(self.loss_random.mean()))
+        return loss_recovered(
+            float(self.loss_model.mean()), float(self.loss_scrubbed.mean()), float(self.loss_random.mean())
+        )
 
     @property
     def changed(self) -> float:
@@ -44,11 +49,20 @@ class ScrubResult:
         return float((self.kl > KL_CHANGED).mean())
 
     def to_dict(self) -> dict:
-        return {"hypothesis": self.hypothesis, "unclaimed": self.unclaimed, "examples": len(self.kl),
-                "loss_recovered": self.recovered, "kl": _summary(self.kl), "kl_random": _summary(self.kl_random),
-                "changed_fraction": self.changed, "kl_changed_threshold": KL_CHANGED,
-                "loss_model": float(self.loss_model.mean()), "loss_scrubbed": float(self.loss_scrubbed.mean()),
-                "loss_random": float(self.loss_random.mean()), "warnings": self.warnings}
+        return {
+            "hypothesis": self.hypothesis,
+            "unclaimed": self.unclaimed,
+            "examples": len(self.kl),
+            "loss_recovered": self.recovered,
+            "kl": _summary(self.kl),
+            "kl_random": _summary(self.kl_random),
+            "changed_fraction": self.changed,
+            "kl_changed_threshold": KL_CHANGED,
+            "loss_model": float(self.loss_model.mean()),
+            "loss_scrubbed": float(self.loss_scrubbed.mean()),
+            "loss_random": float(self.loss_random.mean()),
+            "warnings": self.warnings,
+        }
 
 
 def _batches(n: int, size: int, label: str):
@@ -56,9 +70,16 @@ def _batches(n: int, size: int, label: str):
     return progress.track(starts, description=label, total=len(starts))
 
 
-def scrub(model: nn.Module, inputs: torch.Tensor, hypothesis: Hypothesis, labels: torch.Tensor | None = None,
-          n_examples: int | None = None, batch_size: int = 256, seed: int = 0,
-          forward_kwargs: dict | None = None) -> ScrubResult:
+def scrub(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    hypothesis: Hypothesis,
+    labels: torch.Tensor | None = None,
+    n_examples: int | None = None,
+    batch_size: int = 256,
+    seed: int = 0,
+    forward_kwargs: dict | None = None,
+) -> ScrubResult:
     """Causal scrubbing of `hypothesis` on reference inputs drawn from `inputs`.
 
     Loss is cross-entropy against `labels`, or against the model's own prediction when
@@ -68,9 +89,16 @@ def scrub(model: nn.Module, inputs: torch.Tensor, hypothesis: Hypothesis, labels
     return scrub_all(model, inputs, [hypothesis], labels, n_examples, batch_size, seed, forward_kwargs)[0]
 
 
-def scrub_all(model: nn.Module, inputs: torch.Tensor, hypotheses: list[Hypothesis],
-              labels: torch.Tensor | None = None, n_examples: int | None = None, batch_size: int = 256,
-              seed: int = 0, forward_kwargs: dict | None = None) -> list[ScrubResult]:
+def scrub_all(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    hypotheses: list[Hypothesis],
+    labels: torch.Tensor | None = None,
+    n_examples: int | None = None,
+    batch_size: int = 256,
+    seed: int = 0,
+    forward_kwargs: dict | None = None,
+) -> list[ScrubResult]:
     """`scrub` for several hypotheses on the same references, sharing the model's clean and
     random-input forwards (so comparing claims costs one scrubbed forward tree each)."""
     engines = [Engine(model, inputs, h, batch_size, seed, forward_kwargs) for h in hypotheses]
@@ -80,7 +108,7 @@ def scrub_all(model: nn.Module, inputs: torch.Tensor, hypotheses: list[Hypothesi
     parts = [{k: [] for k in ("kl", "kl_random", "lm", "ls", "lr")} for _ in engines]
     label = "scrubbing " + ", ".join(h.name for h in hypotheses)
     for start in _batches(n, batch_size, label[:60]):
-        refs, rand = refs_all[start:start + batch_size], random_all[start:start + batch_size]
+        refs, rand = refs_all[start : start + batch_size], random_all[start : start + batch_size]
         raw_clean, raw_random = engines[0].forward(refs), engines[0].forward(rand)
         for engine, part in zip(engines, parts):
             clean, random = engine.h.output(raw_clean), engine.h.output(raw_random)
@@ -94,8 +122,18 @@ def scrub_all(model: nn.Module, inputs: torch.Tensor, hypotheses: list[Hypothesi
     results = []
     for engine, part in zip(engines, parts):
         cat = {k: torch.cat(v).numpy() for k, v in part.items()}
-        results.append(ScrubResult(engine.h.name, engine.h.unclaimed, cat["kl"], cat["kl_random"], cat["lm"],
-                                   cat["ls"], cat["lr"], engine.warnings))
+        results.append(
+            ScrubResult(
+                engine.h.name,
+                engine.h.unclaimed,
+                cat["kl"],
+                cat["kl_random"],
+                cat["lm"],
+                cat["ls"],
+                cat["lr"],
+                engine.warnings,
+            )
+        )
     return results
 
 
@@ -111,13 +149,25 @@ class InterchangeResult:
         return float(self.correct.mean())
 
     def to_dict(self) -> dict:
-        return {"hypothesis": self.hypothesis, "nodes": self.nodes, "pairs": len(self.correct), "iia": self.iia,
-                "counterfactual_loss": float(self.loss.mean())}
+        return {
+            "hypothesis": self.hypothesis,
+            "nodes": self.nodes,
+            "pairs": len(self.correct),
+            "iia": self.iia,
+            "counterfactual_loss": float(self.loss.mean()),
+        }
 
 
-def interchange(model: nn.Module, inputs: torch.Tensor, hypothesis: Hypothesis, nodes: list[str] | None = None,
-                n_pairs: int = 1024, batch_size: int = 256, seed: int = 0,
-                forward_kwargs: dict | None = None) -> InterchangeResult:
+def interchange(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    hypothesis: Hypothesis,
+    nodes: list[str] | None = None,
+    n_pairs: int = 1024,
+    batch_size: int = 256,
+    seed: int = 0,
+    forward_kwargs: dict | None = None,
+) -> InterchangeResult:
     """Interchange intervention accuracy: on random (base, source) pairs, set `nodes` (default:
     all top nodes) to their value on the source and check the model's prediction against
     the counterfactual that `hypothesis.predict` gives.
@@ -137,12 +187,15 @@ def interchange(model: nn.Module, inputs: torch.Tensor, hypothesis: Hypothesis, 
     return InterchangeResult(hypothesis.name, names, correct.numpy(), ce_per_example(outs, predicted).numpy())
 
 
-def interchange_outputs(engine: Engine, names: list[str], base: torch.Tensor, source: torch.Tensor,
-                        batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+def interchange_outputs(
+    engine: Engine, names: list[str], base: torch.Tensor, source: torch.Tensor, batch_size: int = 256
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Outputs of `base` inputs with the named nodes set from `source` inputs, and the
     predicted counterfactual labels. Node activations are computed once per distinct source."""
     distinct, slot = torch.unique(source, return_inverse=True)
-    chunks = [engine.source_activations(names, distinct[i:i + batch_size]) for i in range(0, len(distinct), batch_size)]
+    chunks = [
+        engine.source_activations(names, distinct[i : i + batch_size]) for i in range(0, len(distinct), batch_size)
+    ]
     cached = [torch.cat(parts) for parts in zip(*chunks)]
     outs, predicted = [], []
     for start in _batches(len(base), batch_size, f"interchange {','.join(names)}"):

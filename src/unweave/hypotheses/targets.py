@@ -54,11 +54,14 @@ def case_from_file(path: Path) -> Case:
     missing = [k for k in ("model", "inputs") if k not in ns]
     hyps = ns.get("hypotheses", ns.get("hypothesis"))
     if missing or hyps is None:
-        raise HypothesisError(f"{path} must define `case`, or `model`, `inputs` and `hypotheses` (or `hypothesis`); "
-                              f"missing: {missing + ([] if hyps is not None else ['hypotheses'])}")
+        raise HypothesisError(
+            f"{path} must define `case`, or `model`, `inputs` and `hypotheses` (or `hypothesis`); "
+            f"missing: {missing + ([] if hyps is not None else ['hypotheses'])}"
+        )
     if isinstance(hyps, Hypothesis):
         hyps = [hyps]
     if not isinstance(hyps, dict):
         hyps = {h.name: h for h in hyps}
-    return Case(path.stem, ns["model"], ns["inputs"], ns.get("labels"), hyps,
-                forward_kwargs=ns.get("forward_kwargs", {}))
+    return Case(
+        path.stem, ns["model"], ns["inputs"], ns.get("labels"), hyps, forward_kwargs=ns.get("forward_kwargs", {})
+    )

@@ -22,10 +22,16 @@ class Calibration:
     rule: str
 
 
-def calibrate(model: torch.nn.Module, loss_fn: LossFn, loader: Iterable,
-              epsilons: Sequence[float] = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3),
-              nbetas: Sequence[float] | None = None, base: SGLDConfig | None = None,
-              params: str | Sequence[str] | None = None, min_acceptance: float = 0.9) -> Calibration:
+def calibrate(
+    model: torch.nn.Module,
+    loss_fn: LossFn,
+    loader: Iterable,
+    epsilons: Sequence[float] = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3),
+    nbetas: Sequence[float] | None = None,
+    base: SGLDConfig | None = None,
+    params: str | Sequence[str] | None = None,
+    min_acceptance: float = 0.9,
+) -> Calibration:
     """Run short chains over epsilon x n*beta and pick settings.
 
     A setting is healthy when no chain diverged, the trace flattened, and the MALA
@@ -44,11 +50,21 @@ def calibrate(model: torch.nn.Module, loss_fn: LossFn, loader: Iterable,
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # the grid records health itself
                 r = estimate_llc(model, loss_fn, loader, replace(base, epsilon=eps, nbeta=nb), params=params)
-            row |= {"llc_mean": r.llc_mean, "llc_std_err": r.llc_std_err, "mala_acceptance": r.mala_acceptance,
-                    "diverged": bool(r.diverged_chains), "flattened": r.flattened}
+            row |= {
+                "llc_mean": r.llc_mean,
+                "llc_std_err": r.llc_std_err,
+                "mala_acceptance": r.mala_acceptance,
+                "diverged": bool(r.diverged_chains),
+                "flattened": r.flattened,
+            }
         except LLCError:
-            row |= {"llc_mean": float("nan"), "llc_std_err": float("nan"), "mala_acceptance": 0.0,
-                    "diverged": True, "flattened": False}
+            row |= {
+                "llc_mean": float("nan"),
+                "llc_std_err": float("nan"),
+                "mala_acceptance": 0.0,
+                "diverged": True,
+                "flattened": False,
+            }
         row["healthy"] = not row["diverged"] and row["flattened"] and row["mala_acceptance"] >= min_acceptance
         grid.append(row)
     chosen = None
@@ -58,14 +74,20 @@ def calibrate(model: torch.nn.Module, loss_fn: LossFn, loader: Iterable,
             best = max(healthy, key=lambda r: r["epsilon"])
             chosen = {"epsilon": best["epsilon"], "nbeta": nb}
             break
-    rule = (f"largest epsilon with no divergence, a flat trace and MALA acceptance >= {min_acceptance}, "
-            f"at n*beta nearest n/ln n = {default:.4g}")
+    rule = (
+        f"largest epsilon with no divergence, a flat trace and MALA acceptance >= {min_acceptance}, "
+        f"at n*beta nearest n/ln n = {default:.4g}"
+    )
     return Calibration(grid, chosen, rule)
 
 
-def llc_over_checkpoints(checkpoints: Sequence[tuple[int, torch.nn.Module]], loss_fn: LossFn, loader: Iterable,
-                         config: SGLDConfig | None = None,
-                         params: str | Sequence[str] | None = None) -> list[tuple[int, LLCResult]]:
+def llc_over_checkpoints(
+    checkpoints: Sequence[tuple[int, torch.nn.Module]],
+    loss_fn: LossFn,
+    loader: Iterable,
+    config: SGLDConfig | None = None,
+    params: str | Sequence[str] | None = None,
+) -> list[tuple[int, LLCResult]]:
     """The LLC at each (step, model) with the same settings, e.g. through grokking."""
     out = []
     for step, model in progress.track(list(checkpoints), "LLC per checkpoint"):

@@ -79,15 +79,20 @@ class MALAAcceptance:
         prev = self._prev
         if prev is not None:
             eps, names = state.epsilon, list(state.w)
-            fwd = sum(_sq(state.w[n] - prev.w[n] - eps / 2 * _mul(prev.G[n], prev.drift[n]), prev.G[n])
-                      for n in names)
-            bwd = sum(_sq(prev.w[n] - state.w[n] - eps / 2 * _mul(prev.G[n], state.drift[n]), prev.G[n])
-                      for n in names)
+            fwd = sum(_sq(state.w[n] - prev.w[n] - eps / 2 * _mul(prev.G[n], prev.drift[n]), prev.G[n]) for n in names)
+            bwd = sum(_sq(prev.w[n] - state.w[n] - eps / 2 * _mul(prev.G[n], state.drift[n]), prev.G[n]) for n in names)
             log_alpha = state.log_target - prev.log_target + (fwd - bwd) / (2 * eps)
             self.total += log_alpha.clamp(max=0).exp()
             self.count += 1
-        self._prev = StepState(state.step, state.loss, {n: t.clone() for n, t in state.w.items()}, state.drift,
-                               state.G, state.log_target, state.epsilon)
+        self._prev = StepState(
+            state.step,
+            state.loss,
+            {n: t.clone() for n, t in state.w.items()},
+            state.drift,
+            state.G,
+            state.log_target,
+            state.epsilon,
+        )
 
     @property
     def acceptance(self) -> torch.Tensor:

@@ -18,8 +18,9 @@ from unweave.slt.targets import resolve
 
 @dataclass(frozen=True)
 class LLCConfig:
-    target: str = setting(help="A modadd run directory, or rrr:M,H,N:r, dln:H0,...,HL:r, normal-crossing:p1,p2,...",
-                          argument=True)
+    target: str = setting(
+        help="A modadd run directory, or rrr:M,H,N:r, dln:H0,...,HL:r, normal-crossing:p1,p2,...", argument=True
+    )
     out: Path = setting(Path("runs/llc"), "Where record.json, llc.json and llc.html go.")
     checkpoint: str = setting("final", "For a run: 'final', a step, or 'all' (the LLC trajectory).")
     calibrate: bool = setting(False, "Sweep epsilon x n*beta and pick settings.")
@@ -39,8 +40,11 @@ def run_llc(cfg: LLCConfig) -> RunResult:
         cal = calibrate(model, target.loss_fn, target.loader, base=cfg.sgld, params=cfg.params)
         record["calibration"] = {"grid": cal.grid, "chosen": cal.chosen, "rule": cal.rule}
         report.section("Calibration").text(f"Rule: {cal.rule}.").figure(plots.calibration(cal)).table(cal.grid)
-        summary = (f"chosen epsilon {cal.chosen['epsilon']:g}, n*beta {cal.chosen['nbeta']:.4g}" if cal.chosen
-                   else "no healthy setting in the grid: widen it (smaller epsilon) or raise localization")
+        summary = (
+            f"chosen epsilon {cal.chosen['epsilon']:g}, n*beta {cal.chosen['nbeta']:.4g}"
+            if cal.chosen
+            else "no healthy setting in the grid: widen it (smaller epsilon) or raise localization"
+        )
         report.summary().text(summary, summary=True)
         return run.finish(record, report, [summary])
     points = llc_over_checkpoints(target.checkpoints, target.loss_fn, target.loader, cfg.sgld, params=cfg.params)
@@ -52,12 +56,26 @@ def run_llc(cfg: LLCConfig) -> RunResult:
     if target.true_llc is not None:
         err = abs(last.llc_mean - target.true_llc) / target.true_llc
         record["relative_error"] = err
-        headline.text(f"Closed form: lambda = {target.true_llc:.4g}; estimate {last.llc_mean:.4g} "
-                      f"± {last.llc_std_err:.2g} (relative error {err:.1%}).", summary=True)
+        headline.text(
+            f"Closed form: lambda = {target.true_llc:.4g}; estimate {last.llc_mean:.4g} "
+            f"± {last.llc_std_err:.2g} (relative error {err:.1%}).",
+            summary=True,
+        )
     section = report.section("Local learning coefficient")
-    section.table([{"step": s, "LLC": r.llc_mean, "std. err.": r.llc_std_err, "n*beta": r.nbeta,
-                    "MALA acceptance": r.mala_acceptance, "parameters sampled": r.n_params,
-                    "flattened": r.flattened} for s, r in points])
+    section.table(
+        [
+            {
+                "step": s,
+                "LLC": r.llc_mean,
+                "std. err.": r.llc_std_err,
+                "n*beta": r.nbeta,
+                "MALA acceptance": r.mala_acceptance,
+                "parameters sampled": r.n_params,
+                "flattened": r.flattened,
+            }
+            for s, r in points
+        ]
+    )
     for note in last.warnings:
         section.text(f"Warning: {note}")
     if len(points) > 1:
@@ -66,8 +84,17 @@ def run_llc(cfg: LLCConfig) -> RunResult:
     if cfg.hessian:
         h = hessian_summary(target.checkpoints[-1][1], target.loss_fn, target.loader, params=cfg.params)
         record["hessian"] = vars(h)
-        report.section("Hessian view").table([{
-            "parameters": h.n_params, "near-zero eigenvalues": h.near_zero, "|eigenvalue| <=": h.tol,
-            "x max |eigenvalue|": h.max_abs_eigenvalue, "method": h.method, "LLC": last.llc_mean,
-            "2 x LLC (effective parameters)": 2 * last.llc_mean}])
+        report.section("Hessian view").table(
+            [
+                {
+                    "parameters": h.n_params,
+                    "near-zero eigenvalues": h.near_zero,
+                    "|eigenvalue| <=": h.tol,
+                    "x max |eigenvalue|": h.max_abs_eigenvalue,
+                    "method": h.method,
+                    "LLC": last.llc_mean,
+                    "2 x LLC (effective parameters)": 2 * last.llc_mean,
+                }
+            ]
+        )
     return run.finish(record, report, [summary])

@@ -59,8 +59,10 @@ class ChainGradients:
                 g, loss = self._vmapped_shared(w, x[0], y[0]) if shared else self._vmapped(w, x, y)
                 return loss.detach(), {n: t.detach() for n, t in g.items()}
             except Exception as err:  # vmap cannot trace every model
-                warnings.warn(f"chains could not be vectorised ({type(err).__name__}: {err}); running them in a loop",
-                              stacklevel=4)  # the caller of run_chains
+                warnings.warn(
+                    f"chains could not be vectorised ({type(err).__name__}: {err}); running them in a loop",
+                    stacklevel=4,
+                )  # the caller of run_chains
                 self.vectorized = False
         out = [self._looped({n: t[c] for n, t in w.items()}, x[c], y[c]) for c in range(len(x))]
         loss = torch.stack([o[1].detach() for o in out])

@@ -31,8 +31,9 @@ def _full_batch(loader: Iterable) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat(xs), torch.cat(ys)
 
 
-def _flat_loss(model: torch.nn.Module, loss_fn: LossFn, names: list[str], x: torch.Tensor,
-               y: torch.Tensor) -> tuple[Callable[[torch.Tensor], torch.Tensor], torch.Tensor]:
+def _flat_loss(
+    model: torch.nn.Module, loss_fn: LossFn, names: list[str], x: torch.Tensor, y: torch.Tensor
+) -> tuple[Callable[[torch.Tensor], torch.Tensor], torch.Tensor]:
     params = dict(model.named_parameters())
     shapes = [params[n].shape for n in names]
     sizes = [params[n].numel() for n in names]
@@ -42,12 +43,21 @@ def _flat_loss(model: torch.nn.Module, loss_fn: LossFn, names: list[str], x: tor
         chunks = torch.split(flat, sizes)
         p = {n: c.view(s) for n, c, s in zip(names, chunks, shapes)}
         return loss_fn(functional_call(model, p, (x,)), y)
+
     return f, w0
 
 
-def hessian_summary(model: torch.nn.Module, loss_fn: LossFn, loader: Iterable,
-                    params: str | Iterable[str] | None = None, tol: float = 1e-3,
-                    exact_limit: int = 3000, lanczos_steps: int = 80, probes: int = 4, seed: int = 0) -> HessianSummary:
+def hessian_summary(
+    model: torch.nn.Module,
+    loss_fn: LossFn,
+    loader: Iterable,
+    params: str | Iterable[str] | None = None,
+    tol: float = 1e-3,
+    exact_limit: int = 3000,
+    lanczos_steps: int = 80,
+    probes: int = 4,
+    seed: int = 0,
+) -> HessianSummary:
     names = select_parameters(model, params)
     x, y = _full_batch(loader)
     f, w0 = _flat_loss(model, loss_fn, names, x, y)
@@ -72,8 +82,7 @@ def hessian_summary(model: torch.nn.Module, loss_fn: LossFn, loader: Iterable,
     return HessianSummary(d, d * weights[nodes.abs() <= tol * top].sum().item(), top, tol, "slq")
 
 
-def _lanczos(hvp: Callable[[torch.Tensor], torch.Tensor], d: int, steps: int,
-             gen: torch.Generator) -> torch.Tensor:
+def _lanczos(hvp: Callable[[torch.Tensor], torch.Tensor], d: int, steps: int, gen: torch.Generator) -> torch.Tensor:
     v = torch.randn(d, generator=gen, dtype=torch.float64)
     v /= v.norm()
     vs, alphas, betas = [v], [], []
@@ -92,6 +101,6 @@ def _lanczos(hvp: Callable[[torch.Tensor], torch.Tensor], d: int, steps: int,
         w = hvp(vs[-1])
     t = torch.diag(torch.stack(alphas))
     if betas:
-        off = torch.stack(betas[:len(alphas) - 1])
+        off = torch.stack(betas[: len(alphas) - 1])
         t += torch.diag(off, 1) + torch.diag(off, -1)
     return t

@@ -76,8 +76,14 @@ def _flattened(excess: torch.Tensor) -> bool:
     return bool(mean <= 3 * se or mean <= 0.1)
 
 
-def estimate_llc(model: torch.nn.Module, loss_fn: LossFn, loader: Iterable, config: SGLDConfig | None = None,
-                 params: str | Sequence[str] | None = None, n: int | None = None) -> LLCResult:
+def estimate_llc(
+    model: torch.nn.Module,
+    loss_fn: LossFn,
+    loader: Iterable,
+    config: SGLDConfig | None = None,
+    params: str | Sequence[str] | None = None,
+    n: int | None = None,
+) -> LLCResult:
     """Estimate the LLC of `model` at its current weights on the data in `loader`.
 
     `loss_fn(model(x), y)` is the mean loss of a batch (x, y); `params` limits sampling
@@ -92,8 +98,10 @@ def estimate_llc(model: torch.nn.Module, loss_fn: LossFn, loader: Iterable, conf
         raise LLCError(f"the data loader holds {n} example; the LLC needs at least 2")
     init_loss = mean_loss(model, loss_fn, loader)
     if not math.isfinite(init_loss):
-        raise LLCError(f"the loss at the trained weights is {init_loss}: the LLC is only defined at a point "
-                       "where the loss is finite (check the model, the data and the loss function)")
+        raise LLCError(
+            f"the loss at the trained weights is {init_loss}: the LLC is only defined at a point "
+            "where the loss is finite (check the model, the data and the loss function)"
+        )
     nbeta = cfg.resolved_nbeta(n)
     n_params = sum(p.numel() for name, p in model.named_parameters() if name in names)
     task = progress.Task(f"SGLD, {cfg.chains} chains", total=cfg.burn_in + cfg.draws)
@@ -106,28 +114,45 @@ def estimate_llc(model: torch.nn.Module, loss_fn: LossFn, loader: Iterable, conf
     # at equilibrium n_beta * excess ~ lambda <= d/2, so an excess 1000x beyond d/n_beta is a blow-up
     excess = trace.losses - init_loss
     limit = 1000 * max(n_params, 1) / nbeta
-    tail = excess[:, -max(1, excess.shape[1] // 4):]  # a lost chain stays lost: judge the last quarter
+    tail = excess[:, -max(1, excess.shape[1] // 4) :]  # a lost chain stays lost: judge the last quarter
     bad = [c for c in range(cfg.chains) if not torch.isfinite(excess[c]).all() or tail[c].mean() > limit]
     notes = []
     if bad:
-        notes.append(f"chains {bad} diverged (loss NaN or last-quarter mean more than {limit:.3g} above L(w*)): lower epsilon "
-                     f"(now {cfg.epsilon:g}) or raise localization (now {cfg.localization:g})")
+        notes.append(
+            f"chains {bad} diverged (loss NaN or last-quarter mean more than {limit:.3g} above L(w*)): lower epsilon "
+            f"(now {cfg.epsilon:g}) or raise localization (now {cfg.localization:g})"
+        )
     good = [c for c in range(cfg.chains) if c not in bad]
     if not good:
         for note in notes:
             warnings.warn(note, stacklevel=2)
-        raise LLCError(f"every chain diverged; lower epsilon (now {cfg.epsilon:g}) or raise localization "
-                       f"(now {cfg.localization:g}), or run `unweave llc --calibrate`")
+        raise LLCError(
+            f"every chain diverged; lower epsilon (now {cfg.epsilon:g}) or raise localization "
+            f"(now {cfg.localization:g}), or run `unweave llc --calibrate`"
+        )
     per_chain = (nbeta * excess[good].mean(1)).tolist()
     flat = _flattened(excess[good])
     if not flat:
-        notes.append("the loss trace has not flattened (its second half differs from its first): raise burn_in "
-                     f"(now {cfg.burn_in}) or draws (now {cfg.draws}), or epsilon (now {cfg.epsilon:g})")
+        notes.append(
+            "the loss trace has not flattened (its second half differs from its first): raise burn_in "
+            f"(now {cfg.burn_in}) or draws (now {cfg.draws}), or epsilon (now {cfg.epsilon:g})"
+        )
     for note in notes:
         warnings.warn(note, stacklevel=2)
     mean = sum(per_chain) / len(per_chain)
     se = (torch.tensor(per_chain).std().item() / math.sqrt(len(per_chain))) if len(per_chain) > 1 else float("nan")
-    return LLCResult(llc_mean=mean, llc_std_err=se, llc_per_chain=per_chain, init_loss=init_loss, nbeta=nbeta, n=n,
-                     n_params=n_params, mala_acceptance=trace.acceptance[good].mean().item(),
-                     loss_trace=trace.losses.tolist(), diverged_chains=bad, flattened=flat, warnings=notes,
-                     config=cfg.to_dict())
+    return LLCResult(
+        llc_mean=mean,
+        llc_std_err=se,
+        llc_per_chain=per_chain,
+        init_loss=init_loss,
+        nbeta=nbeta,
+        n=n,
+        n_params=n_params,
+        mala_acceptance=trace.acceptance[good].mean().item(),
+        loss_trace=trace.losses.tolist(),
+        diverged_chains=bad,
+        flattened=flat,
+        warnings=notes,
+        config=cfg.to_dict(),
+    )

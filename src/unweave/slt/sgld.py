@@ -78,8 +78,10 @@ def select_parameters(model: torch.nn.Module, include: str | Iterable[str] | Non
     prefixes = [include] if isinstance(include, str) else list(include)
     chosen = [n for n in names if any(n == p or n.startswith(p.rstrip(".") + ".") for p in prefixes)]
     if not chosen:
-        raise LLCError(f"parameter subset {prefixes} matches no parameter; parameters are: "
-                       f"{', '.join(names[:12])}{' ...' if len(names) > 12 else ''}")
+        raise LLCError(
+            f"parameter subset {prefixes} matches no parameter; parameters are: "
+            f"{', '.join(names[:12])}{' ...' if len(names) > 12 else ''}"
+        )
     return chosen
 
 
@@ -101,7 +103,7 @@ class ChainBatches:
         n = len(tensors[0])
         order = torch.randperm(n, generator=gen) if _shuffles(self.loader) else torch.arange(n)
         for start in range(0, n, bs):
-            idx = order[start:start + bs]
+            idx = order[start : start + bs]
             yield tuple(t[idx] for t in tensors) if len(idx) < n else tensors
 
     def _restart(self) -> None:
@@ -139,9 +141,13 @@ class ChainBatches:
 def _direct_tensors(loader: Iterable) -> tuple[torch.Tensor, ...] | None:
     """The tensors of a plain DataLoader over a TensorDataset (x, y), else None."""
     dataset = getattr(loader, "dataset", None)
-    if (isinstance(dataset, TensorDataset) and len(dataset.tensors) == 2 and loader.batch_size
-            and type(loader.sampler) in (RandomSampler, SequentialSampler)
-            and loader.collate_fn is default_collate):
+    if (
+        isinstance(dataset, TensorDataset)
+        and len(dataset.tensors) == 2
+        and loader.batch_size
+        and type(loader.sampler) in (RandomSampler, SequentialSampler)
+        and loader.collate_fn is default_collate
+    ):
         return dataset.tensors
     return None
 
@@ -175,14 +181,25 @@ def _noise(gens: list[torch.Generator], like: torch.Tensor) -> torch.Tensor:
 
 def _ticker(on_step: Callable[[], object]) -> Callback:
     """A progress hook as a callback that never stops the chains, whatever it returns."""
+
     def callback(state: StepState) -> None:
         on_step()
+
     return callback
 
 
-def run_chains(model: torch.nn.Module, loss_fn: LossFn, loader: Iterable, names: list[str], nbeta: float,
-               cfg: SGLDConfig, on_step: Callable[[], None] | None = None, *, rule: UpdateRule | None = None,
-               callbacks: Sequence[Callback] = ()) -> Trace:
+def run_chains(
+    model: torch.nn.Module,
+    loss_fn: LossFn,
+    loader: Iterable,
+    names: list[str],
+    nbeta: float,
+    cfg: SGLDConfig,
+    on_step: Callable[[], None] | None = None,
+    *,
+    rule: UpdateRule | None = None,
+    callbacks: Sequence[Callback] = (),
+) -> Trace:
     """Sample `cfg.chains` chains of `cfg.burn_in + cfg.draws` steps; return the draws' losses.
 
     `rule` replaces the update rule the config chooses; `callbacks` run after the built-in

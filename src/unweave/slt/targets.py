@@ -48,14 +48,20 @@ def resolve(spec: str, checkpoint: str = "final", batch_size: int | None = None,
             if not checkpoint.isdigit() or int(checkpoint) not in steps:
                 raise ValueError(f"no checkpoint {checkpoint!r} in {path}; saved steps: {sorted(steps)}")
             chosen = [(int(checkpoint), run.load(steps[int(checkpoint)]))]
-        return Target(f"modular addition ({path})", chosen, answer_loss, train_loader(run.config, batch_size),
-                      history=run.history)
+        return Target(
+            f"modular addition ({path})", chosen, answer_loss, train_loader(run.config, batch_size), history=run.history
+        )
     kind, _, rest = spec.partition(":")
     if kind == "normal-crossing":
         powers = _ints(rest, "normal-crossing powers")
         model, loader = singular.normal_crossing_task(powers, n=n)
-        return Target(f"normal crossing {powers}", [(0, model)], singular.normal_crossing_loss, loader,
-                      truth.normal_crossing(powers))
+        return Target(
+            f"normal crossing {powers}",
+            [(0, model)],
+            singular.normal_crossing_loss,
+            loader,
+            truth.normal_crossing(powers),
+        )
     if kind in ("rrr", "dln"):
         widths_text, _, rank_text = rest.partition(":")
         widths = _ints(widths_text, f"{kind} widths")
@@ -63,7 +69,14 @@ def resolve(spec: str, checkpoint: str = "final", batch_size: int | None = None,
             raise ValueError(f"rrr takes three widths M,H,N, got {widths}; use dln for deeper networks")
         rank = _ints(rank_text or "1", f"{kind} rank")[0]
         model, loader = singular.deep_linear_task(widths, rank, n=n, batch_size=batch_size)
-        return Target(f"{kind} {widths} rank {rank}", [(0, model)], singular.half_squared_error, loader,
-                      truth.deep_linear(widths, rank))
-    raise ValueError(f"{spec!r} is neither a run directory (with config.json) nor a zoo model; use e.g. "
-                     "runs/demo/modadd, rrr:5,3,5:1, dln:4,3,3,4:1 or normal-crossing:1,2")
+        return Target(
+            f"{kind} {widths} rank {rank}",
+            [(0, model)],
+            singular.half_squared_error,
+            loader,
+            truth.deep_linear(widths, rank),
+        )
+    raise ValueError(
+        f"{spec!r} is neither a run directory (with config.json) nor a zoo model; use e.g. "
+        "runs/demo/modadd, rrr:5,3,5:1, dln:4,3,3,4:1 or normal-crossing:1,2"
+    )

@@ -76,6 +76,10 @@ def deep_linear(widths: list[int], r: int) -> float:
     big_m = -(-s // ell)  # ceil(s / l)
     a = s - (big_m - 1) * ell
     pairs = sum(inside[i] * inside[j] for i in range(len(inside)) for j in range(i + 1, len(inside)))
-    lam = (Fraction(-r * r + r * (widths[0] + widths[-1]), 2) + Fraction(a * (ell - a), 4 * ell)
-           - Fraction(ell * (ell - 1), 4) * Fraction(s, ell) ** 2 + Fraction(pairs, 2))
+    lam = (
+        Fraction(-r * r + r * (widths[0] + widths[-1]), 2)
+        + Fraction(a * (ell - a), 4 * ell)
+        - Fraction(ell * (ell - 1), 4) * Fraction(s, ell) ** 2
+        + Fraction(pairs, 2)
+    )
     return float(lam)

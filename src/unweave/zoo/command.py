@@ -26,10 +26,16 @@ def run_train_modadd(cfg: TrainModAddConfig) -> RunResult:
     history = trained.history
     final = history[-1]
     report = Report(f"unweave train modadd: a + b mod {cfg.modadd.p}")
-    report.summary().text(f"Step {final['step']}: train loss {final['train_loss']:.3g}, test loss "
-                          f"{final['test_loss']:.3g}, test accuracy {final['test_acc']:.2%}.", summary=True)
-    report.section("Training").table([{"setting": k, "value": v} for k, v in asdict(cfg.modadd).items()]) \
-        .figure(loss_curves(history))
-    line = (f"trained {trained.dir}: step {final['step']}, train loss {final['train_loss']:.3g}, "
-            f"test accuracy {final['test_acc']:.2%}")
+    report.summary().text(
+        f"Step {final['step']}: train loss {final['train_loss']:.3g}, test loss "
+        f"{final['test_loss']:.3g}, test accuracy {final['test_acc']:.2%}.",
+        summary=True,
+    )
+    report.section("Training").table([{"setting": k, "value": v} for k, v in asdict(cfg.modadd).items()]).figure(
+        loss_curves(history)
+    )
+    line = (
+        f"trained {trained.dir}: step {final['step']}, train loss {final['train_loss']:.3g}, "
+        f"test accuracy {final['test_acc']:.2%}"
+    )
     return run.finish({"final": final, "checkpoints": [s for s, _ in trained.checkpoints()]}, report, [line])

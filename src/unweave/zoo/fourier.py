@@ -119,10 +119,15 @@ def logit_measures(model: torch.nn.Module, data: ModAddData, p: int, freqs: list
     def acc(z: torch.Tensor, idx: torch.Tensor) -> float:
         return (z[idx].argmax(-1) == y[idx]).double().mean().item()
 
-    return {"train_loss": loss_fn(logits[tr], y[tr]).item(), "test_loss": loss_fn(logits[te], y[te]).item(),
-            "test_acc": acc(logits, te),
-            "restricted_test_loss": loss_fn(restricted[te], y[te]).item(), "restricted_test_acc": acc(restricted, te),
-            "excluded_train_loss": loss_fn(excluded[tr], y[tr]).item(), "excluded_train_acc": acc(excluded, tr)}
+    return {
+        "train_loss": loss_fn(logits[tr], y[tr]).item(),
+        "test_loss": loss_fn(logits[te], y[te]).item(),
+        "test_acc": acc(logits, te),
+        "restricted_test_loss": loss_fn(restricted[te], y[te]).item(),
+        "restricted_test_acc": acc(restricted, te),
+        "excluded_train_loss": loss_fn(excluded[tr], y[tr]).item(),
+        "excluded_train_acc": acc(excluded, tr),
+    }
 
 
 def analyse(model: torch.nn.Module, data: ModAddData, p: int, share: float = 0.05) -> FourierAnalysis:
@@ -130,6 +135,10 @@ def analyse(model: torch.nn.Module, data: ModAddData, p: int, share: float = 0.0
     W_E = model.W_E.detach()
     spectrum = embedding_spectrum(W_E, p)
     freqs = key_frequencies(spectrum, share)
-    return FourierAnalysis(p=p, spectrum=spectrum.tolist(), key_freqs=freqs,
-                           key_norm_fraction=norm_fraction(W_E, p, freqs),
-                           **logit_measures(model, data, p, freqs))
+    return FourierAnalysis(
+        p=p,
+        spectrum=spectrum.tolist(),
+        key_freqs=freqs,
+        key_norm_fraction=norm_fraction(W_E, p, freqs),
+        **logit_measures(model, data, p, freqs),
+    )

@@ -35,12 +35,14 @@ class InductionConfig:
     seed: int = 0
 
     def transformer(self) -> TransformerConfig:
-        return TransformerConfig(vocab=self.vocab, n_ctx=self.n_ctx, d_model=self.d_model,
-                                 n_heads=self.n_heads, d_mlp=0, n_layers=2)
+        return TransformerConfig(
+            vocab=self.vocab, n_ctx=self.n_ctx, d_model=self.d_model, n_heads=self.n_heads, d_mlp=0, n_layers=2
+        )
 
 
-def repeated_sequences(n: int, vocab: int, n_ctx: int, gen: torch.Generator,
-                       half: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def repeated_sequences(
+    n: int, vocab: int, n_ctx: int, gen: torch.Generator, half: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(n, n_ctx) random tokens whose tokens half..2*half-1 repeat tokens 0..half-1, and
     the half length of each row. With `half=None` it varies per row (n_ctx/4 .. n_ctx/2),
     so that attending to a fixed offset (a positional shortcut) does not solve the task."""

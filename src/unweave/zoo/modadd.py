@@ -56,8 +56,15 @@ class ModAddConfig:
             raise ValueError(f"ModAddConfig.lr must be positive, got {self.lr}")
 
     def transformer(self) -> TransformerConfig:
-        return TransformerConfig(vocab=self.p + 1, n_ctx=3, d_model=self.d_model, n_heads=self.n_heads,
-                                 d_mlp=self.d_mlp, n_layers=1, d_vocab_out=self.p)
+        return TransformerConfig(
+            vocab=self.p + 1,
+            n_ctx=3,
+            d_model=self.d_model,
+            n_heads=self.n_heads,
+            d_mlp=self.d_mlp,
+            n_layers=1,
+            d_vocab_out=self.p,
+        )
 
     @classmethod
     def from_dict(cls, data: dict) -> ModAddConfig:
@@ -142,11 +149,14 @@ class TrainedModAdd:
         with `finished`, when it has not reached its last step)."""
         run = cls(path)
         if not (run.dir / "config.json").exists():
-            raise FileNotFoundError(f"{path} holds no modular-addition run (no config.json); train one with "
-                                    f"`unweave train modadd --out {path}` (or run `unweave demo`)")
+            raise FileNotFoundError(
+                f"{path} holds no modular-addition run (no config.json); train one with "
+                f"`unweave train modadd --out {path}` (or run `unweave demo`)"
+            )
         if finished and not run.complete:
-            raise FileNotFoundError(f"{path} holds an unfinished modular-addition run; finish it with "
-                                    f"`unweave train modadd --out {path}`")
+            raise FileNotFoundError(
+                f"{path} holds an unfinished modular-addition run; finish it with `unweave train modadd --out {path}`"
+            )
         return run
 
     @staticmethod
@@ -169,8 +179,9 @@ def _optimizer(model: torch.nn.Module, cfg: ModAddConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
 
 
-def _save_state(run_dir: Path, step: int, model: torch.nn.Module, opt: torch.optim.Optimizer,
-                history: list[dict]) -> None:
+def _save_state(
+    run_dir: Path, step: int, model: torch.nn.Module, opt: torch.optim.Optimizer, history: list[dict]
+) -> None:
     """Everything needed to resume: weights, AdamW moments, step, history."""
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     for i, (name, _) in enumerate(model.named_parameters()):
@@ -186,12 +197,14 @@ def _save_state(run_dir: Path, step: int, model: torch.nn.Module, opt: torch.opt
 def _load_state(run_dir: Path, model: torch.nn.Module, opt: torch.optim.Optimizer) -> tuple[int, list[dict]]:
     step = read_json(run_dir / "state.json")["step"]
     tensors = read_tensors(run_dir / "state.safetensors")
-    model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+    model.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
     for param, (name, _) in zip(opt.param_groups[0]["params"], model.named_parameters()):
         if f"adam.exp_avg.{name}" in tensors:
-            opt.state[param] = {"step": torch.tensor(float(step)),
-                                "exp_avg": tensors[f"adam.exp_avg.{name}"],
-                                "exp_avg_sq": tensors[f"adam.exp_avg_sq.{name}"]}
+            opt.state[param] = {
+                "step": torch.tensor(float(step)),
+                "exp_avg": tensors[f"adam.exp_avg.{name}"],
+                "exp_avg_sq": tensors[f"adam.exp_avg_sq.{name}"],
+            }
     history = [h for h in read_json(run_dir / "history.json") if h["step"] <= step]
     return step, history
 
@@ -206,8 +219,10 @@ def train(cfg: ModAddConfig, out_dir: Path, stop_after: int | None = None) -> Tr
     run.dir.mkdir(parents=True, exist_ok=True)
     (run.dir / "checkpoints").mkdir(exist_ok=True)
     if (run.dir / "config.json").exists() and run.config != cfg:
-        raise ValueError(f"{run.dir} holds a run with a different config ({run.config}); "
-                         "choose another output directory or delete it")
+        raise ValueError(
+            f"{run.dir} holds a run with a different config ({run.config}); "
+            "choose another output directory or delete it"
+        )
     write_json(run.dir / "config.json", asdict(cfg))
     if run.complete:
         return run
@@ -216,8 +231,11 @@ def train(cfg: ModAddConfig, out_dir: Path, stop_after: int | None = None) -> Tr
     data = make_data(cfg)
     model = Transformer(cfg.transformer())
     opt = _optimizer(model, cfg)
-    step, history = (_load_state(run.dir, model, opt) if (run.dir / "state.json").exists()
-                     else (0, [{"step": 0, **evaluate(model, data)}]))
+    step, history = (
+        _load_state(run.dir, model, opt)
+        if (run.dir / "state.json").exists()
+        else (0, [{"step": 0, **evaluate(model, data)}])
+    )
 
     x, y = data.tokens[data.train_idx], data.labels[data.train_idx]
     last = cfg.steps if stop_after is None else min(stop_after, cfg.steps)

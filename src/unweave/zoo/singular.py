@@ -40,8 +40,9 @@ def deep_linear(widths: list[int]) -> nn.Sequential:
     return nn.Sequential(*(nn.Linear(a, b, bias=False) for a, b in zip(widths[:-1], widths[1:])))
 
 
-def deep_linear_task(widths: list[int], rank: int, n: int = 10_000, batch_size: int | None = None,
-                     seed: int = 0) -> tuple[nn.Sequential, DataLoader]:
+def deep_linear_task(
+    widths: list[int], rank: int, n: int = 10_000, batch_size: int | None = None, seed: int = 0
+) -> tuple[nn.Sequential, DataLoader]:
     """The network at a rank-`rank` true map, and a loader of noiseless data from that map."""
     if not 0 <= rank <= min(widths):
         raise ValueError(f"rank must be between 0 and min(widths) = {min(widths)}, got {rank}")

@@ -28,8 +28,9 @@ def sample_features(n: int, n_features: int, p_active: float, gen: torch.Generat
     return active * torch.rand(n, n_features, generator=gen)
 
 
-def train_toy(n_features: int = 5, d_hidden: int = 2, p_active: float = 0.05, steps: int = 3000,
-              seed: int = 0) -> ToyModel:
+def train_toy(
+    n_features: int = 5, d_hidden: int = 2, p_active: float = 0.05, steps: int = 3000, seed: int = 0
+) -> ToyModel:
     model = ToyModel(n_features, d_hidden, seed)
     gen = torch.Generator().manual_seed(seed + 1)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)

@@ -1,7 +1,8 @@
 """A small transformer for toy tasks, with a stable, guessable name for every activation.
 
 Names follow TransformerLens: `hook_embed`, `blocks.0.hook_resid_pre`,
-`blocks.0.attn.hook_q_input` (and `_k_`, `_v_`), `blocks.0.attn.hook_pattern`, `blocks.0.attn.hook_z` (per-head outputs),
+`blocks.0.attn.hook_q_input` (and `_k_`, `_v_`), `blocks.0.attn.hook_pattern`,
+`blocks.0.attn.hook_z` (per-head outputs),
 `blocks.0.hook_attn_out`, `blocks.0.mlp.hook_post`, `blocks.0.hook_resid_post`, `unembed`.
 The `hook_*` modules are identities that exist only to be sites. No layer norm by default,
 as in the grokking work, so that the weights read off directly.
@@ -31,8 +32,9 @@ class TransformerConfig:
             if getattr(self, field) < 1:
                 raise ValueError(f"TransformerConfig.{field} must be at least 1, got {getattr(self, field)}")
         if self.d_model % self.n_heads:
-            raise ValueError(f"TransformerConfig.d_model ({self.d_model}) must be divisible by "
-                             f"n_heads ({self.n_heads})")
+            raise ValueError(
+                f"TransformerConfig.d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})"
+            )
 
     @property
     def d_head(self) -> int:
@@ -51,8 +53,7 @@ class Attention(nn.Module):
         self.W_K = nn.Parameter(torch.randn(h, d, dh) * scale)
         self.W_V = nn.Parameter(torch.randn(h, d, dh) * scale)
         self.W_O = nn.Parameter(torch.randn(h, dh, d) * scale)
-        self.register_buffer("causal", torch.tril(torch.ones(cfg.n_ctx, cfg.n_ctx, dtype=torch.bool)),
-                             persistent=False)
+        self.register_buffer("causal", torch.tril(torch.ones(cfg.n_ctx, cfg.n_ctx, dtype=torch.bool)), persistent=False)
         # the residual stream as read by the queries, keys and values (TransformerLens's split
         # qkv input), so that a hypothesis can claim each path separately
         self.hook_q_input, self.hook_k_input, self.hook_v_input = nn.Identity(), nn.Identity(), nn.Identity()
@@ -119,8 +120,9 @@ class Transformer(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         if tokens.dim() != 2 or tokens.shape[1] > self.cfg.n_ctx:
-            raise ValueError(f"tokens must have shape (batch, pos) with pos <= {self.cfg.n_ctx}, "
-                             f"got {tuple(tokens.shape)}")
+            raise ValueError(
+                f"tokens must have shape (batch, pos) with pos <= {self.cfg.n_ctx}, got {tuple(tokens.shape)}"
+            )
         x = self.hook_embed(self.W_E[tokens] + self.W_pos[: tokens.shape[1]])
         for block in self.blocks:
             x = block(x)

@@ -33,8 +33,9 @@ class Architecture:
         """Latents from pre-activations."""
         raise NotImplementedError
 
-    def reconstruct(self, sae: SAE, x: torch.Tensor,
-                    pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def reconstruct(
+        self, sae: SAE, x: torch.Tensor, pre: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """For the loss: the reconstruction, the indices of the latents that fired, and the
         dense latents (None when they were never formed)."""
         latents = self.activate(sae, pre)
