@@ -36,6 +36,7 @@ def check_record(folder: Path, command: str, results: str, report: str, **config
 @pytest.mark.parametrize(
     "command",
     [
+        ["runs"],
         [],
         ["demo"],
         ["train"],
@@ -469,3 +470,28 @@ def test_scrub_bad_inputs(monkeypatch, capsys, tmp_path):
     ):
         code, err = run_main(monkeypatch, capsys, [*args, "--out", str(tmp_path)])
         assert code == 2 and message in " ".join(err.split()) and "Traceback" not in err, err
+
+
+def test_runs_indexes_every_run_folder(tmp_path):
+    runs = tmp_path / "runs"
+    for args in (
+        ["llc", "rrr:3,2,3:1", "--draws", "20", "--no-hessian", "--out", str(runs / "llc")],
+        ["scrub", "cancellation", "--examples", "64", "--out", str(runs / "deep" / "scrub")],
+    ):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["runs", str(runs)])
+    assert result.exit_code == 0, result.output
+    rows = json.loads((runs / "runs.json").read_text())["runs"]
+    assert sorted(r["command"] for r in rows) == ["llc", "scrub"]  # not the index itself
+    by = {r["command"]: r for r in rows}
+    assert by["scrub"]["href"] == "deep/scrub/scrub.html" and (runs / by["scrub"]["href"]).exists()
+    record = json.loads((runs / "llc" / "record.json").read_text())
+    assert by["llc"]["key figures"] == "; ".join(record["summary"]) and record["summary"][0].startswith("LLC ")
+    html = (runs / "runs.html").read_text()
+    assert '<table class="sortable">' in html and 'href="deep/scrub/scrub.html"' in html
+    check_record(runs, "runs", "runs.json", "runs.html")
+    result = runner.invoke(app, ["runs", str(runs), "--out", str(tmp_path / "again")])  # an index is not a run
+    assert len(json.loads((tmp_path / "again" / "runs.json").read_text())["runs"]) == 2
+    result = runner.invoke(app, ["runs", str(tmp_path / "missing")])
+    assert result.exit_code != 0 and "is not a folder" in str(result.exception)

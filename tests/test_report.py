@@ -87,3 +87,26 @@ def test_scrub_report_renders(tmp_path):
     result = run_scrub(ScrubConfig("cancellation", out=tmp_path, examples=256))
     n_plots, errors, page_errors = render(result.report)
     assert n_plots == 1 and errors == [] and page_errors == []
+
+
+@browser
+@pytest.mark.browser
+def test_sortable_table_sorts_numbers_when_its_header_is_clicked(tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    rows = [{"name": n, "value": v, "href": f"{n}.html"} for n, v in (("b", 10.0), ("a", 9.0), ("c", 100.0))]
+    report = Report("t")
+    report.section("s").table(rows, links={"name": "href"}, sortable=True)
+    report.write(tmp_path / "t.html")
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_page()
+            page.goto((tmp_path / "t.html").resolve().as_uri())
+            page.click("th:has-text('value')")
+            assert page.locator("tbody tr td:first-child").all_text_contents() == ["a", "b", "c"]  # 9 < 10 < 100
+            page.click("th:has-text('value')")
+            assert page.locator("tbody tr td:first-child").all_text_contents() == ["c", "b", "a"]
+            assert page.locator("a[href='b.html']").count() == 1 and page.locator("th").count() == 2
+        finally:
+            browser.close()

@@ -21,6 +21,7 @@ from unweave.configs import MISSING, default_of, field_types
 from unweave.demo import DemoConfig, run_demo
 from unweave.dictionaries.command import SAEEvalConfig, SAETrainConfig, run_sae_eval, run_sae_train
 from unweave.hypotheses.command import ScrubConfig, run_scrub
+from unweave.index import RunsConfig, run_runs
 from unweave.runs import RunResult
 from unweave.slt.command import LLCConfig, run_llc
 from unweave.zoo.command import TrainModAddConfig, run_train_modadd
@@ -180,6 +181,14 @@ COMMANDS = [
         "Examples: unweave sae train --store runs/cache-l15 --site model.layers.15 --k 16 --k 32 --width 4608 "
         "--out runs/sae;  unweave sae train --live --site model.layers.5.mlp:input --target-site "
         "model.layers.5.mlp --tokens 200000",
+    ),
+    (
+        app,
+        "runs",
+        RunsConfig,
+        run_runs,
+        "One index page over every run folder under DIR: command, date, key figures, a link to each report.",
+        "Example: unweave runs runs",
     ),
     (
         sae_app,

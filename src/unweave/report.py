@@ -24,6 +24,24 @@ th { background: #f3f3f3; } td:first-child, th:first-child { text-align: left; }
 """
 
 
+# click a header of a sortable table: sort by that column (numbers as numbers), again to reverse
+_SORT = """
+document.addEventListener("click", (e) => {
+  const th = e.target.closest("table.sortable th");
+  if (!th) return;
+  const table = th.closest("table"), col = th.cellIndex, body = table.tBodies[0];
+  const dir = th.dataset.dir === "asc" ? -1 : 1;
+  th.dataset.dir = dir === 1 ? "asc" : "desc";
+  const key = (tr) => tr.cells[col].textContent.trim();
+  const rows = Array.from(body.rows).sort((a, b) => {
+    const x = key(a), y = key(b), nx = parseFloat(x), ny = parseFloat(y);
+    return dir * (isNaN(nx) || isNaN(ny) ? x.localeCompare(y) : nx - ny);
+  });
+  rows.forEach((tr) => body.appendChild(tr));
+});
+"""
+
+
 def _cell(value: object) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
@@ -40,13 +58,25 @@ class Section:
         self.parts.append(f"<p{cls}>{html.escape(paragraph)}</p>")
         return self
 
-    def table(self, rows: list[dict]) -> Section:
+    def table(self, rows: list[dict], links: dict[str, str] | None = None, sortable: bool = False) -> Section:
+        """Rows of a table (keys are the headers). `links` maps a column to the key holding
+        each row's address (not shown); `sortable` sorts by a column when its header is clicked."""
         if not rows:
             return self
-        headers = list(rows[0])
+        links = links or {}
+        hidden = set(links.values())
+        headers = [h for h in rows[0] if h not in hidden]
+
+        def cell(row: dict, h: str) -> str:
+            text = _cell(row.get(h, ""))
+            if h in links and row.get(links[h]):
+                return f'<a href="{html.escape(str(row[links[h]]))}">{text}</a>'
+            return text
+
         head = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)
-        body = "".join("<tr>" + "".join(f"<td>{_cell(r.get(h, ''))}</td>" for h in headers) + "</tr>" for r in rows)
-        self.parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+        body = "".join("<tr>" + "".join(f"<td>{cell(r, h)}</td>" for h in headers) + "</tr>" for r in rows)
+        cls = ' class="sortable"' if sortable else ""
+        self.parts.append(f"<table{cls}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
         return self
 
     def figure(self, fig: go.Figure) -> Section:
@@ -80,7 +110,8 @@ class Report:
         body = "\n".join(s.html() for s in ordered)
         return (
             f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{html.escape(self.title)}</title>'
-            f'<style>{_STYLE}</style><script type="text/javascript">{get_plotlyjs()}</script></head>'
+            f'<style>{_STYLE}</style><script type="text/javascript">{get_plotlyjs()}</script>'
+            f"<script>{_SORT}</script></head>"
             f"<body><h1>{html.escape(self.title)}</h1>\n{body}\n</body></html>"
         )
 

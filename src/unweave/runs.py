@@ -106,7 +106,7 @@ class Run:
     def read(self, path: Path) -> None:
         self.inputs[str(path)] = checksum(path)
 
-    def record(self) -> dict:
+    def record(self, summary: list[str] | None = None) -> dict:
         return {
             "command": f"unweave {self.command}",
             "argv": list(sys.argv),
@@ -119,6 +119,7 @@ class Run:
             "wall_time_s": round(time.time() - self.started, 3),
             "results": self.results_path.name,
             "report": self.report_path.name,
+            "summary": list(summary or []),
         }
 
     def finish(self, results: dict, report: Report, summary: list[str]) -> RunResult:
@@ -126,9 +127,13 @@ class Run:
         record.json, in that order: a folder with record.json holds a finished run."""
         self.dir.mkdir(parents=True, exist_ok=True)
         write_json(self.results_path, results)
-        record = self.record()
+        record = self.record(summary)
         report.section("How this run was made").table(
-            [{"field": k, "value": v} for k, v in record.items() if k not in ("config", "inputs", "versions")]
+            [
+                {"field": k, "value": v}
+                for k, v in record.items()
+                if k not in ("config", "inputs", "versions", "summary")
+            ]
             + [{"field": f"config.{k}", "value": v} for k, v in _flat(record["config"]).items()]
             + [{"field": k, "value": v} for k, v in record["versions"].items()]
         )
