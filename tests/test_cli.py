@@ -12,6 +12,29 @@ from unweave.store import ActivationStore
 runner = CliRunner()
 
 
+def cache_tiny(model_dir: Path, out: Path, sites: list[str], tokens: int, shard_tokens: int) -> None:
+    """`unweave cache` of the tiny Llama at 32-token rows."""
+    site_args = [a for s in sites for a in ("--site", s)]
+    result = runner.invoke(
+        app,
+        [
+            "cache",
+            "--model",
+            str(model_dir),
+            *site_args,
+            "--out",
+            str(out),
+            "--tokens",
+            str(tokens),
+            "--ctx-len",
+            "32",
+            "--shard-tokens",
+            str(shard_tokens),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+
+
 def check_record(folder: Path, command: str, results: str, report: str, **config) -> dict:
     """record.json has every field the run-folder convention promises, with the values given."""
     import hashlib
@@ -147,27 +170,7 @@ def test_user_errors_print_one_line_not_a_traceback(monkeypatch, capsys, tiny_ll
 
 
 def test_cache_writes_a_store(tiny_llama_dir, tmp_path):
-    result = runner.invoke(
-        app,
-        [
-            "cache",
-            "--model",
-            str(tiny_llama_dir),
-            "--site",
-            "model.layers.0",
-            "--site",
-            "model.layers.1.mlp:input",
-            "--out",
-            str(tmp_path),
-            "--tokens",
-            "640",
-            "--ctx-len",
-            "32",
-            "--shard-tokens",
-            "256",
-        ],
-    )
-    assert result.exit_code == 0, result.output
+    cache_tiny(tiny_llama_dir, tmp_path, ["model.layers.0", "model.layers.1.mlp:input"], tokens=640, shard_tokens=256)
     store = ActivationStore(tmp_path)
     assert store.complete and store.n_tokens == 640 and len(store.shards) == 3
     assert store.width("model.layers.0") == 32
@@ -294,25 +297,7 @@ def test_detect_writes_report_and_table(tmp_path):
 
 def test_sae_train_and_eval_from_a_store(tiny_llama_dir, tmp_path):
     store = tmp_path / "store"
-    result = runner.invoke(
-        app,
-        [
-            "cache",
-            "--model",
-            str(tiny_llama_dir),
-            "--site",
-            "model.layers.0",
-            "--out",
-            str(store),
-            "--tokens",
-            "4096",
-            "--ctx-len",
-            "32",
-            "--shard-tokens",
-            "1024",
-        ],
-    )
-    assert result.exit_code == 0, result.output
+    cache_tiny(tiny_llama_dir, store, ["model.layers.0"], tokens=4096, shard_tokens=1024)
     result = runner.invoke(
         app,
         [

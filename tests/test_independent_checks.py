@@ -246,20 +246,24 @@ def memorising_case(p: int = 13, freqs=(2, 5), seed: int = 0, **kwargs):
     return model, data, freqs
 
 
+# what fourier.logit_measures returns (and FourierAnalysis.to_dict carries)
+LOGIT_MEASURES = (
+    "train_loss",
+    "test_loss",
+    "test_acc",
+    "restricted_test_loss",
+    "restricted_test_acc",
+    "excluded_train_loss",
+    "excluded_train_acc",
+)
+
+
 def test_excluded_loss_is_on_the_training_split():
     model, data, freqs = memorising_case()
     p = model.p
     got = fourier.logit_measures(model, data, p, freqs)
     want = np_measures(model.table.numpy(), data, p, freqs)
-    assert set(got) == {
-        "train_loss",
-        "test_loss",
-        "test_acc",
-        "restricted_test_loss",
-        "restricted_test_acc",
-        "excluded_train_loss",
-        "excluded_train_acc",
-    }
+    assert set(got) == set(LOGIT_MEASURES)
     for key, value in got.items():
         assert value == pytest.approx(want[key], rel=1e-9, abs=1e-12), key
     # on the test split the excluded logits are at chance, on the training split right: far apart
@@ -293,15 +297,7 @@ def test_analyse_on_a_planted_model_matches_numpy():
     np.testing.assert_allclose(a.spectrum, np.sqrt(2 * (np.abs(F[1 : (p - 1) // 2 + 1]) ** 2).sum(1) / p), rtol=1e-6)
     want = np_measures(model.table.numpy(), data, p, freqs)
     out = a.to_dict()
-    for key in (
-        "train_loss",
-        "test_loss",
-        "test_acc",
-        "restricted_test_loss",
-        "restricted_test_acc",
-        "excluded_train_loss",
-        "excluded_train_acc",
-    ):
+    for key in LOGIT_MEASURES:
         assert out[key] == pytest.approx(want[key], rel=1e-9, abs=1e-12), key
     assert out["excluded_over_train"] == pytest.approx(want["excluded_train_loss"] / want["train_loss"], rel=1e-9)
     assert out["p"] == p and out["key_freqs"] == freqs

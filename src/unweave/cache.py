@@ -30,7 +30,7 @@ def run_cache(cfg: CacheConfig) -> RunResult:
     from unweave.hf import load_model, load_text
     from unweave.store import write_store
 
-    run = Run(cfg.out, "cache", cfg)
+    run = Run(cfg.out, "cache", cfg, inputs=[cfg.model])
     loaded = load_model(cfg.model)
     rows = load_text(cfg.text, loaded.tokenizer, cfg.ctx_len, max_tokens=cfg.tokens)
     start = time.perf_counter()

@@ -39,20 +39,20 @@ app.add_typer(sae_app, name="sae")
 console = Console(stderr=True)
 
 
-def _options(cls: type) -> list[tuple[str, Any, Any, tuple[str, ...]]]:
+def _options(cls: type, defaults: Any = None) -> list[tuple[str, Any, Any, tuple[str, ...]]]:
     """(name, type, typer parameter, path in the config) for every field on the command
-    line; a nested config's fields are spliced in under their own names."""
+    line; a nested config's fields are spliced in under their own names, with the defaults
+    of the nested instance the outer config declares."""
     out = []
     types = field_types(cls)
     for f in dataclasses.fields(cls):
         if not f.metadata.get("cli", True):
             continue
-        default = default_of(f)
+        default = getattr(defaults, f.name) if defaults is not None else default_of(f)
         if dataclasses.is_dataclass(types[f.name]):
-            for name, kind, param, path in _options(types[f.name]):
-                nested_default = getattr(default, path[0]) if len(path) == 1 else param.default
-                param.default = nested_default
-                out.append((name, kind, param, (f.name, *path)))
+            out += [
+                (name, kind, param, (f.name, *path)) for name, kind, param, path in _options(types[f.name], default)
+            ]
             continue
         if _is_union(types[f.name]):
             raise TypeError(
@@ -78,8 +78,9 @@ def _is_union(kind: Any) -> bool:
     return typing.get_origin(kind) in (typing.Union, types.UnionType) and len(args) > 1
 
 
-def _build(cls: type, values: dict[tuple[str, ...], Any]) -> Any:
-    """The config from the parsed values; nested configs start from their declared default."""
+def _build(cls: type, values: dict[tuple[str, ...], Any], defaults: Any = None) -> Any:
+    """The config from the parsed values (keyed by path); a nested config starts from the
+    instance the outer config declares, so its fields off the command line keep their values."""
     kwargs: dict[str, Any] = {}
     nested: dict[str, dict] = {}
     for path, value in values.items():
@@ -89,9 +90,9 @@ def _build(cls: type, values: dict[tuple[str, ...], Any]) -> Any:
             nested.setdefault(path[0], {})[path[1:]] = value
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for name, inner in nested.items():
-        base = default_of(fields[name])
-        kwargs[name] = dataclasses.replace(base, **{p[0]: v for p, v in inner.items()})
-    return cls(**kwargs)
+        base = getattr(defaults, name) if defaults is not None else default_of(fields[name])
+        kwargs[name] = _build(type(base), inner, base)
+    return dataclasses.replace(defaults, **kwargs) if defaults is not None else cls(**kwargs)
 
 
 def command(group: typer.Typer, name: str, cls: type, run: Callable[[Any], RunResult], doc: str, epilog: str) -> None:

@@ -41,10 +41,6 @@ def field_types(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def help_of(cls: type, name: str) -> str:
-    return {f.name: f for f in dataclasses.fields(cls)}[name].metadata.get("help", "")
-
-
 def to_dict(config: Any) -> dict:
     """The config as JSON-ready data (paths as strings), nested configs included."""
 

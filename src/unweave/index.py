@@ -8,10 +8,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from unweave.artifacts import read_json
 from unweave.configs import setting
 from unweave.report import Report
-from unweave.runs import RECORD, Run, RunResult
+from unweave.runs import RECORD, Run, RunResult, read_record
 
 
 @dataclass(frozen=True)
@@ -24,7 +23,7 @@ def find_runs(root: Path) -> list[tuple[Path, dict]]:
     """(folder, record) of every finished run under root, oldest first; index runs left out."""
     found = []
     for path in sorted(Path(root).rglob(RECORD)):
-        record = read_json(path)
+        record = read_record(path.parent)
         if record.get("command") != "unweave runs":
             found.append((path.parent, record))
     return sorted(found, key=lambda item: item[1].get("started", ""))
@@ -34,8 +33,7 @@ def run_runs(cfg: RunsConfig) -> RunResult:
     if not Path(cfg.dir).is_dir():
         raise FileNotFoundError(f"{cfg.dir} is not a folder; give the folder that holds your run folders")
     out = Path(cfg.out or cfg.dir)
-    run = Run(out, "runs", cfg)
-    run.inputs.clear()  # what was read is listed in the index itself
+    run = Run(out, "runs", cfg)  # what it reads is listed in the index itself
     rows = []
     for folder, record in find_runs(cfg.dir):
         report = folder / record["report"]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import platform
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -76,14 +77,15 @@ def device() -> str:
 
 
 class Run:
-    """One command's run folder. Inputs named in the config (existing paths, except `out`)
-    are checksummed at the start; `read(path)` adds any other input the command reads."""
+    """One command's run folder. `inputs` are what the command reads: each that is a path on
+    disk is checksummed at the start (a known model name or a zoo spec is not a path)."""
 
     def __init__(
         self,
         out: Path,
         command: str,
         config: Any,
+        inputs: Iterable[Path | str | None] = (),
         name: str | None = None,
         results: str | None = None,
         report: str | None = None,
@@ -96,12 +98,9 @@ class Run:
         self.report_path = self.dir / (report or f"{name}.html")
         self.started = time.time()
         self.inputs: dict[str, Any] = {}
-        for key, value in configs.to_dict(config).items():
-            if key == "out":
-                continue
-            for item in value if isinstance(value, list) else [value]:
-                if isinstance(item, str) and item and Path(item).exists():
-                    self.read(Path(item))
+        for item in inputs:
+            if item is not None and str(item) and Path(item).exists():
+                self.read(Path(item))
 
     def read(self, path: Path) -> None:
         self.inputs[str(path)] = checksum(path)

@@ -111,7 +111,7 @@ def run_sae_train(cfg: SAETrainConfig) -> RunResult:
     epochs when `tokens` exceeds the store). With `target_site`, transcoders from `site`
     (an MLP's input) to `target_site` (its output). An interrupted run resumes from its
     checkpoint in `out` when called again with the same settings."""
-    run = Run(cfg.out, "sae train", cfg)
+    run = Run(cfg.out, "sae train", cfg, inputs=[cfg.store if cfg.store is not None else cfg.model])
     source = _live(cfg) if cfg.live else _from_store(cfg)
     base = SAEConfig(
         d_in=source.d_in,
@@ -171,7 +171,7 @@ def run_sae_eval(cfg: SAEEvalConfig) -> RunResult:
     from unweave.dictionaries.splice import spliced_metrics
     from unweave.hf import load_model, load_text
 
-    run = Run(cfg.out, "sae eval", cfg)
+    run = Run(cfg.out, "sae eval", cfg, inputs=cfg.folders)
     report = Report("unweave sae eval")
     table, record, loaded = [], {}, {}
     for folder in progress.track(cfg.folders, "evaluating dictionaries"):

@@ -38,9 +38,7 @@ class ScrubConfig:
 
 def run_scrub(cfg: ScrubConfig) -> RunResult:
     case = resolve(cfg.target, cfg.modadd_run, cfg.seed)
-    run = Run(cfg.out, "scrub", cfg)
-    if case.name != "modadd":
-        run.inputs.pop(str(cfg.modadd_run), None)  # only the modadd case reads it
+    run = Run(cfg.out, "scrub", cfg, inputs=[cfg.target, cfg.modadd_run if cfg.target == "modadd" else None])
     hyps = list(case.hypotheses.values())
     if cfg.unclaimed is not None:
         hyps = [dataclasses.replace(h, unclaimed=cfg.unclaimed) for h in hyps]

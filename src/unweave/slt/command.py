@@ -32,7 +32,7 @@ class LLCConfig:
 
 def run_llc(cfg: LLCConfig) -> RunResult:
     target = resolve(cfg.target, cfg.checkpoint, cfg.batch_size)
-    run = Run(cfg.out, "llc", cfg)
+    run = Run(cfg.out, "llc", cfg, inputs=[cfg.target])
     report = Report(f"unweave llc: {target.name}")
     record: dict = {"target": cfg.target, "name": target.name, "true_llc": target.true_llc}
     if cfg.calibrate:
