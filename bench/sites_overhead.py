@@ -3,7 +3,9 @@
 Target (issue 2): capturing is at most 5% slower than the plain forward. Also shows what
 stopping early buys when only a middle layer is needed.
 
-    .venv/bin/python bench/sites_overhead.py [--batch 4] [--ctx 256] [--repeats 11]
+    .venv/bin/python bench/sites_overhead.py [--batch 4] [--ctx 256] [--repeats 11] [--quick]
+
+or with the others, writing bench/RESULTS.md:  make bench BENCH_ARGS="--only sites_overhead"
 """
 
 from __future__ import annotations
@@ -12,10 +14,11 @@ import argparse
 import statistics
 
 import torch
-from common import interleaved, table
+from common import interleaved, quick_option, table
 
-from unweave.hf import load_model, load_text
+from unweave.hf import load_model
 from unweave.sites import capture
+from unweave.text import TextConfig, token_rows
 
 
 def main() -> None:
@@ -23,10 +26,11 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--ctx", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=11)
+    quick_option(parser, batch=1, ctx=64, repeats=3)
     args = parser.parse_args()
     torch.manual_seed(0)
     model, tok = load_model("smollm2-135m")
-    x = load_text("shakespeare", tok, args.ctx, max_tokens=args.batch * args.ctx)
+    x = token_rows(TextConfig(), tok, args.ctx, max_tokens=args.batch * args.ctx)
     n_tok = x.numel()
     all_layers = [f"model.layers.{i}" for i in range(model.config.num_hidden_layers)]
     cases = {

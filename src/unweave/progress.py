@@ -10,6 +10,10 @@ import contextlib
 from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
+from rich.progress import ProgressColumn
+from rich.progress import Task as RichTask
+from rich.text import Text
+
 T = TypeVar("T")
 _progress = None  # a rich.progress.Progress while enabled, else None
 
@@ -33,6 +37,7 @@ def enabled() -> Iterator[None]:
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
+        RateColumn(),
         TextColumn("{task.fields[info]}"),
     )
     _progress = bar
@@ -43,11 +48,22 @@ def enabled() -> Iterator[None]:
         _progress = None
 
 
-class Task:
-    """A handle on one progress bar; every method is a no-op when progress is off."""
+class RateColumn(ProgressColumn):
+    """Units per second (tokens/s, steps/s) for tasks that name their unit."""
 
-    def __init__(self, description: str, total: int | None):
-        self._id = None if _progress is None else _progress.add_task(description, total=total, info="")
+    def render(self, task: RichTask) -> Text:
+        unit = task.fields.get("unit")
+        if not unit or not task.speed:
+            return Text("")
+        return Text(f"{task.speed:,.0f} {unit}/s")
+
+
+class Task:
+    """A handle on one progress bar; every method is a no-op when progress is off. With a
+    `unit` (say "tokens"), the bar counts in that unit and shows its rate per second."""
+
+    def __init__(self, description: str, total: int | None, unit: str | None = None):
+        self._id = None if _progress is None else _progress.add_task(description, total=total, info="", unit=unit)
 
     def advance(self, n: int = 1, info: str | None = None) -> None:
         if self._id is not None and _progress is not None:

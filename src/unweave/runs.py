@@ -11,6 +11,7 @@ one result type every command returns; the CLI prints its summary lines and path
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 import sys
 import time
@@ -68,12 +69,27 @@ def versions() -> dict[str, str]:
     return out
 
 
-def device() -> str:
+def device(config: Any = None) -> str:
+    """The device the run used: the one its config's `device` field resolves to (`auto`
+    included), else the GPU if there is one, else the CPU."""
     import torch
 
-    if torch.cuda.is_available():
-        return f"cuda ({torch.cuda.get_device_name(0)})"
+    chosen = _device_field(config)
+    if chosen is not None:
+        target = chosen.torch_device
+    else:
+        target = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if target.type == "cuda":
+        return f"{target} ({torch.cuda.get_device_name(target)})"
     return f"cpu ({torch.get_num_threads()} threads, {platform.processor() or platform.machine()})"
+
+
+def _device_field(config: Any) -> Any:
+    from unweave.devices import DeviceConfig
+
+    if config is None or not dataclasses.is_dataclass(config):
+        return None
+    return next((v for f in dataclasses.fields(config) if isinstance(v := getattr(config, f.name), DeviceConfig)), None)
 
 
 class Run:
@@ -112,7 +128,8 @@ class Run:
             "config": configs.to_dict(self.config),
             "seeds": configs.seeds(self.config),
             "versions": versions(),
-            "device": device(),
+            "device": device(self.config),
+            "world_size": _world_size(),
             "inputs": self.inputs,
             "started": datetime.fromtimestamp(self.started, timezone.utc).isoformat(timespec="seconds"),
             "wall_time_s": round(time.time() - self.started, 3),
@@ -123,7 +140,12 @@ class Run:
 
     def finish(self, results: dict, report: Report, summary: list[str]) -> RunResult:
         """Write the results, the report (with the run record as its last section) and
-        record.json, in that order: a folder with record.json holds a finished run."""
+        record.json, in that order: a folder with record.json holds a finished run. Under
+        torchrun only rank 0 writes; every rank gets the same RunResult back."""
+        from unweave.distributed import world
+
+        if not world().main:
+            return RunResult(self.dir, self.dir / RECORD, self.results_path, self.report_path, summary, results)
         self.dir.mkdir(parents=True, exist_ok=True)
         write_json(self.results_path, results)
         record = self.record(summary)
@@ -139,6 +161,12 @@ class Run:
         report.write(self.report_path)
         write_json(self.dir / RECORD, record)
         return RunResult(self.dir, self.dir / RECORD, self.results_path, self.report_path, summary, results)
+
+
+def _world_size() -> int:
+    from unweave.distributed import world
+
+    return world().size
 
 
 def _flat(data: dict, prefix: str = "") -> dict:

@@ -17,8 +17,9 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from unweave import progress
+from unweave import distributed, progress
 from unweave.artifacts import read_json, sha256, write_json, write_tensors
+from unweave.devices import model_device
 from unweave.sites import capture
 
 FORMAT = "unweave.store/1"
@@ -53,10 +54,13 @@ def write_store(
     batch_size: int = 8,
     dtype: str = "float32",
 ) -> ActivationStore:
-    """Run `model` over `tokens` (rows, ctx_len) and store the activations at `sites`.
+    """Run `model` over `tokens` (rows, ctx_len) on the model's device and store the
+    activations at `sites`.
 
     Resumes an interrupted write into `out_dir` if it was started with the same model
-    name, sites, tokens and layout; anything else already there is an error.
+    name, sites, tokens and layout; anything else already there is an error. Under torchrun
+    rank r writes shards r, r + N, r + 2N, ... and rank 0 writes the one manifest at the end;
+    a rerun with any number of processes resumes from the shards already written.
     """
     if dtype not in DTYPES:
         raise StoreError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
@@ -79,34 +83,72 @@ def write_store(
         "dtype": dtype,
         "tokens_sha256": _tokens_digest(tokens),
     }
+    me = distributed.world()
     manifest = _resume_manifest(out, layout)
     n_shards = -(-n_rows // rows_per_shard)
-    task = progress.Task(f"caching {', '.join(sites)}", total=n_shards)
-    task.advance(len(manifest["shards"]))
+    done = _written_shards(out, manifest)
+    mine = [i for i in range(n_shards) if i % me.size == me.rank and i not in done]
+    task = progress.Task(f"caching {', '.join(sites)}", total=len(mine) * rows_per_shard * ctx_len, unit="tokens")
+    device = model_device(model)
     model_was_training = model.training
     model.eval()
     try:
-        for shard in range(len(manifest["shards"]), n_shards):
+        for shard in mine:
             rows = tokens[shard * rows_per_shard : (shard + 1) * rows_per_shard]
             parts: dict[str, list[torch.Tensor]] = {s: [] for s in sites}
             for start in range(0, len(rows), batch_size):
                 batch = rows[start : start + batch_size]
-                acts = capture(model, sites, batch, stop_early=True)
+                acts = capture(model, sites, batch.to(device), stop_early=True)
                 for s in sites:
-                    parts[s].append(_flatten(s, acts[s], len(batch), ctx_len).to(DTYPES[dtype]))
+                    parts[s].append(_flatten(s, acts[s], len(batch), ctx_len).to("cpu", DTYPES[dtype]))
+                task.advance(len(batch) * ctx_len)
             tensors = {s: torch.cat(parts[s]) for s in sites}
             tensors["tokens"] = rows.reshape(-1).to(torch.int64)
             name = f"shard_{shard:05d}.safetensors"
             write_tensors(out / name, tensors)
-            manifest["widths"] = {s: tensors[s].shape[1] for s in sites}
-            manifest["shards"].append({"file": name, "tokens": len(rows) * ctx_len, "sha256": sha256(out / name)})
-            manifest["complete"] = shard == n_shards - 1
-            write_json(out / MANIFEST, manifest)
-            task.advance()
+            done[shard] = {"file": name, "tokens": len(rows) * ctx_len, "sha256": sha256(out / name)}
+            write_json(out / _sidecar(shard), {**done[shard], "widths": {s: tensors[s].shape[1] for s in sites}})
+            if me.size == 1:  # one process: the manifest follows every shard
+                _write_manifest(out, manifest, done, n_shards)
     finally:
         task.close()
         model.train(model_was_training)
+    distributed.barrier()
+    if me.main:  # with one process `done` is already all of them; with several, read every rank's sidecars
+        _write_manifest(out, manifest, done if me.size == 1 else _written_shards(out, manifest), n_shards)
+    distributed.barrier()
     return ActivationStore(out)
+
+
+def _sidecar(shard: int) -> str:
+    """Each shard's own record, written after it: what a rank resumes from before there is a manifest."""
+    return f"shard_{shard:05d}.json"
+
+
+def _written_shards(out: Path, manifest: dict) -> dict[int, dict]:
+    """Intact shards (file present, checksum as recorded), from the manifest and the sidecars."""
+    found = {int(s["file"][6:11]): s for s in manifest["shards"]}
+    for path in out.glob("shard_*.json"):
+        entry = read_json(path)
+        found.setdefault(int(path.stem[6:]), entry)
+    return {
+        i: {k: e[k] for k in ("file", "tokens", "sha256")}
+        for i, e in found.items()
+        if (out / e["file"]).exists() and (e.get("widths") is None or sha256(out / e["file"]) == e["sha256"])
+    }
+
+
+def _write_manifest(out: Path, manifest: dict, done: dict[int, dict], n_shards: int) -> None:
+    """The manifest lists the longest run of written shards from shard 0 (a store is read in order)."""
+    shards = []
+    while len(shards) in done:
+        shards.append(done[len(shards)])
+    if shards:
+        with safe_open(str(out / shards[0]["file"]), framework="pt") as f:
+            manifest["widths"] = {s: f.get_slice(s).get_shape()[1] for s in manifest["sites"]}
+    manifest["shards"] = shards
+    manifest["complete"] = len(shards) == n_shards
+    write_json(out / MANIFEST, manifest)
 
 
 def _resume_manifest(out: Path, layout: dict) -> dict:
@@ -222,13 +264,15 @@ class ActivationStore:
         shards_in_memory: int = 2,
         drop_last: bool = False,
         check_finite: bool = False,
+        shards: Sequence[int] | None = None,
     ) -> Iterator:
         """(batch_size, width) batches over one pass of the store; for a list of sites, tuples
         of such batches whose rows are the same tokens (e.g. an MLP's input and output).
 
         With `shuffle`, shards are visited in random order and rows are shuffled within
         groups of `shards_in_memory` shards; at most that many shards (plus one partial
-        batch) are held in memory at once.
+        batch) are held in memory at once. `shards` limits the pass to those shard indices
+        (a rank's share under torchrun).
         """
         sites = [site] if isinstance(site, str) else list(site)
         for s in sites:
@@ -236,8 +280,8 @@ class ActivationStore:
         if batch_size < 1 or shards_in_memory < 1:
             raise ValueError("batch_size and shards_in_memory must be at least 1")
         gen = torch.Generator().manual_seed(seed)
-        order = torch.randperm(len(self.shards), generator=gen).tolist() if shuffle else range(len(self.shards))
-        order = list(order)
+        chosen = list(range(len(self.shards))) if shards is None else list(shards)
+        order = [chosen[i] for i in torch.randperm(len(chosen), generator=gen)] if shuffle else chosen
         carry = None
         for g in range(0, len(order), shards_in_memory):
             group = [[self.load_shard(i, s, check_finite) for i in order[g : g + shards_in_memory]] for s in sites]

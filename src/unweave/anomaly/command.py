@@ -11,8 +11,10 @@ from unweave.anomaly.evaluate import best, evaluate_task
 from unweave.anomaly.plots import histogram
 from unweave.anomaly.targets import TASKS, resolve
 from unweave.configs import setting
+from unweave.devices import DeviceConfig
 from unweave.report import Report
 from unweave.runs import Run, RunResult
+from unweave.text import TextConfig, input_files
 
 
 @dataclass(frozen=True)
@@ -26,14 +28,17 @@ class DetectConfig:
     detector: list[str] = setting(list(DETECTORS), f"Detectors (repeat): {', '.join(DETECTORS)}.")
     poison_rate: float = setting(0.05, "Fraction of backdoor training images poisoned.")
     seed: int = setting(0, "Seed for data splits, training and detectors.")
+    text: TextConfig = setting(TextConfig(), "Text of the language-model task (copying-smollm2).")
+    device: DeviceConfig = setting(DeviceConfig(), "Where the task's model trains and runs.")
 
 
 def run_detect(cfg: DetectConfig) -> RunResult:
-    run = Run(cfg.out, "detect", cfg)
+    uses_text = "copying-smollm2" in cfg.task
+    run = Run(cfg.out, "detect", cfg, inputs=input_files(cfg.text) if uses_text else [])
     report = Report("unweave detect: mechanistic anomaly detection")
     summary, record, lines = [], {}, []
     for name in cfg.task:
-        task = resolve(name, cfg.poison_rate, cfg.seed)
+        task = resolve(name, cfg.poison_rate, cfg.seed, cfg.device, cfg.text)
         result = evaluate_task(task, cfg.detector, cfg.seed)
         rows = result["rows"]
         top = {kind: best(rows, kind) for kind in ("raw input", "activations", "attributions")}

@@ -12,6 +12,7 @@ from unweave import progress
 from unweave.anomaly import metrics
 from unweave.anomaly.detectors import DETECTORS, make
 from unweave.anomaly.tasks import Task
+from unweave.devices import model_device
 from unweave.sites import capture, capturing
 
 
@@ -20,7 +21,7 @@ def _rows(acts: torch.Tensor, position: int | str | None = None) -> np.ndarray:
         acts = acts.mean(1)
     elif position is not None:
         acts = acts[:, position]
-    return acts.detach().flatten(1).double().numpy()
+    return acts.detach().flatten(1).double().cpu().numpy()
 
 
 def activation_features(
@@ -30,15 +31,20 @@ def activation_features(
     position: int | str | None = None,
     batch_size: int = 64,
 ) -> dict[str, np.ndarray]:
-    """(examples, features) at each site, read in batches, stopping the forward at the last site."""
-    parts = [capture(model, list(sites), x[i : i + batch_size], stop_early=True) for i in range(0, len(x), batch_size)]
+    """(examples, features) at each site, read in batches on the model's device, stopping the
+    forward at the last site."""
+    device = model_device(model)
+    parts = [
+        capture(model, list(sites), x[i : i + batch_size].to(device), stop_early=True)
+        for i in range(0, len(x), batch_size)
+    ]
     return {s: np.concatenate([_rows(p[s], position) for p in parts]) for s in sites}
 
 
 def attribution_features(model: torch.nn.Module, sites: Sequence[str], x: torch.Tensor) -> dict[str, np.ndarray]:
     """Gradient x activation at each site of the log-probability of the predicted class."""
     with torch.enable_grad(), capturing(model, list(sites), detach=False) as acts:
-        logp = model(x).log_softmax(-1)
+        logp = model(x.to(model_device(model))).log_softmax(-1)
         chosen = logp.gather(1, logp.argmax(-1, keepdim=True)).sum()  # examples are independent: one backward
         grads = torch.autograd.grad(chosen, [acts[s] for s in sites])
     return {s: _rows(acts[s] * g) for s, g in zip(sites, grads)}

@@ -21,6 +21,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from unweave.devices import DeviceConfig
+from unweave.text import TextConfig, describe
+
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 TRIGGERS = ("corner", "blend", "pixel")
 DATASETS = ("mnist", "fashion", "digits")
@@ -62,14 +65,23 @@ class MLP(nn.Module):
 
 
 def fit_classifier(
-    x: torch.Tensor, y: torch.Tensor, n_classes: int, epochs: int = 15, seed: int = 0, hidden: int = 256
+    x: torch.Tensor,
+    y: torch.Tensor,
+    n_classes: int,
+    epochs: int = 15,
+    seed: int = 0,
+    hidden: int = 256,
+    device: torch.device | str = "cpu",
 ) -> MLP:
+    """Trained on `device` (initialised on the CPU, so the start is the same anywhere); returned there."""
     torch.manual_seed(seed)
-    model = MLP(x[0].numel(), n_classes, hidden)
+    model = MLP(x[0].numel(), n_classes, hidden).to(device)
+    x, y = x.to(device), y.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     gen = torch.Generator().manual_seed(seed)
     for _ in range(epochs):
         for idx in torch.randperm(len(x), generator=gen).split(128):
+            idx = idx.to(device)
             loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
             opt.zero_grad()
             loss.backward()
@@ -128,7 +140,12 @@ def add_trigger(x: torch.Tensor, trigger: str, seed: int = 0) -> torch.Tensor:
 
 
 def backdoor_task(
-    dataset: str = "mnist", trigger: str = "corner", poison_rate: float = 0.05, target: int = 0, seed: int = 0
+    dataset: str = "mnist",
+    trigger: str = "corner",
+    poison_rate: float = 0.05,
+    target: int = 0,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
 ) -> Task:
     if not 0 < poison_rate < 1:
         raise ValueError(f"poison_rate must be in (0, 1), got {poison_rate}")
@@ -141,14 +158,15 @@ def backdoor_task(
     poisoned = torch.rand(len(xtr), generator=gen) < poison_rate
     xtr_p = torch.where(poisoned[:, None, None], add_trigger(xtr, trigger, seed), xtr)
     ytr[poisoned] = target
-    model = fit_classifier(xtr_p, ytr, n_classes=10, seed=seed)
+    model = fit_classifier(xtr_p, ytr, n_classes=10, seed=seed, device=device)
 
     xte, yte = x[test_idx], y[test_idx]
+    predict = lambda inputs: model(inputs.to(device)).argmax(-1).cpu()  # noqa: E731
     with torch.no_grad():
-        clean_acc = (model(xte).argmax(-1) == yte).float().mean().item()
+        clean_acc = (predict(xte) == yte).float().mean().item()
         victims = xte[yte != target]
         triggered = add_trigger(victims, trigger, seed)
-        asr = (model(triggered).argmax(-1) == target).float().mean().item()
+        asr = (predict(triggered) == target).float().mean().item()
     half = len(victims) // 2  # clean and triggered test inputs from disjoint images
     test = torch.cat([victims[:half], triggered[half:]])
     labels = np.r_[np.zeros(half), np.ones(len(victims) - half)]
@@ -176,7 +194,7 @@ def _simplex_codewords() -> torch.Tensor:
     return 1 - 2 * ((messages @ gen_matrix) % 2).float()
 
 
-def planted_rule_task(d: int = 20, n_train: int = 40_000, seed: int = 0) -> Task:
+def planted_rule_task(d: int = 20, n_train: int = 40_000, seed: int = 0, device: torch.device | str = "cpu") -> Task:
     """Label = [w.x > 0] for x in {-1, +1}^d, flipped when x_0..x_6 is a word of the [7,3]
     simplex code (1 input in 16). The rule's inputs agree with all others in every mean and
     covariance, so no detector on raw inputs built from first and second moments can see them."""
@@ -190,13 +208,14 @@ def planted_rule_task(d: int = 20, n_train: int = 40_000, seed: int = 0) -> Task
         return x, ((x @ w > 0) ^ rule).long(), rule
 
     x, y, _ = sample(n_train)
-    model = fit_classifier(x, y, n_classes=2, epochs=30, seed=seed, hidden=128)
+    model = fit_classifier(x, y, n_classes=2, epochs=30, seed=seed, hidden=128, device=device)
     trusted, _, _ = sample(4000)  # the natural distribution, rule inputs included
     xt, yt, rt = sample(40_000)
     normal, anomalous = xt[~rt][:2000], xt[rt][:500]
+    predict = lambda inputs: model(inputs.to(device)).argmax(-1).cpu()  # noqa: E731
     with torch.no_grad():
-        acc_normal = (model(xt[~rt]).argmax(-1) == yt[~rt]).float().mean().item()
-        acc_rule = (model(xt[rt]).argmax(-1) == yt[rt]).float().mean().item()
+        acc_normal = (predict(xt[~rt]) == yt[~rt]).float().mean().item()
+        acc_rule = (predict(xt[rt]) == yt[rt]).float().mean().item()
     return Task(
         "planted-rule",
         model,
@@ -215,15 +234,24 @@ def _bag_of_tokens(tokens: torch.Tensor, buckets: int = 256) -> np.ndarray:
     return (counts / tokens.shape[1]).double().numpy()
 
 
-def copying_task(n: int = 300, ctx_len: int = 64, site: str = "model.layers.15", seed: int = 0) -> Task:
-    """SmolLM2-135M on Shakespeare: anomalous windows repeat their first half (the model
-    copies by induction), normal windows are plain text. Activations are averaged over the
-    window (the last token alone separates nothing: AUROC ~0.5); the raw baseline is the
-    window's bag of tokens, which sees the repeated tokens too."""
-    from unweave.hf import load_model, load_text
+def copying_task(
+    n: int = 300,
+    ctx_len: int = 64,
+    site: str = "model.layers.15",
+    seed: int = 0,
+    device: DeviceConfig | None = None,
+    text: TextConfig | None = None,
+) -> Task:
+    """SmolLM2-135M on text (Shakespeare by default): anomalous windows repeat their first half
+    (the model copies by induction), normal windows are plain text. Activations are averaged
+    over the window (the last token alone separates nothing: AUROC ~0.5); the raw baseline is
+    the window's bag of tokens, which sees the repeated tokens too."""
+    from unweave.hf import load_model
+    from unweave.text import token_rows
 
-    model, tokenizer = load_model("smollm2-135m")
-    rows = load_text("shakespeare", tokenizer, ctx_len, max_tokens=ctx_len * (3 * n + 50))
+    device = device or DeviceConfig("cpu")
+    model, tokenizer = load_model("smollm2-135m", device=device.torch_device, dtype=device.torch_dtype)
+    rows = token_rows(text or TextConfig(), tokenizer, ctx_len, max_tokens=ctx_len * (3 * n + 50))
     perm = torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed))
     trusted, normal, source = rows[perm[:n]], rows[perm[n : 2 * n]], rows[perm[2 * n : 3 * n]]
     half = ctx_len // 2
@@ -237,7 +265,7 @@ def copying_task(n: int = 300, ctx_len: int = 64, site: str = "model.layers.15",
         trusted,
         test,
         labels,
-        {"ctx_len": ctx_len, "site": site},
+        {"ctx_len": ctx_len, "site": site, "text": describe(text or TextConfig())},
         position="mean",
         raw_features=_bag_of_tokens,
         attributions=False,

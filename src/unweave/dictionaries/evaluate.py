@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from unweave.devices import model_device
 from unweave.dictionaries import metrics
 from unweave.dictionaries.sae import SAE
 from unweave.sites import capture
@@ -77,6 +78,6 @@ def held_out_activations(
     """(x, y or None, flat tokens) on held-out text rows: the dictionary's input site (and
     output site, for a transcoder), computed from the model."""
     names = [meta["hook_name"]] + ([meta["hook_name_out"]] if "hook_name_out" in meta else [])
-    captured = capture(model, names, rows, stop_early=True)
-    acts = [captured[n].reshape(-1, captured[n].shape[-1])[:max_tokens] for n in names]
+    captured = capture(model, names, rows.to(model_device(model)), stop_early=True)
+    acts = [captured[n].reshape(-1, captured[n].shape[-1])[:max_tokens].float() for n in names]
     return acts[0], (acts[1] if len(acts) > 1 else None), rows.flatten()[:max_tokens]

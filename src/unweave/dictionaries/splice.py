@@ -15,13 +15,15 @@ from collections.abc import Callable, Iterator
 
 import torch
 
+from unweave.devices import model_device
 from unweave.dictionaries.sae import SAE, ordinary_rows
 from unweave.scoring import loss_recovered, next_token_ce, next_token_kl
 from unweave.sites import capturing, patch
 
 
 def _logits(output: object) -> torch.Tensor:
-    return output.logits if hasattr(output, "logits") else output
+    """float32 whatever the model's dtype: CE and KL need the range."""
+    return (output.logits if hasattr(output, "logits") else output).float()
 
 
 def ordinary(sae: SAE, x: torch.Tensor) -> torch.Tensor:
@@ -31,8 +33,9 @@ def ordinary(sae: SAE, x: torch.Tensor) -> torch.Tensor:
 
 def apply(sae: SAE, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
     """The dictionary's output for rows of x; rows outside its max_input_norm pass through
-    as `keep` (default: x itself, the right thing for an SAE)."""
-    out = sae(x)[0]
+    as `keep` (default: x itself, the right thing for an SAE). A model in another dtype
+    (bfloat16, say) is read in the dictionary's own dtype; the output is in x's."""
+    out = sae(x.to(sae.W_dec.dtype))[0].to(x.dtype)
     mask = ordinary(sae, x)
     if mask.all():
         return out
@@ -73,7 +76,9 @@ def spliced(model: torch.nn.Module, site: str, sae: SAE, input_site: str | None 
 def spliced_metrics(
     model: torch.nn.Module, site: str, sae: SAE, tokens: torch.Tensor, input_site: str | None = None
 ) -> dict[str, float]:
-    """CE of the model, with the dictionary spliced in at `site`, and with the site zeroed."""
+    """CE of the model, with the dictionary spliced in at `site`, and with the site zeroed
+    (scored in float32 on the model's device)."""
+    tokens = tokens.to(model_device(model))
     clean = _logits(model(tokens))
     with spliced(model, site, sae, input_site):
         spliced_logits = _logits(model(tokens))

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from unweave import distributed
 from unweave.artifacts import read_json, read_tensors, write_json, write_tensors
 from unweave.dictionaries.sae import SAE, norm_limit, ordinary_rows
 
@@ -140,6 +141,47 @@ def optimiser_step(opt: torch.optim.Optimizer, loss: torch.Tensor, lr: float, sa
         sae.normalise_decoder()
 
 
+class _Loss(torch.nn.Module):
+    """A dictionary's training loss as a module's forward, so DistributedDataParallel can wrap it."""
+
+    def __init__(self, sae: SAE):
+        super().__init__()
+        self.sae = sae
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.sae.loss(x, y)
+
+
+def _losses(saes: list[SAE]) -> list[torch.nn.Module]:
+    """Each dictionary's loss module; under torchrun wrapped in DDP, which averages the gradients
+    over ranks during backward. Buffers are not broadcast: the dead-latent counters are merged
+    by `_sync_counters` instead, so that each counts the whole global batch."""
+    if not distributed.active():
+        return [_Loss(s) for s in saes]
+    from torch.nn.parallel import DistributedDataParallel
+
+    return [DistributedDataParallel(_Loss(s), broadcast_buffers=False) for s in saes]
+
+
+@torch.no_grad()
+def _sync_counters(sae: SAE, before: torch.Tensor, n_global: int) -> None:
+    """since_fired as one process would count it on the global batch: zero where a latent fired
+    on any rank, else its old value plus the global batch size."""
+    fired = (sae.since_fired == 0).to(torch.int32)
+    torch.distributed.all_reduce(fired, op=torch.distributed.ReduceOp.MAX)
+    sae.since_fired.copy_(torch.where(fired.bool(), 0, before + n_global))
+
+
+def _global_first_batch(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every rank's first batch, concatenated in rank order: the scales, the massive-norm limit
+    and the decoder bias are estimated on it, the same on every rank and as one process would."""
+    if not distributed.active():
+        return x, y
+    parts = distributed.gather_objects((x.cpu(), y.cpu()))
+    xs, ys = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+    return xs.to(x.device), ys.to(y.device)
+
+
 def train_many(
     saes: list[SAE],
     batches: Iterable,
@@ -148,9 +190,13 @@ def train_many(
     on_step: Callable[[int], object] | None = None,
 ) -> list[list[float]]:
     """Train several dictionaries (a sweep of k or widths) on one stream: each batch is read
-    once and fed to all. With `checkpoint_dir`, state is saved every `cfg.checkpoint_every`
-    steps and a later call with the same arguments resumes where it stopped, with the same
-    result as an uninterrupted run. Returns each dictionary's losses."""
+    once and fed to all, on the dictionaries' device. With `checkpoint_dir`, state is saved
+    every `cfg.checkpoint_every` steps and a later call with the same arguments resumes where
+    it stopped, with the same result as an uninterrupted run. Returns each dictionary's losses
+    (under torchrun: this rank's share of each global batch, whose gradients DDP averages).
+
+    Under torchrun each rank's `batches` is its own part of the global batch; the result is
+    that of one process fed the ranks' batches concatenated."""
     d_in = {s.cfg.d_in for s in saes}
     d_out = {s.cfg.width_out for s in saes}
     if len(d_in) != 1 or len(d_out) != 1:
@@ -158,10 +204,11 @@ def train_many(
             f"dictionaries trained on one stream must share d_in and d_out; got d_in {sorted(d_in)}, "
             f"d_out {sorted(d_out)}"
         )
+    device = next(saes[0].parameters()).device
     opts = [torch.optim.Adam(s.parameters(), lr=cfg.lr) for s in saes]
     losses: list[list[float]] = [[] for _ in saes]
-    ckpt = Checkpoint(checkpoint_dir)
-    state = ckpt.load(saes, opts)
+    ckpt = Checkpoint(checkpoint_dir if distributed.world().main else None)
+    state = Checkpoint(checkpoint_dir).load(saes, opts)  # every rank resumes from rank 0's checkpoint
     stream = iter(batches)
     start, scales, max_norm = 0, None, None
     if state is not None:
@@ -170,33 +217,53 @@ def train_many(
             pass
     for sae in saes:
         sae.train()
+    loss_modules = _losses(saes)
     for step in range(start, cfg.steps):
-        x, y = _pair(next(stream))
+        x, y = (t.to(device) for t in _pair(next(stream)))
+        if scales is None or (cfg.max_norm_ratio is not None and max_norm is None):
+            first_x, first_y = _global_first_batch(x, y)
         if cfg.max_norm_ratio is not None:
             if max_norm is None:
-                max_norm = norm_limit(x, cfg.max_norm_ratio)
+                max_norm = norm_limit(first_x, cfg.max_norm_ratio)
+                keep = ordinary_rows(first_x, max_norm)
+                first_x, first_y = first_x[keep], first_y[keep]
             keep = ordinary_rows(x, max_norm)
             x, y = x[keep], y[keep]
         if scales is None:
-            scales = (norm_scale(x), norm_scale(y)) if cfg.normalise else (1.0, 1.0)
+            scales = (norm_scale(first_x), norm_scale(first_y)) if cfg.normalise else (1.0, 1.0)
             for sae in saes:
-                sae.init_decoder_bias(y * scales[1], cfg.b_dec_init)
+                sae.init_decoder_bias(first_y * scales[1], cfg.b_dec_init)
         x, y = x * scales[0], y * scales[1]
-        for sae, opt, record in zip(saes, opts, losses):
-            loss = sae.loss(x, y)
+        n_global = _global_count(len(x), device)
+        for sae, loss_module, opt, record in zip(saes, loss_modules, opts, losses):
+            before = sae.since_fired.clone()
+            loss = loss_module(x, y)
             optimiser_step(opt, loss, cfg.lr_at(step), [sae])
+            if distributed.active():
+                _sync_counters(sae, before, n_global)
             record.append(loss.item())
         if on_step is not None:
             on_step(step)
         if checkpoint_dir is not None and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
-            ckpt.save(saes, opts, {"step": step + 1, "scales": scales, "losses": losses, "max_norm": max_norm})
+            if ckpt.folder is not None:
+                ckpt.save(saes, opts, {"step": step + 1, "scales": scales, "losses": losses, "max_norm": max_norm})
+            distributed.barrier()  # a rank that resumes must find the checkpoint its step count implies
     for sae in saes:
         sae.eval()
         sae.max_input_norm = max_norm
         if scales is not None:
             sae.fold_scales(*scales)
+    distributed.barrier()
     ckpt.remove()
     return losses
+
+
+def _global_count(n: int, device: torch.device) -> int:
+    if not distributed.active():
+        return n
+    total = torch.tensor([n], dtype=torch.long, device=device)  # nccl reduces GPU tensors only
+    torch.distributed.all_reduce(total)
+    return int(total.item())
 
 
 def train_sae(

@@ -6,7 +6,8 @@
   frequency set.
 - induction: a two-layer attention-only transformer; the induction circuit (induction
   heads computed from the previous-token heads and the embeddings) against wrong claims.
-- SmolLM2-135M: its induction heads on repeated random tokens.
+- induction heads in a Hugging Face LM (SmolLM2-135M, or any local model folder of an
+  architecture `unweave.anatomy` knows) on repeated random tokens.
 """
 
 from __future__ import annotations
@@ -199,15 +200,25 @@ def induction_case(
     return Case("induction", model, inputs, labels, hyps, info)
 
 
-# -- SmolLM2-135M ---------------------------------------------------------------------------
-def smollm2_repeated_tokens(
-    tokenizer: PreTrainedTokenizerBase, n: int, half: int, seed: int = 0, choices: int = 16
+# -- induction heads in a Hugging Face LM (SmolLM2-135M, or any local folder) --------------
+def repeated_tokens(
+    tokenizer: PreTrainedTokenizerBase,
+    n: int,
+    half: int,
+    seed: int = 0,
+    choices: int = 16,
+    vocab: int | None = None,
 ) -> torch.Tensor:
     """(n, 2*half) rows: BOS, `half` random tokens, then the same tokens again minus the last,
     so the last position predicts the half's last token (the answer). The answer and the
-    current token are drawn from `choices` tokens each, so that many rows agree on them."""
+    current token are drawn from `choices` tokens each, so that many rows agree on them.
+    `vocab` (default: the tokenizer's size) bounds the token ids drawn."""
+    vocab = len(tokenizer) if vocab is None else vocab
+    # ordinary word pieces, away from the special tokens at the start of the vocabulary
+    low, high = min(1000, vocab // 20), min(20000, vocab)
+    if high - low < 2 * choices:
+        raise ValueError(f"a vocabulary of {vocab} tokens is too small for {choices} answer and current tokens")
     gen = torch.Generator().manual_seed(seed)
-    low, high = 1000, 20000  # ordinary word pieces, away from special tokens
     first = torch.randint(low, high, (n, half), generator=gen)
     pool = torch.randperm(high - low, generator=gen)[: 2 * choices] + low
     first[:, -1] = pool[torch.randint(choices, (n,), generator=gen)]
@@ -216,33 +227,58 @@ def smollm2_repeated_tokens(
     return torch.cat([bos, first, first[:, :-1]], dim=1)
 
 
-def smollm2_head_scores(model: PreTrainedModel, tokens: torch.Tensor, half: int) -> torch.Tensor:
+def induction_head_scores(model: PreTrainedModel, tokens: torch.Tensor, half: int) -> torch.Tensor:
     """Induction scores (layers, heads): attention from each second-half position to the
     position after the current token's earlier occurrence (eager attention, to read patterns)."""
     previous = model.config._attn_implementation
-    model.set_attn_implementation("eager")
+    _set_attention(model, "eager")
     try:
         with torch.no_grad():
-            attentions = model(tokens, output_attentions=True).attentions
+            attentions = model(tokens.to(model.device), output_attentions=True).attentions
     finally:
-        model.set_attn_implementation(previous)
+        _set_attention(model, previous)
     q = torch.arange(1 + half, tokens.shape[1])  # second-half positions (after BOS and the first half)
-    return torch.stack([a[:, :, q, q - half + 1].mean(dim=(0, 2)) for a in attentions])
+    return torch.stack([a[:, :, q, q - half + 1].float().mean(dim=(0, 2)).cpu() for a in attentions])
 
 
-def smollm2_induction_case(n: int = 512, half: int = 20, top: int = 8, seed: int = 0) -> Case:
-    """SmolLM2-135M's induction heads on repeated random tokens, and the claim that the
+def _set_attention(model: PreTrainedModel, implementation: str | None) -> None:
+    if hasattr(model, "set_attn_implementation"):
+        model.set_attn_implementation(implementation)
+    else:  # transformers before set_attn_implementation: the config field is what layers read
+        model.config._attn_implementation = implementation
+
+
+def lm_induction_case(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    name: str,
+    n: int = 512,
+    half: int = 20,
+    top: int | None = None,
+    seed: int = 0,
+) -> Case:
+    """A causal LM's induction heads on repeated random tokens, and the claim that the
     logits at the last position depend on the input only through the answer token carried
     by the `top` induction heads' outputs there (everything else resampled from other
     repeated sequences). False claims: as many random non-induction heads; the induction
-    heads carrying the current token."""
-    from unweave.hf import load_model
+    heads carrying the current token. `top` defaults to 8, or half the heads of a smaller
+    model (the other half is where the random heads come from). Heads are read at the input of each layer's attention
+    output projection (`unweave.anatomy`), so any architecture in its table works."""
+    import inspect
 
-    model, tokenizer = load_model("smollm2-135m")
-    inputs = smollm2_repeated_tokens(tokenizer, n, half, seed)
-    scores = smollm2_head_scores(model, inputs[:32], half)
-    n_heads = scores.shape[1]
-    d_head = model.config.hidden_size // n_heads
+    from unweave.anatomy import anatomy
+
+    parts = anatomy(model)
+    n_heads = parts.n_heads
+    top = min(8, parts.n_layers * n_heads // 2) if top is None else top
+    if not 1 <= top <= parts.n_layers * n_heads // 2:
+        raise ValueError(
+            f"top={top}: choose 1 to {parts.n_layers * n_heads // 2} heads (half of this model's "
+            f"{parts.n_layers * n_heads}), so as many other heads remain for the random-heads control"
+        )
+    vocab = min(len(tokenizer), model.config.vocab_size)  # ids both the tokenizer and the embedding know
+    inputs = repeated_tokens(tokenizer, n, half, seed, vocab=vocab)
+    scores = induction_head_scores(model, inputs[:32], half)
     order = scores.flatten().argsort(descending=True)
     chosen = [(int(i) // n_heads, int(i) % n_heads) for i in order[:top]]
     rest = order[top:][torch.randperm(len(order) - top, generator=torch.Generator().manual_seed(seed))[:top]]
@@ -253,15 +289,9 @@ def smollm2_induction_case(n: int = 512, half: int = 20, top: int = 8, seed: int
     def heads_claim(name: str, heads: list[tuple[int, int]], fn: Callable[[torch.Tensor], torch.Tensor]) -> Hypothesis:
         by_layer: dict[int, list[int]] = {}
         for layer, head in heads:
-            by_layer.setdefault(layer, []).extend(range(head * d_head, (head + 1) * d_head))
+            by_layer.setdefault(layer, []).extend(parts.head_columns(head))
         nodes = [
-            Node(
-                f"L{layer}",
-                f"model.layers.{layer}.self_attn.o_proj:input",
-                fn=fn,
-                subspace=Indices(idx),
-                positions=[-1],
-            )
+            Node(f"L{layer}", parts.attn_out(layer), fn=fn, subspace=Indices(idx), positions=[-1])
             for layer, idx in sorted(by_layer.items())
         ]
         return Hypothesis(nodes, output=lambda out: out.logits[:, -1], name=name, predict=lambda v: v[nodes[0].name])
@@ -276,9 +306,24 @@ def smollm2_induction_case(n: int = 512, half: int = 20, top: int = 8, seed: int
         ),
     }
     info = {
+        "model_type": parts.model_type,
         "induction_heads": [f"L{layer}H{h} ({float(scores[layer, h]):.2f})" for layer, h in chosen],
         "random_heads": [f"L{layer}H{h}" for layer, h in random_heads],
         "scores": scores.tolist(),
     }
-    # only the last position is scored: skip the 49k-wide unembedding everywhere else
-    return Case("smollm2-induction", model, inputs, answer(inputs), hyps, info, {"logits_to_keep": 1})
+    # only the last position is scored: skip the vocabulary-wide unembedding everywhere else
+    keep_last = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+    return Case(name, model, inputs, answer(inputs), hyps, info, keep_last)
+
+
+def smollm2_induction_case(n: int = 512, half: int = 20, top: int = 8, seed: int = 0) -> Case:
+    """SmolLM2-135M's induction heads (see `lm_induction_case`)."""
+    from unweave.hf import load_model
+
+    model, tokenizer = load_model("smollm2-135m")
+    return lm_induction_case(model, tokenizer, "smollm2-induction", n, half, top, seed)
+
+
+# the names this section had when it served SmolLM2 only
+smollm2_repeated_tokens = repeated_tokens
+smollm2_head_scores = induction_head_scores

@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from unweave.configs import setting
+from unweave.devices import DeviceConfig, to_device
+from unweave.hypotheses.cases import Case
 from unweave.hypotheses.plots import kl_histogram
 from unweave.hypotheses.score import KL_CHANGED, interchange, scrub_all
 from unweave.hypotheses.targets import CASES, resolve
@@ -34,11 +36,25 @@ class ScrubConfig:
     batch_size: int = setting(128, "Inputs per forward pass.")
     modadd_run: Path = setting(Path("runs/demo/modadd"), "Run directory for the modadd case.")
     seed: int = setting(0, "Seed for resampling (and for training the induction case).")
+    device: DeviceConfig = setting(DeviceConfig(), "Where the case's model runs, and the dtype of its weights.")
+
+
+def on_device(case: Case, device: DeviceConfig) -> Case:
+    """The case with its model (in the chosen dtype), inputs and labels on the chosen device."""
+    model = case.model.to(device.torch_device, device.torch_dtype)
+    return dataclasses.replace(
+        case,
+        model=model,
+        inputs=to_device(case.inputs, device.torch_device),
+        labels=to_device(case.labels, device.torch_device),
+    )
 
 
 def run_scrub(cfg: ScrubConfig) -> RunResult:
-    case = resolve(cfg.target, cfg.modadd_run, cfg.seed)
-    run = Run(cfg.out, "scrub", cfg, inputs=[cfg.target, cfg.modadd_run if cfg.target == "modadd" else None])
+    case = on_device(resolve(cfg.target, cfg.modadd_run, cfg.seed), cfg.device)
+    model_folder = cfg.target.partition(":")[2] if cfg.target.startswith("induction-heads:") else None
+    inputs = [cfg.target, cfg.modadd_run if cfg.target == "modadd" else None, model_folder]
+    run = Run(cfg.out, "scrub", cfg, inputs=inputs)
     hyps = list(case.hypotheses.values())
     if cfg.unclaimed is not None:
         hyps = [dataclasses.replace(h, unclaimed=cfg.unclaimed) for h in hyps]

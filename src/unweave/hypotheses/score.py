@@ -121,7 +121,7 @@ def scrub_all(
             part["lr"].append(ce_per_example(random, target))
     results = []
     for engine, part in zip(engines, parts):
-        cat = {k: torch.cat(v).numpy() for k, v in part.items()}
+        cat = {k: torch.cat(v).cpu().numpy() for k, v in part.items()}
         results.append(
             ScrubResult(
                 engine.h.name,
@@ -184,7 +184,8 @@ def interchange(
     outs, predicted = interchange_outputs(engine, names, base, source, batch_size)
     predicted = predicted.reshape(n_pairs, -1)
     correct = (predictions(outs) == predicted).double().mean(-1)
-    return InterchangeResult(hypothesis.name, names, correct.numpy(), ce_per_example(outs, predicted).numpy())
+    ce = ce_per_example(outs, predicted)
+    return InterchangeResult(hypothesis.name, names, correct.cpu().numpy(), ce.cpu().numpy())
 
 
 def interchange_outputs(

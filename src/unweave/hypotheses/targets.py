@@ -8,7 +8,8 @@ from pathlib import Path
 from unweave.hypotheses.cases import Case
 from unweave.hypotheses.graph import Hypothesis, HypothesisError
 
-CASES = ["cancellation", "modadd", "induction", "smollm2-induction"]
+CASES = ["cancellation", "modadd", "induction", "smollm2-induction", "induction-heads:PATH"]
+HF_INDUCTION = "induction-heads:"  # + a local Hugging Face model folder
 
 
 def resolve(target: str, modadd_run: Path = Path("runs/demo/modadd"), seed: int = 0) -> Case:
@@ -39,6 +40,12 @@ def builtin_case(name: str, modadd_run: Path = Path("runs/demo/modadd"), seed: i
         return cases.induction_case(train(cfg), cfg.vocab, seed=seed)
     if name == "smollm2-induction":
         return cases.smollm2_induction_case(seed=seed)
+    if name.startswith(HF_INDUCTION):
+        from unweave.hf import load_model
+
+        folder = name.removeprefix(HF_INDUCTION)
+        model, tokenizer = load_model(folder)
+        return cases.lm_induction_case(model, tokenizer, name, seed=seed)
     raise ValueError(f"unknown case {name!r}; built-in cases: {', '.join(CASES)}, or give a Python file")
 
 

@@ -58,7 +58,7 @@ class LossTrace:
     def __call__(self, state: StepState) -> None:
         """Record this step's losses if it is a draw."""
         if state.step >= self.burn_in:
-            self.losses[:, state.step - self.burn_in] = state.loss.double()
+            self.losses[:, state.step - self.burn_in] = state.loss.double().cpu()
 
 
 class MALAAcceptance:
@@ -82,7 +82,7 @@ class MALAAcceptance:
             fwd = sum(_sq(state.w[n] - prev.w[n] - eps / 2 * _mul(prev.G[n], prev.drift[n]), prev.G[n]) for n in names)
             bwd = sum(_sq(prev.w[n] - state.w[n] - eps / 2 * _mul(prev.G[n], state.drift[n]), prev.G[n]) for n in names)
             log_alpha = state.log_target - prev.log_target + (fwd - bwd) / (2 * eps)
-            self.total += log_alpha.clamp(max=0).exp()
+            self.total += log_alpha.clamp(max=0).exp().cpu()
             self.count += 1
         self._prev = StepState(
             state.step,

@@ -6,7 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from unweave import distributed
 from unweave.configs import setting
+from unweave.devices import DeviceConfig
 from unweave.report import Report
 from unweave.runs import Run, RunResult
 from unweave.slt import plots
@@ -28,10 +30,12 @@ class LLCConfig:
     params: str | None = setting(None, "Sample only parameters under this name, e.g. blocks.0.attn.")
     hessian: bool = setting(True, "Also compute the Hessian view (near-zero eigenvalues at w*).")
     sgld: SGLDConfig = setting(SGLDConfig(), "SGLD settings.")
+    device: DeviceConfig = setting(DeviceConfig(), "Where the chains run, and the dtype of weights and data.")
 
 
 def run_llc(cfg: LLCConfig) -> RunResult:
-    target = resolve(cfg.target, cfg.checkpoint, cfg.batch_size)
+    device = distributed.start(cfg.device.torch_device)  # under torchrun: chains spread over the ranks
+    target = resolve(cfg.target, cfg.checkpoint, cfg.batch_size).to(device, cfg.device.torch_dtype)
     run = Run(cfg.out, "llc", cfg, inputs=[cfg.target])
     report = Report(f"unweave llc: {target.name}")
     record: dict = {"target": cfg.target, "name": target.name, "true_llc": target.true_llc}
@@ -81,7 +85,7 @@ def run_llc(cfg: LLCConfig) -> RunResult:
     if len(points) > 1:
         section.figure(plots.trajectory(points, target.history))
     section.figure(plots.traces(last, f"SGLD loss traces at step {last_step}"))
-    if cfg.hessian:
+    if cfg.hessian and distributed.world().main:
         h = hessian_summary(target.checkpoints[-1][1], target.loss_fn, target.loader, params=cfg.params)
         record["hessian"] = vars(h)
         report.section("Hessian view").table(

@@ -63,12 +63,13 @@ def hessian_summary(
     f, w0 = _flat_loss(model, loss_fn, names, x, y)
     d = w0.numel()
     if d <= exact_limit:
-        eig = torch.linalg.eigvalsh(hessian(f)(w0).double())
+        eig = torch.linalg.eigvalsh(hessian(f)(w0).double().cpu())
         top = eig.abs().max().item()
         return HessianSummary(d, float((eig.abs() <= tol * top).sum()), top, tol, "exact")
 
     def hvp(v: torch.Tensor) -> torch.Tensor:
-        return jvp(grad(f), (w0,), (v.to(w0.dtype),))[1].detach().double()
+        # Lanczos runs in float64 on the CPU; the products run where the model is
+        return jvp(grad(f), (w0,), (v.to(w0.device, w0.dtype),))[1].detach().double().cpu()
 
     gen = torch.Generator().manual_seed(seed)
     nodes, weights = [], []

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from unweave import progress
-from unweave.slt.sgld import LLCError, LossFn, SGLDConfig, run_chains, select_parameters
+from unweave import distributed, progress
+from unweave.slt.sgld import LLCError, LossFn, SGLDConfig, Trace, run_chains, select_parameters
 
 
 @dataclass
@@ -57,6 +57,25 @@ def mean_loss(model: torch.nn.Module, loss_fn: LossFn, loader: Iterable) -> floa
     if count == 0:
         raise LLCError("the data loader is empty: it yielded no batch")
     return total / count
+
+
+def _my_chains(chains: int) -> list[int]:
+    """This process's chains: all of them, or under torchrun rank r's r, r + N, ..."""
+    me = distributed.world()
+    if chains < me.size:
+        raise LLCError(f"{chains} chains cannot be spread over {me.size} processes: use --chains {me.size} or more")
+    return list(range(me.rank, chains, me.size))
+
+
+def _all_chains(trace: Trace, ids: list[int], chains: int) -> Trace:
+    """Every rank's chains, back in chain order (chain c is the same draws wherever it ran)."""
+    if len(ids) == chains:
+        return trace
+    losses = torch.empty(chains, trace.losses.shape[1], dtype=trace.losses.dtype)
+    acceptance = torch.empty(chains, dtype=trace.acceptance.dtype)
+    for rank_ids, rank_losses, rank_acceptance in distributed.gather_objects((ids, trace.losses, trace.acceptance)):
+        losses[rank_ids], acceptance[rank_ids] = rank_losses, rank_acceptance
+    return Trace(losses, acceptance, trace.vectorized)
 
 
 def _flattened(excess: torch.Tensor) -> bool:
@@ -104,11 +123,13 @@ def estimate_llc(
         )
     nbeta = cfg.resolved_nbeta(n)
     n_params = sum(p.numel() for name, p in model.named_parameters() if name in names)
-    task = progress.Task(f"SGLD, {cfg.chains} chains", total=cfg.burn_in + cfg.draws)
+    ids = _my_chains(cfg.chains)
+    task = progress.Task(f"SGLD, {len(ids)} of {cfg.chains} chains", total=cfg.burn_in + cfg.draws, unit="steps")
     try:
-        trace = run_chains(model, loss_fn, loader, names, nbeta, cfg, on_step=task.advance)
+        trace = run_chains(model, loss_fn, loader, names, nbeta, cfg, on_step=task.advance, chain_ids=ids)
     finally:
         task.close()
+    trace = _all_chains(trace, ids, cfg.chains)
 
     # a chain is lost if it went non-finite or its loss rose further than any LLC could explain:
     # at equilibrium n_beta * excess ~ lambda <= d/2, so an excess 1000x beyond d/n_beta is a blow-up

@@ -176,7 +176,9 @@ def next_batches(batches: list[ChainBatches]) -> tuple[Batch, Batch, bool]:
 
 def _noise(gens: list[torch.Generator], like: torch.Tensor) -> torch.Tensor:
     """Standard normal noise shaped like `like` (chains, ...), chain c's from its own generator."""
-    return torch.stack([torch.randn(like.shape[1:], generator=g, dtype=like.dtype) for g in gens])
+    # drawn on the CPU and moved: chain c's noise is the same numbers on every device
+    noise = torch.stack([torch.randn(like.shape[1:], generator=g, dtype=like.dtype) for g in gens])
+    return noise.to(like.device)
 
 
 def _ticker(on_step: Callable[[], object]) -> Callback:
@@ -199,20 +201,23 @@ def run_chains(
     *,
     rule: UpdateRule | None = None,
     callbacks: Sequence[Callback] = (),
+    chain_ids: Sequence[int] | None = None,
 ) -> Trace:
     """Sample `cfg.chains` chains of `cfg.burn_in + cfg.draws` steps; return the draws' losses.
 
     `rule` replaces the update rule the config chooses; `callbacks` run after the built-in
-    diagnostics (divergence, loss trace, MALA acceptance) at every step, and may stop the chains."""
+    diagnostics (divergence, loss trace, MALA acceptance) at every step, and may stop the chains.
+    `chain_ids` runs only those chains (a rank's share), each exactly as in the full run."""
+    ids = list(range(cfg.chains)) if chain_ids is None else list(chain_ids)
     params = dict(model.named_parameters())
     posterior = LocalPosterior({n: params[n].detach().clone() for n in names}, nbeta, cfg.localization)
-    w = posterior.start(cfg.chains)
+    w = posterior.start(len(ids))
     rule = rule if rule is not None else update_rule(cfg)
     rule.start(w)
-    gens = [torch.Generator().manual_seed(cfg.seed * 1_000_003 + c) for c in range(cfg.chains)]
-    batches = [ChainBatches(loader, cfg.seed * 7919 + c) for c in range(cfg.chains)]
+    gens = [torch.Generator().manual_seed(cfg.seed * 1_000_003 + c) for c in ids]
+    batches = [ChainBatches(loader, cfg.seed * 7919 + c) for c in ids]
     grads = ChainGradients(model, loss_fn, cfg.vectorize)
-    trace, mala = LossTrace(cfg.chains, cfg.draws, cfg.burn_in), MALAAcceptance(cfg.chains)
+    trace, mala = LossTrace(len(ids), cfg.draws, cfg.burn_in), MALAAcceptance(len(ids))
     steps = [Divergence(), trace, mala, *callbacks] + ([_ticker(on_step)] if on_step is not None else [])
     for step in range(cfg.burn_in + cfg.draws):
         loss, g = grads(w, *next_batches(batches))

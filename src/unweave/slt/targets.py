@@ -4,12 +4,13 @@ checkpoints) or a zoo model with a closed-form answer, named like `rrr:5,3,5:1`,
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
 
+from unweave.devices import loader_on
 from unweave.slt import truth
 from unweave.slt.sgld import LossFn
 from unweave.zoo import singular
@@ -24,6 +25,11 @@ class Target:
     loader: DataLoader
     true_llc: float | None = None
     history: list[dict] | None = None  # training curves, for a run folder
+
+    def to(self, device: torch.device, dtype: torch.dtype | None = None) -> Target:
+        """The same target with its models and data on `device` (weights and data cast to `dtype`)."""
+        models = [(step, model.to(device, dtype) if dtype else model.to(device)) for step, model in self.checkpoints]
+        return replace(self, checkpoints=models, loader=loader_on(self.loader, device, dtype))
 
 
 def _ints(text: str, what: str) -> list[int]:

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from unweave.configs import setting
+from unweave.devices import DeviceConfig
 from unweave.report import Report
 from unweave.runs import Run, RunResult
 from unweave.zoo.modadd import ModAddConfig, train
@@ -18,11 +19,12 @@ from unweave.zoo.plots import loss_curves
 class TrainModAddConfig:
     out: Path = setting(Path("runs/modadd"), "Run directory; an interrupted run there resumes.")
     modadd: ModAddConfig = setting(ModAddConfig(), "The model and its training.")
+    device: DeviceConfig = setting(DeviceConfig(), "Where training runs, and the dtype of the weights.")
 
 
 def run_train_modadd(cfg: TrainModAddConfig) -> RunResult:
     run = Run(cfg.out, "train modadd", cfg, name="train")
-    trained = train(cfg.modadd, cfg.out)
+    trained = train(cfg.modadd, cfg.out, device=cfg.device.torch_device, dtype=cfg.device.torch_dtype)
     history = trained.history
     final = history[-1]
     report = Report(f"unweave train modadd: a + b mod {cfg.modadd.p}")

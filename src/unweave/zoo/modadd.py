@@ -196,7 +196,8 @@ def _save_state(
 
 def _load_state(run_dir: Path, model: torch.nn.Module, opt: torch.optim.Optimizer) -> tuple[int, list[dict]]:
     step = read_json(run_dir / "state.json")["step"]
-    tensors = read_tensors(run_dir / "state.safetensors")
+    device = next(model.parameters()).device  # a run started on one device resumes on another
+    tensors = {k: v.to(device) for k, v in read_tensors(run_dir / "state.safetensors").items()}
     model.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
     for param, (name, _) in zip(opt.param_groups[0]["params"], model.named_parameters()):
         if f"adam.exp_avg.{name}" in tensors:
@@ -209,11 +210,18 @@ def _load_state(run_dir: Path, model: torch.nn.Module, opt: torch.optim.Optimize
     return step, history
 
 
-def train(cfg: ModAddConfig, out_dir: Path, stop_after: int | None = None) -> TrainedModAdd:
-    """Train (or resume) a run in `out_dir`; returns it once `cfg.steps` steps are done.
+def train(
+    cfg: ModAddConfig,
+    out_dir: Path,
+    stop_after: int | None = None,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype | None = None,
+) -> TrainedModAdd:
+    """Train (or resume) a run in `out_dir` on `device`; returns it once `cfg.steps` steps are done.
 
     A directory holding a run with a different config is an error, not overwritten.
     `stop_after` ends the call early after that many total steps (to test resuming).
+    Checkpoints are saved from the CPU, so a run can resume on another device.
     """
     run = TrainedModAdd(out_dir)
     run.dir.mkdir(parents=True, exist_ok=True)
@@ -229,7 +237,8 @@ def train(cfg: ModAddConfig, out_dir: Path, stop_after: int | None = None) -> Tr
 
     torch.manual_seed(cfg.seed)
     data = make_data(cfg)
-    model = Transformer(cfg.transformer())
+    data = ModAddData(*(t.to(device) for t in (data.tokens, data.labels, data.train_idx, data.test_idx)))
+    model = Transformer(cfg.transformer()).to(device, dtype)  # initialised on the CPU: the same weights anywhere
     opt = _optimizer(model, cfg)
     step, history = (
         _load_state(run.dir, model, opt)
@@ -239,7 +248,7 @@ def train(cfg: ModAddConfig, out_dir: Path, stop_after: int | None = None) -> Tr
 
     x, y = data.tokens[data.train_idx], data.labels[data.train_idx]
     last = cfg.steps if stop_after is None else min(stop_after, cfg.steps)
-    task = progress.Task("training modular addition", total=cfg.steps)
+    task = progress.Task("training modular addition", total=cfg.steps, unit="steps")
     task.advance(step)
     while step < last:
         for group in opt.param_groups:  # linear warm-up, a function of the step alone
