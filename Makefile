@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-all lint format browser datasets setup
+.PHONY: demo test test-all lint format browser datasets setup bench
 
 setup: $(STAMP)
 
@@ -18,6 +18,13 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 
 demo: $(STAMP)
 	$(BIN)/unweave demo
+
+# Every benchmark: builds the peers' virtualenvs (bench/venv-*) and the stores (bench/data/)
+# it needs when missing, runs each bench, writes bench/RESULTS.md. Hours at full size on 2 CPU
+# cores; e.g. make bench BENCH_ARGS="--only llc_vs_devinterp --quick" (see bench/run_all.py).
+BENCH_ARGS ?=
+bench: $(STAMP) datasets
+	$(BIN)/python bench/run_all.py $(BENCH_ARGS)
 
 test: $(STAMP) browser datasets lint
 	$(BIN)/python -m pytest

@@ -4,7 +4,10 @@ Targets (issue 6): backdoored MNIST with the corner trigger, best activation det
 AUROC >= 0.97; the planted-rule task, best detector >= 0.90 while the raw-input baseline
 stays <= 0.60.
 
-    cd bench && ../.venv/bin/python anomaly.py [--tasks planted-rule backdoor-mnist-corner ...]
+    cd bench && ../.venv/bin/python anomaly.py [--tasks planted-rule backdoor-mnist-corner ...] [--quick]
+
+or with the others, writing bench/RESULTS.md:  make bench BENCH_ARGS="--only anomaly"
+(the backdoor tasks on Fashion-MNIST read the dataset `make datasets` installs).
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from common import table
+from common import quick_option, table
 
 from unweave.anomaly.evaluate import best, evaluate_task
 from unweave.anomaly.targets import TASKS
@@ -22,6 +25,7 @@ from unweave.anomaly.targets import resolve as make_task
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="*", default=TASKS)
+    quick_option(parser, tasks=["planted-rule"])
     args = parser.parse_args()
     rows, full = [], []
     for name in args.tasks:

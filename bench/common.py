@@ -1,8 +1,10 @@
-"""Shared by the benchmarks: timing with warm-up and repeats, and a plain table."""
+"""Shared by the benchmarks: timing with warm-up and repeats, a plain table, and --quick."""
 
 from __future__ import annotations
 
+import argparse
 import statistics
+import sys
 import time
 from collections.abc import Callable
 
@@ -40,3 +42,13 @@ def table(rows: list[dict]) -> str:
     widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(headers)]
     line = lambda vals: "| " + " | ".join(v.ljust(w) for v, w in zip(vals, widths)) + " |"
     return "\n".join([line(headers), line(["-" * w for w in widths]), *map(line, cells)])
+
+
+def quick_option(parser: argparse.ArgumentParser, **small) -> None:
+    """Add --quick: smaller defaults for the given options (an option given explicitly still
+    wins), so that `make bench BENCH_ARGS=--quick` checks the whole pipeline in minutes.
+    Call it before parse_args."""
+    sizes = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in small.items())
+    parser.add_argument("--quick", action="store_true", help=f"small sizes to check the pipeline: {sizes}")
+    if "--quick" in sys.argv[1:]:
+        parser.set_defaults(**small)

@@ -1,12 +1,13 @@
 """Interchange interventions per second on SmolLM2-135M: unweave vs pyvene 0.1.8, same intervention.
 
-pyvene lives in its own virtualenv (bench/venv-pyvene), made once with:
+pyvene lives in its own virtualenv (bench/venv-pyvene: the project's torch, then pyvene
+0.1.8 with torch pinned), which `make bench` builds when missing, then runs this and writes
+bench/RESULTS.md:
 
-    echo torch==2.13.0 > /tmp/c.txt; python3 -m venv bench/venv-pyvene
-    bench/venv-pyvene/bin/pip install torch==2.13.0
-    bench/venv-pyvene/bin/pip install -c /tmp/c.txt pyvene==0.1.8
+    make bench BENCH_ARGS="--only interchange_vs_pyvene"
 
-Then, from bench/:  ../.venv/bin/python interchange_vs_pyvene.py
+By hand: `.venv/bin/python bench/peers.py pyvene`, then from bench/:
+../.venv/bin/python interchange_vs_pyvene.py [--pairs 64] [--batch-size 16] [--repeats 3] [--quick]
 
 The intervention: the output of SmolLM2's strongest induction head (found from attention
 patterns) at the last position of a base sequence, taken from a source sequence; both on
@@ -32,7 +33,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from common import best_of, table
+from common import best_of, quick_option, table
 from safetensors.torch import load_file, save_file
 
 from unweave.hf import cache_dir, load_model
@@ -73,9 +74,10 @@ def main():
     parser.add_argument("--pairs", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
+    quick_option(parser, pairs=16, batch_size=8, repeats=1)
     args = parser.parse_args()
     if not PEER.exists():
-        raise SystemExit(f"{PEER} is missing; make the pyvene virtualenv as this file's docstring says")
+        raise SystemExit(f"{PEER} is missing; build it with `make bench` or bench/peers.py pyvene")
     threads = torch.get_num_threads()
     model, tokenizer = load_model("smollm2-135m")
     half = 20

@@ -3,13 +3,18 @@ case and parity of Aoyagi & Watanabe 2005), deep linear networks (Aoyagi 2024).
 
 Target (issue 4): relative error at most 10% on every case.
 
-    cd bench && ../.venv/bin/python llc_ground_truth.py
+    cd bench && ../.venv/bin/python llc_ground_truth.py [--quick]
+
+or with the others, writing bench/RESULTS.md:  make bench BENCH_ARGS="--only llc_ground_truth"
+(--quick: a tenth of the draws and burn-in, at most 8 chains: checks the pipeline, not the target.)
 """
 
 from __future__ import annotations
 
+import argparse
 import time
 import warnings
+from dataclasses import replace
 
 from common import table
 
@@ -65,8 +70,13 @@ CASES = [
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a tenth of the draws and burn-in, at most 8 chains")
+    args = parser.parse_args()
     rows = []
     for name, kind, spec, cfg in CASES:
+        if args.quick:
+            cfg = replace(cfg, chains=min(cfg.chains, 8), draws=cfg.draws // 10, burn_in=cfg.burn_in // 10)
         if kind == "nc":
             model, loader = singular.normal_crossing_task(spec)
             loss, true = singular.normal_crossing_loss, truth.normal_crossing(spec)

@@ -1,12 +1,15 @@
 """LLC speed and agreement: unweave vs devinterp 1.3.2, same model, data and settings.
 
-devinterp lives in its own virtualenv (bench/venv-devinterp), made once with:
+devinterp lives in its own virtualenv (bench/venv-devinterp: the project's torch, then
+devinterp 1.3.2, safetensors and rich with torch pinned). `make bench` builds it and the
+modular-addition run when missing, runs this and writes bench/RESULTS.md:
 
-    echo torch==2.13.0 > /tmp/c.txt; python3 -m venv bench/venv-devinterp
-    bench/venv-devinterp/bin/pip install torch==2.13.0
-    bench/venv-devinterp/bin/pip install -c /tmp/c.txt devinterp==1.3.2 safetensors
+    make bench BENCH_ARGS="--only llc_vs_devinterp"
 
-Then, from bench/:  ../.venv/bin/python llc_vs_devinterp.py [--modadd-run ../runs/demo/modadd]
+By hand: `.venv/bin/python bench/peers.py devinterp`, the run with
+`.venv/bin/unweave train modadd --out bench/data/modadd` (p=59, 3000 steps, as `unweave demo`
+trains it), then from bench/:  ../.venv/bin/python llc_vs_devinterp.py [--modadd-run data/modadd]
+(--quick: 50 draws per chain instead of 200.)
 Both sides run SGLD (epsilon, n*beta, gamma, chains x draws, batch size) with the same
 L(w*) and report mean and standard error over chains; the table gives the time ratio and
 whether the two estimates agree within their combined standard errors.
@@ -25,7 +28,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from common import table
+from common import quick_option, table
 
 from unweave.slt import SGLDConfig, estimate_llc
 from unweave.slt.llc import mean_loss
@@ -36,7 +39,7 @@ HERE = Path(__file__).resolve().parent
 PEER = HERE / "venv-devinterp" / "bin" / "python"
 
 
-def cases(modadd_run: Path | None):
+def cases(modadd_run: Path | None, draws: int = 200):
     for widths, rank in (([5, 3, 5], 1), ([10, 6, 8], 2)):
         model, loader = singular.deep_linear_task(widths, rank, n=1000, batch_size=100)
         yield (
@@ -45,7 +48,7 @@ def cases(modadd_run: Path | None):
             model,
             singular.half_squared_error,
             loader,
-            SGLDConfig(epsilon=1e-4, nbeta=1e3, localization=100.0, chains=4, draws=200),
+            SGLDConfig(epsilon=1e-4, nbeta=1e3, localization=100.0, chains=4, draws=draws),
         )
     if modadd_run is not None and (modadd_run / "model.safetensors").exists():
         run = TrainedModAdd(modadd_run)
@@ -55,7 +58,7 @@ def cases(modadd_run: Path | None):
             run.load(),
             answer_loss,
             train_loader(run.config, batch_size=256),
-            SGLDConfig(epsilon=1e-4, nbeta=100.0, localization=100.0, chains=4, draws=200),
+            SGLDConfig(epsilon=1e-4, nbeta=100.0, localization=100.0, chains=4, draws=draws),
         )
 
 
@@ -86,13 +89,19 @@ def peer(spec_extra, model, loader, cfg: SGLDConfig, init_loss: float, tmp: Path
 def main() -> None:
     warnings.simplefilter("ignore")  # both sides' sampler warnings; the table compares the numbers
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--modadd-run", type=Path, default=HERE.parent / "runs" / "demo" / "modadd")
+    parser.add_argument("--modadd-run", type=Path, default=HERE / "data" / "modadd")
+    parser.add_argument("--draws", type=int, default=200, help="draws per chain, every case")
+    quick_option(parser, draws=50)
     args = parser.parse_args()
     if not PEER.exists():
-        raise SystemExit(f"devinterp's virtualenv is missing at {PEER}; make it as this script's docstring says")
+        raise SystemExit(
+            f"devinterp's virtualenv is missing at {PEER}; build it with `make bench` or bench/peers.py devinterp"
+        )
+    if not (args.modadd_run / "model.safetensors").exists():
+        print(f"no trained modular-addition run at {args.modadd_run}: that case is left out")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for name, spec, model, loss_fn, loader, cfg in cases(args.modadd_run):
+        for name, spec, model, loss_fn, loader, cfg in cases(args.modadd_run, args.draws):
             init = mean_loss(model, loss_fn, loader)
             estimate_llc(model, loss_fn, loader, replace(cfg, draws=5))  # warm-up, as the peer side does
             start = time.perf_counter()

@@ -1,13 +1,16 @@
 """TopK SAE training throughput and quality: unweave vs SAELens 6.54.12, same activations.
 
-SAELens lives in its own virtualenv (bench/venv-saelens), made once with:
+SAELens lives in its own virtualenv (bench/venv-saelens: the project's torch, then sae-lens
+6.54.12 with torch pinned). `make bench` builds it and the store when missing, runs this
+and writes bench/RESULTS.md:
 
-    echo torch==2.13.0 > /tmp/c.txt; python3 -m venv bench/venv-saelens
-    bench/venv-saelens/bin/pip install torch==2.13.0
-    bench/venv-saelens/bin/pip install -c /tmp/c.txt sae-lens==6.54.12
+    make bench BENCH_ARGS="--only sae_vs_saelens"
 
-Then, from bench/:  ../.venv/bin/python sae_vs_saelens.py --store ../runs/cache-l15-512k
-(the store from `unweave cache --site model.layers.15 --tokens 524288 --out runs/cache-l15-512k`).
+By hand: `.venv/bin/python bench/peers.py saelens`, the store with
+`.venv/bin/unweave cache --model smollm2-135m --site model.layers.15 --tokens 524288 --out bench/data/cache-l15-512k`,
+then from bench/:  ../.venv/bin/python sae_vs_saelens.py --store data/cache-l15-512k
+(--quick: 32768 training tokens and warm-up 10, from any store with a shard to spare beyond those;
+make bench's --quick caches 65536 tokens in 4 shards for it when the full store is not there.)
 
 Both sides train TopK (k=32, width 8 x 576) on the same stored SmolLM2 layer-15 residual
 activations, the same batches in the same order, with Adam at the same learning rate,
@@ -29,7 +32,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import table
+from common import quick_option, table
 from safetensors.torch import load_file, save_file
 
 from unweave.dictionaries import SAE, SAEConfig, TrainConfig, train_many
@@ -43,15 +46,17 @@ PEER = HERE / "venv-saelens" / "bin" / "python"
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--store", type=Path, default=HERE.parent / "runs" / "cache-l15-512k")
+    parser.add_argument("--store", type=Path, default=HERE / "data" / "cache-l15-512k")
     parser.add_argument("--site", default="model.layers.15")
     parser.add_argument("--tokens", type=int, default=262_144)
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--k", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--warmup", type=int, default=100, help="learning-rate warm-up steps, both sides")
+    quick_option(parser, tokens=32_768, warmup=10)
     args = parser.parse_args()
     if not PEER.exists():
-        raise SystemExit(f"{PEER} is missing; make the SAELens virtualenv as this file's docstring says")
+        raise SystemExit(f"{PEER} is missing; build it with `make bench` or bench/peers.py saelens")
     store = ActivationStore(args.store)
     train_parts, got, i = [], 0, 0
     while got < args.tokens:
@@ -69,7 +74,7 @@ def main():
     train = train[torch.randperm(len(train), generator=torch.Generator().manual_seed(0))].contiguous()
     d, width, bs = train.shape[1], 8 * train.shape[1], args.batch_size
     steps = len(train) // bs
-    cfg = TrainConfig(steps=steps, lr=args.lr, warmup=100, decay_frac=0.2)
+    cfg = TrainConfig(steps=steps, lr=args.lr, warmup=args.warmup, decay_frac=0.2)
     threads = torch.get_num_threads()
 
     sae = SAE(SAEConfig(d_in=d, n_latents=width, k=args.k), seed=0)
@@ -98,7 +103,7 @@ def main():
                 "width": width,
                 "k": args.k,
                 "lr": args.lr,
-                "warmup": 100,
+                "warmup": args.warmup,
                 "decay_frac": 0.2,
                 "batch_size": bs,
                 "threads": threads,

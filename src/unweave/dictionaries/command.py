@@ -133,7 +133,7 @@ def _live(cfg: SAETrainConfig, device: torch.device) -> _Source:
     me = distributed.world()
     rows = rows[me.rank :: me.size]  # each rank computes activations from its own rows
     names = [cfg.site] if cfg.target_site is None else [cfg.site, cfg.target_site]
-    widths = {n: a.shape[-1] for n, a in capture(model, names, rows[:1], stop_early=True).items()}
+    widths = {n: a.shape[-1] for n, a in capture(model, names, rows[:1].to(device), stop_early=True).items()}
     steps = max(1, (cfg.tokens or 200_000) // cfg.batch_size)
     meta = {
         "model_name": cfg.model,

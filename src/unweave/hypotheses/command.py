@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from unweave.configs import setting
-from unweave.devices import DeviceConfig, to_device
+from unweave.devices import DeviceConfig
 from unweave.hypotheses.cases import Case
 from unweave.hypotheses.plots import kl_histogram
 from unweave.hypotheses.score import KL_CHANGED, interchange, scrub_all
@@ -40,14 +40,9 @@ class ScrubConfig:
 
 
 def on_device(case: Case, device: DeviceConfig) -> Case:
-    """The case with its model (in the chosen dtype), inputs and labels on the chosen device."""
-    model = case.model.to(device.torch_device, device.torch_dtype)
-    return dataclasses.replace(
-        case,
-        model=model,
-        inputs=to_device(case.inputs, device.torch_device),
-        labels=to_device(case.labels, device.torch_device),
-    )
+    """The case with its model on the chosen device, in the chosen dtype (inputs and labels stay
+    on the CPU, where the hypotheses' functions read them; the engine moves each batch)."""
+    return dataclasses.replace(case, model=case.model.to(device.torch_device, device.torch_dtype))
 
 
 def run_scrub(cfg: ScrubConfig) -> RunResult:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from unweave.devices import model_device
 from unweave.hypotheses.graph import Hypothesis, HypothesisError, Node
 from unweave.sites import capture, capturing, patch
 
@@ -84,10 +85,12 @@ class Engine:
     ):
         if len(inputs) < 2:
             raise HypothesisError(f"need at least 2 inputs to resample from, got {len(inputs)}")
+        # inputs stay on the CPU, where node functions read them; each forward moves its batch
         self.model, self.inputs, self.h = model.eval(), inputs, hypothesis
+        self.device = model_device(model)
         self.batch_size, self.gen = batch_size, torch.Generator().manual_seed(seed)
         self.forward_kwargs = forward_kwargs or {}
-        hypothesis.validate(model, inputs[:2])
+        hypothesis.validate(model, inputs[:2].to(self.device))
         with torch.no_grad():
             self.groups = {
                 n.name: _Groups.of(_values(n, inputs)) if n.fn is not None else _Identity()
@@ -100,13 +103,16 @@ class Engine:
     def forward(self, idx: torch.Tensor, patches: dict | None = None) -> Any:
         """The model's raw output on inputs[idx] (before `Hypothesis.output`), with patches."""
         with torch.no_grad(), patch(self.model, patches or {}):
-            return self.model(self.inputs[idx], **self.forward_kwargs)
+            return self.model(self._batch(idx), **self.forward_kwargs)
+
+    def _batch(self, idx: torch.Tensor | slice) -> torch.Tensor:
+        return self.inputs[idx].to(self.device)
 
     def _run(self, idx: torch.Tensor, patches: dict, read: str | None = None):
         if read is None:
             return self.h.output(self.forward(idx, patches))
         with torch.no_grad(), patch(self.model, patches):
-            return capture(self.model, read, self.inputs[idx], stop_early=True)[read]
+            return capture(self.model, read, self._batch(idx), stop_early=True)[read]
 
     def _complement(self, site: str) -> Callable[[torch.Tensor], torch.Tensor]:
         """What the unclaimed part of a patched site holds: the run's own value, a mean or zero."""
@@ -163,7 +169,7 @@ class Engine:
         nodes = [self.h.node(n) for n in names]
         sites = list(dict.fromkeys(n.site for n in nodes))
         with torch.no_grad():
-            acts = capture(self.model, sites, self.inputs[source], stop_early=True)
+            acts = capture(self.model, sites, self._batch(source), stop_early=True)
         return [acts[n.site] for n in nodes]
 
     def interchange_batch(
@@ -208,7 +214,7 @@ class Engine:
         with torch.no_grad():
             for start in range(0, len(self.inputs), self.batch_size):
                 with capturing(self.model, sites) as acts:
-                    self.model(self.inputs[start : start + self.batch_size])
+                    self.model(self._batch(slice(start, start + self.batch_size)))
                 for s in sites:
                     sums[s] = sums.get(s, 0) + acts[s].double().sum(0)
         return {s: (v / len(self.inputs)).float() for s, v in sums.items()}

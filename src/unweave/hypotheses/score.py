@@ -110,9 +110,9 @@ def scrub_all(
     for start in _batches(n, batch_size, label[:60]):
         refs, rand = refs_all[start : start + batch_size], random_all[start : start + batch_size]
         raw_clean, raw_random = engines[0].forward(refs), engines[0].forward(rand)
-        for engine, part in zip(engines, parts):
-            clean, random = engine.h.output(raw_clean), engine.h.output(raw_random)
-            scrubbed = engine.scrub_batch(refs)
+        for engine, part in zip(engines, parts):  # scored on the CPU, beside the labels
+            clean, random = engine.h.output(raw_clean).cpu(), engine.h.output(raw_random).cpu()
+            scrubbed = engine.scrub_batch(refs).cpu()
             target = predictions(clean) if labels is None else labels[refs]
             part["kl"].append(kl_per_example(clean, scrubbed))
             part["kl_random"].append(kl_per_example(clean, random))
@@ -202,6 +202,6 @@ def interchange_outputs(
     for start in _batches(len(base), batch_size, f"interchange {','.join(names)}"):
         rows = slice(start, start + batch_size)
         out, pred = engine.interchange_batch(names, base[rows], source[rows], [c[slot[rows]] for c in cached])
-        outs.append(out)
-        predicted.append(torch.as_tensor(pred))
+        outs.append(out.cpu())
+        predicted.append(torch.as_tensor(pred).cpu())
     return torch.cat(outs), torch.cat(predicted)
