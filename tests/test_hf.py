@@ -45,3 +45,11 @@ def test_smollm2_offline_predicts_shakespeare():
     assert out.loss.item() < 4.5  # a 135M LM on English verse: ~3-4 nats; random would be ln(49152) = 10.8
     acts = capture(model, ["model.layers.14"], rows, stop_early=True)
     torch.testing.assert_close(acts["model.layers.14"], out.hidden_states[15])
+
+
+def test_a_folder_that_is_not_a_causal_lm_is_a_one_line_error(tmp_path):
+    from transformers import T5Config
+
+    T5Config(d_model=8, num_layers=1, num_heads=1, d_ff=8, vocab_size=16).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="not a causal language model"):
+        hf.load_model(str(tmp_path))
