@@ -104,10 +104,11 @@ def write_store(
                 task.advance(len(batch) * ctx_len)
             tensors = {s: torch.cat(parts[s]) for s in sites}
             tensors["tokens"] = rows.reshape(-1).to(torch.int64)
-            name = f"shard_{shard:05d}.safetensors"
+            name = _shard_file(shard, "safetensors")
             write_tensors(out / name, tensors)
             done[shard] = {"file": name, "tokens": len(rows) * ctx_len, "sha256": sha256(out / name)}
-            write_json(out / _sidecar(shard), {**done[shard], "widths": {s: tensors[s].shape[1] for s in sites}})
+            widths = {s: tensors[s].shape[1] for s in sites}
+            write_json(out / _shard_file(shard, "json"), {**done[shard], "widths": widths})
             if me.size == 1:  # one process: the manifest follows every shard
                 _write_manifest(out, manifest, done, n_shards)
     finally:
@@ -120,17 +121,21 @@ def write_store(
     return ActivationStore(out)
 
 
-def _sidecar(shard: int) -> str:
-    """Each shard's own record, written after it: what a rank resumes from before there is a manifest."""
-    return f"shard_{shard:05d}.json"
+def _shard_file(shard: int, suffix: str) -> str:
+    """A shard's tensors (.safetensors) or its own record (.json, written after it: what a rank
+    resumes from before there is a manifest)."""
+    return f"shard_{shard:05d}.{suffix}"
+
+
+def _shard_index(name: str) -> int:
+    return int(Path(name).stem.removeprefix("shard_"))
 
 
 def _written_shards(out: Path, manifest: dict) -> dict[int, dict]:
     """Intact shards (file present, checksum as recorded), from the manifest and the sidecars."""
-    found = {int(s["file"][6:11]): s for s in manifest["shards"]}
+    found = {_shard_index(s["file"]): s for s in manifest["shards"]}
     for path in out.glob("shard_*.json"):
-        entry = read_json(path)
-        found.setdefault(int(path.stem[6:]), entry)
+        found.setdefault(_shard_index(path.name), read_json(path))
     return {
         i: {k: e[k] for k in ("file", "tokens", "sha256")}
         for i, e in found.items()
@@ -143,7 +148,7 @@ def _write_manifest(out: Path, manifest: dict, done: dict[int, dict], n_shards: 
     shards = []
     while len(shards) in done:
         shards.append(done[len(shards)])
-    if shards:
+    if shards and not manifest["widths"]:  # the same for every shard: read once, from shard 0
         with safe_open(str(out / shards[0]["file"]), framework="pt") as f:
             manifest["widths"] = {s: f.get_slice(s).get_shape()[1] for s in manifest["sites"]}
     manifest["shards"] = shards
