@@ -352,6 +352,11 @@ def test_sae_train_and_eval_from_a_store(tiny_llama_dir, tmp_path):
     assert record["topk-k2-w64"]["l0"] <= 2 and record["topk-k4-w64"]["fvu"] < record["topk-k2-w64"]["fvu"]
     assert 0 <= record["topk-k4-w64"]["ce_loss_recovered"] <= 1.05
     check_record(tmp_path / "eval", "sae eval", "sae_eval.json", "sae_eval.html", max_tokens=16_384)
+    for folder in folders:  # a browser over every latent, linked from the report
+        browser = tmp_path / "eval" / "features" / folder.name
+        assert record[folder.name]["features"] == f"features/{folder.name}/index.html"
+        assert len(list((browser / "data" / "latents").glob("*.js"))) == 64 and (browser / "index.html").exists()
+    assert 'href="features/topk-k4-w64/index.html#latent=' in (tmp_path / "eval" / "sae_eval.html").read_text()
     # dead fraction and L0, recomputed independently on the same held-out tokens
     import numpy as np
 
@@ -418,6 +423,15 @@ def test_sae_train_live_transcoders_and_eval(tiny_llama_dir, tmp_path):
     assert result.exit_code == 0, result.output
     record = json.loads((tmp_path / "eval" / "sae_eval.json").read_text())[folder.name]
     assert record["l0"] <= 4 and record["fvu"] < 1 and "ce_loss_recovered" in record
+    # the transcoder's latents write to the MLP's output: their output tokens are read from there
+    result = runner.invoke(app, ["features", str(folder), "--tokens", "2048", "--out", str(tmp_path / "features")])
+    assert result.exit_code == 0, result.output
+    found = json.loads((tmp_path / "features" / "features.json").read_text())
+    assert found["kind"] == "transcoder" and found["output_site"] == "model.layers.1.mlp"
+    assert found["tokens"] == 2048 and found["checked_latents"] > 0 and found["live_latents"] > 0
+    check_record(tmp_path / "features", "features", "features.json", "features.html", tokens=2048)
+    result = runner.invoke(app, ["features", str(folder), "--tokens", "16", "--out", str(tmp_path / "f2")])
+    assert result.exit_code != 0 and "fewer than one row" in str(result.exception)
     result = runner.invoke(app, ["sae", "train", "--site", "model.layers.1"])
     assert result.exit_code != 0 and "--store DIR or --live" in str(result.exception)
 

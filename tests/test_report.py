@@ -15,9 +15,25 @@ def test_report_is_self_contained_and_escaped(tmp_path):
     r.section("S & T").text("x < y").table([{"name": "a", "value": 0.123456}]).figure(go.Figure(go.Bar(y=[1, 2])))
     page = r.write(tmp_path / "r.html").read_text()
     assert "a &lt;title&gt;" in page and "S &amp; T" in page and "x &lt; y" in page
-    assert "<td>0.1235</td>" in page
+    assert '<td class="num">0.1235</td>' in page
     assert "<script src" not in page and "<link" not in page  # nothing fetched from a network
     assert page.count("Plotly.newPlot") == 1
+
+
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-sync",
+    "--disable-background-networking",
+    "--disable-component-update",
+]
+
+
+def launch(pw):
+    """Headless Debian Chromium from a `sync_playwright()` context (tests/test_report_layout.py uses it too)."""
+    return pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
 
 
 def render(path):
@@ -25,18 +41,7 @@ def render(path):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(
-            executable_path=CHROMIUM,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-sync",
-                "--disable-background-networking",
-                "--disable-component-update",
-            ],
-        )
+        browser = launch(pw)
         try:
             page = browser.new_page()
             errors, page_errors = [], []
@@ -99,7 +104,7 @@ def test_sortable_table_sorts_numbers_when_its_header_is_clicked(tmp_path):
     report.section("s").table(rows, links={"name": "href"}, sortable=True)
     report.write(tmp_path / "t.html")
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        browser = launch(pw)
         try:
             page = browser.new_page()
             page.goto((tmp_path / "t.html").resolve().as_uri())

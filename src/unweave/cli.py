@@ -22,6 +22,7 @@ from unweave.configs import MISSING, default_of, field_types
 from unweave.demo import DemoConfig, run_demo
 from unweave.dictionaries.command import SAEEvalConfig, SAETrainConfig, run_sae_eval, run_sae_train
 from unweave.distributed import world
+from unweave.features.command import FeaturesConfig, run_features
 from unweave.hypotheses.command import ScrubConfig, run_scrub
 from unweave.index import RunsConfig, run_runs
 from unweave.runs import RunResult
@@ -212,6 +213,14 @@ COMMANDS = [
         run_sae_eval,
         "FVU, L0, dead/dense latents, density histogram, spliced KL and CE loss recovered, top snippets.",
         "Example: unweave sae eval runs/sae/topk-k32-w4608 --out runs/sae-eval",
+    ),
+    (
+        app,
+        "features",
+        FeaturesConfig,
+        run_features,
+        "A browser over every latent of a dictionary on your text: contexts, histogram, output tokens, search.",
+        "Example: unweave features runs/sae/topk-k32-w4608 --text my_notes.txt --tokens 100000 --out runs/features",
     ),
 ]
 for row in COMMANDS:

@@ -16,11 +16,13 @@ from unweave.configs import setting, to_dict
 from unweave.devices import DeviceConfig
 from unweave.dictionaries import io
 from unweave.dictionaries.architectures import ARCHITECTURES
-from unweave.dictionaries.evaluate import evaluate, held_out_activations, top_snippets
+from unweave.dictionaries.evaluate import evaluate, held_out_activations
 from unweave.dictionaries.plots import density_histogram, loss_curves
 from unweave.dictionaries.sae import SAE, SAEConfig
 from unweave.dictionaries.streams import live_batches, store_batches
 from unweave.dictionaries.train import TrainConfig, train_many
+from unweave.features.browser import build
+from unweave.features.command import browser_section
 from unweave.report import Report
 from unweave.runs import Run, RunResult, read_record
 from unweave.sites import capture
@@ -221,7 +223,11 @@ class SAEEvalConfig:
         TextConfig(),
         "Text to score on; when it is the dictionary's training text, the tokens it saw are skipped.",
     )
+    features: bool = setting(True, "Write a browser over every latent (OUT/features/NAME/index.html).")
     device: DeviceConfig = setting(DeviceConfig(), "Where the model and the dictionaries run.")
+
+
+HEADLINE = ("dictionary", "ce_loss_recovered", "kl", "fvu", "l0", "dead_fraction")
 
 
 def _held_out_rows(cfg: SAEEvalConfig, meta: dict, tokenizer: object, ctx_len: int) -> tuple[torch.Tensor, str]:
@@ -240,17 +246,9 @@ def _held_out_rows(cfg: SAEEvalConfig, meta: dict, tokenizer: object, ctx_len: i
     return held_out, where
 
 
-def _store_ctx_len(meta: dict) -> int | None:
-    """The context length of the store a dictionary was trained from, if it is still there."""
-    store = meta.get("store")
-    if store and (Path(store) / "manifest.json").exists():
-        return ActivationStore(Path(store)).manifest["ctx_len"]
-    return None
-
-
 def run_sae_eval(cfg: SAEEvalConfig) -> RunResult:
     """Metrics of each dictionary, spliced into its model on held-out text (the text after
-    the tokens the dictionary saw, or another text), and snippets."""
+    the tokens the dictionary saw, or another text), and a browser over its latents."""
     from unweave.dictionaries.splice import spliced_metrics
     from unweave.hf import load_model
 
@@ -259,24 +257,30 @@ def run_sae_eval(cfg: SAEEvalConfig) -> RunResult:
     device, dtype = cfg.device.torch_device, cfg.device.torch_dtype
     table, record, loaded = [], {}, {}
     for folder in progress.track(cfg.folders, "evaluating dictionaries"):
-        sae, meta = io.load(folder).eval().to(device), io.metadata(folder)
+        sae, name = io.load(folder).eval().to(device), Path(folder).name
+        meta = {**io.metadata(folder), "name": name}
         if meta["model_name"] not in loaded:
             loaded[meta["model_name"]] = load_model(meta["model_name"], device=device, dtype=dtype)
         model, tokenizer = loaded[meta["model_name"]]
-        ctx_len = cfg.ctx_len or meta.get("ctx_len") or _store_ctx_len(meta) or 128
+        ctx_len = cfg.ctx_len or io.training_ctx_len(meta) or 128
         held_out, where = _held_out_rows(cfg, meta, tokenizer, ctx_len)
-        x, y, tokens = held_out_activations(meta, model, held_out[: max(1, cfg.max_tokens // ctx_len)], cfg.max_tokens)
+        scored = held_out[: max(1, cfg.max_tokens // ctx_len)]
+        x, y, _ = held_out_activations(meta, model, scored, cfg.max_tokens)
         m = evaluate(sae, x, y)
         site_out = meta.get("hook_name_out", meta["hook_name"])
         input_site = meta["hook_name"] if sae.cfg.kind == "transcoder" else None
         s = spliced_metrics(model, site_out, sae, held_out[: max(1, cfg.spliced_tokens // ctx_len)], input_site)
-        row = {"dictionary": Path(folder).name, "text": where, **{k: v for k, v in m.items() if k != "density"}, **s}
+        row = {"dictionary": name, "text": where, **{k: v for k, v in m.items() if k != "density"}, **s}
         table.append(row)
-        record[Path(folder).name] = {**row, "density": m["density"]}
-        section = report.section(f"Dictionary {Path(folder).name}")
-        section.figure(density_histogram(m["density"], f"Latent firing density, {Path(folder).name}"))
-        section.table(top_snippets(sae, x, tokens, tokenizer))
-    report.summary("Metrics").table(table)
+        record[name] = {**row, "density": m["density"]}
+        section = report.section(f"Dictionary {name}")
+        section.figure(density_histogram(m["density"], f"Latent firing density, {name}"))
+        if cfg.features:
+            found = build(sae, meta, model, tokenizer, scored, cfg.out / "features" / name, text=where)
+            record[name]["features"] = f"features/{name}/index.html"
+            browser_section(section, found, f"features/{name}/index.html")
+    report.summary("Metrics").table([{h: r[h] for h in HEADLINE} for r in table])
+    report.section("Every metric").table(table)
     lines = [
         f"{r['dictionary']}: FVU {r['fvu']:.3g}, L0 {r['l0']:.3g}, dead {r['dead_fraction']:.2%}, "
         f"CE loss recovered {r['ce_loss_recovered']:.3f}, KL {r['kl']:.3g}"

@@ -1,9 +1,6 @@
-"""A trained dictionary on held-out activations: reconstruction and sparsity metrics, and
-the text around its latents' strongest activations."""
+"""A trained dictionary on held-out activations: reconstruction and sparsity metrics."""
 
 from __future__ import annotations
-
-from typing import TYPE_CHECKING
 
 import torch
 
@@ -11,9 +8,6 @@ from unweave.devices import model_device
 from unweave.dictionaries import metrics
 from unweave.dictionaries.sae import SAE
 from unweave.sites import capture
-
-if TYPE_CHECKING:
-    from transformers import PreTrainedTokenizerBase
 
 
 @torch.no_grad()
@@ -36,40 +30,6 @@ def evaluate(sae: SAE, x: torch.Tensor, y: torch.Tensor | None = None) -> dict:
         "tokens": len(x),
         "passed_through_fraction": float((~keep).float().mean()),
     }
-
-
-@torch.no_grad()
-def top_snippets(
-    sae: SAE,
-    acts: torch.Tensor,
-    tokens: torch.Tensor,
-    tokenizer: PreTrainedTokenizerBase,
-    latents: int = 5,
-    width: int = 8,
-) -> list[dict]:
-    """For a few latents of moderate density: the text around their strongest activations.
-    `acts` (n, d) are the activations of the flat token stream `tokens` (n,)."""
-    z = sae.encode(acts)
-    density = z.count_nonzero(0) / len(z)
-    # dense latents (firing on most tokens) say little: prefer those firing on 0.1%-10% of tokens
-    sparse = ((density > 1e-3) & (density < 0.1)).nonzero().flatten()
-    pool = sparse if len(sparse) else density.nonzero().flatten()
-    chosen = pool[density[pool].argsort(descending=True)][:latents]
-    rows = []
-    for latent in chosen.tolist():
-        best = z[:, latent].topk(3).indices.tolist()
-        texts = [
-            tokenizer.decode(tokens[max(0, i - width) : i]) + " [[" + tokenizer.decode(tokens[i : i + 1]) + "]]"
-            for i in best
-        ]
-        rows.append(
-            {
-                "latent": latent,
-                "density": z[:, latent].count_nonzero().item() / len(z),
-                "top contexts": " | ".join(t.replace("\n", " ") for t in texts),
-            }
-        )
-    return rows
 
 
 def held_out_activations(

@@ -77,3 +77,16 @@ def load(folder: Path) -> SAE:
 def metadata(folder: Path) -> dict:
     """The metadata saved with a dictionary (model name, site, store, training tokens)."""
     return read_json(Path(folder) / CFG).get("metadata", {})
+
+
+def training_ctx_len(meta: dict) -> int | None:
+    """The context length a dictionary was trained at: recorded (live training) or that of
+    its store, if the store is still there."""
+    from unweave.store import ActivationStore
+
+    if meta.get("ctx_len"):
+        return meta["ctx_len"]
+    store = meta.get("store")
+    if store and (Path(store) / "manifest.json").exists():
+        return ActivationStore(Path(store)).manifest["ctx_len"]
+    return None
