@@ -47,6 +47,7 @@ class Artifact:
     name: str  # folder under bench/data/
     command: tuple[str, ...]  # `unweave` arguments, without --out
     option: str  # the bench's option that takes the folder
+    needs: tuple[Artifact, ...] = ()  # built first (a store a dictionary is trained on)
 
     @property
     def dir(self) -> Path:
@@ -63,6 +64,8 @@ class Bench:
 
 
 STORE_ARGS = ("cache", "--model", "smollm2-135m", "--site", "model.layers.15")
+STORE_64K = Artifact("cache-l15-64k", (*STORE_ARGS, "--tokens", "65536", "--shard-tokens", "16384"), "--store")
+SAE_4608 = ("sae", "train", "--store", "bench/data/cache-l15-64k", "--site", "model.layers.15", "--k", "32")
 MODADD = Artifact("modadd", ("train", "modadd"), "--modadd-run")  # the defaults: p=59, 3000 steps, as runs/demo
 BENCHES = {
     b.name: b
@@ -73,10 +76,18 @@ BENCHES = {
             "sae_vs_saelens",
             peer="saelens",
             artifact=Artifact("cache-l15-512k", (*STORE_ARGS, "--tokens", "524288"), "--store"),
-            quick_artifact=Artifact(
-                "cache-l15-64k", (*STORE_ARGS, "--tokens", "65536", "--shard-tokens", "16384"), "--store"
-            ),
+            quick_artifact=STORE_64K,
             what="TopK SAE training throughput and FVU vs SAELens",
+        ),
+        Bench(
+            "features_browser",
+            artifact=Artifact(
+                "sae-l15-4608", (*SAE_4608, "--width", "4608", "--tokens", "1000000"), "--sae-run", (STORE_64K,)
+            ),
+            quick_artifact=Artifact(
+                "sae-l15-4608-quick", (*SAE_4608, "--width", "4608", "--tokens", "131072"), "--sae-run", (STORE_64K,)
+            ),
+            what="Feature browser: build time and memory for 4,608 latents over 100k tokens, latent page open time",
         ),
         Bench(
             "llc_vs_devinterp",
@@ -127,6 +138,10 @@ def build_artifact(art: Artifact) -> str | None:
     """Make the store or run folder unless it is finished; None, or why it could not be made."""
     if (art.dir / "record.json").exists():
         return None
+    for need in art.needs:
+        problem = build_artifact(need)
+        if problem:
+            return problem
     cmd = [*unweave_command(), *art.command, "--out", str(art.dir.relative_to(ROOT))]
     print(f"\n== building {art.dir.relative_to(ROOT)}\n+ {' '.join(cmd)}", flush=True)
     start = time.perf_counter()

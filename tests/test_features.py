@@ -409,4 +409,9 @@ def test_sae_eval_and_features_reports_are_readable_at_1280(built, tiny_model_di
     headline = [f"{row[k]:.4g}" for k in ("ce_loss_recovered", "kl", "fvu")]
     assert assert_readable_at_1280(ev.report, headline) == []
     feats = run_features(FeaturesConfig(tmp_path / "sae", out=tmp_path / "features", tokens=2048))
-    assert assert_readable_at_1280(feats.report, [f"{feats.data['live_latents']} of 64", f"{feats.data['median_ablation_correlation']:.4g}"]) == []
+    assert (
+        assert_readable_at_1280(
+            feats.report, [f"{feats.data['live_latents']} of 64", f"{feats.data['median_ablation_correlation']:.4g}"]
+        )
+        == []
+    )
