@@ -216,6 +216,8 @@ def built(llama, tmp_path_factory):
     model, tokenizer = llama
     rows = token_rows(TextConfig(), tokenizer, 32, max_tokens=3200)
     sae = train_topk(model, "model.layers.1", rows)
+    with torch.no_grad():
+        sae.b_enc[0] = -1e6  # latent 0 never fires: its page must say so
     meta = {"model_name": "tiny", "hook_name": "model.layers.1", "name": "tiny-sae"}
     out = tmp_path_factory.mktemp("browser")
     found = build(sae, meta, model, tokenizer, rows, out, BrowserSettings(top=6, check_latents=8))
@@ -228,7 +230,7 @@ def test_built_browser_matches_a_direct_pass(built, llama):
     sae, meta, rows, out, found = built
     model, tokenizer = llama
     z = sae.encode(capture(model, "model.layers.1", rows)["model.layers.1"].reshape(-1, 32)).detach()
-    assert found["tokens"] == rows.numel() and found["live_latents"] == int((z > 0).any(0).sum())
+    assert found["tokens"] == rows.numel() and found["live_latents"] == int((z > 0).any(0).sum()) == 63
     latent = int((z > 0).sum(0).argmax())
     text = (out / "data" / "latents" / f"{latent}.js").read_text()
     page = json.loads(text[text.index(",") + 1 : text.rindex(")")])
@@ -308,6 +310,8 @@ def test_page_opens_latents_and_finds_the_latents_of_a_token(built, llama):
         seen["found"] = [
             int(t) for t in page.locator(".match").first.locator("tbody tr td:first-child a").all_text_contents()
         ]
+        goto(page, "latent=0", "latent:0")
+        seen["dead"] = page.locator("#view").text_content()
         goto(page, f"latent={sae.cfg.n_latents}", "error")
         seen["range"] = page.locator("#view").text_content()
         page.fill("#query", "not-a-token-of-this-text")
@@ -325,6 +329,7 @@ def test_page_opens_latents_and_finds_the_latents_of_a_token(built, llama):
     assert seen["found"] == expected, (repr(word), seen)
     assert f"out of range: this dictionary has {sae.cfg.n_latents} latents" in seen["range"]
     assert "occurs in the" in seen["missing"]
+    assert f"never fired on the {rows.numel()} tokens" in seen["dead"]
     assert seen["rows"] == sae.cfg.n_latents  # 64 latents: one page
 
 

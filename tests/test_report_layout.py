@@ -322,3 +322,19 @@ def test_the_runs_index_is_readable_at_1280_and_still_sorts(tmp_path):
             assert page.locator("a[href$='report.html']").count() == 2
         finally:
             chromium.close()
+
+
+@browser
+@pytest.mark.browser
+def test_llc_and_scrub_reports_are_readable_at_1280(tmp_path):
+    """Two more real reports: the LLC's headline sentence and the scrub table's first figures
+    on the first screen."""
+    from unweave.hypotheses.command import ScrubConfig, run_scrub
+    from unweave.slt.command import LLCConfig, run_llc
+    from unweave.slt.sgld import SGLDConfig
+
+    llc = run_llc(LLCConfig("rrr:3,2,3:1", out=tmp_path / "llc", sgld=SGLDConfig(chains=2, draws=20)))
+    assert assert_readable_at_1280(llc.report, [llc.summary[0]]) == []
+    scrub = run_scrub(ScrubConfig("cancellation", out=tmp_path / "scrub", examples=256))
+    first = scrub.data["hypotheses"][0]
+    assert assert_readable_at_1280(scrub.report, [first["hypothesis"], f"{first['loss_recovered']:.4g}"]) == []
