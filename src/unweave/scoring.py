@@ -15,6 +15,12 @@ import torch
 import torch.nn.functional as F
 
 
+def float_logits(output: object) -> torch.Tensor:
+    """A model's logits (a Hugging Face output's `.logits`, or the tensor itself) in float32
+    whatever the model's dtype: CE and KL need the range."""
+    return (output.logits if hasattr(output, "logits") else output).float()
+
+
 def kl_per_token(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
     """KL(softmax(p) || softmax(q)) over the last dimension, in nats, in float64;
     differentiable in both arguments."""

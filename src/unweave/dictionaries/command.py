@@ -257,12 +257,11 @@ def run_sae_eval(cfg: SAEEvalConfig) -> RunResult:
     device, dtype = cfg.device.torch_device, cfg.device.torch_dtype
     table, record, loaded = [], {}, {}
     for folder in progress.track(cfg.folders, "evaluating dictionaries"):
-        sae, name = io.load(folder).eval().to(device), Path(folder).name
-        meta = {**io.metadata(folder), "name": name}
+        sae, (meta, ctx_len) = io.load(folder).eval().to(device), io.source(folder, cfg.ctx_len)
+        name = meta["name"]
         if meta["model_name"] not in loaded:
             loaded[meta["model_name"]] = load_model(meta["model_name"], device=device, dtype=dtype)
         model, tokenizer = loaded[meta["model_name"]]
-        ctx_len = cfg.ctx_len or io.training_ctx_len(meta) or 128
         held_out, where = _held_out_rows(cfg, meta, tokenizer, ctx_len)
         scored = held_out[: max(1, cfg.max_tokens // ctx_len)]
         x, y, _ = held_out_activations(meta, model, scored, cfg.max_tokens)

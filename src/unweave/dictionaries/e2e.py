@@ -11,9 +11,9 @@ from collections.abc import Iterable
 import torch
 
 from unweave.dictionaries.sae import SAE
-from unweave.dictionaries.splice import _logits, spliced
+from unweave.dictionaries.splice import spliced
 from unweave.dictionaries.train import TrainConfig, optimiser_step
-from unweave.scoring import kl_per_token
+from unweave.scoring import float_logits, kl_per_token
 from unweave.sites import capture
 
 
@@ -22,9 +22,9 @@ def spliced_kl(
 ) -> torch.Tensor:
     """Mean over tokens of KL(p_model || p_spliced), differentiable in the dictionary."""
     with torch.no_grad():
-        clean = _logits(model(tokens))
+        clean = float_logits(model(tokens))
     with spliced(model, site, sae, input_site):
-        return kl_per_token(clean, _logits(model(tokens))).mean()
+        return kl_per_token(clean, float_logits(model(tokens))).mean()
 
 
 def train_e2e(

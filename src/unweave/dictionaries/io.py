@@ -79,6 +79,18 @@ def metadata(folder: Path) -> dict:
     return read_json(Path(folder) / CFG).get("metadata", {})
 
 
+def source(folder: Path, ctx_len: int | None = None) -> tuple[dict, int]:
+    """What a dictionary reads: its metadata (with `name`, the folder's name) and the context
+    length to read text in (`ctx_len`, else the training one, else 128)."""
+    meta = {**metadata(folder), "name": Path(folder).name}
+    if "model_name" not in meta or "hook_name" not in meta:
+        raise ValueError(
+            f"{folder}/cfg.json has no metadata.model_name / metadata.hook_name: unweave cannot tell which "
+            "model and site the dictionary reads (dictionaries trained by `unweave sae train` record both)"
+        )
+    return meta, ctx_len or training_ctx_len(meta) or 128
+
+
 def training_ctx_len(meta: dict) -> int | None:
     """The context length a dictionary was trained at: recorded (live training) or that of
     its store, if the store is still there."""

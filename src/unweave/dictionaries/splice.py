@@ -17,13 +17,8 @@ import torch
 
 from unweave.devices import model_device
 from unweave.dictionaries.sae import SAE, ordinary_rows
-from unweave.scoring import loss_recovered, next_token_ce, next_token_kl
+from unweave.scoring import float_logits, loss_recovered, next_token_ce, next_token_kl
 from unweave.sites import capturing, patch
-
-
-def _logits(output: object) -> torch.Tensor:
-    """float32 whatever the model's dtype: CE and KL need the range."""
-    return (output.logits if hasattr(output, "logits") else output).float()
 
 
 def ordinary(sae: SAE, x: torch.Tensor) -> torch.Tensor:
@@ -79,11 +74,11 @@ def spliced_metrics(
     """CE of the model, with the dictionary spliced in at `site`, and with the site zeroed
     (scored in float32 on the model's device)."""
     tokens = tokens.to(model_device(model))
-    clean = _logits(model(tokens))
+    clean = float_logits(model(tokens))
     with spliced(model, site, sae, input_site):
-        spliced_logits = _logits(model(tokens))
+        spliced_logits = float_logits(model(tokens))
     with patch(model, {site: torch.zeros_like}):
-        zeroed = _logits(model(tokens))
+        zeroed = float_logits(model(tokens))
     ce = {
         name: next_token_ce(z, tokens).mean().item()
         for name, z in (("model", clean), ("spliced", spliced_logits), ("zero", zeroed))

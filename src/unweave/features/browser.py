@@ -94,49 +94,49 @@ def _round(values: Any) -> list:
     return [None if not np.isfinite(v) else float(f"{v:.4g}") for v in np.asarray(values, dtype=float).ravel()]
 
 
-def _context(vocab: _Vocab, stream: torch.Tensor, ctx_len: int, pos: int, value: float, acts: torch.Tensor, w: Window):
-    """One context: the tokens of its row around pos, with the latent's activation on each."""
-    row_start = pos // ctx_len * ctx_len
-    first = max(row_start, pos - w.before)
-    last = min(row_start + ctx_len, pos + w.after + 1)
-    offset = first - (pos - w.before)
-    shown = acts[offset : offset + last - first]
-    return {
-        "t": vocab(stream[first:last].tolist()),
-        "a": _round(shown),
-        "i": pos - first,
-        "v": _round([value])[0],
-        "row": pos // ctx_len,
-        "pos": pos % ctx_len,
-    }
+class _Contexts:
+    """Contexts of the text read: the tokens of a row around a position, with a latent's
+    activation on each (its window, as `LatentStats` kept it)."""
+
+    def __init__(self, vocab: _Vocab, stats: LatentStats):
+        self.vocab, self.stream, self.ctx_len, self.window = vocab, stats.tokens(), stats.ctx_len, stats.window
+
+    def __call__(self, pos: int, value: float, acts: torch.Tensor) -> dict:
+        w, ctx_len = self.window, self.ctx_len
+        row_start = pos // ctx_len * ctx_len
+        first = max(row_start, pos - w.before)
+        last = min(row_start + ctx_len, pos + w.after + 1)
+        offset = first - (pos - w.before)
+        return {
+            "t": self.vocab(self.stream[first:last].tolist()),
+            "a": _round(acts[offset : offset + last - first]),
+            "i": pos - first,
+            "v": _round([value])[0],
+            "row": pos // ctx_len,
+            "pos": pos % ctx_len,
+        }
 
 
-def _bands(stats: LatentStats, latent: int, vocab: _Vocab, stream: torch.Tensor, s: BrowserSettings) -> list[dict]:
+def _bands(stats: LatentStats, latent: int, contexts: _Contexts, s: BrowserSettings) -> list[dict]:
     """Contexts from each quantile band of the latent's firings (a uniform sample of them)."""
     keep = torch.isfinite(stats.sample_key[latent]).nonzero().flatten()
     if len(keep) == 0:
         return []
     values = stats.sample_value[latent, keep]
     order = keep[values.argsort()]  # sample entries, weakest first
+    n_bands = min(s.bands, len(order))
     bands = []
-    for b, chunk in enumerate(np.array_split(order.numpy(), min(s.bands, len(order)))):
+    for b, chunk in enumerate(np.array_split(order.numpy(), n_bands)):
         chosen = chunk[np.argsort(stats.sample_key[latent, chunk].numpy())][: s.per_band]  # random among the band
-        lo, hi = stats.sample_value[latent, chunk].min().item(), stats.sample_value[latent, chunk].max().item()
-        lo_q, hi_q = round(100 * b / min(s.bands, len(order))), round(100 * (b + 1) / min(s.bands, len(order)))
+        values = stats.sample_value[latent]
+        lo, hi = values[chunk].min().item(), values[chunk].max().item()
         bands.append(
             {
-                "label": f"{lo_q}-{hi_q}% of firings (activation {lo:.3g} to {hi:.3g})",
+                "label": f"{round(100 * b / n_bands)}-{round(100 * (b + 1) / n_bands)}% of firings "
+                f"(activation {lo:.3g} to {hi:.3g})",
                 "contexts": [
-                    _context(
-                        vocab,
-                        stream,
-                        stats.ctx_len,
-                        int(stats.sample_pos[latent, j]),
-                        float(stats.sample_value[latent, j]),
-                        stats.sample_window[latent, j],
-                        s.window,
-                    )
-                    for j in sorted(chosen, key=lambda j: -float(stats.sample_value[latent, j]))
+                    contexts(int(stats.sample_pos[latent, j]), float(values[j]), stats.sample_window[latent, j])
+                    for j in sorted(chosen, key=lambda j: -float(values[j]))
                 ],
             }
         )
@@ -203,7 +203,8 @@ def build(
     """Write the browser for `sae` on token `rows` (n, ctx_len) into `out`; return its summary."""
     out = Path(out)
     stats, massive = latents_on_text(sae, meta, model, rows, settings)
-    vocab, stream, L = _Vocab(tokenizer), stats.tokens(), sae.cfg.n_latents
+    vocab, L = _Vocab(tokenizer), sae.cfg.n_latents
+    contexts = _Contexts(vocab, stats)
     up_v, up_i, down_v, down_i = effects.top_logit_effects(model, sae, meta, settings.output_tokens)
     near_cos, near_idx = effects.nearest_latents(sae.W_dec, settings.neighbours)
     checks = _ablation_check(sae, meta, model, rows, stats, settings, vocab)
@@ -214,18 +215,7 @@ def build(
     top_token = [""] * L
     for i in range(L):
         found = torch.isfinite(stats.top_value[i]).nonzero().flatten().tolist()
-        top = [
-            _context(
-                vocab,
-                stream,
-                stats.ctx_len,
-                int(stats.top_pos[i, j]),
-                float(stats.top_value[i, j]),
-                stats.top_window[i, j],
-                settings.window,
-            )
-            for j in found
-        ]
+        top = [contexts(int(stats.top_pos[i, j]), float(stats.top_value[i, j]), stats.top_window[i, j]) for j in found]
         if top:
             top_token[i] = top[0]["t"][top[0]["i"]]
         hist = stats.histogram(i)
@@ -238,7 +228,7 @@ def build(
             "max": _round([stats.max[i]])[0],
             "mean": _round([stats.total[i] / count])[0] if count else None,
             "top": top,
-            "bands": _bands(stats, i, vocab, stream, settings),
+            "bands": _bands(stats, i, contexts, settings),
             "hist": {"first": int(nonzero[0]), "counts": hist[nonzero[0] : nonzero[-1] + 1].tolist()}
             if len(nonzero)
             else None,
@@ -300,20 +290,11 @@ def _ablation_check(
         return {}
     gen = torch.Generator().manual_seed(s.seed)
     chosen = live[torch.randperm(len(live), generator=gen)[: s.check_latents]].sort().values
-    pos = stats.top_pos[chosen, 0]
-    ctx_len = stats.ctx_len
+    pos, value, ctx_len = stats.top_pos[chosen, 0], stats.top_value[chosen, 0], stats.ctx_len
     measured = torch.cat(
         [
-            effects.ablation_effects(
-                model,
-                sae,
-                meta,
-                rows[pos[j : j + 16] // ctx_len],
-                chosen[j : j + 16],
-                pos[j : j + 16] % ctx_len,
-                stats.top_value[chosen[j : j + 16], 0],
-            )
-            for j in range(0, len(chosen), 16)
+            effects.ablation_effects(model, sae, meta, rows[p // ctx_len], latents, p % ctx_len, v)
+            for latents, p, v in zip(chosen.split(16), pos.split(16), value.split(16))  # 16 rows per forward pass
         ]
     )
     site = effects.output_site(sae, meta)

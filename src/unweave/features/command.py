@@ -36,23 +36,12 @@ class FeaturesConfig:
             raise ValueError("--tokens and --top must be at least 1, --check-latents at least 0")
 
 
-def dictionary_context(folder: Path, ctx_len: int | None) -> tuple[dict, int]:
-    """A dictionary's metadata (with its folder name) and the context length to read text in."""
-    meta = {**io.metadata(folder), "name": Path(folder).name}
-    if "model_name" not in meta or "hook_name" not in meta:
-        raise ValueError(
-            f"{folder}/cfg.json has no metadata.model_name / metadata.hook_name: unweave cannot tell which "
-            "model and site the dictionary reads (dictionaries trained by `unweave sae train` record both)"
-        )
-    return meta, ctx_len or io.training_ctx_len(meta) or 128
-
-
 def run_features(cfg: FeaturesConfig) -> RunResult:
     from unweave.hf import load_model
 
     run = Run(cfg.out, "features", cfg, inputs=[cfg.dictionary, *input_files(cfg.text)])
     sae = io.load(cfg.dictionary).eval()
-    meta, ctx_len = dictionary_context(cfg.dictionary, cfg.ctx_len)
+    meta, ctx_len = io.source(cfg.dictionary, cfg.ctx_len)
     try:
         model, tokenizer = load_model(meta["model_name"], device=cfg.device.torch_device, dtype=cfg.device.torch_dtype)
     except (OSError, ValueError) as err:

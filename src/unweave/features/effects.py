@@ -25,6 +25,7 @@ from torch import nn
 from unweave.anatomy import anatomy
 from unweave.devices import model_device
 from unweave.dictionaries.sae import SAE
+from unweave.scoring import float_logits
 from unweave.sites import patch, resolve
 
 
@@ -108,14 +109,10 @@ def ablation_effects(
         act[n, pos] -= contribution.to(act.dtype)
         return act
 
-    clean = _logits(model(rows))[n, pos]
+    clean = float_logits(model(rows))[n, pos]
     with patch(model, {site: remove}):
-        ablated = _logits(model(rows))[n, pos]
+        ablated = float_logits(model(rows))[n, pos]
     return (clean - ablated).cpu()
-
-
-def _logits(output: object) -> torch.Tensor:
-    return (output.logits if hasattr(output, "logits") else output).float()
 
 
 def pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
