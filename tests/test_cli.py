@@ -200,12 +200,14 @@ def test_cache_writes_a_store(tiny_llama_dir, tmp_path):
 
 
 def test_llc_on_a_zoo_model_and_a_run(tmp_path, small_modadd):
-    # RRR 3-2-3, rank 1: lambda = 3.5 (Aoyagi & Watanabe); settings of bench/llc_ground_truth.py's linear cases
+    # RRR 3-2-3, rank 1: lambda = 3.5 (Aoyagi & Watanabe); first with settings given, then by the rule
     result = runner.invoke(
         app,
         [
             "llc",
             "rrr:3,2,3:1",
+            "--settings",
+            "fixed",
             "--nbeta",
             "10000",
             "--epsilon",
@@ -230,11 +232,21 @@ def test_llc_on_a_zoo_model_and_a_run(tmp_path, small_modadd):
     meta = check_record(tmp_path, "llc", "llc.json", "llc.html", target="rrr:3,2,3:1", checkpoint="final")
     assert meta["config"]["sgld"]["nbeta"] == 10000 and meta["config"]["sgld"]["draws"] == 1000
     assert meta["seeds"] == {"sgld.seed": 0}
+    result = runner.invoke(app, ["llc", "rrr:3,2,3:1", "--no-hessian", "--out", str(tmp_path / "auto")])
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "auto" / "llc.json").read_text())
+    assert record["healthy"] and record["auto"]["healthy"], record["auto"]["message"]
+    assert abs(record["llc"][-1]["llc_mean"] - 3.5) / 3.5 <= 0.10, record["auto"]
+    lo, hi = record["auto"]["spread"]
+    assert lo <= record["llc"][-1]["llc_mean"] <= hi
+    assert "How the settings were chosen" in (tmp_path / "auto" / "llc.html").read_text()
     result = runner.invoke(
         app,
         [
             "llc",
             str(small_modadd.dir),
+            "--settings",
+            "fixed",
             "--checkpoint",
             "all",
             "--chains",
@@ -484,7 +496,7 @@ def test_scrub_bad_inputs(monkeypatch, capsys, tmp_path):
 def test_runs_indexes_every_run_folder(tmp_path):
     runs = tmp_path / "runs"
     for args in (
-        ["llc", "rrr:3,2,3:1", "--draws", "20", "--no-hessian", "--out", str(runs / "llc")],
+        ["llc", "rrr:3,2,3:1", "--settings", "fixed", "--draws", "20", "--no-hessian", "--out", str(runs / "llc")],
         ["scrub", "cancellation", "--examples", "64", "--out", str(runs / "deep" / "scrub")],
     ):
         result = runner.invoke(app, args)

@@ -333,7 +333,7 @@ def test_llc_and_scrub_reports_are_readable_at_1280(tmp_path):
     from unweave.slt.command import LLCConfig, run_llc
     from unweave.slt.sgld import SGLDConfig
 
-    llc = run_llc(LLCConfig("rrr:3,2,3:1", out=tmp_path / "llc", sgld=SGLDConfig(chains=2, draws=20)))
+    llc = run_llc(LLCConfig("rrr:3,2,3:1", out=tmp_path / "llc", settings="fixed", sgld=SGLDConfig(chains=2, draws=20)))
     assert assert_readable_at_1280(llc.report, [llc.summary[0]]) == []
     scrub = run_scrub(ScrubConfig("cancellation", out=tmp_path / "scrub", examples=256))
     first = scrub.data["hypotheses"][0]

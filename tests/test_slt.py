@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from unweave.slt import LLCError, SGLDConfig, calibrate, estimate_llc, hessian_summary, truth
+from unweave.slt import LLCError, SGLDConfig, estimate_llc, hessian_summary, truth
 from unweave.slt.callbacks import Divergence, MALAAcceptance, StepState
 from unweave.slt.gradients import ChainGradients
 from unweave.slt.llc import mean_loss
@@ -148,21 +148,6 @@ def test_unflattened_trace_warns():
             SGLDConfig(epsilon=1e-7, nbeta=1e4, localization=1.0, chains=4, draws=100),
         )
     assert not r.flattened
-
-
-def test_calibration_prefers_the_largest_healthy_step():
-    model, loader = singular.deep_linear_task([3, 2, 3], 1, n=300)
-    cal = calibrate(
-        model,
-        singular.half_squared_error,
-        loader,
-        epsilons=(1e-5, 1e-4, 1.0),
-        nbetas=[1e3],
-        base=SGLDConfig(chains=4, draws=200, burn_in=50),
-    )
-    by_eps = {row["epsilon"]: row for row in cal.grid}
-    assert by_eps[1.0]["diverged"] and not by_eps[1.0]["healthy"]
-    assert cal.chosen == {"epsilon": 1e-4, "nbeta": 1e3}
 
 
 def test_hessian_counts_flat_directions():

@@ -1,9 +1,9 @@
-"""`unweave llc`: estimate (or calibrate) the LLC of a target; writes the run folder
-(record.json, llc.json, llc.html)."""
+"""`unweave llc`: the LLC of a target with settings chosen by the rule (`unweave.slt.auto`) or
+given; writes the run folder (record.json, llc.json, llc.html)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from unweave import distributed
@@ -12,10 +12,11 @@ from unweave.devices import DeviceConfig
 from unweave.report import Report
 from unweave.runs import Run, RunResult
 from unweave.slt import plots
-from unweave.slt.calibrate import calibrate, llc_over_checkpoints
+from unweave.slt.auto import AutoLLC, AutoRule, auto_llc
 from unweave.slt.hessian import hessian_summary
 from unweave.slt.sgld import SGLDConfig
-from unweave.slt.targets import resolve
+from unweave.slt.targets import Target, resolve
+from unweave.slt.trajectory import chosen_settings, llc_over_checkpoints
 
 
 @dataclass(frozen=True)
@@ -25,12 +26,41 @@ class LLCConfig:
     )
     out: Path = setting(Path("runs/llc"), "Where record.json, llc.json and llc.html go.")
     checkpoint: str = setting("final", "For a run: 'final', a step, or 'all' (the LLC trajectory).")
-    calibrate: bool = setting(False, "Sweep epsilon x n*beta and pick settings.")
+    settings: str = setting(
+        "auto",
+        "'auto': epsilon, localization, n*beta and length chosen by the rule; 'fixed': the --epsilon etc. given.",
+    )
+    calibrate: bool = setting(False, "The rule, plus every rung again at a third of its step size (the spread shown).")
     batch_size: int | None = setting(None, "SGLD batch size (default: full batch).")
     params: str | None = setting(None, "Sample only parameters under this name, e.g. blocks.0.attn.")
     hessian: bool = setting(True, "Also compute the Hessian view (near-zero eigenvalues at w*).")
     sgld: SGLDConfig = setting(SGLDConfig(), "SGLD settings.")
+    rule: AutoRule = setting(AutoRule(), "The rule that chooses the settings.")
     device: DeviceConfig = setting(DeviceConfig(), "Where the chains run, and the dtype of weights and data.")
+
+    def __post_init__(self):
+        if self.settings not in ("auto", "fixed"):
+            raise ValueError(f"--settings must be 'auto' or 'fixed', got {self.settings!r}")
+        if self.calibrate and self.settings == "fixed":
+            raise ValueError("--calibrate chooses settings by the rule: drop --settings fixed")
+
+
+RULE_TEXT = (
+    "Settings come from a rule that never sees a true answer. The localisation gamma is a thousandth of "
+    "n*beta times the stiffest curvature the chains meet, so it is weak against the likelihood in every "
+    "direction that curves; the step size starts at half the stiffest direction's scale 1 / (n*beta h + gamma) and "
+    "is halved until MALA acceptance is at least {acc}; burn-in is judged from the traces (MSER) and the run "
+    "doubled until the kept draws pass split R-hat <= {rhat}, a flat trace and a standard error within "
+    "{se:.0%} of the estimate. n*beta starts at n / ln n and is raised {factor:g}x at a time until two rungs "
+    "agree within {agree:.0%} plus two standard errors: the posterior is then local, and the estimate is the "
+    "lower rung's (where the plateau starts)."
+)
+
+
+def _rule_text(rule: AutoRule) -> str:
+    return RULE_TEXT.format(
+        acc=rule.min_acceptance, rhat=rule.max_rhat, se=rule.max_rel_se, factor=rule.factor, agree=rule.agree
+    )
 
 
 def run_llc(cfg: LLCConfig) -> RunResult:
@@ -39,23 +69,30 @@ def run_llc(cfg: LLCConfig) -> RunResult:
     run = Run(cfg.out, "llc", cfg, inputs=[cfg.target])
     report = Report(f"unweave llc: {target.name}")
     record: dict = {"target": cfg.target, "name": target.name, "true_llc": target.true_llc}
-    if cfg.calibrate:
-        step, model = target.checkpoints[-1]
-        cal = calibrate(model, target.loss_fn, target.loader, base=cfg.sgld, params=cfg.params)
-        record["calibration"] = {"grid": cal.grid, "chosen": cal.chosen, "rule": cal.rule}
-        report.section("Calibration").text(f"Rule: {cal.rule}.").figure(plots.calibration(cal)).table(cal.grid)
-        summary = (
-            f"chosen epsilon {cal.chosen['epsilon']:g}, n*beta {cal.chosen['nbeta']:.4g}"
-            if cal.chosen
-            else "no healthy setting in the grid: widen it (smaller epsilon) or raise localization"
-        )
-        report.summary().text(summary, summary=True)
-        return run.finish(record, report, [summary])
-    points = llc_over_checkpoints(target.checkpoints, target.loss_fn, target.loader, cfg.sgld, params=cfg.params)
-    record["llc"] = [{"step": s, **r.to_dict()} for s, r in points]
-    last_step, last = points[-1]
-    summary = f"LLC {last.llc_mean:.4g} ± {last.llc_std_err:.2g} at step {last_step} ({last.n_params} parameters)"
     headline = report.summary()
+    sgld = cfg.sgld
+    if cfg.settings == "auto":
+        auto = _choose(cfg, target, report)
+        record["auto"] = auto.to_dict()
+        if not auto.healthy:
+            summary = f"No LLC reported: {auto.message}"
+            headline.text(summary, summary=True)
+            record["healthy"] = False
+            return run.finish(record, report, [summary])
+        sgld = chosen_settings(auto, cfg.sgld)
+    if cfg.settings == "auto" and len(target.checkpoints) == 1:
+        points = [(target.checkpoints[0][0], auto.result, "")]
+    else:
+        points = llc_over_checkpoints(target.checkpoints, target.loss_fn, target.loader, sgld, cfg.params, cfg.rule)
+    record["llc"] = [{"step": s, **r.to_dict(), "healthy": not why, "why_not": why} for s, r, why in points]
+    last_step, last, why = points[-1]
+    record["healthy"] = not why
+    summary = f"LLC {last.llc_mean:.4g} ± {last.llc_std_err:.2g} at step {last_step} ({last.n_params} parameters)"
+    if cfg.settings == "auto" and len(target.checkpoints) == 1:
+        lo, hi = auto.spread
+        summary += f", spread {lo:.4g} to {hi:.4g} over the healthy settings"
+    if why:
+        summary += f"; not healthy: {why}"
     headline.text(summary, summary=True)
     if target.true_llc is not None:
         err = abs(last.llc_mean - target.true_llc) / target.true_llc
@@ -72,33 +109,49 @@ def run_llc(cfg: LLCConfig) -> RunResult:
                 "step": s,
                 "LLC": r.llc_mean,
                 "std. err.": r.llc_std_err,
+                "R-hat": r.rhat,
+                "burn-in (judged)": r.burn_in_judged,
                 "n*beta": r.nbeta,
                 "MALA acceptance": r.mala_acceptance,
                 "parameters sampled": r.n_params,
-                "flattened": r.flattened,
+                "healthy": not why,
+                "why not": why,
             }
-            for s, r in points
+            for s, r, why in points
         ]
     )
-    for note in last.warnings:
-        section.text(f"Warning: {note}")
     if len(points) > 1:
         section.figure(plots.trajectory(points, target.history))
     section.figure(plots.traces(last, f"SGLD loss traces at step {last_step}"))
     if cfg.hessian and distributed.world().main:
-        h = hessian_summary(target.checkpoints[-1][1], target.loss_fn, target.loader, params=cfg.params)
-        record["hessian"] = vars(h)
-        report.section("Hessian view").table(
-            [
-                {
-                    "parameters": h.n_params,
-                    "near-zero eigenvalues": h.near_zero,
-                    "|eigenvalue| <=": h.tol,
-                    "x max |eigenvalue|": h.max_abs_eigenvalue,
-                    "method": h.method,
-                    "LLC": last.llc_mean,
-                    "2 x LLC (effective parameters)": 2 * last.llc_mean,
-                }
-            ]
-        )
+        record["hessian"] = _hessian(cfg, target, report, last.llc_mean)
     return run.finish(record, report, [summary])
+
+
+def _choose(cfg: LLCConfig, target: Target, report: Report) -> AutoLLC:
+    """Run the rule at the last checkpoint and report every setting it tried."""
+    rule = replace(cfg.rule, step_check=cfg.calibrate)
+    model = target.checkpoints[-1][1]
+    auto = auto_llc(model, target.loss_fn, target.loader, rule, cfg.params, cfg.sgld.nbeta, cfg.sgld)
+    section = report.section("How the settings were chosen")
+    section.text(_rule_text(rule)).text(f"Conclusion: {auto.message}.")
+    section.figure(plots.ladder(auto)).table([r.row() for r in auto.rungs])
+    return auto
+
+
+def _hessian(cfg: LLCConfig, target: Target, report: Report, llc: float) -> dict:
+    h = hessian_summary(target.checkpoints[-1][1], target.loss_fn, target.loader, params=cfg.params)
+    report.section("Hessian view").table(
+        [
+            {
+                "parameters": h.n_params,
+                "near-zero eigenvalues": h.near_zero,
+                "|eigenvalue| <=": h.tol,
+                "x max |eigenvalue|": h.max_abs_eigenvalue,
+                "method": h.method,
+                "LLC": llc,
+                "2 x LLC (effective parameters)": 2 * llc,
+            }
+        ]
+    )
+    return vars(h)

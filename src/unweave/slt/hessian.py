@@ -83,6 +83,50 @@ def hessian_summary(
     return HessianSummary(d, d * weights[nodes.abs() <= tol * top].sum().item(), top, tol, "slq")
 
 
+def top_eigenvalue(f: Callable[[torch.Tensor], torch.Tensor], w: torch.Tensor, iters: int = 30, seed: int = 0) -> float:
+    """The largest |eigenvalue| of the Hessian of `f` at `w`, by power iteration on Hessian-vector products."""
+    v = torch.randn(w.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(w.device, w.dtype)
+    top = 0.0
+    for _ in range(iters):
+        v = v / v.norm().clamp(min=1e-30)
+        hv = jvp(grad(f), (w,), (v,))[1].detach()
+        top = hv.norm().item()
+        if top == 0.0:
+            break
+        v = hv
+    return top
+
+
+def curvature_scale(
+    model: torch.nn.Module,
+    loss_fn: LossFn,
+    loader: Iterable,
+    nbeta: float,
+    params: str | Iterable[str] | None = None,
+    seed: int = 0,
+) -> float:
+    """The stiffest curvature the chains will meet: the top Hessian eigenvalue of the loss (on the
+    loader's first batch) at w*, or at the point one nat out (n_beta (L(w) - L(w*)) = 1) along a
+    random direction, whichever is larger. The second covers minima whose Hessian vanishes
+    (K = w^4), where the chains' own scale sets the curvature they meet."""
+    names = select_parameters(model, params)
+    x, y = next(iter(loader))
+    f, w0 = _flat_loss(model, loss_fn, names, x, y)
+    h = top_eigenvalue(f, w0, seed=seed)
+    u = torch.randn(w0.shape, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float64)
+    u = (u / u.norm()).to(w0.device, w0.dtype)
+    with torch.no_grad():
+        base = f(w0).item()
+        rise = lambda r: nbeta * (f(w0 + r * u).item() - base)  # noqa: E731
+        lo, hi = 1e-8, 1e3
+        if rise(hi) < 1:  # flat in this direction as far as we look: the top eigenvalue at w* decides
+            return h
+        for _ in range(60):  # bisection in log r
+            mid = (lo * hi) ** 0.5
+            lo, hi = (mid, hi) if rise(mid) < 1 else (lo, mid)
+    return max(h, top_eigenvalue(f, w0 + hi * u, seed=seed))
+
+
 def _lanczos(hvp: Callable[[torch.Tensor], torch.Tensor], d: int, steps: int, gen: torch.Generator) -> torch.Tensor:
     v = torch.randn(d, generator=gen, dtype=torch.float64)
     v /= v.norm()

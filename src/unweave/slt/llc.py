@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 
 from unweave import distributed, progress
+from unweave.slt.diagnostics import split_rhat
 from unweave.slt.sgld import LLCError, LossFn, SGLDConfig, Trace, run_chains, select_parameters
 
 
@@ -30,14 +31,30 @@ class LLCResult:
     n: int
     n_params: int  # parameters sampled (the raw count to compare the LLC with)
     mala_acceptance: float
-    loss_trace: list[list[float]]  # (chains, draws)
+    loss_trace: list[list[float]]  # (chains, draws) every recorded draw, the judged burn-in included
     diverged_chains: list[int]
     flattened: bool
+    rhat: float = float("nan")  # split R-hat of n_beta * excess loss over the kept draws
+    burn_in_judged: int = 0  # recorded draws dropped from the front of loss_trace before averaging
+    acceptance_per_chain: list[float] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     config: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return dict(vars(self))
+
+    def trimmed(self, burn_in: int) -> LLCResult:
+        """The same chains with the first `burn_in` recorded draws dropped from the averages."""
+        return summarize(
+            torch.tensor(self.loss_trace, dtype=torch.float64),
+            torch.tensor(self.acceptance_per_chain, dtype=torch.float64),
+            self.init_loss,
+            self.nbeta,
+            self.n,
+            self.n_params,
+            self.config,
+            burn_in,
+        )
 
 
 def dataset_size(loader: Iterable) -> int:
@@ -130,36 +147,54 @@ def estimate_llc(
     finally:
         task.close()
     trace = _all_chains(trace, ids, cfg.chains)
+    result = summarize(trace.losses, trace.acceptance, init_loss, nbeta, n, n_params, cfg.to_dict())
+    for note in result.warnings:
+        warnings.warn(note, stacklevel=2)
+    return result
 
+
+def summarize(
+    losses: torch.Tensor,
+    acceptance: torch.Tensor,
+    init_loss: float,
+    nbeta: float,
+    n: int,
+    n_params: int,
+    config: dict,
+    burn_in: int = 0,
+) -> LLCResult:
+    """The LLC and its diagnostics from recorded draws `losses` (chains, draws), averaging over
+    draws from `burn_in` on. Raises LLCError when every chain diverged."""
+    chains = losses.shape[0]
     # a chain is lost if it went non-finite or its loss rose further than any LLC could explain:
     # at equilibrium n_beta * excess ~ lambda <= d/2, so an excess 1000x beyond d/n_beta is a blow-up
-    excess = trace.losses - init_loss
+    excess = losses - init_loss
     limit = 1000 * max(n_params, 1) / nbeta
     tail = excess[:, -max(1, excess.shape[1] // 4) :]  # a lost chain stays lost: judge the last quarter
-    bad = [c for c in range(cfg.chains) if not torch.isfinite(excess[c]).all() or tail[c].mean() > limit]
+    bad = [c for c in range(chains) if not torch.isfinite(excess[c]).all() or tail[c].mean() > limit]
+    eps, gamma = config.get("epsilon"), config.get("localization")
     notes = []
     if bad:
         notes.append(
             f"chains {bad} diverged (loss NaN or last-quarter mean more than {limit:.3g} above L(w*)): lower epsilon "
-            f"(now {cfg.epsilon:g}) or raise localization (now {cfg.localization:g})"
+            f"(now {eps:g}) or raise localization (now {gamma:g})"
         )
-    good = [c for c in range(cfg.chains) if c not in bad]
+    good = [c for c in range(chains) if c not in bad]
     if not good:
         for note in notes:
-            warnings.warn(note, stacklevel=2)
+            warnings.warn(note, stacklevel=3)
         raise LLCError(
-            f"every chain diverged; lower epsilon (now {cfg.epsilon:g}) or raise localization "
-            f"(now {cfg.localization:g}), or run `unweave llc --calibrate`"
+            f"every chain diverged; lower epsilon (now {eps:g}) or raise localization "
+            f"(now {gamma:g}), or run `unweave llc --calibrate`"
         )
-    per_chain = (nbeta * excess[good].mean(1)).tolist()
-    flat = _flattened(excess[good])
+    kept = nbeta * excess[good, burn_in:]
+    per_chain = kept.mean(1).tolist()
+    flat = _flattened(kept)
     if not flat:
         notes.append(
             "the loss trace has not flattened (its second half differs from its first): raise burn_in "
-            f"(now {cfg.burn_in}) or draws (now {cfg.draws}), or epsilon (now {cfg.epsilon:g})"
+            f"(now {config.get('burn_in', 0) + burn_in}) or draws (now {kept.shape[1]}), or epsilon (now {eps:g})"
         )
-    for note in notes:
-        warnings.warn(note, stacklevel=2)
     mean = sum(per_chain) / len(per_chain)
     se = (torch.tensor(per_chain).std().item() / math.sqrt(len(per_chain))) if len(per_chain) > 1 else float("nan")
     return LLCResult(
@@ -170,10 +205,13 @@ def estimate_llc(
         nbeta=nbeta,
         n=n,
         n_params=n_params,
-        mala_acceptance=trace.acceptance[good].mean().item(),
-        loss_trace=trace.losses.tolist(),
+        mala_acceptance=acceptance[good].mean().item(),
+        loss_trace=losses.tolist(),
         diverged_chains=bad,
         flattened=flat,
+        rhat=split_rhat(kept) if len(good) > 1 else float("nan"),
+        burn_in_judged=burn_in,
+        acceptance_per_chain=acceptance.tolist(),
         warnings=notes,
-        config=cfg.to_dict(),
+        config=config,
     )

@@ -1,11 +1,11 @@
-"""Figures for LLC results: loss traces, the calibration grid, the trajectory over training."""
+"""Figures for LLC results: loss traces, the n*beta ladder, the trajectory over training."""
 
 from __future__ import annotations
 
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from unweave.slt.calibrate import Calibration
+from unweave.slt.auto import AutoLLC
 from unweave.slt.llc import LLCResult
 
 
@@ -16,53 +16,44 @@ def traces(result: LLCResult, title: str = "SGLD loss traces") -> go.Figure:
             y=trace, name=f"chain {c}" + (" (diverged)" if c in result.diverged_chains else ""), mode="lines"
         )
     fig.add_hline(y=result.init_loss, line_dash="dot", annotation_text="L(w*)")
+    if result.burn_in_judged:
+        fig.add_vline(x=result.burn_in_judged, line_dash="dash", annotation_text="burn-in ends (judged)")
     fig.update_layout(title=title, xaxis_title="draw", yaxis_title="batch loss", height=380)
     return fig
 
 
-def calibration(cal: Calibration) -> go.Figure:
-    eps = sorted({r["epsilon"] for r in cal.grid})
-    nbs = sorted({r["nbeta"] for r in cal.grid})
-    cell = {(r["epsilon"], r["nbeta"]): r for r in cal.grid}
-    z = [[cell[(e, b)]["llc_mean"] for e in eps] for b in nbs]
-    text = [
-        [
-            ("ok " if cell[(e, b)]["healthy"] else "x ") + f"{cell[(e, b)]['llc_mean']:.3g}"
-            f"<br>acc {cell[(e, b)]['mala_acceptance']:.2f}"
-            for e in eps
-        ]
-        for b in nbs
-    ]
-    fig = go.Figure(
-        go.Heatmap(
-            z=z,
-            x=[f"{e:g}" for e in eps],
-            y=[f"{b:.4g}" for b in nbs],
-            text=text,
-            texttemplate="%{text}",
-            colorscale="Viridis",
-            colorbar_title="LLC",
-        )
-    )
-    chosen = (
-        f"chosen: epsilon {cal.chosen['epsilon']:g}, n*beta {cal.chosen['nbeta']:.4g}"
-        if cal.chosen
-        else "no healthy setting"
-    )
-    fig.update_layout(
-        title=f"Calibration (x: unhealthy). {chosen}", xaxis_title="epsilon", yaxis_title="n*beta", height=420
-    )
+def ladder(auto: AutoLLC) -> go.Figure:
+    """The estimate at every setting the rule tried, against n*beta: healthy ones filled, the
+    reported band shaded."""
+    fig = go.Figure()
+    for healthy in (True, False):
+        rungs = [r for r in auto.rungs if r.healthy == healthy and r.result is not None]
+        if rungs:
+            fig.add_scatter(
+                x=[r.nbeta for r in rungs],
+                y=[r.result.llc_mean for r in rungs],
+                error_y={"type": "data", "array": [r.result.llc_std_err for r in rungs]},
+                mode="markers",
+                marker={"size": 10, "symbol": "circle" if healthy else "x"},
+                name="healthy" if healthy else "not healthy",
+                text=[f"epsilon {r.epsilon:.3g}, gamma {r.localization:.3g}, {r.draws} steps" for r in rungs],
+            )
+    if auto.healthy:
+        fig.add_hrect(y0=auto.spread[0], y1=auto.spread[1], opacity=0.15, line_width=0, annotation_text="spread")
+    fig.update_xaxes(type="log", title_text="n*beta")
+    fig.update_layout(title="The n*beta ladder: the estimate at each setting", yaxis_title="LLC", height=380)
     return fig
 
 
-def trajectory(points: list[tuple[int, LLCResult]], history: list[dict] | None = None) -> go.Figure:
+def trajectory(points: list[tuple[int, LLCResult, str]], history: list[dict] | None = None) -> go.Figure:
     fig = make_subplots(specs=[[{"secondary_y": True}]])
-    steps = [s for s, _ in points]
+    steps = [s for s, _, _ in points]
     fig.add_scatter(
         x=steps,
-        y=[r.llc_mean for _, r in points],
+        y=[r.llc_mean for _, r, _ in points],
         name="LLC",
-        error_y={"type": "data", "array": [r.llc_std_err for _, r in points]},
+        error_y={"type": "data", "array": [r.llc_std_err for _, r, _ in points]},
+        marker={"symbol": ["circle" if not why else "x" for _, _, why in points], "size": 9},
         secondary_y=False,
     )
     if history:

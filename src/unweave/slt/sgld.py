@@ -40,7 +40,7 @@ class SGLDConfig:
     epsilon: float = setting(1e-4, "SGLD step size.")
     nbeta: float | None = setting(None, "Inverse temperature n*beta (default n / ln n).")
     localization: float = setting(100.0, "Pull gamma towards the trained weights.")
-    chains: int = setting(4, "Independent chains (run vectorised).")
+    chains: int = setting(8, "Independent chains (run vectorised).")
     draws: int = setting(200, "Draws per chain.")
     burn_in: int = setting(0, "Steps discarded before the draws.")
     rmsprop: bool = setting(False, "RMSProp-preconditioned SGLD.")

@@ -1,0 +1,297 @@
+"""SGLD settings chosen by a rule that never sees the answer.
+
+The LLC estimate n_beta (E[L] - L(w*)) is a property of the localised tempered posterior,
+exp(-n_beta L(w) - gamma/2 |w - w*|^2); the sampler only has to draw from it faithfully.
+So the rule separates the two:
+
+The posterior (n_beta, gamma):
+- The pull gamma must be weak against the likelihood in every direction that curves:
+  a direction of curvature h contributes (1/2) n_beta h / (n_beta h + gamma) instead of 1/2, so
+  gamma = ratio * n_beta * h_ref with h_ref the stiffest curvature the chains meet (see
+  `hessian.curvature_scale`) keeps every direction within h_ref/100 of the stiffest to 9%.
+- n_beta must be large enough that the posterior is local (the estimate is then a property of
+  w*, not of the landscape around it). It starts at n / ln n (Watanabe's WBIC temperature) and
+  is raised by `factor` until two consecutive rungs agree (within `agree` plus two standard
+  errors); the estimate is the lower rung's (where the plateau starts), and the spread is over the agreeing rungs.
+  A singular minimum approaches its lambda from below like (m - 1) / ln(n_beta), so agreement
+  between rungs a factor 10 apart is the plateau a user can see.
+
+The sampler (epsilon, length):
+- epsilon = step / (n_beta h_ref + gamma), halved until the mean MALA acceptance of the moves
+  is at least `min_acceptance` (the discretisation bias of SGLD is then small).
+- Burn-in is judged from the traces (MSER on the chains' mean trace, `diagnostics.burn_in_cut`);
+  the chains are run twice as long until the cut lands before the last half, the kept draws
+  pass split R-hat <= `max_rhat` and the flat-trace test, and the standard error over chains
+  is at most `max_rel_se` of the estimate (so that rungs can be compared at all).
+A rung that cannot be made healthy within `max_steps` is reported as such, with what to try.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+
+import torch
+
+from unweave import progress
+from unweave.configs import setting
+from unweave.slt.diagnostics import burn_in_cut
+from unweave.slt.hessian import curvature_scale
+from unweave.slt.llc import LLCResult, dataset_size, estimate_llc
+from unweave.slt.sgld import LLCError, LossFn, SGLDConfig
+
+
+@dataclass(frozen=True)
+class AutoRule:
+    ratio: float = setting(1e-3, "Localisation gamma as a fraction of n_beta x the stiffest curvature.")
+    step: float = setting(0.5, "First step size as a fraction of 1 / (n_beta x stiffest curvature + gamma).")
+    pilot_steps: int = setting(400, "Length of the short runs that tune the step size on MALA acceptance.")
+    min_acceptance: float = setting(0.95, "Halve epsilon until the mean MALA acceptance reaches this.")
+    rungs: int = setting(3, "At most this many n_beta rungs, each `factor` above the last.")
+    factor: float = setting(10.0, "Ratio between consecutive n_beta rungs.")
+    agree: float = setting(0.05, "Two rungs agree within this fraction (plus two standard errors).")
+    max_rhat: float = setting(1.05, "Split R-hat above this means the chains disagree: run longer.")
+    max_rel_se: float = setting(0.025, "Run longer until the standard error is at most this fraction of the LLC.")
+    first_steps: int = setting(2000, "First run length (burn-in included); doubled until healthy.")
+    max_steps: int = setting(32000, "Longest run before a rung is declared unhealthy.")
+    step_check: bool = setting(
+        False, "Also run each rung at a third of its step size (the spread includes it).", cli=False
+    )
+
+    def __post_init__(self):
+        for name in ("ratio", "step", "factor", "agree"):
+            if not getattr(self, name) > 0:
+                raise LLCError(f"AutoRule.{name} must be positive, got {getattr(self, name)}")
+        if not 0 < self.min_acceptance < 1:
+            raise LLCError(f"AutoRule.min_acceptance must be between 0 and 1, got {self.min_acceptance}")
+        if self.rungs < 1 or self.first_steps < 8 or self.max_steps < self.first_steps:
+            raise LLCError(
+                f"AutoRule needs rungs >= 1 and 8 <= first_steps <= max_steps, got rungs {self.rungs}, "
+                f"first_steps {self.first_steps}, max_steps {self.max_steps}"
+            )
+
+
+@dataclass
+class Rung:
+    nbeta: float
+    localization: float
+    epsilon: float
+    draws: int
+    result: LLCResult | None
+    healthy: bool
+    reason: str  # why it is not healthy ("" when it is)
+    curvature: float  # the stiffest curvature the chains meet at this n_beta
+
+    def row(self) -> dict:
+        r = self.result
+        return {
+            "n*beta": self.nbeta,
+            "curvature": self.curvature,
+            "localization": self.localization,
+            "epsilon": self.epsilon,
+            "steps": self.draws,
+            "burn-in (judged)": r.burn_in_judged if r else None,
+            "LLC": r.llc_mean if r else math.nan,
+            "std. err.": r.llc_std_err if r else math.nan,
+            "R-hat": r.rhat if r else math.nan,
+            "MALA acceptance": r.mala_acceptance if r else math.nan,
+            "healthy": self.healthy,
+            "why not": self.reason,
+        }
+
+
+@dataclass
+class AutoLLC:
+    llc: float  # nan when no healthy pair of rungs agreed
+    std_err: float
+    spread: tuple[float, float]  # min and max over the healthy settings the estimate rests on
+    chosen: Rung | None
+    rungs: list[Rung]
+    healthy: bool
+    message: str  # what the rule concluded, or what to try
+    rule: AutoRule = field(default_factory=AutoRule)
+
+    @property
+    def result(self) -> LLCResult | None:
+        return self.chosen.result if self.chosen else None
+
+    def to_dict(self) -> dict:
+        return {
+            "llc": self.llc,
+            "std_err": self.std_err,
+            "spread": list(self.spread),
+            "healthy": self.healthy,
+            "message": self.message,
+            "rule": asdict(self.rule),
+            "rungs": [rung.row() for rung in self.rungs],
+            "chosen": self.chosen.row() if self.chosen else None,
+        }
+
+
+def run_rung(
+    model: torch.nn.Module,
+    loss_fn: LossFn,
+    loader: Iterable,
+    nbeta: float,
+    rule: AutoRule,
+    params: str | Sequence[str] | None = None,
+    base: SGLDConfig | None = None,
+    epsilon_scale: float = 1.0,
+) -> Rung:
+    """One n_beta: gamma and the step size from the curvature there, the step halved on short
+    pilots until MALA acceptance is in range, then runs doubled until the traces are healthy."""
+    base = base or SGLDConfig()
+    if base.chains < 2:
+        raise LLCError(f"the rule compares chains (R-hat): run at least 2, got {base.chains}")
+    curvature = curvature_scale(model, loss_fn, loader, nbeta, params=params)
+    if not curvature > 0 or not math.isfinite(curvature):
+        raise LLCError(
+            f"the loss has no measurable curvature near the trained weights (stiffest {curvature}): "
+            "the LLC cannot be localised; check that the parameters sampled affect the loss"
+        )
+    gamma = rule.ratio * nbeta * curvature
+    limit = 1 / (nbeta * curvature + gamma)  # the stiffest direction's scale for epsilon
+    eps = rule.step * limit
+
+    def sample(steps: int) -> LLCResult | None:
+        cfg = replace(base, epsilon=eps, nbeta=nbeta, localization=gamma, draws=steps, burn_in=0)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the rung records its own health
+                return estimate_llc(model, loss_fn, loader, cfg, params=params)
+        except LLCError:
+            return None
+
+    while True:  # the step: halve until a pilot's moves would pass a Metropolis test often enough
+        pilot = sample(min(rule.pilot_steps, rule.first_steps))
+        if pilot is not None and not pilot.diverged_chains and pilot.mala_acceptance >= rule.min_acceptance:
+            break
+        why = "diverged" if pilot is None or pilot.diverged_chains else f"MALA acceptance {pilot.mala_acceptance:.2f}"
+        eps /= 2
+        if eps < rule.step * limit / 1000:
+            return Rung(nbeta, gamma, eps, 0, None, False, f"{why} even at 1/1000 of the first step", curvature)
+    eps *= epsilon_scale
+    steps = rule.first_steps
+    while True:
+        raw = sample(steps)
+        unstable = raw is None or bool(raw.diverged_chains) or raw.mala_acceptance < rule.min_acceptance
+        if unstable and eps / 2 >= rule.step * limit / 1000:
+            eps, steps = eps / 2, rule.first_steps  # the chains spread to stiffer ground than the pilot saw
+            continue
+        if raw is None:
+            return Rung(nbeta, gamma, eps, steps, None, False, "every chain diverged", curvature)
+        result, reason = judge(raw, rule)
+        if not reason or steps * 2 > rule.max_steps:
+            return Rung(nbeta, gamma, eps, steps, result, not reason, reason, curvature)
+        steps *= 2
+
+
+def judge(raw: LLCResult, rule: AutoRule) -> tuple[LLCResult, str]:
+    """Burn-in judged from the traces (MSER), then the health of what is kept: the result
+    averaged after the cut, and why it is not healthy ("" when it is)."""
+    steps = len(raw.loss_trace[0])
+    excess = (torch.tensor(raw.loss_trace, dtype=torch.float64) - raw.init_loss) * raw.nbeta
+    cut = burn_in_cut(excess[[c for c in range(len(excess)) if c not in raw.diverged_chains]])
+    result = raw.trimmed(cut)
+    problems = [
+        ("chains diverged", bool(result.diverged_chains)),
+        (f"MALA acceptance {result.mala_acceptance:.2f}", result.mala_acceptance < rule.min_acceptance),
+        ("burn-in not over by mid-run", cut >= steps // 2 - steps // 100),
+        (f"R-hat {result.rhat:.3f}", not result.rhat <= rule.max_rhat),
+        ("trace not flat", not result.flattened),
+        (
+            f"standard error {result.llc_std_err:.2g} above {rule.max_rel_se:.0%} of the LLC",
+            not result.llc_std_err <= rule.max_rel_se * abs(result.llc_mean),
+        ),
+    ]
+    return result, ", ".join(text for text, bad in problems if bad)
+
+
+def _agree(a: LLCResult, b: LLCResult, tolerance: float) -> bool:
+    noise = 2 * math.sqrt(_se(a) ** 2 + _se(b) ** 2)
+    return abs(a.llc_mean - b.llc_mean) <= tolerance * max(abs(a.llc_mean), abs(b.llc_mean)) + noise
+
+
+def _se(r: LLCResult) -> float:
+    return r.llc_std_err if math.isfinite(r.llc_std_err) else 0.0
+
+
+def auto_llc(
+    model: torch.nn.Module,
+    loss_fn: LossFn,
+    loader: Iterable,
+    rule: AutoRule | None = None,
+    params: str | Sequence[str] | None = None,
+    nbeta: float | None = None,
+    base: SGLDConfig | None = None,
+) -> AutoLLC:
+    """The LLC at the first plateau of the n_beta ladder, with every setting justified in the result.
+
+    `nbeta` is the first rung (default n / ln n); `base` supplies the settings the rule does not
+    choose (seed, batch handling, RMSProp, vectorisation)."""
+    rule = rule or AutoRule()
+    n = dataset_size(loader)
+    first = nbeta if nbeta is not None else n / math.log(n)
+    rungs: list[Rung] = []
+    for k in progress.track(range(rule.rungs), "n*beta ladder"):
+        nb = first * rule.factor**k
+        rung = run_rung(model, loss_fn, loader, nb, rule, params, base)
+        rungs.append(rung)
+        if rule.step_check and rung.healthy:
+            rungs.append(run_rung(model, loss_fn, loader, nb, rule, params, base, epsilon_scale=1 / 3))
+        pair = _plateau(rungs, rule)
+        if pair is not None:
+            return _conclude(pair, rungs, rule)
+    healthy = [r for r in rungs if r.healthy]
+    if not healthy:
+        message = (
+            "no healthy setting: "
+            + "; ".join(f"n*beta {r.nbeta:.3g}: {r.reason}" for r in rungs)
+            + ". Try a larger --max-steps, more --chains, or another first --nbeta"
+        )
+    else:
+        message = (
+            "the estimate did not settle: "
+            + ", ".join(f"{r.result.llc_mean:.4g} at n*beta {r.nbeta:.3g}" for r in healthy)
+            + f" ({'; '.join(f'n*beta {r.nbeta:.3g}: {r.reason}' for r in rungs if not r.healthy)})"
+            + ". Try more --rungs or a larger first --nbeta"
+        )
+    last = healthy[-1] if healthy else None
+    return AutoLLC(math.nan, math.nan, (math.nan, math.nan), last, rungs, False, message, rule)
+
+
+def _plateau(rungs: list[Rung], rule: AutoRule) -> tuple[Rung, ...] | None:
+    """The healthy rungs at the last two n_beta values, if they all agree; else None."""
+    levels = sorted({r.nbeta for r in rungs})
+    if len(levels) < 2:
+        return None
+    pair = [r for r in rungs if r.nbeta in levels[-2:]]
+    if not all(r.healthy for r in pair):
+        return None
+    results = [r.result for r in pair]
+    if all(_agree(a, b, rule.agree) for a in results for b in results):
+        return tuple(pair)
+    return None
+
+
+def _conclude(pair: tuple[Rung, ...], rungs: list[Rung], rule: AutoRule) -> AutoLLC:
+    # the plateau starts at the lower rung: the posterior is local there already, and the chains,
+    # with larger steps, have equilibrated more surely than at the higher rung
+    top = min(pair, key=lambda r: (r.nbeta, -r.epsilon))
+    values = [r.result.llc_mean for r in pair]
+    message = (
+        f"the estimate is stable between n*beta {min(r.nbeta for r in pair):.3g} and {top.nbeta:.3g} "
+        f"({', '.join(f'{v:.4g}' for v in values)}); reported at the lower, n*beta {top.nbeta:.3g}"
+    )
+    return AutoLLC(
+        top.result.llc_mean,
+        top.result.llc_std_err,
+        (min(values), max(values)),
+        top,
+        rungs,
+        True,
+        message,
+        rule,
+    )
