@@ -270,6 +270,10 @@ def test_llc_bad_target_and_subset(monkeypatch, capsys, tmp_path):
     assert code == 2 and "neither a run directory" in err
     code, err = run_main(monkeypatch, capsys, ["llc", "rrr:3,2,3:1", "--params", "5", "--out", str(tmp_path)])
     assert code == 2 and "matches no parameter" in " ".join(err.split())
+    code, err = run_main(monkeypatch, capsys, ["llc", "rrr:3,2,3:1", "--settings", "fixed", "--epsilon", "2"])
+    assert code == 2 and "epsilon must be between 0 and 1" in " ".join(err.split()) and "Traceback" not in err
+    code, err = run_main(monkeypatch, capsys, ["llc", "rrr:3,2,3:1", "--settings", "guess"])
+    assert code == 2 and "--settings must be 'auto' or 'fixed'" in " ".join(err.split())
 
 
 def test_detect_writes_report_and_table(tmp_path):

@@ -118,3 +118,18 @@ def test_rule_says_when_no_setting_is_healthy():
     got = auto_llc(model, singular.half_squared_error, loader, rule)
     assert not got.healthy and math.isnan(got.llc)
     assert "no healthy setting" in got.message and "--max-steps" in got.message
+
+
+@pytest.mark.parametrize(
+    "widths,rank", [([5, 3, 5], 1), ([4, 6, 3], 2), ([3, 4, 2, 5], 1), ([4, 3, 3, 4], 2), ([6, 2, 5], 0)]
+)
+def test_hessian_near_zero_count_is_the_known_flat_directions(widths, rank):
+    model, loader = singular.deep_linear_task(widths, rank, n=2000, seed=7)
+    assert hessian_summary(model, singular.half_squared_error, loader).near_zero == truth.flat_directions(widths, rank)
+
+
+def test_normal_crossing_flat_directions():
+    for powers in ([1], [2], [1, 2], [1, 1, 3]):
+        model, loader = singular.normal_crossing_task(powers, n=10)
+        got = hessian_summary(model, singular.normal_crossing_loss, loader).near_zero
+        assert got == truth.normal_crossing_flat_directions(powers)

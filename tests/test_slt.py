@@ -128,14 +128,14 @@ def test_bad_inputs_are_clear_errors():
         model[0].weight[0, 0] = float("nan")
     with pytest.raises(LLCError, match="loss at the trained weights is nan"):
         estimate_llc(model, singular.half_squared_error, loader)
-    with pytest.raises(LLCError, match="epsilon must be positive"):
+    with pytest.raises(LLCError, match="epsilon must be between 0 and 1"):
         SGLDConfig(epsilon=0)
 
 
 def test_divergence_is_detected_with_advice():
     model, loader = singular.deep_linear_task([3, 2, 3], 1, n=200)
     with pytest.warns(UserWarning, match="lower epsilon"), pytest.raises(LLCError, match="every chain diverged"):
-        estimate_llc(model, singular.half_squared_error, loader, SGLDConfig(epsilon=1.0, nbeta=1e4, chains=2, draws=50))
+        estimate_llc(model, singular.half_squared_error, loader, SGLDConfig(epsilon=0.5, nbeta=1e4, chains=2, draws=50))
 
 
 def test_unflattened_trace_warns():

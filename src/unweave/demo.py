@@ -12,7 +12,7 @@ from unweave.configs import setting
 from unweave.devices import DeviceConfig, loader_on
 from unweave.report import Report
 from unweave.runs import Run, RunResult
-from unweave.slt import AutoRule, SGLDConfig, auto_llc, chosen_settings, llc_over_checkpoints
+from unweave.slt import SGLDConfig, llc_over_checkpoints
 from unweave.slt import plots as slt_plots
 from unweave.zoo import fourier, plots
 from unweave.zoo.modadd import ModAddConfig, TrainedModAdd, answer_loss, make_data, train, train_loader
@@ -22,10 +22,14 @@ from unweave.zoo.modadd import ModAddConfig, TrainedModAdd, answer_loss, make_da
 class DemoConfig:
     out: Path = setting(Path("runs/demo"), "Output directory (reused if it holds a finished run).")
     modadd: ModAddConfig = setting(ModAddConfig(), "The model and its training.")
-    # the LLC trajectory's settings come from the rule (unweave.slt.auto) at the final checkpoint;
-    # these are the ones it does not choose
-    sgld: SGLDConfig = setting(SGLDConfig(chains=4), "SGLD settings the rule does not choose.", cli=False)
-    rule: AutoRule = setting(AutoRule(rungs=2, first_steps=500, max_steps=4000), "The settings rule.", cli=False)
+    # the LLC trajectory's SGLD settings, fixed: the rule (unweave.slt.auto) needs full-batch chains of
+    # thousands of steps on this 200k-parameter model, minutes per checkpoint on 2 cores; each
+    # checkpoint's health is judged and shown instead
+    sgld: SGLDConfig = setting(
+        SGLDConfig(epsilon=3e-5, nbeta=192.3, localization=100.0, chains=2, draws=100, burn_in=20),
+        "SGLD settings of the LLC trajectory.",
+        cli=False,
+    )
     llc_batch_size: int = setting(256, "SGLD batch size of the LLC trajectory.", cli=False)
     device: DeviceConfig = setting(DeviceConfig(), "Where training and SGLD run, and the dtype of the weights.")
 
@@ -73,16 +77,12 @@ def run_demo(cfg: DemoConfig | None = None) -> RunResult:
     saved = trained.checkpoints()
     every = max(1, len(saved) // 8)  # thin long runs to 8-15 points to keep the demo quick (15 here: all)
     loader = loader_on(train_loader(cfg.modadd, batch_size=cfg.llc_batch_size), device)
-    auto = auto_llc(final.to(device, dtype), answer_loss, loader, cfg.rule, base=cfg.sgld)
-    if not auto.healthy:
-        raise RuntimeError(f"the LLC settings rule found no healthy setting for the demo's model: {auto.message}")
-    sgld = chosen_settings(auto, cfg.sgld)
+    sgld = cfg.sgld
     llc_points = llc_over_checkpoints(
         [(step, trained.load(path).to(device, dtype)) for step, path in saved[every - 1 :: every]],
         answer_loss,
         loader,
         sgld,
-        rule=cfg.rule,
     )
     report = Report("unweave demo: a grokked modular-addition transformer, reverse-engineered")
     report.summary().text(summary(analysis), summary=True)
@@ -105,17 +105,12 @@ def run_demo(cfg: DemoConfig | None = None) -> RunResult:
         f"Local learning coefficient by SGLD at {len(llc_points)} checkpoints ({sgld.chains} chains x "
         f"{sgld.draws} steps, epsilon {sgld.epsilon:.3g}, localization {sgld.localization:.3g}, n*beta "
         f"{sgld.nbeta:.4g}, batch {cfg.llc_batch_size}), an effective parameter count beside the "
-        f"{sum(p.numel() for p in final.parameters())} raw ones. The settings come from the rule at the final "
-        f"checkpoint ({auto.message}); burn-in is judged from every checkpoint's own traces."
+        f"{sum(p.numel() for p in final.parameters())} raw ones. The settings are fixed (the settings rule of "
+        "`unweave llc` takes minutes per checkpoint here); burn-in is judged from every checkpoint's own traces, "
+        "and a checkpoint whose chains fail the rule's health checks is marked with the reason."
     ).text(
         "Checkpoints whose chains are not healthy: "
         + ("; ".join(f"step {step}: {why}" for step, why in unhealthy) if unhealthy else "none.")
-    ).text(
-        "Why the LLC falls: while the network memorises, each training pair is fitted by its own directions in "
-        "weight space, so many directions curve and the count is high. As the Fourier circuit forms, the same "
-        "loss is reached by a few key frequencies and the weight decay removes the rest; the directions that "
-        "no longer affect the loss are flat, and the LLC, which counts only directions that curve, falls with "
-        "the test loss (Lau et al. 2023 show the same fall at grokking)."
     ).figure(slt_plots.trajectory(llc_points, history)).table(
         [
             {
@@ -134,7 +129,6 @@ def run_demo(cfg: DemoConfig | None = None) -> RunResult:
         "config": asdict(cfg.modadd),
         "fourier": analysis.to_dict(),
         "progress_measures": measures,
-        "llc_settings": auto.to_dict(),
         "llc": [
             {
                 "step": s,

@@ -151,7 +151,12 @@ def _hessian(cfg: LLCConfig, target: Target, report: Report, llc: float) -> dict
                 "method": h.method,
                 "LLC": llc,
                 "2 x LLC (effective parameters)": 2 * llc,
+                **(
+                    {"flat directions (closed form)": target.true_flat, "agree": h.near_zero == target.true_flat}
+                    if target.true_flat is not None
+                    else {}
+                ),
             }
         ]
     )
-    return vars(h)
+    return vars(h) | {"true_flat": target.true_flat}

@@ -24,6 +24,7 @@ class Target:
     loss_fn: LossFn
     loader: DataLoader
     true_llc: float | None = None
+    true_flat: int | None = None  # Hessian zero eigenvalues at w*, where known in closed form
     history: list[dict] | None = None  # training curves, for a run folder
 
     def to(self, device: torch.device, dtype: torch.dtype | None = None) -> Target:
@@ -67,6 +68,7 @@ def resolve(spec: str, checkpoint: str = "final", batch_size: int | None = None,
             singular.normal_crossing_loss,
             loader,
             truth.normal_crossing(powers),
+            truth.normal_crossing_flat_directions(powers),
         )
     if kind in ("rrr", "dln"):
         widths_text, _, rank_text = rest.partition(":")
@@ -81,6 +83,7 @@ def resolve(spec: str, checkpoint: str = "final", batch_size: int | None = None,
             singular.half_squared_error,
             loader,
             truth.deep_linear(widths, rank),
+            truth.flat_directions(widths, rank),
         )
     raise ValueError(
         f"{spec!r} is neither a run directory (with config.json) nor a zoo model; use e.g. "

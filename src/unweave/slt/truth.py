@@ -83,3 +83,18 @@ def deep_linear(widths: list[int], r: int) -> float:
         + Fraction(pairs, 2)
     )
     return float(lam)
+
+
+def flat_directions(widths: list[int], r: int) -> int:
+    """Zero eigenvalues of the Hessian of a deep linear network's loss at the planted minimum
+    (`zoo.singular.deep_linear_task`: an r x r block per layer, every other weight zero), with
+    whitened inputs. The Hessian is J^T J for J the derivative of the product map; J's image is
+    the maps whose columns lie in the output block or whose rows lie in the input block,
+    r (H_0 + H_L - r) dimensions, so the rest of the d weights are flat."""
+    d = sum(a * b for a, b in zip(widths[:-1], widths[1:]))
+    return d - r * (widths[0] + widths[-1] - r)
+
+
+def normal_crossing_flat_directions(powers: list[int]) -> int:
+    """Zero eigenvalues of the Hessian of prod_i w_i^(2 p_i) at 0: none for w^2, else all."""
+    return 0 if powers == [1] else len(powers)
