@@ -202,7 +202,7 @@ def judge(raw: LLCResult, rule: AutoRule) -> tuple[LLCResult, str]:
         (f"R-hat {result.rhat:.3f}", not result.rhat <= rule.max_rhat),
         ("trace not flat", not result.flattened),
         (
-            f"standard error {result.llc_std_err:.2g} above {rule.max_rel_se:.0%} of the LLC",
+            f"standard error {result.llc_std_err:.2g} above {rule.max_rel_se:.1%} of the LLC",
             not result.llc_std_err <= rule.max_rel_se * abs(result.llc_mean),
         ),
     ]
