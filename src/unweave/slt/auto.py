@@ -104,18 +104,25 @@ class Rung:
 
 @dataclass
 class AutoLLC:
-    llc: float  # nan when no healthy pair of rungs agreed
-    std_err: float
     spread: tuple[float, float]  # min and max over the healthy settings the estimate rests on
-    chosen: Rung | None
+    chosen: Rung | None  # the reported rung; when not healthy, the last healthy one (or None)
     rungs: list[Rung]
-    healthy: bool
+    healthy: bool  # two rungs agreed: the estimate is the chosen rung's
     message: str  # what the rule concluded, or what to try
     rule: AutoRule = field(default_factory=AutoRule)
 
     @property
     def result(self) -> LLCResult | None:
         return self.chosen.result if self.chosen else None
+
+    @property
+    def llc(self) -> float:
+        """The estimate; nan when no healthy pair of rungs agreed."""
+        return self.result.llc_mean if self.healthy else math.nan
+
+    @property
+    def std_err(self) -> float:
+        return self.result.llc_std_err if self.healthy else math.nan
 
     def to_dict(self) -> dict:
         return {
@@ -154,6 +161,7 @@ def run_rung(
     gamma = rule.ratio * nbeta * curvature
     limit = 1 / (nbeta * curvature + gamma)  # the stiffest direction's scale for epsilon
     eps = rule.step * limit
+    floor = eps / 1000  # halving stops here: a rung needing smaller steps is not healthy
 
     def sample(steps: int) -> LLCResult | None:
         cfg = replace(base, epsilon=eps, nbeta=nbeta, localization=gamma, draws=steps, burn_in=0)
@@ -170,14 +178,14 @@ def run_rung(
             break
         why = "diverged" if pilot is None or pilot.diverged_chains else f"MALA acceptance {pilot.mala_acceptance:.2f}"
         eps /= 2
-        if eps < rule.step * limit / 1000:
+        if eps < floor:
             return Rung(nbeta, gamma, eps, 0, None, False, f"{why} even at 1/1000 of the first step", curvature)
     eps *= epsilon_scale
     steps = rule.first_steps
     while True:
         raw = sample(steps)
         unstable = raw is None or bool(raw.diverged_chains) or raw.mala_acceptance < rule.min_acceptance
-        if unstable and eps / 2 >= rule.step * limit / 1000:
+        if unstable and eps / 2 >= floor:
             eps, steps = eps / 2, rule.first_steps  # the chains spread to stiffer ground than the pilot saw
             continue
         if raw is None:
@@ -259,7 +267,7 @@ def auto_llc(
             + ". Try more --rungs or a larger first --nbeta"
         )
     last = healthy[-1] if healthy else None
-    return AutoLLC(math.nan, math.nan, (math.nan, math.nan), last, rungs, False, message, rule)
+    return AutoLLC((math.nan, math.nan), last, rungs, False, message, rule)
 
 
 def _plateau(rungs: list[Rung], rule: AutoRule) -> tuple[Rung, ...] | None:
@@ -285,13 +293,4 @@ def _conclude(pair: tuple[Rung, ...], rungs: list[Rung], rule: AutoRule) -> Auto
         f"the estimate is stable between n*beta {min(r.nbeta for r in pair):.3g} and {top.nbeta:.3g} "
         f"({', '.join(f'{v:.4g}' for v in values)}); reported at the lower, n*beta {top.nbeta:.3g}"
     )
-    return AutoLLC(
-        top.result.llc_mean,
-        top.result.llc_std_err,
-        (min(values), max(values)),
-        top,
-        rungs,
-        True,
-        message,
-        rule,
-    )
+    return AutoLLC((min(values), max(values)), top, rungs, True, message, rule)

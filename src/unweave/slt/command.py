@@ -80,8 +80,11 @@ def run_llc(cfg: LLCConfig) -> RunResult:
             record["healthy"] = False
             return run.finish(record, report, [summary])
         sgld = chosen_settings(auto, cfg.sgld)
-    if cfg.settings == "auto" and len(target.checkpoints) == 1:
-        points = [(target.checkpoints[0][0], auto.result, "")]
+    if cfg.settings == "auto":  # the rule already ran the last checkpoint at the chosen settings: reuse it
+        earlier = llc_over_checkpoints(
+            target.checkpoints[:-1], target.loss_fn, target.loader, sgld, cfg.params, cfg.rule
+        )
+        points = [*earlier, (target.checkpoints[-1][0], auto.result, "")]
     else:
         points = llc_over_checkpoints(target.checkpoints, target.loss_fn, target.loader, sgld, cfg.params, cfg.rule)
     record["llc"] = [{"step": s, **r.to_dict(), "healthy": not why, "why_not": why} for s, r, why in points]
