@@ -84,6 +84,7 @@ def test_rule_recovers_held_out_closed_forms(widths, rank, seed):
     assert got.healthy, got.message
     assert abs(got.llc - true) / true <= 0.10, (got.llc, true, got.message)
     assert got.spread[0] <= got.llc <= got.spread[1]
+    assert f"and {max(r.nbeta for r in got.rungs):.3g}" in got.message  # the plateau's upper rung is named
     assert all(r.result.rhat <= 1.05 for r in got.rungs if r.healthy)
 
 

@@ -290,7 +290,7 @@ def _conclude(pair: tuple[Rung, ...], rungs: list[Rung], rule: AutoRule) -> Auto
     top = min(pair, key=lambda r: (r.nbeta, -r.epsilon))
     values = [r.result.llc_mean for r in pair]
     message = (
-        f"the estimate is stable between n*beta {min(r.nbeta for r in pair):.3g} and {top.nbeta:.3g} "
+        f"the estimate is stable between n*beta {min(r.nbeta for r in pair):.3g} and {max(r.nbeta for r in pair):.3g} "
         f"({', '.join(f'{v:.4g}' for v in values)}); reported at the lower, n*beta {top.nbeta:.3g}"
     )
     return AutoLLC((min(values), max(values)), top, rungs, True, message, rule)
