@@ -128,7 +128,7 @@ def test_bad_inputs_are_clear_errors():
         model[0].weight[0, 0] = float("nan")
     with pytest.raises(LLCError, match="loss at the trained weights is nan"):
         estimate_llc(model, singular.half_squared_error, loader)
-    with pytest.raises(LLCError, match="epsilon must be between 0 and 1"):
+    with pytest.raises(LLCError, match="epsilon must be a positive step size"):
         SGLDConfig(epsilon=0)
 
 

@@ -248,6 +248,28 @@ def _set_attention(model: PreTrainedModel, implementation: str | None) -> None:
         model.config._attn_implementation = implementation
 
 
+def rank_induction_heads(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    n: int = 512,
+    half: int = 20,
+    top: int | None = None,
+    seed: int = 0,
+) -> tuple[list[tuple[int, int]], torch.Tensor, torch.Tensor]:
+    """The `top` heads (layer, head) with the highest induction scores on repeated random
+    tokens, the scores (layers, heads), and the `n` repeated rows (the first 32 are scored).
+    `top` defaults to 8, or half the heads of a smaller model."""
+    from unweave.anatomy import anatomy
+
+    parts = anatomy(model)
+    top = min(8, parts.n_layers * parts.n_heads // 2) if top is None else top
+    vocab = min(len(tokenizer), model.config.vocab_size)  # ids both the tokenizer and the embedding know
+    inputs = repeated_tokens(tokenizer, n, half, seed, vocab=vocab)
+    scores = induction_head_scores(model, inputs[:32], half)
+    order = scores.flatten().argsort(descending=True)
+    return [(int(i) // parts.n_heads, int(i) % parts.n_heads) for i in order[:top]], scores, inputs
+
+
 def lm_induction_case(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -276,11 +298,8 @@ def lm_induction_case(
             f"top={top}: choose 1 to {parts.n_layers * n_heads // 2} heads (half of this model's "
             f"{parts.n_layers * n_heads}), so as many other heads remain for the random-heads control"
         )
-    vocab = min(len(tokenizer), model.config.vocab_size)  # ids both the tokenizer and the embedding know
-    inputs = repeated_tokens(tokenizer, n, half, seed, vocab=vocab)
-    scores = induction_head_scores(model, inputs[:32], half)
+    chosen, scores, inputs = rank_induction_heads(model, tokenizer, n, half, top, seed)
     order = scores.flatten().argsort(descending=True)
-    chosen = [(int(i) // n_heads, int(i) % n_heads) for i in order[:top]]
     rest = order[top:][torch.randperm(len(order) - top, generator=torch.Generator().manual_seed(seed))[:top]]
     random_heads = [(int(i) // n_heads, int(i) % n_heads) for i in rest]
     answer = lambda x: x[:, half]  # noqa: E731 - the last token of the first half

@@ -18,7 +18,13 @@ The posterior (n_beta, gamma):
 
 The sampler (epsilon, length):
 - epsilon = step / (n_beta h_ref + gamma), halved until the mean MALA acceptance of the moves
-  is at least `min_acceptance` (the discretisation bias of SGLD is then small).
+  is at least `min_acceptance` (the discretisation bias of SGLD is then small). With minibatches
+  the pilots run on one fixed batch: a Metropolis test between two different batches' losses
+  measures the batches' disagreement, not the step. The full run is then judged on divergence
+  and its traces, not on acceptance.
+- With minibatches, epsilon is also capped so that the batches' gradient noise, (eps/2)^2 n_beta^2
+  times its largest variance, adds at most `max_gradient_noise` to the eps of injected noise:
+  beyond that the chains run hotter than n_beta and the estimate grows with n_beta (Welling & Teh 2011).
 - Burn-in is judged from the traces (MSER on the chains' mean trace, `diagnostics.burn_in_cut`);
   the chains are run twice as long until the cut lands before the last half, the kept draws
   pass split R-hat <= `max_rhat` and the flat-trace test, and the standard error over chains
@@ -34,12 +40,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 
 import torch
+from torch.utils.data import DataLoader, TensorDataset
 
 from unweave import progress
 from unweave.configs import setting
 from unweave.slt.diagnostics import burn_in_cut
-from unweave.slt.hessian import curvature_scale
-from unweave.slt.llc import LLCResult, dataset_size, estimate_llc
+from unweave.slt.hessian import curvature_scale, gradient_noise
+from unweave.slt.llc import LLCResult, dataset_size, estimate_llc, finite_loss
 from unweave.slt.sgld import LLCError, LossFn, SGLDConfig
 
 
@@ -49,6 +56,9 @@ class AutoRule:
     step: float = setting(0.5, "First step size as a fraction of 1 / (n_beta x stiffest curvature + gamma).")
     pilot_steps: int = setting(400, "Length of the short runs that tune the step size on MALA acceptance.")
     min_acceptance: float = setting(0.95, "Halve epsilon until the mean MALA acceptance reaches this.")
+    max_gradient_noise: float = setting(
+        0.05, "With minibatches: epsilon small enough that gradient noise adds at most this to the injected noise."
+    )
     rungs: int = setting(3, "At most this many n_beta rungs, each `factor` above the last.")
     factor: float = setting(10.0, "Ratio between consecutive n_beta rungs.")
     agree: float = setting(0.05, "Two rungs agree within this fraction (plus two standard errors).")
@@ -73,6 +83,25 @@ class AutoRule:
             )
 
 
+RULE_TEXT = (
+    "Settings come from a rule that never sees a true answer. The localisation gamma is a thousandth of "
+    "n*beta times the stiffest curvature the chains meet, so it is weak against the likelihood in every "
+    "direction that curves; the step size starts at half the stiffest direction's scale 1 / (n*beta h + gamma) and "
+    "is halved until MALA acceptance is at least {acc}; burn-in is judged from the traces (MSER) and the run "
+    "doubled until the kept draws pass split R-hat <= {rhat}, a flat trace and a standard error within "
+    "{se:.0%} of the estimate. n*beta starts at n / ln n and is raised {factor:g}x at a time until two rungs "
+    "agree within {agree:.0%} plus two standard errors: the posterior is then local, and the estimate is the "
+    "lower rung's (where the plateau starts)."
+)
+
+
+def rule_text(rule: AutoRule) -> str:
+    """The rule in words, for reports."""
+    return RULE_TEXT.format(
+        acc=rule.min_acceptance, rhat=rule.max_rhat, se=rule.max_rel_se, factor=rule.factor, agree=rule.agree
+    )
+
+
 @dataclass
 class Rung:
     nbeta: float
@@ -83,6 +112,7 @@ class Rung:
     healthy: bool
     reason: str  # why it is not healthy ("" when it is)
     curvature: float  # the stiffest curvature the chains meet at this n_beta
+    pilot_acceptance: float = math.nan  # MALA acceptance of the last pilot (on one fixed batch with minibatches)
 
     def row(self) -> dict:
         r = self.result
@@ -96,6 +126,7 @@ class Rung:
             "LLC": r.llc_mean if r else math.nan,
             "std. err.": r.llc_std_err if r else math.nan,
             "R-hat": r.rhat if r else math.nan,
+            "MALA acceptance (pilot)": self.pilot_acceptance,
             "MALA acceptance": r.mala_acceptance if r else math.nan,
             "healthy": self.healthy,
             "why not": self.reason,
@@ -146,6 +177,7 @@ def run_rung(
     params: str | Sequence[str] | None = None,
     base: SGLDConfig | None = None,
     epsilon_scale: float = 1.0,
+    n: int | None = None,
 ) -> Rung:
     """One n_beta: gamma and the step size from the curvature there, the step halved on short
     pilots until MALA acceptance is in range, then runs doubled until the traces are healthy."""
@@ -158,54 +190,71 @@ def run_rung(
             f"the loss has no measurable curvature near the trained weights (stiffest {curvature}): "
             "the LLC cannot be localised; check that the parameters sampled affect the loss"
         )
+    minibatch = _batches(loader) > 1
+    pilot_loader = _one_batch(loader) if minibatch else loader
     gamma = rule.ratio * nbeta * curvature
     limit = 1 / (nbeta * curvature + gamma)  # the stiffest direction's scale for epsilon
     eps = rule.step * limit
+    if minibatch:  # and small enough that the batches' gradient noise does not heat the chains
+        eps = min(eps, noise_limit(model, loss_fn, loader, nbeta, rule.max_gradient_noise, params))
     floor = eps / 1000  # halving stops here: a rung needing smaller steps is not healthy
 
-    def sample(steps: int) -> LLCResult | None:
+    def sample(steps: int, data: Iterable = loader) -> LLCResult | None:
         cfg = replace(base, epsilon=eps, nbeta=nbeta, localization=gamma, draws=steps, burn_in=0)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # the rung records its own health
-                return estimate_llc(model, loss_fn, loader, cfg, params=params)
+                return estimate_llc(model, loss_fn, data, cfg, params=params, n=n)
         except LLCError:
             return None
 
     while True:  # the step: halve until a pilot's moves would pass a Metropolis test often enough
-        pilot = sample(min(rule.pilot_steps, rule.first_steps))
+        pilot = sample(min(rule.pilot_steps, rule.first_steps), pilot_loader)
         if pilot is not None and not pilot.diverged_chains and pilot.mala_acceptance >= rule.min_acceptance:
             break
         why = "diverged" if pilot is None or pilot.diverged_chains else f"MALA acceptance {pilot.mala_acceptance:.2f}"
         eps /= 2
         if eps < floor:
-            return Rung(nbeta, gamma, eps, 0, None, False, f"{why} even at 1/1000 of the first step", curvature)
+            accepted = pilot.mala_acceptance if pilot is not None else math.nan
+            return Rung(
+                nbeta, gamma, eps, 0, None, False, f"{why} even at 1/1000 of the first step", curvature, accepted
+            )
+    accepted = pilot.mala_acceptance
     eps *= epsilon_scale
     steps = rule.first_steps
     while True:
         raw = sample(steps)
-        unstable = raw is None or bool(raw.diverged_chains) or raw.mala_acceptance < rule.min_acceptance
+        unstable = raw is None or bool(raw.diverged_chains)
+        unstable = unstable or (not minibatch and raw.mala_acceptance < rule.min_acceptance)
         if unstable and eps / 2 >= floor:
             eps, steps = eps / 2, rule.first_steps  # the chains spread to stiffer ground than the pilot saw
             continue
         if raw is None:
-            return Rung(nbeta, gamma, eps, steps, None, False, "every chain diverged", curvature)
-        result, reason = judge(raw, rule)
+            return Rung(nbeta, gamma, eps, steps, None, False, "every chain diverged", curvature, accepted)
+        result, reason = judge(raw, rule, minibatch)
         if not reason or steps * 2 > rule.max_steps:
-            return Rung(nbeta, gamma, eps, steps, result, not reason, reason, curvature)
+            return Rung(nbeta, gamma, eps, steps, result, not reason, reason, curvature, accepted)
         steps *= 2
 
 
-def judge(raw: LLCResult, rule: AutoRule) -> tuple[LLCResult, str]:
+def judge(raw: LLCResult, rule: AutoRule, minibatch: bool = False) -> tuple[LLCResult, str]:
     """Burn-in judged from the traces (MSER), then the health of what is kept: the result
-    averaged after the cut, and why it is not healthy ("" when it is)."""
+    averaged after the cut, and why it is not healthy ("" when it is). With `minibatch` the
+    acceptance is not judged (it compares different batches' losses; see the module docstring)."""
     steps = len(raw.loss_trace[0])
     excess = (torch.tensor(raw.loss_trace, dtype=torch.float64) - raw.init_loss) * raw.nbeta
     cut = burn_in_cut(excess[[c for c in range(len(excess)) if c not in raw.diverged_chains]])
     result = raw.trimmed(cut)
     problems = [
         ("chains diverged", bool(result.diverged_chains)),
-        (f"MALA acceptance {result.mala_acceptance:.2f}", result.mala_acceptance < rule.min_acceptance),
+        (
+            f"MALA acceptance {result.mala_acceptance:.2f}",
+            not minibatch and result.mala_acceptance < rule.min_acceptance,
+        ),
+        (
+            "the loss fell below L(w*): w* is not a local minimum (train it further; the LLC is defined at a minimum)",
+            result.llc_mean < -2 * _se(result),
+        ),
         ("burn-in not over by mid-run", cut >= steps // 2 - steps // 100),
         (f"R-hat {result.rhat:.3f}", not result.rhat <= rule.max_rhat),
         ("trace not flat", not result.flattened),
@@ -215,6 +264,35 @@ def judge(raw: LLCResult, rule: AutoRule) -> tuple[LLCResult, str]:
         ),
     ]
     return result, ", ".join(text for text, bad in problems if bad)
+
+
+def noise_limit(
+    model: torch.nn.Module,
+    loss_fn: LossFn,
+    loader: Iterable,
+    nbeta: float,
+    share: float,
+    params: str | Sequence[str] | None = None,
+) -> float:
+    """The largest epsilon at which minibatch gradient noise, (eps/2)^2 n_beta^2 s^2 along the
+    noisiest direction (variance s^2, `hessian.gradient_noise`), is at most `share` of the eps of
+    injected noise: eps <= 4 share / (n_beta^2 s^2)."""
+    s2 = gradient_noise(model, loss_fn, loader, params)
+    return 4 * share / (nbeta**2 * s2) if s2 > 0 else math.inf
+
+
+def _batches(loader: Iterable) -> int:
+    """How many batches one pass over `loader` gives (2 when it cannot say: treat as minibatches)."""
+    try:
+        return len(loader)  # type: ignore[arg-type]
+    except TypeError:
+        return 2
+
+
+def _one_batch(loader: Iterable) -> DataLoader:
+    """The loader's first batch as a loader of its own: one fixed batch, the same every step."""
+    x, y = next(iter(loader))
+    return DataLoader(TensorDataset(x, y), batch_size=len(x))
 
 
 def _agree(a: LLCResult, b: LLCResult, tolerance: float) -> bool:
@@ -234,21 +312,24 @@ def auto_llc(
     params: str | Sequence[str] | None = None,
     nbeta: float | None = None,
     base: SGLDConfig | None = None,
+    n: int | None = None,
 ) -> AutoLLC:
     """The LLC at the first plateau of the n_beta ladder, with every setting justified in the result.
 
     `nbeta` is the first rung (default n / ln n); `base` supplies the settings the rule does not
-    choose (seed, batch handling, RMSProp, vectorisation)."""
+    choose (seed, batch handling, RMSProp, vectorisation); `n` the number of samples the loss
+    averages over (default: the loader's dataset size)."""
     rule = rule or AutoRule()
-    n = dataset_size(loader)
+    n = n or dataset_size(loader)
+    finite_loss(model, loss_fn, loader)  # a NaN loss is its own error, not "no curvature"
     first = nbeta if nbeta is not None else n / math.log(n)
     rungs: list[Rung] = []
     for k in progress.track(range(rule.rungs), "n*beta ladder"):
         nb = first * rule.factor**k
-        rung = run_rung(model, loss_fn, loader, nb, rule, params, base)
+        rung = run_rung(model, loss_fn, loader, nb, rule, params, base, n=n)
         rungs.append(rung)
         if rule.step_check and rung.healthy:
-            rungs.append(run_rung(model, loss_fn, loader, nb, rule, params, base, epsilon_scale=1 / 3))
+            rungs.append(run_rung(model, loss_fn, loader, nb, rule, params, base, epsilon_scale=1 / 3, n=n))
         pair = _plateau(rungs, rule)
         if pair is not None:
             return _conclude(pair, rungs, rule)

@@ -12,18 +12,32 @@ from unweave.devices import DeviceConfig
 from unweave.report import Report
 from unweave.runs import Run, RunResult
 from unweave.slt import plots
-from unweave.slt.auto import AutoLLC, AutoRule, auto_llc
+from unweave.slt.auto import AutoLLC, AutoRule, auto_llc, rule_text
 from unweave.slt.hessian import hessian_summary
 from unweave.slt.sgld import SGLDConfig
 from unweave.slt.targets import Target, resolve
 from unweave.slt.trajectory import chosen_settings, llc_over_checkpoints
+from unweave.text import TextConfig
 
 
 @dataclass(frozen=True)
 class LLCConfig:
-    target: str = setting(
-        help="A modadd run directory, or rrr:M,H,N:r, dln:H0,...,HL:r, normal-crossing:p1,p2,...", argument=True
+    target: str | None = setting(
+        None,
+        "A modadd run directory, or rrr:M,H,N:r, dln:H0,...,HL:r, normal-crossing:p1,p2,... (or --model instead).",
+        argument=True,
     )
+    model: str | None = setting(
+        None, "A causal LM (smollm2-135m or a local Hugging Face folder): the LLC of its parts on --text."
+    )
+    per: str = setting(
+        "none",
+        "With --model: 'layer' (each decoder layer under --params), 'head' (each attention head of those "
+        "layers) or 'none' (everything under --params as one block).",
+    )
+    text: TextConfig = setting(TextConfig(), "With --model: the text the next-token loss is measured on.")
+    tokens: int = setting(4096, "With --model: tokens of text (n counts the predicted tokens).")
+    ctx_len: int = setting(64, "With --model: tokens per row.")
     out: Path = setting(Path("runs/llc"), "Where record.json, llc.json and llc.html go.")
     checkpoint: str = setting("final", "For a run: 'final', a step, or 'all' (the LLC trajectory).")
     settings: str = setting(
@@ -31,39 +45,43 @@ class LLCConfig:
         "'auto': epsilon, localization, n*beta and length chosen by the rule; 'fixed': the --epsilon etc. given.",
     )
     calibrate: bool = setting(False, "The rule, plus every rung again at a third of its step size (the spread shown).")
-    batch_size: int | None = setting(None, "SGLD batch size (default: full batch).")
-    params: str | None = setting(None, "Sample only parameters under this name, e.g. blocks.0.attn.")
-    hessian: bool = setting(True, "Also compute the Hessian view (near-zero eigenvalues at w*).")
+    batch_size: int | None = setting(None, "SGLD batch size (default: full batch; with --model 8 rows).")
+    params: str | None = setting(
+        None, "Sample only parameters under these names (comma-separated), e.g. blocks.0.attn or model.layers.3."
+    )
+    hessian: bool = setting(True, "Also compute the Hessian view (near-zero eigenvalues at w*; not with --model).")
     sgld: SGLDConfig = setting(SGLDConfig(), "SGLD settings.")
     rule: AutoRule = setting(AutoRule(), "The rule that chooses the settings.")
     device: DeviceConfig = setting(DeviceConfig(), "Where the chains run, and the dtype of weights and data.")
 
     def __post_init__(self):
+        if (self.target is None) == (self.model is None):
+            raise ValueError(
+                "give a TARGET (a run directory or a zoo model like rrr:5,3,5:1) or --model (a causal LM), not "
+                + ("both" if self.target else "neither")
+            )
+        if self.per not in ("none", "layer", "head"):
+            raise ValueError(f"--per must be none, layer or head, got {self.per!r}")
+        if self.model is None and self.per != "none":
+            raise ValueError("--per layer/head measures the parts of a language model: add --model")
+        if self.model is not None and self.checkpoint != "final":
+            raise ValueError("--checkpoint is for a run directory TARGET; a --model is measured at its weights")
         if self.settings not in ("auto", "fixed"):
             raise ValueError(f"--settings must be 'auto' or 'fixed', got {self.settings!r}")
+        if self.settings == "fixed" and not 0 < self.sgld.epsilon < 1:
+            raise ValueError(
+                f"--epsilon must be between 0 and 1, got {self.sgld.epsilon}: steps of 1e-6 to 1e-3 are usual, "
+                "or let the rule choose (--settings auto)"
+            )
         if self.calibrate and self.settings == "fixed":
             raise ValueError("--calibrate chooses settings by the rule: drop --settings fixed")
 
 
-RULE_TEXT = (
-    "Settings come from a rule that never sees a true answer. The localisation gamma is a thousandth of "
-    "n*beta times the stiffest curvature the chains meet, so it is weak against the likelihood in every "
-    "direction that curves; the step size starts at half the stiffest direction's scale 1 / (n*beta h + gamma) and "
-    "is halved until MALA acceptance is at least {acc}; burn-in is judged from the traces (MSER) and the run "
-    "doubled until the kept draws pass split R-hat <= {rhat}, a flat trace and a standard error within "
-    "{se:.0%} of the estimate. n*beta starts at n / ln n and is raised {factor:g}x at a time until two rungs "
-    "agree within {agree:.0%} plus two standard errors: the posterior is then local, and the estimate is the "
-    "lower rung's (where the plateau starts)."
-)
-
-
-def _rule_text(rule: AutoRule) -> str:
-    return RULE_TEXT.format(
-        acc=rule.min_acceptance, rhat=rule.max_rhat, se=rule.max_rel_se, factor=rule.factor, agree=rule.agree
-    )
-
-
 def run_llc(cfg: LLCConfig) -> RunResult:
+    if cfg.model is not None:
+        from unweave.slt.lm_command import run_model_llc
+
+        return run_model_llc(cfg)
     device = distributed.start(cfg.device.torch_device)  # under torchrun: chains spread over the ranks
     target = resolve(cfg.target, cfg.checkpoint, cfg.batch_size).to(device, cfg.device.torch_dtype)
     run = Run(cfg.out, "llc", cfg, inputs=[cfg.target])
@@ -137,7 +155,7 @@ def _choose(cfg: LLCConfig, target: Target, report: Report) -> AutoLLC:
     model = target.checkpoints[-1][1]
     auto = auto_llc(model, target.loss_fn, target.loader, rule, cfg.params, cfg.sgld.nbeta, cfg.sgld)
     section = report.section("How the settings were chosen")
-    section.text(_rule_text(rule)).text(f"Conclusion: {auto.message}.")
+    section.text(rule_text(rule)).text(f"Conclusion: {auto.message}.")
     section.figure(plots.ladder(auto)).table([r.row() for r in auto.rungs])
     return auto
 

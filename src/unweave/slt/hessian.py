@@ -149,3 +149,28 @@ def _lanczos(hvp: Callable[[torch.Tensor], torch.Tensor], d: int, steps: int, ge
         off = torch.stack(betas[: len(alphas) - 1])
         t += torch.diag(off, 1) + torch.diag(off, -1)
     return t
+
+
+def gradient_noise(
+    model: torch.nn.Module,
+    loss_fn: LossFn,
+    loader: Iterable,
+    params: str | Iterable[str] | None = None,
+    batches: int = 16,
+) -> float:
+    """The largest variance of a minibatch gradient along any direction at w*: the top eigenvalue
+    of the covariance of the loader's batch-mean gradients, from its first `batches` batches
+    (its batch size, its order). SGLD with minibatches adds (eps/2)^2 n_beta^2 times this to the
+    eps of injected noise along that direction, heating the chains there."""
+    names = select_parameters(model, params)
+    grads = []
+    for x, y in loader:
+        f, w0 = _flat_loss(model, loss_fn, names, x, y)
+        grads.append(grad(f)(w0).detach().double().cpu())
+        if len(grads) == batches:
+            break
+    if len(grads) < 2:
+        return 0.0
+    g = torch.stack(grads)
+    centred = (g - g.mean(0)) / (len(grads) - 1) ** 0.5
+    return torch.linalg.svdvals(centred)[0].item() ** 2

@@ -76,6 +76,17 @@ def mean_loss(model: torch.nn.Module, loss_fn: LossFn, loader: Iterable) -> floa
     return total / count
 
 
+def finite_loss(model: torch.nn.Module, loss_fn: LossFn, loader: Iterable) -> float:
+    """L_n at the trained weights; an LLCError when it is not finite."""
+    loss = mean_loss(model, loss_fn, loader)
+    if not math.isfinite(loss):
+        raise LLCError(
+            f"the loss at the trained weights is {loss}: the LLC is only defined at a point where the loss is finite "
+            "(check the model, the data and the loss function; float16 weights can overflow: try --dtype float32)"
+        )
+    return loss
+
+
 def _my_chains(chains: int) -> list[int]:
     """This process's chains: all of them, or under torchrun rank r's r, r + N, ..."""
     me = distributed.world()
@@ -132,12 +143,7 @@ def estimate_llc(
         raise LLCError("the data loader is empty: it yielded no batch")
     if n < 2:
         raise LLCError(f"the data loader holds {n} example; the LLC needs at least 2")
-    init_loss = mean_loss(model, loss_fn, loader)
-    if not math.isfinite(init_loss):
-        raise LLCError(
-            f"the loss at the trained weights is {init_loss}: the LLC is only defined at a point "
-            "where the loss is finite (check the model, the data and the loss function)"
-        )
+    init_loss = finite_loss(model, loss_fn, loader)
     nbeta = cfg.resolved_nbeta(n)
     n_params = sum(p.numel() for name, p in model.named_parameters() if name in names)
     ids = _my_chains(cfg.chains)

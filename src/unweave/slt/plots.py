@@ -69,3 +69,25 @@ def trajectory(points: list[tuple[int, LLCResult, str]], history: list[dict] | N
     fig.update_yaxes(title_text="local learning coefficient", secondary_y=False)
     fig.update_layout(title="LLC over training, beside train/test loss", xaxis_title="step", height=420)
     return fig
+
+
+def per_unit(rows: list[dict], per: str) -> go.Figure:
+    """The LLC of each unit (layer or head) with its standard error; induction heads and
+    unhealthy units marked."""
+    colours = ["#d62728" if r.get("induction head") else "#1f77b4" for r in rows]
+    fig = go.Figure()
+    fig.add_bar(
+        x=[r["unit"] for r in rows],
+        y=[r["LLC"] for r in rows],
+        error_y={"type": "data", "array": [r["std. err."] for r in rows]},
+        marker={"color": colours, "pattern": {"shape": ["" if r["healthy"] else "x" for r in rows]}},
+        text=[("induction head" if r.get("induction head") else "") for r in rows],
+        name="LLC",
+    )
+    fig.update_layout(
+        title=f"LLC per {per}" + (" (red: induction heads; hatched: not healthy)" if per == "head" else ""),
+        xaxis_title=per,
+        yaxis_title="local learning coefficient",
+        height=420,
+    )
+    return fig

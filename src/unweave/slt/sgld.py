@@ -51,10 +51,10 @@ class SGLDConfig:
     vectorize: bool | str = setting("auto", "vmap over chains (True), a loop (False) or 'auto'.", cli=False)
 
     def __post_init__(self):
-        if not 0 < self.epsilon < 1:
+        if not 0 < self.epsilon < math.inf:
             raise LLCError(
-                f"SGLDConfig.epsilon must be between 0 and 1, got {self.epsilon}: steps of 1e-6 to 1e-3 are usual, "
-                "or let the rule choose (--settings auto)"
+                f"SGLDConfig.epsilon must be a positive step size, got {self.epsilon}: steps of 1e-6 to 1e-3 are "
+                "usual, or let the rule choose (--settings auto)"
             )
         if not self.localization >= 0:
             raise LLCError(f"SGLDConfig.localization must be >= 0, got {self.localization}")
