@@ -47,7 +47,7 @@ from unweave.configs import setting
 from unweave.slt.diagnostics import burn_in_cut
 from unweave.slt.hessian import curvature_scale, gradient_noise
 from unweave.slt.llc import LLCResult, dataset_size, estimate_llc, finite_loss
-from unweave.slt.sgld import LLCError, LossFn, SGLDConfig
+from unweave.slt.sgld import LLCError, LossFn, SGLDConfig, batches_per_pass
 
 
 @dataclass(frozen=True)
@@ -190,7 +190,7 @@ def run_rung(
             f"the loss has no measurable curvature near the trained weights (stiffest {curvature}): "
             "the LLC cannot be localised; check that the parameters sampled affect the loss"
         )
-    minibatch = _batches(loader) > 1
+    minibatch = batches_per_pass(loader) > 1
     pilot_loader = _one_batch(loader) if minibatch else loader
     gamma = rule.ratio * nbeta * curvature
     limit = 1 / (nbeta * curvature + gamma)  # the stiffest direction's scale for epsilon
@@ -279,14 +279,6 @@ def noise_limit(
     injected noise: eps <= 4 share / (n_beta^2 s^2)."""
     s2 = gradient_noise(model, loss_fn, loader, params)
     return 4 * share / (nbeta**2 * s2) if s2 > 0 else math.inf
-
-
-def _batches(loader: Iterable) -> int:
-    """How many batches one pass over `loader` gives (2 when it cannot say: treat as minibatches)."""
-    try:
-        return len(loader)  # type: ignore[arg-type]
-    except TypeError:
-        return 2
 
 
 def _one_batch(loader: Iterable) -> DataLoader:

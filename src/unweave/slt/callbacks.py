@@ -25,6 +25,7 @@ class StepState:
     G: dict[str, torch.Tensor | None]  # the update rule's preconditioner (None: the identity)
     log_target: torch.Tensor  # (chains,) float64 log p(w) up to a constant
     epsilon: float  # the step size the update rule will use
+    recorded: torch.Tensor | None = None  # (chains,) what the loss trace records, when not `loss` (see run_chains)
 
 
 class Callback(Protocol):
@@ -58,7 +59,8 @@ class LossTrace:
     def __call__(self, state: StepState) -> None:
         """Record this step's losses if it is a draw."""
         if state.step >= self.burn_in:
-            self.losses[:, state.step - self.burn_in] = state.loss.double().cpu()
+            loss = state.loss if state.recorded is None else state.recorded
+            self.losses[:, state.step - self.burn_in] = loss.double().cpu()
 
 
 class MALAAcceptance:

@@ -103,7 +103,7 @@ def _all_chains(trace: Trace, ids: list[int], chains: int) -> Trace:
     acceptance = torch.empty(chains, dtype=trace.acceptance.dtype)
     for rank_ids, rank_losses, rank_acceptance in distributed.gather_objects((ids, trace.losses, trace.acceptance)):
         losses[rank_ids], acceptance[rank_ids] = rank_losses, rank_acceptance
-    return Trace(losses, acceptance, trace.vectorized)
+    return Trace(losses, acceptance, trace.vectorized, trace.relative)
 
 
 def _flattened(excess: torch.Tensor) -> bool:
@@ -153,7 +153,8 @@ def estimate_llc(
     finally:
         task.close()
     trace = _all_chains(trace, ids, cfg.chains)
-    result = summarize(trace.losses, trace.acceptance, init_loss, nbeta, n, n_params, cfg.to_dict())
+    losses = trace.losses + init_loss if trace.relative else trace.losses  # L_b(w) - L_b(w*) + L_n(w*)
+    result = summarize(losses, trace.acceptance, init_loss, nbeta, n, n_params, cfg.to_dict())
     for note in result.warnings:
         warnings.warn(note, stacklevel=2)
     return result

@@ -18,6 +18,7 @@ from unweave.slt import plots
 from unweave.slt.auto import AutoLLC, auto_llc, judge, rule_text
 from unweave.slt.language import TextData, Unit, induction_heads, next_token_loss, text_data, units
 from unweave.slt.llc import LLCResult, estimate_llc
+from unweave.slt.sgld import batches_per_pass
 from unweave.text import describe, input_files
 
 if TYPE_CHECKING:
@@ -110,7 +111,7 @@ def _measure(cfg: LLCConfig, unit: Unit, loader: DataLoader, n: int) -> tuple[Au
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # judged below
         raw = estimate_llc(unit.model, next_token_loss, loader, cfg.sgld, params=unit.params, n=n)
-    result, why = judge(raw, cfg.rule, minibatch=len(loader) > 1)
+    result, why = judge(raw, cfg.rule, minibatch=batches_per_pass(loader) > 1)
     return why, result
 
 

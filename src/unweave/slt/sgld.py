@@ -28,7 +28,16 @@ from unweave.slt.callbacks import Callback, Divergence, LossTrace, MALAAcceptanc
 from unweave.slt.gradients import Batch, ChainGradients, LossFn
 from unweave.slt.updates import LocalPosterior, UpdateRule, update_rule
 
-__all__ = ["ChainBatches", "LLCError", "LossFn", "SGLDConfig", "Trace", "run_chains", "select_parameters"]
+__all__ = [
+    "ChainBatches",
+    "LLCError",
+    "LossFn",
+    "SGLDConfig",
+    "Trace",
+    "batches_per_pass",
+    "run_chains",
+    "select_parameters",
+]
 
 
 class LLCError(ValueError):
@@ -164,6 +173,8 @@ class Trace:
     losses: torch.Tensor  # (chains, draws) batch loss at each draw; NaN from a divergence on
     acceptance: torch.Tensor  # (chains,) mean MALA acceptance probability
     vectorized: bool
+    # True: `losses` are L_b(w) - L_b(w*), each batch's loss less its own loss at w* (minibatches)
+    relative: bool = False
 
 
 def next_batches(batches: list[ChainBatches]) -> tuple[Batch, Batch, bool]:
@@ -182,6 +193,20 @@ def _noise(gens: list[torch.Generator], like: torch.Tensor) -> torch.Tensor:
     # drawn on the CPU and moved: chain c's noise is the same numbers on every device
     noise = torch.stack([torch.randn(like.shape[1:], generator=g, dtype=like.dtype) for g in gens])
     return noise.to(like.device)
+
+
+def batches_per_pass(loader: Iterable) -> int:
+    """How many batches one pass over `loader` gives (2 when it cannot say: treat as minibatches)."""
+    try:
+        return len(loader)  # type: ignore[arg-type]
+    except TypeError:
+        return 2
+
+
+def _loss_at_w_star(model: torch.nn.Module, loss_fn: LossFn, x: Batch, y: Batch) -> torch.Tensor:
+    """(chains,) each chain's batch loss at the trained weights (the model's own parameters)."""
+    with torch.no_grad():
+        return torch.stack([loss_fn(model(x[c]), y[c]).detach() for c in range(len(x))])
 
 
 def _ticker(on_step: Callable[[], object]) -> Callback:
@@ -222,12 +247,19 @@ def run_chains(
     grads = ChainGradients(model, loss_fn, cfg.vectorize)
     trace, mala = LossTrace(len(ids), cfg.draws, cfg.burn_in), MALAAcceptance(len(ids))
     steps = [Divergence(), trace, mala, *callbacks] + ([_ticker(on_step)] if on_step is not None else [])
+    relative = batches_per_pass(loader) > 1
     for step in range(cfg.burn_in + cfg.draws):
-        loss, g = grads(w, *next_batches(batches))
+        x, y, shared = next_batches(batches)
+        loss, g = grads(w, x, y, shared)
+        # with minibatches the trace records L_b(w) - L_b(w*): a control variate with the same mean
+        # as L_b(w) - L_n(w*) that drops the batch-to-batch spread of the loss (n_beta times it
+        # would otherwise swamp the estimate; one forward pass per chain at w*, no backward)
+        recorded = loss - _loss_at_w_star(model, loss_fn, x, y) if relative else None
         drift = posterior.drift(g, w)
         G = {n: rule.preconditioner(n, drift[n]) for n in names}
-        state = StepState(step, loss, w, drift, G, posterior.log_density(loss.double(), w), rule.epsilon)
+        log_target = posterior.log_density(loss.double(), w)
+        state = StepState(step, loss, w, drift, G, log_target, rule.epsilon, recorded)
         if any(callback(state) for callback in steps):  # the first True stops every chain
             break
         w = {n: rule.step(w[n], drift[n], G[n], _noise(gens, w[n])) for n in names}
-    return Trace(trace.losses, mala.acceptance, grads.vectorized)
+    return Trace(trace.losses, mala.acceptance, grads.vectorized, relative)
