@@ -131,7 +131,7 @@ def test_a_regular_block_at_its_minimum_has_half_its_size(tiny_model_dir, tmp_pa
 @pytest.mark.slow
 def test_the_rule_recovers_a_regular_block_with_minibatches(tiny_model_dir, tmp_path):
     """The same closed form through the rule with minibatches of 8 rows (the gradient-noise cap
-    on epsilon at work; without it the estimate grows with n*beta). About 9 minutes on 2 cores."""
+    on epsilon at work; without it the estimate grows with n*beta). About 20 minutes on 2 cores."""
     _trained_norm(tiny_model_dir("llama"), tmp_path / "lm", tokens=2048)
     args = ["llc", "--model", str(tmp_path / "lm"), "--params", "model.norm", "--tokens", "2048"]
     result = runner.invoke(app, [*args, "--out", str(tmp_path / "run")])

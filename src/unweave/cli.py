@@ -160,7 +160,8 @@ COMMANDS = [
         run_llc,
         "Estimate the local learning coefficient (an effective parameter count) by SGLD, with diagnostics.",
         "Examples: unweave llc runs/demo/modadd --checkpoint all --out runs/llc;  "
-        "unweave llc rrr:5,3,5:1;  unweave llc rrr:5,3,5:1 --settings fixed --nbeta 10000 --epsilon 1e-5",
+        "unweave llc rrr:5,3,5:1;  unweave llc rrr:5,3,5:1 --settings fixed --nbeta 10000 --epsilon 1e-5;  "
+        "unweave llc --model smollm2-135m --per head --params model.layers.17",
     ),
     (
         app,
