@@ -41,8 +41,12 @@ def _ddp_worker(rank: int, port: int, out: str) -> None:
         train_many(saes, iter(_batches(rank)), TrainConfig(STEPS, lr=3e-3, warmup=5, max_norm_ratio=None))
         if rank == 0:
             torch.save([s.state_dict() for s in saes], out)
+        dist.barrier()
     finally:
         dist.destroy_process_group()
+    # leave without running interpreter teardown: gloo's threads have aborted it now and then
+    # ("terminate called without an active exception", SIGABRT) after the work was done and saved
+    os._exit(0)
 
 
 def _free_port() -> int:
