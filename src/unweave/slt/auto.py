@@ -178,9 +178,12 @@ def run_rung(
     base: SGLDConfig | None = None,
     epsilon_scale: float = 1.0,
     n: int | None = None,
+    gradient_variance: float | None = None,
 ) -> Rung:
     """One n_beta: gamma and the step size from the curvature there, the step halved on short
-    pilots until MALA acceptance is in range, then runs doubled until the traces are healthy."""
+    pilots until MALA acceptance is in range, then runs doubled until the traces are healthy.
+    `gradient_variance`: `hessian.gradient_noise` of the loader at w* (it does not depend on
+    n_beta: pass it to reuse it across rungs; measured here when None and the loader has minibatches)."""
     base = base or SGLDConfig()
     if base.chains < 2:
         raise LLCError(f"the rule compares chains (R-hat): run at least 2, got {base.chains}")
@@ -196,7 +199,9 @@ def run_rung(
     limit = 1 / (nbeta * curvature + gamma)  # the stiffest direction's scale for epsilon
     eps = rule.step * limit
     if minibatch:  # and small enough that the batches' gradient noise does not heat the chains
-        eps = min(eps, noise_limit(model, loss_fn, loader, nbeta, rule.max_gradient_noise, params))
+        if gradient_variance is None:
+            gradient_variance = gradient_noise(model, loss_fn, loader, params)
+        eps = min(eps, noise_limit(gradient_variance, nbeta, rule.max_gradient_noise))
     floor = eps / 1000  # halving stops here: a rung needing smaller steps is not healthy
 
     def sample(steps: int, data: Iterable = loader) -> LLCResult | None:
@@ -225,22 +230,22 @@ def run_rung(
     while True:
         raw = sample(steps)
         unstable = raw is None or bool(raw.diverged_chains)
-        unstable = unstable or (not minibatch and raw.mala_acceptance < rule.min_acceptance)
+        unstable = unstable or (not raw.minibatch and raw.mala_acceptance < rule.min_acceptance)
         if unstable and eps / 2 >= floor:
             eps, steps = eps / 2, rule.first_steps  # the chains spread to stiffer ground than the pilot saw
             continue
         if raw is None:
             return Rung(nbeta, gamma, eps, steps, None, False, "every chain diverged", curvature, accepted)
-        result, reason = judge(raw, rule, minibatch)
+        result, reason = judge(raw, rule)
         if not reason or steps * 2 > rule.max_steps:
             return Rung(nbeta, gamma, eps, steps, result, not reason, reason, curvature, accepted)
         steps *= 2
 
 
-def judge(raw: LLCResult, rule: AutoRule, minibatch: bool = False) -> tuple[LLCResult, str]:
+def judge(raw: LLCResult, rule: AutoRule) -> tuple[LLCResult, str]:
     """Burn-in judged from the traces (MSER), then the health of what is kept: the result
-    averaged after the cut, and why it is not healthy ("" when it is). With `minibatch` the
-    acceptance is not judged (it compares different batches' losses; see the module docstring)."""
+    averaged after the cut, and why it is not healthy ("" when it is). A run on minibatches is
+    not judged on acceptance (it compares different batches' losses; see the module docstring)."""
     steps = len(raw.loss_trace[0])
     excess = (torch.tensor(raw.loss_trace, dtype=torch.float64) - raw.init_loss) * raw.nbeta
     cut = burn_in_cut(excess[[c for c in range(len(excess)) if c not in raw.diverged_chains]])
@@ -249,7 +254,7 @@ def judge(raw: LLCResult, rule: AutoRule, minibatch: bool = False) -> tuple[LLCR
         ("chains diverged", bool(result.diverged_chains)),
         (
             f"MALA acceptance {result.mala_acceptance:.2f}",
-            not minibatch and result.mala_acceptance < rule.min_acceptance,
+            not result.minibatch and result.mala_acceptance < rule.min_acceptance,
         ),
         (
             "the loss fell below L(w*): w* is not a local minimum (train it further; the LLC is defined at a minimum)",
@@ -266,18 +271,11 @@ def judge(raw: LLCResult, rule: AutoRule, minibatch: bool = False) -> tuple[LLCR
     return result, ", ".join(text for text, bad in problems if bad)
 
 
-def noise_limit(
-    model: torch.nn.Module,
-    loss_fn: LossFn,
-    loader: Iterable,
-    nbeta: float,
-    share: float,
-    params: str | Sequence[str] | None = None,
-) -> float:
+def noise_limit(gradient_variance: float, nbeta: float, share: float) -> float:
     """The largest epsilon at which minibatch gradient noise, (eps/2)^2 n_beta^2 s^2 along the
-    noisiest direction (variance s^2, `hessian.gradient_noise`), is at most `share` of the eps of
-    injected noise: eps <= 4 share / (n_beta^2 s^2)."""
-    s2 = gradient_noise(model, loss_fn, loader, params)
+    noisiest direction (variance s^2 = `gradient_variance`, `hessian.gradient_noise`), is at most
+    `share` of the eps of injected noise: eps <= 4 share / (n_beta^2 s^2)."""
+    s2 = gradient_variance
     return 4 * share / (nbeta**2 * s2) if s2 > 0 else math.inf
 
 
@@ -314,14 +312,18 @@ def auto_llc(
     rule = rule or AutoRule()
     n = n or dataset_size(loader)
     finite_loss(model, loss_fn, loader)  # a NaN loss is its own error, not "no curvature"
+    # the batches' gradient variance at w* does not depend on n_beta: measured once for every rung
+    variance = gradient_noise(model, loss_fn, loader, params) if batches_per_pass(loader) > 1 else None
     first = nbeta if nbeta is not None else n / math.log(n)
     rungs: list[Rung] = []
     for k in progress.track(range(rule.rungs), "n*beta ladder"):
         nb = first * rule.factor**k
-        rung = run_rung(model, loss_fn, loader, nb, rule, params, base, n=n)
+        rung = run_rung(model, loss_fn, loader, nb, rule, params, base, n=n, gradient_variance=variance)
         rungs.append(rung)
         if rule.step_check and rung.healthy:
-            rungs.append(run_rung(model, loss_fn, loader, nb, rule, params, base, epsilon_scale=1 / 3, n=n))
+            rungs.append(
+                run_rung(model, loss_fn, loader, nb, rule, params, base, 1 / 3, n=n, gradient_variance=variance)
+            )
         pair = _plateau(rungs, rule)
         if pair is not None:
             return _conclude(pair, rungs, rule)

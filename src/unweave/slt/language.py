@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from unweave.anatomy import Anatomy, anatomy
 from unweave.slt.restrict import Restricted, Slice
-from unweave.slt.sgld import LLCError, select_parameters
+from unweave.slt.sgld import LLCError, parameter_count, select_parameters
 from unweave.text import TextConfig, TextError, token_rows
 
 
@@ -70,8 +70,7 @@ class Unit:
 
     @property
     def n_params(self) -> int:
-        names = set(select_parameters(self.model, self.params))
-        return sum(p.numel() for n, p in self.model.named_parameters() if n in names)
+        return parameter_count(self.model, select_parameters(self.model, self.params))
 
 
 def _prefixes(params: str | None) -> list[str] | None:

@@ -18,7 +18,7 @@ import torch
 
 from unweave import distributed, progress
 from unweave.slt.diagnostics import split_rhat
-from unweave.slt.sgld import LLCError, LossFn, SGLDConfig, Trace, run_chains, select_parameters
+from unweave.slt.sgld import LLCError, LossFn, SGLDConfig, Trace, parameter_count, run_chains, select_parameters
 
 
 @dataclass
@@ -37,6 +37,9 @@ class LLCResult:
     rhat: float = float("nan")  # split R-hat of n_beta * excess loss over the kept draws
     burn_in_judged: int = 0  # recorded draws dropped from the front of loss_trace before averaging
     acceptance_per_chain: list[float] = field(default_factory=list)
+    # sampled on minibatches: loss_trace holds L_b(w) - L_b(w*) + L_n(w*), and the MALA acceptance
+    # compares two batches' losses (so the rule does not judge it)
+    minibatch: bool = False
     warnings: list[str] = field(default_factory=list)
     config: dict = field(default_factory=dict)
 
@@ -54,6 +57,7 @@ class LLCResult:
             self.n_params,
             self.config,
             burn_in,
+            self.minibatch,
         )
 
 
@@ -145,7 +149,7 @@ def estimate_llc(
         raise LLCError(f"the data loader holds {n} example; the LLC needs at least 2")
     init_loss = finite_loss(model, loss_fn, loader)
     nbeta = cfg.resolved_nbeta(n)
-    n_params = sum(p.numel() for name, p in model.named_parameters() if name in names)
+    n_params = parameter_count(model, names)
     ids = _my_chains(cfg.chains)
     task = progress.Task(f"SGLD, {len(ids)} of {cfg.chains} chains", total=cfg.burn_in + cfg.draws, unit="steps")
     try:
@@ -154,7 +158,7 @@ def estimate_llc(
         task.close()
     trace = _all_chains(trace, ids, cfg.chains)
     losses = trace.losses + init_loss if trace.relative else trace.losses  # L_b(w) - L_b(w*) + L_n(w*)
-    result = summarize(losses, trace.acceptance, init_loss, nbeta, n, n_params, cfg.to_dict())
+    result = summarize(losses, trace.acceptance, init_loss, nbeta, n, n_params, cfg.to_dict(), 0, trace.relative)
     for note in result.warnings:
         warnings.warn(note, stacklevel=2)
     return result
@@ -169,9 +173,11 @@ def summarize(
     n_params: int,
     config: dict,
     burn_in: int = 0,
+    minibatch: bool = False,
 ) -> LLCResult:
     """The LLC and its diagnostics from recorded draws `losses` (chains, draws), averaging over
-    draws from `burn_in` on. Raises LLCError when every chain diverged."""
+    draws from `burn_in` on; `minibatch`: the draws were taken on minibatches (see LLCResult).
+    Raises LLCError when every chain diverged."""
     chains = losses.shape[0]
     # a chain is lost if it went non-finite or its loss rose further than any LLC could explain:
     # at equilibrium n_beta * excess ~ lambda <= d/2, so an excess 1000x beyond d/n_beta is a blow-up
@@ -219,6 +225,7 @@ def summarize(
         rhat=split_rhat(kept) if len(good) > 1 else float("nan"),
         burn_in_judged=burn_in,
         acceptance_per_chain=acceptance.tolist(),
+        minibatch=minibatch,
         warnings=notes,
         config=config,
     )

@@ -12,13 +12,13 @@ import torch
 from torch.utils.data import DataLoader
 
 from unweave import distributed, progress
+from unweave.devices import loader_on
 from unweave.report import Report
 from unweave.runs import Run, RunResult
 from unweave.slt import plots
 from unweave.slt.auto import AutoLLC, auto_llc, judge, rule_text
-from unweave.slt.language import TextData, Unit, induction_heads, next_token_loss, text_data, units
+from unweave.slt.language import Unit, induction_heads, next_token_loss, text_data, units
 from unweave.slt.llc import LLCResult, estimate_llc
-from unweave.slt.sgld import batches_per_pass
 from unweave.text import describe, input_files
 
 if TYPE_CHECKING:
@@ -35,7 +35,7 @@ def run_model_llc(cfg: LLCConfig) -> RunResult:
     model, tokenizer = load_model(cfg.model, device=device, dtype=cfg.device.torch_dtype)
     model.config.use_cache = False  # no key-value cache: every call is one whole forward pass
     data = text_data(cfg.text, tokenizer, cfg.tokens, cfg.ctx_len, cfg.batch_size or DEFAULT_BATCH_ROWS, cfg.sgld.seed)
-    loader = _on(data, device)
+    loader = loader_on(data.loader, device)
     parts = units(model, cfg.per, cfg.params)
     induction, scores, why_no_induction = induction_heads(model, tokenizer) if cfg.per == "head" else ([], None, "")
     measured = [(unit, _measure(cfg, unit, loader, data.n)) for unit in progress.track(parts, "LLC per unit")]
@@ -96,12 +96,6 @@ def run_model_llc(cfg: LLCConfig) -> RunResult:
     return run.finish(record, report, [summary])
 
 
-def _on(data: TextData, device: torch.device) -> DataLoader:
-    from unweave.devices import loader_on
-
-    return loader_on(data.loader, device, None)
-
-
 def _measure(cfg: LLCConfig, unit: Unit, loader: DataLoader, n: int) -> tuple[AutoLLC | str, LLCResult | None]:
     """(how it was judged, the result): the rule's AutoLLC, or for fixed settings the reason the
     run is not healthy ("" when it is)."""
@@ -111,7 +105,7 @@ def _measure(cfg: LLCConfig, unit: Unit, loader: DataLoader, n: int) -> tuple[Au
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # judged below
         raw = estimate_llc(unit.model, next_token_loss, loader, cfg.sgld, params=unit.params, n=n)
-    result, why = judge(raw, cfg.rule, minibatch=batches_per_pass(loader) > 1)
+    result, why = judge(raw, cfg.rule)
     return why, result
 
 

@@ -35,6 +35,7 @@ __all__ = [
     "SGLDConfig",
     "Trace",
     "batches_per_pass",
+    "parameter_count",
     "run_chains",
     "select_parameters",
 ]
@@ -95,6 +96,12 @@ def select_parameters(model: torch.nn.Module, include: str | Iterable[str] | Non
             f"{', '.join(names[:12])}{' ...' if len(names) > 12 else ''}"
         )
     return chosen
+
+
+def parameter_count(model: torch.nn.Module, names: Iterable[str]) -> int:
+    """How many numbers the parameters `names` of `model` hold."""
+    names = set(names)
+    return sum(p.numel() for n, p in model.named_parameters() if n in names)
 
 
 class ChainBatches:

@@ -12,7 +12,7 @@ import torch
 from unweave import progress
 from unweave.slt.auto import AutoLLC, AutoRule, judge
 from unweave.slt.llc import LLCResult, estimate_llc
-from unweave.slt.sgld import LossFn, SGLDConfig, batches_per_pass
+from unweave.slt.sgld import LossFn, SGLDConfig
 
 
 def chosen_settings(auto: AutoLLC, base: SGLDConfig | None = None) -> SGLDConfig:
@@ -46,6 +46,6 @@ def llc_over_checkpoints(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # judged below, per checkpoint
             raw = estimate_llc(model, loss_fn, loader, config, params=params)
-        result, reason = judge(raw, rule, minibatch=batches_per_pass(loader) > 1)
+        result, reason = judge(raw, rule)
         out.append((step, result, reason))
     return out
