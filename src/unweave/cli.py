@@ -25,6 +25,7 @@ from unweave.distributed import world
 from unweave.features.command import FeaturesConfig, run_features
 from unweave.hypotheses.command import ScrubConfig, run_scrub
 from unweave.index import RunsConfig, run_runs
+from unweave.mdl.command import MDLConfig, run_mdl
 from unweave.runs import RunResult
 from unweave.sitemap import SitesConfig, run_sites
 from unweave.slt.command import LLCConfig, run_llc
@@ -206,6 +207,14 @@ COMMANDS = [
         run_runs,
         "One index page over every run folder under DIR: command, date, key figures, a link to each report.",
         "Example: unweave runs runs",
+    ),
+    (
+        app,
+        "mdl",
+        MDLConfig,
+        run_mdl,
+        "Bits of each description of (network, dataset) within a tolerance on its output, and the shortest.",
+        "Examples: unweave mdl tms:20,5 --out runs/mdl-tms;  unweave mdl runs/demo/modadd --out runs/mdl-modadd",
     ),
     (
         sae_app,

@@ -1,0 +1,199 @@
+"""The bases a description can use for the activations at a site, all with one interface.
+
+A basis sends its parameters once (`params`: tensors, quantised and entropy-coded; plus
+`spec_bits` for what names it, such as an analytic basis's frequencies) and per example a
+code (`encode`: (n, width), zero meaning inactive), from which `decode` rebuilds the
+activations. Only what the decoder needs is a parameter: a dictionary's encoder is how the
+sender finds the code, not part of the description.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from unweave.dictionaries.sae import SAE
+
+
+class Basis:
+    name: str = "basis"
+    width: int = 0
+    k: int | None = None  # latents per example the basis was built for (dictionaries)
+    binary: bool = False  # codes are 0/1: active or not, no values to send
+    codes_sent: bool = True  # False: the codes follow from each example's input by the basis's rule
+    spec_bits: float = 0.0  # bits naming the basis beyond its parameter tensors
+
+    def params(self) -> dict[str, torch.Tensor]:
+        return {}
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def decode(self, codes: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def label(self) -> str:
+        return self.name
+
+
+class Neurons(Basis):
+    """The standard basis: each coordinate of the activation is a unit."""
+
+    name = "neurons"
+
+    def __init__(self, d: int):
+        self.width = d
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def decode(self, codes: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        return codes
+
+
+class Linear(Basis):
+    """x ~ mean + codes @ directions, codes by least squares. `send_directions` False for an
+    analytic basis whose directions follow from `spec_bits` worth of choices."""
+
+    def __init__(
+        self,
+        name: str,
+        mean: torch.Tensor,
+        directions: torch.Tensor,
+        send_directions: bool = True,
+        spec_bits: float = 0.0,
+    ):
+        self.name, self.mean, self.directions = name, mean.double(), directions.double()
+        self.width, self.send_directions, self.spec_bits = len(directions), send_directions, spec_bits
+        self._pinv = torch.linalg.pinv(self.directions)
+
+    def params(self) -> dict[str, torch.Tensor]:
+        out = {"mean": self.mean}
+        if self.send_directions:
+            out["directions"] = self.directions
+        return out
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.double() - self.mean) @ self._pinv
+
+    def decode(self, codes: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        directions = params.get("directions", self.directions)
+        return params["mean"] + codes.double() @ directions
+
+
+def pca(x: torch.Tensor, rank: int) -> Linear:
+    """The top `rank` principal directions of x (rows), with its mean."""
+    mean = x.double().mean(0)
+    _, _, vh = torch.linalg.svd(x.double() - mean, full_matrices=False)
+    return Linear("pca", mean, vh[:rank])
+
+
+class Analytic(Linear):
+    """An analytic basis: the code of each example is a stated function of its input (for
+    modular addition, cos and sin of w_k (a + b) at the key frequencies), so no code is sent;
+    the description is `spec_bits` naming the functions plus one direction per function
+    (least squares on the activations) and the mean, which are sent. `send_codes=True` makes
+    it an ordinary basis on those directions, codes by least squares, sent like PCA's."""
+
+    def __init__(self, name: str, functions: torch.Tensor, x: torch.Tensor, spec_bits: float, send_codes: bool = False):
+        functions = functions.double()
+        mean = x.double().mean(0)
+        directions = torch.linalg.lstsq(functions, x.double() - mean).solution
+        super().__init__(name, mean, directions, send_directions=True, spec_bits=spec_bits)
+        self.functions, self.codes_sent = functions, send_codes
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        if self.codes_sent:
+            return super().encode(x)
+        if len(x) != len(self.functions):
+            raise ValueError(f"this analytic basis has codes for {len(self.functions)} examples, got {len(x)}")
+        return self.functions
+
+
+CODES = ("encoder", "pursuit")
+
+
+class Dictionary(Basis):
+    """A trained SAE (or transcoder without skip): the decoder sends W_dec and b_dec; the
+    codes are its encoder's latents, or with `codes="pursuit"` the sparse code that
+    non-negative orthogonal matching pursuit finds for the decoder (the encoder is not part
+    of the description, so any way of finding a code is fair; an SAE's linear encoder
+    misses features that share an example when they are superposed)."""
+
+    def __init__(self, sae: SAE, name: str | None = None, codes: str = "encoder"):
+        if sae.cfg.skip:
+            raise ValueError("a transcoder with a skip connection needs its input to decode; use one without --skip")
+        if codes not in CODES:
+            raise ValueError(f"codes must be one of {CODES}, got {codes!r}")
+        self.sae, self.width, self.codes = sae, sae.cfg.n_latents, codes
+        self.k = sae.cfg.k if sae.cfg.architecture in ("topk", "batchtopk") else None
+        self.name = name or f"{sae.cfg.kind}-{sae.cfg.architecture}"
+
+    def params(self) -> dict[str, torch.Tensor]:
+        return {"W_dec": self.sae.W_dec.detach(), "b_dec": self.sae.b_dec.detach()}
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        if self.codes == "pursuit":
+            return pursuit(x.double() - self.sae.b_dec.double(), self.sae.W_dec.detach().double())
+        return self.sae.encode(x.to(self.sae.W_dec.dtype))
+
+    def decode(self, codes: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        return codes.to(params["W_dec"].dtype) @ params["W_dec"] + params["b_dec"]
+
+
+class LookupTable(Basis):
+    """One latent per example of the dataset (the degenerate dictionary): the parameters are
+    the examples' activations themselves, each code says which row."""
+
+    name = "lookup table"
+    binary = True
+
+    def __init__(self, x: torch.Tensor):
+        self.rows, self.width = x, len(x)
+
+    def params(self) -> dict[str, torch.Tensor]:
+        return {"rows": self.rows}
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape != self.rows.shape or not torch.equal(x, self.rows):
+            raise ValueError("a lookup table describes exactly the dataset it was built from")
+        return torch.eye(len(x), dtype=x.dtype)
+
+    def decode(self, codes: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        return codes @ params["rows"]
+
+
+@torch.no_grad()
+def pursuit(x: torch.Tensor, atoms: torch.Tensor, steps: int | None = None) -> torch.Tensor:
+    """Non-negative orthogonal matching pursuit: for every row of x, add the atom (row of
+    `atoms`) most positively correlated with the residual, refit the values on the chosen
+    atoms by least squares, drop atoms whose value turns negative; `steps` (default the
+    dimension) times or until nothing correlates positively. Returns (n, n_atoms) codes."""
+    n, d = x.shape
+    steps = steps or d
+    codes = torch.zeros(n, len(atoms), dtype=x.dtype)
+    chosen = torch.zeros(n, len(atoms), dtype=torch.bool)
+    residual = x.clone()
+    for _ in range(steps):
+        corr = (residual @ atoms.T).masked_fill(chosen, -torch.inf)
+        best, index = corr.max(1)
+        grow = best > 1e-12 * x.norm(dim=1).clamp(min=1e-30)
+        if not grow.any():
+            break
+        chosen[grow.nonzero().squeeze(1), index[grow]] = True
+        codes = _refit(x, atoms, chosen)
+        chosen &= codes > 0
+        residual = x - codes @ atoms
+    return codes
+
+
+def _refit(x: torch.Tensor, atoms: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
+    """Least-squares values of each row on its chosen atoms, negative ones set to zero."""
+    # normal equations on the masked Gram matrix; unchosen atoms get an identity row, value 0
+    gram = atoms @ atoms.T
+    mask = chosen[:, :, None] & chosen[:, None, :]
+    eye = torch.eye(len(atoms), dtype=x.dtype)
+    system = torch.where(mask, gram, 0) + torch.where(chosen[:, :, None], 0, eye)
+    rhs = torch.where(chosen, x @ atoms.T, 0)
+    values = torch.linalg.solve(system + 1e-10 * eye, rhs)
+    return torch.where(chosen, values, 0).clamp(min=0)

@@ -1,0 +1,102 @@
+"""Code lengths, in bits, of the integer symbols a description sends.
+
+Every length here is that of a real prefix code a decoder could read back, not an entropy
+estimate: a two-part enumerative code (first the histogram, then which of the sequences
+with that histogram this one is). It is never shorter than the ideal `n * H(empirical)` by
+more than the histogram's own cost, and it pays for every distinct symbol it uses, so a
+wide dictionary or a fine quantisation step costs what it should.
+
+- `activity_bits`: which of n examples a unit is active on: the count (uniform over
+  0..n), then which subset, log2 C(n, count). Bernoulli per unit at its own frequency.
+- `sequence_bits`: a sequence of m integers: the range [lo, hi] (Elias gamma), the
+  histogram over it (a composition of m into hi - lo + 1 parts, log2 C(m + K - 1, K - 1)),
+  then the sequence given the histogram (log2 of the multinomial m! / prod c_j!).
+
+`SymbolCounts` accumulates per-unit histograms over batches, so bits over a store need
+memory for the distinct (unit, symbol) pairs, not for the dataset.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+LN2 = math.log(2)
+FLOAT_BITS = 32  # a step size or other real number sent as a float32
+
+
+def gamma_bits(n: torch.Tensor | int) -> torch.Tensor:
+    """Length of the Elias gamma code of integers n >= 1: 2 floor(log2 n) + 1."""
+    n = torch.as_tensor(n, dtype=torch.float64)
+    if (n < 1).any():
+        raise ValueError("Elias gamma codes integers >= 1")
+    return 2 * torch.floor(torch.log2(n)) + 1
+
+
+def signed_bits(z: torch.Tensor | int) -> torch.Tensor:
+    """Elias gamma of the zigzag map 0, -1, 1, -2, ... -> 1, 2, 3, 4, ..."""
+    z = torch.as_tensor(z, dtype=torch.float64)
+    return gamma_bits(torch.where(z >= 0, 2 * z, -2 * z - 1) + 1)
+
+
+def log2_binomial(n: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    n, k = torch.as_tensor(n, dtype=torch.float64), torch.as_tensor(k, dtype=torch.float64)
+    return (torch.lgamma(n + 1) - torch.lgamma(k + 1) - torch.lgamma(n - k + 1)) / LN2
+
+
+def activity_bits(counts: torch.Tensor, n: int) -> torch.Tensor:
+    """Bits to say on which of n examples each unit is active, given how many it is active on."""
+    counts = torch.as_tensor(counts, dtype=torch.float64)
+    return math.log2(n + 1) + log2_binomial(torch.full_like(counts, float(n)), counts)
+
+
+class SymbolCounts:
+    """Histograms of integer symbols, one per unit, merged batch by batch."""
+
+    def __init__(self, n_units: int):
+        self.n_units = n_units
+        self.keys = torch.zeros(0, 2, dtype=torch.long)  # (unit, symbol) pairs seen
+        self.counts = torch.zeros(0, dtype=torch.long)
+
+    def add(self, units: torch.Tensor, symbols: torch.Tensor) -> None:
+        """Count one occurrence of symbols[i] for units[i] (1-d tensors of equal length)."""
+        pairs = torch.stack([units.long().cpu(), symbols.long().cpu()], dim=1)
+        keys = torch.cat([self.keys, pairs])
+        counts = torch.cat([self.counts, torch.ones(len(pairs), dtype=torch.long)])
+        self.keys, inverse = torch.unique(keys, dim=0, return_inverse=True)
+        self.counts = torch.zeros(len(self.keys), dtype=torch.long).index_add_(0, inverse, counts)
+
+    def add_codes(self, codes: torch.Tensor) -> None:
+        """Count the nonzero symbols of an (n, units) integer code; zero means inactive."""
+        rows, units = codes.nonzero(as_tuple=True)
+        self.add(units, codes[rows, units])
+
+    def active(self) -> torch.Tensor:
+        """Per unit, how many symbols were counted."""
+        return torch.zeros(self.n_units, dtype=torch.long).index_add_(0, self.keys[:, 0], self.counts)
+
+    def bits(self) -> torch.Tensor:
+        """Per unit, `sequence_bits` of its symbols (0 for a unit with none)."""
+        unit, symbol = self.keys[:, 0], self.keys[:, 1].double()
+        m = self.active().double()
+        lo = torch.full((self.n_units,), math.inf, dtype=torch.float64).scatter_reduce(0, unit, symbol, "amin")
+        hi = torch.full((self.n_units,), -math.inf, dtype=torch.float64).scatter_reduce(0, unit, symbol, "amax")
+        used = m > 0
+        lo, hi = torch.where(used, lo, 0), torch.where(used, hi, 0)
+        k = hi - lo + 1
+        ln_perm = torch.zeros(self.n_units, dtype=torch.float64).index_add_(
+            0, unit, torch.lgamma(self.counts.double() + 1)
+        )
+        sequence = (torch.lgamma(m + 1) - ln_perm) / LN2
+        histogram = log2_binomial(m + k - 1, k - 1)
+        header = signed_bits(lo) + gamma_bits(k)
+        return torch.where(used, header + histogram + sequence, 0.0)
+
+
+def sequence_bits(symbols: torch.Tensor) -> float:
+    """Bits of one sequence of integers (every entry, zeros included): a parameter tensor."""
+    counts = SymbolCounts(1)
+    flat = symbols.flatten().long()
+    counts.add(torch.zeros_like(flat), flat)
+    return float(counts.bits().sum())

@@ -1,0 +1,169 @@
+"""Description length: every code length against an independent count, the quantisation
+search, pursuit on planted codes, and the known answers (a modular-addition model's Fourier
+description and program; the lookup table growing with the dataset)."""
+
+import itertools
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.special import comb, gammaln
+from scipy.stats import entropy
+from torch import nn
+from typer.testing import CliRunner
+
+from unweave.cli import app
+from unweave.mdl import coding
+from unweave.mdl.bases import LookupTable, Neurons, pursuit
+from unweave.mdl.describe import SiteData, describe
+from unweave.mdl.quantise import coarsest_delta
+
+
+def test_sequence_code_counts_every_sequence_with_the_histogram():
+    """The sequence part is log2 of the number of distinct orderings (counted by brute force);
+    the whole code is at least the ideal n*H of scipy and at most it plus the histogram."""
+    seq = torch.tensor([3, -1, 3, 0, 3, -1, 2])
+    orderings = len(set(itertools.permutations(seq.tolist())))
+    values, counts = np.unique(seq.numpy(), return_counts=True)
+    k = values.max() - values.min() + 1
+    histogram = math.log2(comb(len(seq) + k - 1, k - 1, exact=True))
+    header = float(coding.signed_bits(int(values.min())) + coding.gamma_bits(int(k)))
+    assert coding.sequence_bits(seq) == pytest.approx(math.log2(orderings) + histogram + header, rel=1e-9)
+    ideal = len(seq) * entropy(counts, base=2)
+    assert ideal - 1e-9 <= coding.sequence_bits(seq) <= ideal + histogram + header + 1e-9
+
+
+def test_per_unit_histograms_merge_across_batches_like_numpy():
+    gen = torch.Generator().manual_seed(0)
+    codes = (torch.randn(300, 6, generator=gen) * 3).round().long() * (torch.rand(300, 6, generator=gen) < 0.4)
+    counts = coding.SymbolCounts(6)
+    for batch in codes.split(64):
+        counts.add_codes(batch)
+    for unit in range(6):
+        nonzero = codes[:, unit][codes[:, unit] != 0].numpy()
+        _, c = np.unique(nonzero, return_counts=True)
+        lo, hi = nonzero.min(), nonzero.max()
+        k = hi - lo + 1
+        want = (
+            (gammaln(len(nonzero) + 1) - gammaln(c + 1).sum()) / math.log(2)
+            + math.log2(comb(len(nonzero) + k - 1, k - 1, exact=True))
+            + float(coding.signed_bits(int(lo)) + coding.gamma_bits(int(k)))
+        )
+        assert counts.bits()[unit].item() == pytest.approx(want, rel=1e-9)
+        assert counts.active()[unit].item() == len(nonzero)
+    # which examples: log2(n + 1) for the count, log2 C(n, c) for the subset
+    assert coding.activity_bits(torch.tensor([5]), 40).item() == pytest.approx(
+        math.log2(41) + math.log2(comb(40, 5, exact=True))
+    )
+
+
+def test_elias_gamma_lengths():
+    assert coding.gamma_bits(torch.tensor([1, 2, 3, 4, 8, 255])).tolist() == [1, 3, 3, 5, 7, 15]
+    assert coding.signed_bits(torch.tensor([0, -1, 1, -2])).tolist() == [1, 3, 3, 5]  # zigzag 1, 2, 3, 4
+
+
+def test_bisection_finds_the_boundary_of_a_monotone_distortion():
+    boundary = 0.0123
+    search = coarsest_delta(lambda d: d / boundary, 1.0)
+    assert search.met and boundary / 1.001 < search.delta <= boundary
+    assert search.evaluations < 25  # bisection, not a grid
+    assert not coarsest_delta(lambda d: 2.0, 1.0).met
+
+
+def test_pursuit_recovers_planted_sparse_codes():
+    """24 atoms in 16 dims, 2 active per example: greedy pursuit finds the planted support and
+    values on nearly every example (in heavier superposition greedy choices fail more often)."""
+    gen = torch.Generator().manual_seed(1)
+    atoms = torch.randn(24, 16, generator=gen, dtype=torch.float64)
+    atoms /= atoms.norm(dim=1, keepdim=True)
+    codes = torch.zeros(200, 24, dtype=torch.float64)
+    for i in range(200):
+        codes[i, torch.randperm(24, generator=gen)[:2]] = torch.rand(2, generator=gen, dtype=torch.float64) + 0.5
+    found = pursuit(codes @ atoms, atoms)
+    assert (found >= 0).all()
+    assert ((found - codes).abs().max(1).values < 1e-6).double().mean() > 0.9
+    assert ((found @ atoms - codes @ atoms).norm(dim=1) < 1e-6).double().mean() > 0.97
+
+
+class Doubler(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.site = nn.Identity()
+        self.out = nn.Linear(3, 4)
+
+    def forward(self, x):
+        return self.out(self.site(x * 2))
+
+
+def _data(n: int) -> SiteData:
+    torch.manual_seed(0)
+    return SiteData(Doubler(), torch.randn(n, 3), "site", lambda m, x: m(x), measure="kl")
+
+
+def test_neuron_bits_equal_an_independent_count_and_the_tolerance_holds():
+    data = _data(256)
+    row = describe(Neurons(3), data, 0.01)
+    assert row.meets_tolerance and row.kl <= 0.01 and row.param_bits == 0
+    step = row.delta * data.rows().double().pow(2).mean().sqrt().item()
+    sym = np.round(data.rows().double().numpy() / step).astype(np.int64)
+    index = value = 0.0
+    for unit in range(3):
+        col = sym[:, unit]
+        nz = col[col != 0]
+        index += math.log2(257) + math.log2(comb(256, len(nz), exact=True))
+        _, c = np.unique(nz, return_counts=True)
+        k = nz.max() - nz.min() + 1
+        value += (
+            (gammaln(len(nz) + 1) - gammaln(c + 1).sum()) / math.log(2)
+            + math.log2(comb(len(nz) + k - 1, k - 1, exact=True))
+            + float(coding.signed_bits(int(nz.min())) + coding.gamma_bits(int(k)))
+        )
+    assert row.index_bits == pytest.approx(index, rel=1e-9)
+    assert row.value_bits == pytest.approx(value + coding.FLOAT_BITS, rel=1e-9)
+
+
+def test_the_lookup_table_costs_more_than_neurons_and_grows_with_the_dataset():
+    small, large = _data(128), _data(256)
+    rows = {n: describe(LookupTable(d.rows()), d, 0.01) for n, d in ((128, small), (256, large))}
+    assert rows[256].total_bits > 1.9 * rows[128].total_bits
+    assert rows[256].total_bits > describe(Neurons(3), large, 0.01).total_bits
+
+
+def test_mdl_on_a_modular_addition_run(tmp_path, small_modadd):
+    """p = 31 (the demo uses 59): the Fourier description is the shortest, shorter than neurons
+    and every PCA rank; the Fourier program is over 100x shorter than the quantised weights."""
+    out = tmp_path / "mdl"
+    result = CliRunner().invoke(app, ["mdl", str(small_modadd.dir), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    data = json.loads((out / "mdl.json").read_text())
+    assert data["tolerance"] == 0.05 and data["measure"] == "kl"
+    rows = {r["basis"]: r for r in data["rows"] if r["basis"] != "pca"}
+    pcas = [r["total_bits"] for r in data["rows"] if r["basis"] == "pca" and r["total_bits"]]
+    fourier = rows["fourier (codes from a+b)"]
+    assert data["best"]["basis"] == "fourier (codes from a+b)"
+    assert fourier["total_bits"] < min(pcas) and fourier["total_bits"] < rows["neurons"]["total_bits"]
+    assert rows["lookup table"]["total_bits"] > rows["neurons"]["total_bits"]
+    for r in data["rows"]:
+        if r["total_bits"] is not None:
+            assert r["kl"] <= 0.05
+            assert r["total_bits"] == pytest.approx(r["param_bits"] + r["index_bits"] + r["value_bits"])
+    program, weights = data["program"], data["weights"]
+    assert program["meets_tolerance"] and program["accuracy"] == 1.0
+    assert weights["bits"] > 100 * program["bits"] and weights["raw_bits"] == 32 * weights["n_params"]
+    record = json.loads((out / "record.json").read_text())
+    assert record["command"] == "unweave mdl" and (out / "mdl.html").stat().st_size > 10_000
+
+
+def test_mdl_bad_input(tmp_path):
+    runner = CliRunner()
+    for args, message in (
+        (["nowhere"], "unknown mdl target 'nowhere'"),
+        (["tms:3"], "tms:N,M with integers"),
+        (["tms:2,5"], "1 <= M < N"),
+        (["tms:5,2", "--tolerance", "-1"], "--tolerance must be positive"),
+    ):
+        result = runner.invoke(app, ["mdl", *args, "--out", str(tmp_path / "x")])
+        assert result.exit_code != 0
+        assert message in str(result.exception), (args, result.exception)
