@@ -145,6 +145,7 @@ def test_demo_writes_its_run_folder(tmp_path):
     results = json.loads((tmp_path / "results.json").read_text())
     assert [p["step"] for p in results["llc"]] == [20, 40, 60]
     assert results["final"] == TrainedModAdd(tmp_path / "modadd").history[-1]
+    assert results["mdl"]["best"]["total_bits"] > 0 and results["mdl"]["weights"]["n_params"] > 0
 
 
 def run_main(monkeypatch, capsys, args):

@@ -167,3 +167,20 @@ def test_mdl_bad_input(tmp_path):
         result = runner.invoke(app, ["mdl", *args, "--out", str(tmp_path / "x")])
         assert result.exit_code != 0
         assert message in str(result.exception), (args, result.exception)
+
+
+def test_mdl_on_a_toy_model_of_superposition(tmp_path):
+    """5 features in 2 dims: the shortest description is the width-5 dictionary, which holds
+    the five feature directions; neurons and the lookup table cost more."""
+    out = tmp_path / "tms"
+    args = ["mdl", "tms:5,2", "--restarts", "2", "--examples", "2048", "--out", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    data = json.loads((out / "mdl.json").read_text())
+    assert data["measure"] == "output_fvu" and data["tolerance"] == 0.01
+    known = data["known_answer"]
+    assert known["represented_features"] == 5 and known["best_width"] == 5
+    assert known["mean_max_cosine"] >= 0.99 and known["recovered"]
+    by = {r["basis"]: r for r in data["rows"]}
+    assert by["lookup table"]["total_bits"] > by["neurons"]["total_bits"] > data["best"]["total_bits"]
+    assert sorted({r["width"] for r in data["rows"] if r["basis"].startswith("sae")}) == [3, 4, 5, 10, 20]

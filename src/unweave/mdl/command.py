@@ -14,12 +14,13 @@ from unweave.mdl.bases import Dictionary
 from unweave.mdl.describe import Row, describe, weight_bits
 from unweave.mdl.program import program_bits
 from unweave.mdl.targets import TARGETS, Target, resolve
-from unweave.report import Report
+from unweave.report import Report, Section
 from unweave.runs import Run, RunResult
 from unweave.zoo.modadd import answer_logits
 from unweave.zoo.superposition import mean_max_cosine
 
 DEFAULT_TOLERANCE = {"kl": 0.05, "output_fvu": 0.01}
+UNITS = {"kl": "nats of mean KL", "output_fvu": "output FVU"}
 
 
 @dataclass(frozen=True)
@@ -75,8 +76,18 @@ def known_answer(target: Target, rows: list[Row], best: Row) -> dict:
 def run_mdl(cfg: MDLConfig) -> RunResult:
     run = Run(cfg.out, "mdl", cfg, inputs=[cfg.target])
     target = resolve(cfg.target, cfg.examples, cfg.seed, cfg.restarts)
+    results, lines = description_lengths(target, cfg.tolerance)
+    report = Report(f"unweave mdl: description length of {target.name}")
+    add_sections(report, report.summary(), target, results, lines)
+    return run.finish(results, report, lines)
+
+
+def description_lengths(target: Target, tolerance: float | None = None) -> tuple[dict, list[str]]:
+    """Every description of the target within the tolerance (default by measure), the
+    shortest, the weights' bits and (modular addition) the Fourier program: results and
+    summary lines."""
     data = target.data
-    tolerance = cfg.tolerance if cfg.tolerance is not None else DEFAULT_TOLERANCE[data.measure]
+    tolerance = tolerance if tolerance is not None else DEFAULT_TOLERANCE[data.measure]
     rows = [describe(b, data, tolerance) for b in progress.track(target.bases, "descriptions at tolerance")]
     best = best_row(rows)
     weights = weight_bits(data, tolerance)
@@ -96,11 +107,11 @@ def run_mdl(cfg: MDLConfig) -> RunResult:
         "program": program.to_dict() if program else None,
         "known_answer": known,
     }
-    unit = "nats of mean KL" if data.measure == "kl" else "output FVU"
+    unit = UNITS[data.measure]
     lines = [
         f"shortest description: {best.basis} (width {best.width}) {best.total_bits:,.0f} bits "
         f"({best.bits_per_token:.3g} per example) within {tolerance:g} {unit}",
-        f"the network's weights at the same tolerance: "
+        "the network's weights at the same tolerance: "
         + (f"{weights.bits:,.0f} bits (raw float32: {weights.raw_bits:,})" if weights.bits else "tolerance not met"),
     ]
     if program:
@@ -118,13 +129,12 @@ def run_mdl(cfg: MDLConfig) -> RunResult:
             f"shortest width {best.width}; mean max cosine {known['mean_max_cosine'] or float('nan'):.4f} "
             f"({'recovered' if known['recovered'] else 'NOT recovered'})"
         )
-    return run.finish(results, _report(target, results, tolerance, unit, lines), lines)
+    return results, lines
 
 
-def _report(target: Target, results: dict, tolerance: float, unit: str, lines: list[str]) -> Report:
-    report = Report(f"unweave mdl: description length of {target.name}")
-    best, weights = results["best"], results["weights"]
-    summary = report.summary()
+def add_sections(report: Report, summary: Section, target: Target, results: dict, lines: list[str]) -> None:
+    """The headline and explanation into `summary`, the curve, split and tables as sections."""
+    best, weights, tolerance = results["best"], results["weights"], results["tolerance"]
     summary.headline(
         {
             "shortest description": f"{best['basis']} w={best['width']}",
@@ -135,17 +145,17 @@ def _report(target: Target, results: dict, tolerance: float, unit: str, lines: l
     for line in lines:
         summary.text(line, summary=True)
     summary.text(
-        f"{target.measure_note}. Every description keeps the network's output within {tolerance:g} {unit}. "
-        "Bits are exact code lengths: parameters and values quantised with one relative step (the coarsest "
-        "within the tolerance, by bisection), each tensor and each unit's values entropy-coded with a two-part "
-        "enumerative code (histogram, then the sequence), which units are active coded per unit at its own "
-        "frequency. A dictionary's encoder is not part of the description; an analytic basis whose codes follow "
-        "from the input sends none."
+        f"{target.measure_note}. Every description keeps the network's output within {tolerance:g} "
+        f"{UNITS[results['measure']]}. Bits are exact code lengths: parameters and values quantised with one "
+        "relative step (the coarsest within the tolerance, by bisection), each tensor and each unit's values "
+        "entropy-coded with a two-part enumerative code (histogram, then the sequence), which units are active "
+        "coded per unit at its own frequency. A dictionary's encoder is not part of the description; an analytic "
+        "basis whose codes follow from the input sends none."
     )
     rows = results["rows"]
-    report.section("Descriptions").figure(plots.mdl_curve(rows, weights["bits"], "Total bits against width")).figure(
-        plots.split_bars(rows, "Where the bits go")
-    ).table(
+    report.section("Description length: every description").figure(
+        plots.mdl_curve(rows, weights["bits"], "Total bits against width")
+    ).figure(plots.split_bars(rows, "Where the bits go")).table(
         [
             {
                 "basis": r["basis"],
@@ -164,7 +174,7 @@ def _report(target: Target, results: dict, tolerance: float, unit: str, lines: l
             for r in rows
         ]
     )
-    report.section("The network itself").table(
+    report.section("Description length: the network itself").table(
         [{"quantity": k, "value": v} for k, v in weights.items()]
         + (
             [{"quantity": f"program {k}", "value": v} for k, v in results["program"].items()]
@@ -172,4 +182,3 @@ def _report(target: Target, results: dict, tolerance: float, unit: str, lines: l
             else []
         )
     )
-    return report

@@ -137,18 +137,19 @@ def modadd_target(path: Path) -> Target:
         model, data_.tokens, "blocks.0.hook_resid_post", answer_logits, "kl", position=-1, labels=data_.labels
     )
     x = data.rows()
-    functions = sum_functions(data_.tokens, p, freqs)
-    spec = fourier_spec_bits(p, freqs)
-    bases: list[Basis] = [
-        Neurons(x.shape[1]),
-        LookupTable(x),
-        Analytic("fourier (codes from a+b)", functions, x, spec),
-        Analytic("fourier (codes sent)", functions, x, spec, send_codes=True),
-    ]
+    bases: list[Basis] = [Neurons(x.shape[1]), LookupTable(x)]
+    if freqs:  # a model that has not grokked may have no key frequencies: no Fourier description then
+        functions = sum_functions(data_.tokens, p, freqs)
+        spec = fourier_spec_bits(p, freqs)
+        bases += [
+            Analytic("fourier (codes from a+b)", functions, x, spec),
+            Analytic("fourier (codes sent)", functions, x, spec, send_codes=True),
+        ]
     bases += [pca(x, r) for r in PCA_RANKS if r <= x.shape[1]]
     note = (
         f"modular-addition transformer (p = {p}, key frequencies {freqs}); described: the residual stream at '=' "
         f"after the last block (blocks.0.hook_resid_post), {cfg.d_model} dims, all {p * p} pairs; distortion: "
         "mean KL of the answer distribution from the model's"
     )
-    return Target(str(path), data, bases, note, {"key_freqs": freqs}, modadd=(model, data_, p, freqs))
+    program = (model, data_, p, freqs) if freqs else None
+    return Target(str(path), data, bases, note, {"key_freqs": freqs}, modadd=program)
