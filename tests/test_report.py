@@ -79,7 +79,7 @@ def test_demo_report_renders_with_plots_and_no_errors(tmp_path):
     cfg = ModAddConfig(p=13, d_model=32, n_heads=2, d_mlp=64, steps=60, eval_every=10, checkpoint_every=20)
     result = run_demo(DemoConfig(out=tmp_path, modadd=cfg))
     n_plots, errors, page_errors = render(result.report)
-    assert n_plots == 4, "training curves, Fourier spectrum, progress measures, LLC trajectory"
+    assert n_plots == 6, "training curves, spectrum, progress measures, LLC trajectory, MDL curve, bit split"
     assert errors == [] and page_errors == []
     assert result.report.with_suffix(".png").stat().st_size > 10_000
 
