@@ -20,7 +20,7 @@ from torch.func import functional_call
 
 from unweave.mdl import coding
 from unweave.mdl.bases import Basis
-from unweave.mdl.quantise import Search, coarsest_delta, quantised, rms, symbols
+from unweave.mdl.quantise import Search, coarsest_delta, quantised, quantised_tensors, rms, symbols, tensor_bits
 from unweave.scoring import ce_per_example, kl_per_example, loss_recovered
 from unweave.sites import capture, patch
 
@@ -38,6 +38,7 @@ class SiteData:
     labels: torch.Tensor | None = None  # for cross-entropy recovered (kl only)
     _reference: torch.Tensor | None = field(default=None, repr=False)
     _acts: torch.Tensor | None = field(default=None, repr=False)
+    _ablated_ce: float | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.measure not in MEASURES:
@@ -85,9 +86,11 @@ class SiteData:
         recovers (kl measure with labels only)."""
         if self.measure != "kl" or self.labels is None:
             return None
-        ablated = self.spliced(self.rows().mean(0, keepdim=True).expand_as(self.rows()))
-        ce = [ce_per_example(z, self.labels).mean().item() for z in (self.reference(), output, ablated)]
-        return loss_recovered(*ce)
+        if self._ablated_ce is None:  # the same for every description: computed once
+            ablated = self.spliced(self.rows().mean(0, keepdim=True).expand_as(self.rows()))
+            self._ablated_ce = ce_per_example(ablated, self.labels).mean().item()
+        ce = [ce_per_example(z, self.labels).mean().item() for z in (self.reference(), output)]
+        return loss_recovered(*ce, self._ablated_ce)
 
 
 @dataclass
@@ -113,10 +116,6 @@ class Row:
         return asdict(self)
 
 
-def _param_steps(params: dict[str, torch.Tensor], delta: float) -> dict[str, float]:
-    return {name: delta * rms(t) for name, t in params.items()}
-
-
 def describe(basis: Basis, data: SiteData, tolerance: float) -> Row:
     """Quantise `basis`'s description of data.rows() at the coarsest relative step within
     `tolerance`, and count its bits."""
@@ -126,8 +125,7 @@ def describe(basis: Basis, data: SiteData, tolerance: float) -> Row:
     value_scale = rms(codes[codes != 0])
 
     def rebuild(delta: float) -> tuple[torch.Tensor, torch.Tensor]:
-        steps = _param_steps(params, delta)
-        q_params = {k: quantised(v, steps[k]) for k, v in params.items()}
+        q_params = quantised_tensors(params, delta)
         q_codes = codes if basis.binary or not basis.codes_sent else quantised(codes, delta * value_scale)
         return basis.decode(q_codes, q_params), q_codes
 
@@ -151,10 +149,7 @@ def describe(basis: Basis, data: SiteData, tolerance: float) -> Row:
     )
     if not search.met:
         return Row(param_bits=None, index_bits=None, value_bits=None, total_bits=None, bits_per_token=None, **common)
-    steps = _param_steps(params, search.delta)
-    param_bits = basis.spec_bits + sum(
-        coding.sequence_bits(symbols(t, steps[name])) + coding.FLOAT_BITS for name, t in params.items()
-    )
+    param_bits = basis.spec_bits + tensor_bits(params, search.delta)
     index_bits, value_bits = code_bits(basis, codes, search.delta * value_scale) if basis.codes_sent else (0.0, 0.0)
     total = param_bits + index_bits + value_bits
     return Row(
@@ -198,19 +193,14 @@ def weight_bits(data: SiteData, tolerance: float) -> WeightBits:
     model = data.model
     weights = {k: v.detach() for k, v in model.named_parameters() if v.is_floating_point()}
 
-    def at(delta: float) -> dict[str, torch.Tensor]:
-        return {k: quantised(v, delta * rms(v)) for k, v in weights.items()}
-
     def distortion(delta: float) -> float:
-        return data.distortion(data.outputs(_Functional(model, at(delta)), data.inputs).double())
+        return data.distortion(
+            data.outputs(_Functional(model, quantised_tensors(weights, delta)), data.inputs).double()
+        )
 
     search = coarsest_delta(distortion, tolerance)
     n_params = sum(v.numel() for v in weights.values())
-    bits = None
-    if search.met:
-        bits = sum(
-            coding.sequence_bits(symbols(v, search.delta * rms(v))) + coding.FLOAT_BITS for v in weights.values()
-        )
+    bits = tensor_bits(weights, search.delta) if search.met else None
     return WeightBits(bits, 32 * n_params, n_params, search.delta, search.distortion, search.met)
 
 

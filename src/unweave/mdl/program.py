@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from unweave.mdl import coding
-from unweave.mdl.quantise import coarsest_delta, quantised, rms, symbols
+from unweave.mdl.quantise import coarsest_delta, quantised_tensors, tensor_bits
 from unweave.scoring import kl_per_example
 
 
@@ -81,17 +81,15 @@ def program_bits(
     coarsest step whose mean KL stays within `tolerance`, and its bits."""
     logits = logits.double()
     amplitudes = fit_amplitudes(logits, pairs, p, freqs)
-    scale = rms(amplitudes)
 
     def kl(delta: float) -> float:
-        return (
-            kl_per_example(logits, program_logits(quantised(amplitudes, delta * scale), pairs, p, freqs)).mean().item()
-        )
+        q = quantised_tensors({"amplitudes": amplitudes}, delta)["amplitudes"]
+        return kl_per_example(logits, program_logits(q, pairs, p, freqs)).mean().item()
 
     search = coarsest_delta(kl, tolerance)
-    q = quantised(amplitudes, search.delta * scale)
+    q = quantised_tensors({"amplitudes": amplitudes}, search.delta)["amplitudes"]
     spec = fourier_spec_bits(p, freqs)
-    bits = spec + coding.sequence_bits(symbols(amplitudes, search.delta * scale)) + coding.FLOAT_BITS
+    bits = spec + tensor_bits({"amplitudes": amplitudes}, search.delta)
     accuracy = (program_logits(q, pairs, p, freqs).argmax(1) == labels).double().mean().item()
     return ProgramBits(
         freqs, q.tolist(), bits if search.met else None, spec, search.distortion, accuracy, search.delta, search.met

@@ -35,6 +35,19 @@ def quantised(t: torch.Tensor, step: float) -> torch.Tensor:
     return (symbols(t, step).double() * step).to(t.dtype)
 
 
+def quantised_tensors(tensors: dict[str, torch.Tensor], delta: float) -> dict[str, torch.Tensor]:
+    """Each tensor rounded with its own step delta * rms(tensor)."""
+    return {name: quantised(t, delta * rms(t)) for name, t in tensors.items()}
+
+
+def tensor_bits(tensors: dict[str, torch.Tensor], delta: float) -> float:
+    """Bits of every tensor quantised with step delta * rms(tensor): its symbols' code and
+    its step size."""
+    from unweave.mdl.coding import FLOAT_BITS, sequence_bits
+
+    return sum(sequence_bits(symbols(t, delta * rms(t))) + FLOAT_BITS for t in tensors.values())
+
+
 @dataclass(frozen=True)
 class Search:
     delta: float  # the coarsest relative step found within tolerance (the finest tried, if none is)
