@@ -69,7 +69,8 @@ def test_loader_on_moves_and_casts_a_tensor_loader_without_changing_its_batches(
 def test_llc_runs_in_float64(tmp_path):
     result = runner.invoke(
         app,
-        ["llc", "rrr:3,2,3:1", "--draws", "20", "--chains", "2", "--dtype", "float64", "--device", "cpu"]
+        ["llc", "rrr:3,2,3:1", "--settings", "fixed", "--epsilon", "3e-5", "--nbeta", "1000", "--burn-in", "5"]
+        + ["--draws", "20", "--chains", "2", "--dtype", "float64", "--device", "cpu"]
         + ["--no-hessian", "--out", str(tmp_path)],
     )
     assert result.exit_code == 0, result.output

@@ -154,7 +154,10 @@ def test_torchrun_sae_train_splits_the_store_and_matches_one_process_quality(tin
 
 
 def test_torchrun_llc_chains_equal_one_process(tmp_path):
-    args = ["llc", "rrr:4,3,4:1", "--chains", "4", "--draws", "40", "--no-hessian", "--device", "cpu"]
+    # fixed settings: what is checked is that chains split over processes are the chains of one
+    # process (the settings rule's own runs are the same chains, many more of them)
+    args = ["llc", "rrr:4,3,4:1", "--settings", "fixed", "--epsilon", "3e-5", "--nbeta", "1000"]
+    args += ["--chains", "4", "--draws", "40", "--burn-in", "10", "--no-hessian", "--device", "cpu"]
     unweave(*args, "--out", str(tmp_path / "one"), cwd=tmp_path)
     torchrun(*args, "--out", str(tmp_path / "two"), cwd=tmp_path)
     one = json.loads((tmp_path / "one" / "llc.json").read_text())["llc"][-1]

@@ -79,7 +79,8 @@ def test_demo_report_renders_with_plots_and_no_errors(tmp_path):
     cfg = ModAddConfig(p=13, d_model=32, n_heads=2, d_mlp=64, steps=60, eval_every=10, checkpoint_every=20)
     result = run_demo(DemoConfig(out=tmp_path, modadd=cfg))
     n_plots, errors, page_errors = render(result.report)
-    assert n_plots == 6, "training curves, spectrum, progress measures, LLC trajectory, MDL curve, bit split"
+    # training, spectrum, progress, LLC, MDL curve, bit split, effect graph, separability, unit check
+    assert n_plots == 9
     assert errors == [] and page_errors == []
     assert result.report.with_suffix(".png").stat().st_size > 10_000
 
@@ -92,6 +93,34 @@ def test_scrub_report_renders(tmp_path):
     result = run_scrub(ScrubConfig("cancellation", out=tmp_path, examples=256))
     n_plots, errors, page_errors = render(result.report)
     assert n_plots == 1 and errors == [] and page_errors == []
+
+
+@browser
+@pytest.mark.browser
+def test_graph_page_draws_the_graph_and_shows_a_unit_on_hover(tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    from unweave.graph.command import GraphConfig, run_graph
+
+    result = run_graph(GraphConfig("two-tasks", out=tmp_path, examples=256))
+    n_plots, errors, page_errors = render(result.report)
+    assert n_plots == 3 and errors == [] and page_errors == []
+    with sync_playwright() as pw:
+        browser = launch(pw)
+        try:
+            page = browser.new_page()
+            page.goto(result.report.resolve().as_uri())
+            graph = page.locator(".js-plotly-plot").first
+            # the page's own data: every unit is a node whose hover names it, its module and its top inputs
+            texts = graph.evaluate("el => el.data.filter(t => t.mode === 'markers').flatMap(t => t.text)")
+            assert len(texts) == 64 and all("module" in t and "top inputs" in t for t in texts)
+            graph.scroll_into_view_if_needed()
+            box = graph.locator("g.points path.point").first.bounding_box()
+            page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)  # plotly's own hover
+            page.wait_for_selector("g.hovertext", timeout=5000)
+            assert "mlp.hook_post[" in page.locator("g.hovertext").first.text_content()
+        finally:
+            browser.close()
 
 
 @browser

@@ -23,6 +23,7 @@ from unweave.demo import DemoConfig, run_demo
 from unweave.dictionaries.command import SAEEvalConfig, SAETrainConfig, run_sae_eval, run_sae_train
 from unweave.distributed import world
 from unweave.features.command import FeaturesConfig, run_features
+from unweave.graph.command import GraphConfig, run_graph
 from unweave.hypotheses.command import ScrubConfig, run_scrub
 from unweave.index import RunsConfig, run_runs
 from unweave.mdl.command import MDLConfig, run_mdl
@@ -215,6 +216,14 @@ COMMANDS = [
         run_mdl,
         "Bits of each description of (network, dataset) within a tolerance on its output, and the shortest.",
         "Examples: unweave mdl tms:20,5 --out runs/mdl-tms;  unweave mdl runs/demo/modadd --out runs/mdl-modadd",
+    ),
+    (
+        app,
+        "graph",
+        GraphConfig,
+        run_graph,
+        "Cut a network into modules whose effects on the output do not overlap, and check them by ablation.",
+        "Examples: unweave graph two-tasks --out runs/graph-2;  unweave graph runs/demo/modadd --out runs/graph-modadd",
     ),
     (
         sae_app,

@@ -142,3 +142,18 @@ def analyse(model: torch.nn.Module, data: ModAddData, p: int, share: float = 0.0
         key_norm_fraction=norm_fraction(W_E, p, freqs),
         **logit_measures(model, data, p, freqs),
     )
+
+
+def neuron_frequencies(acts: torch.Tensor, p: int) -> torch.Tensor:
+    """Each unit's dominant frequency (1-based) from its activations over all p*p pairs
+    (a-major, (p*p, units)): the frequency k whose terms (in a alone, in b alone, or in both
+    at frequency k: cos/sin w_k a, w_k b, and their products) hold most of its variance."""
+    basis = fourier_basis(p)
+    grid = acts.double().T.reshape(-1, p, p)  # (units, a, b)
+    power = (basis @ grid @ basis.T).pow(2)  # 2-D Fourier coefficients, squared
+    freq = (torch.arange(p) + 1) // 2  # frequency of each basis row: 0 (constant), 1, 1, 2, 2, ...
+    per_k = []
+    for k in range(1, (p + 1) // 2):
+        only_k = (freq == k) | (freq == 0)
+        per_k.append(power[:, only_k[:, None] & only_k[None, :]].sum(1))
+    return torch.stack(per_k, 1).argmax(1) + 1

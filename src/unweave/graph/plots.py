@@ -1,0 +1,93 @@
+"""Figures of the graph report: the effect graph coloured by module, the separability matrix,
+and predicted against measured single-unit ablation effects."""
+
+from __future__ import annotations
+
+import networkx as nx
+import plotly.graph_objects as go
+from plotly.colors import qualitative
+
+WIDTHS = (0.5, 1.5, 3.0)  # edge widths by weight tercile (plotly draws one width per trace)
+
+
+def network(
+    graph: nx.Graph, module_of: dict[int, int], names: list[str], hover: dict[int, str], seed: int
+) -> go.Figure:
+    """Nodes placed by a seeded spring layout on the edge weights, coloured by module, sized
+    by their effect; each node's strongest edges drawn, wider for heavier ones."""
+    pos = nx.spring_layout(graph, weight="weight", seed=seed)
+    strongest = set()
+    for node in graph:
+        nbrs = sorted(graph[node].items(), key=lambda kv: -kv[1]["weight"])[:3]
+        strongest |= {tuple(sorted((node, other))) for other, _ in nbrs}
+    edges = sorted(strongest, key=lambda e: graph.edges[e]["weight"])
+    fig = go.Figure()
+    for part, width in enumerate(WIDTHS):
+        chunk = edges[part * len(edges) // 3 : (part + 1) * len(edges) // 3]
+        xs, ys = [], []
+        for a, b in chunk:
+            xs += [pos[a][0], pos[b][0], None]
+            ys += [pos[a][1], pos[b][1], None]
+        line = {"width": width, "color": "#bbb"}
+        fig.add_scatter(x=xs, y=ys, mode="lines", line=line, hoverinfo="skip", showlegend=False)
+    effect = nx.get_node_attributes(graph, "effect")
+    biggest = max(effect.values())
+    for module in sorted(set(module_of.values())):
+        nodes = [n for n in graph if module_of[n] == module]
+        fig.add_scatter(
+            x=[pos[n][0] for n in nodes],
+            y=[pos[n][1] for n in nodes],
+            mode="markers",
+            name=f"module {module}",
+            marker={
+                "size": [6 + 14 * (effect[n] / biggest) ** 0.5 for n in nodes],
+                "color": qualitative.Plotly[module % len(qualitative.Plotly)],
+            },
+            text=[f"{names[n]}<br>module {module}<br>{hover[n]}" for n in nodes],
+            hoverinfo="text",
+        )
+    fig.update_layout(
+        title="Effect graph: units joined by how much their effects on the output overlap",
+        xaxis={"visible": False},
+        yaxis={"visible": False},
+        height=560,
+    )
+    return fig
+
+
+def separability_matrix(matrix: list[list[float]]) -> go.Figure:
+    labels = [f"module {i}" for i in range(len(matrix))]
+    fig = go.Figure(
+        go.Heatmap(
+            z=matrix,
+            x=labels,
+            y=labels,
+            colorscale="Blues",
+            zmin=0,
+            zmax=1,
+            text=[[f"{v:.3f}" for v in row] for row in matrix],
+            texttemplate="%{text}",
+        )
+    )
+    fig.update_layout(
+        title="Separability: ablating the row's module, its effect within the column's outputs (share of its own)",
+        xaxis_title="outputs of module",
+        yaxis_title="module ablated",
+        yaxis_autorange="reversed",
+        height=420,
+    )
+    return fig
+
+
+def predicted_vs_measured(predicted: list[float], measured: list[float]) -> go.Figure:
+    fig = go.Figure(go.Scatter(x=predicted, y=measured, mode="markers"))
+    top = max(max(predicted), max(measured))
+    fig.add_scatter(x=[0, top], y=[0, top], mode="lines", line={"dash": "dash"}, name="equal", showlegend=False)
+    fig.update_layout(
+        title="Ablating one unit: attributed (gradient x activation) against measured change of the output",
+        xaxis_title="attributed change (RMS over examples and outputs)",
+        yaxis_title="measured change",
+        showlegend=False,
+        height=420,
+    )
+    return fig

@@ -1,0 +1,134 @@
+"""unweave.graph: unit effects against exact ablation, modules against planted answers, the
+separability check, the command's files and its errors."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from unweave.graph.command import GraphConfig, carve_target, run_graph
+from unweave.graph.effects import EffectData, Units, centred_logits, effect_gram
+from unweave.graph.modules import carve, separability
+from unweave.graph.targets import modadd_target, resolve
+from unweave.zoo.modadd import make_data
+from unweave.zoo.two_tasks import TwoTasks, TwoTasksConfig, sample_inputs
+
+
+def _mlp(nonlinear: bool) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(5, 7), nn.Identity(), nn.Tanh() if nonlinear else nn.Identity(), nn.Linear(7, 3))
+
+
+def _exact_effects(data: EffectData, units: int) -> torch.Tensor:
+    """(examples, outputs, units): each unit mean-ablated alone, the change measured."""
+    clean = data.outputs()
+    return torch.stack([data.outputs(ablate=[u]) - clean for u in range(units)], -1)
+
+
+def test_attribution_equals_exact_ablation_on_a_linear_model_and_not_on_a_curved_one():
+    x = torch.randn(300, 5, generator=torch.Generator().manual_seed(1))
+    for nonlinear in (False, True):
+        data = EffectData(_mlp(nonlinear), x, Units("1"), lambda y: y, batch_size=128)
+        attributed = torch.cat(list(data.attributed_effects()))
+        exact = _exact_effects(data, 7)
+        error = float((attributed - exact).norm() / exact.norm())
+        assert error < 1e-5 if not nonlinear else error > 1e-3  # first order: exact only where linear
+
+
+def test_effect_gram_is_the_inner_product_of_measured_effects():
+    x = torch.randn(200, 5, generator=torch.Generator().manual_seed(2))
+    data = EffectData(_mlp(False), x, Units("1"), lambda y: y, batch_size=64)
+    exact = _exact_effects(data, 7).flatten(0, 1).double()
+    np.testing.assert_allclose(effect_gram(data).numpy(), (exact.T @ exact).numpy(), rtol=1e-4, atol=1e-8)
+
+
+def test_units_at_a_position_are_read_at_that_position(small_modadd):
+    from unweave.zoo.modadd import TrainedModAdd
+
+    run = TrainedModAdd.open(small_modadd.dir)
+    model = run.load()
+    tokens = make_data(run.config).tokens[:64]
+    data = EffectData(model, tokens, Units("blocks.0.mlp.hook_post", -1), lambda o: centred_logits(o[:, -1]))
+    attributed = torch.cat(list(data.attributed_effects()))[..., :16]
+    exact = _exact_effects(data, 16)  # the neurons' only reader is the unembedding: linear, so exact
+    assert float((attributed - exact).norm() / exact.norm()) < 1e-4
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_two_tasks_splits_into_its_tasks_and_the_tasks_are_separable(seed):
+    target = resolve("two-tasks", examples=2048, seed=seed)
+    carving = carve_target(target, seed=seed)
+    task = target.truth
+    assert len(carving.modules.modules) == 2
+    for module in carving.modules.modules:
+        share = max(np.mean([task[u] == t for u in module]) for t in (0, 1))
+        assert share >= 0.95
+    assert carving.separability.max_off_diagonal <= 0.05
+    assert carving.known["recovered"]
+
+
+def test_separability_catches_a_cut_through_an_interacting_part_and_carve_mends_it():
+    cfg = TwoTasksConfig(seed=5)
+    model = TwoTasks(cfg).eval()
+    data = EffectData(model, sample_inputs(2048, cfg, 1), Units("mlp.hook_post"), lambda y: y)
+    task_a = (model.neuron_task == 0).nonzero().flatten().tolist()
+    task_b = (model.neuron_task == 1).nonzero().flatten().tolist()
+    wrong = separability(data, [task_a[::2], task_a[1::2], task_b])  # task A cut in two
+    assert wrong.matrix[0][1] > 0.5 and wrong.matrix[1][0] > 0.5
+    right = separability(data, [task_a, task_b])
+    assert right.max_off_diagonal < 0.01
+    modules, _ = carve(data, effect_gram(data))
+    assert sorted(map(sorted, modules.modules)) == sorted([task_a, task_b])
+
+
+def _dominant_frequencies(acts: np.ndarray, p: int) -> np.ndarray:
+    """Independent of unweave.zoo.fourier: numpy's 2-D FFT of each neuron over (a, b); the
+    power at (ka, kb) (folded to 0..p/2) counted for k when each of ka, kb is 0 or k."""
+    grid = acts.T.reshape(-1, p, p)
+    power = np.abs(np.fft.fft2(grid - grid.mean(axis=(1, 2), keepdims=True))) ** 2
+    k = np.minimum(np.arange(p), p - np.arange(p))
+    ka, kb = np.meshgrid(k, k, indexing="ij")
+    per_k = [power[:, ((ka == f) | (ka == 0)) & ((kb == f) | (kb == 0))].sum(1) for f in range(1, (p + 1) // 2)]
+    return np.stack(per_k, 1).argmax(1) + 1
+
+
+def test_modular_addition_splits_into_its_key_frequencies_one_to_one(small_modadd):
+    target = modadd_target(small_modadd.dir)
+    carving = carve_target(target, seed=0)
+    p = small_modadd.config.p
+    acts = target.data.activations().numpy()
+    freq = _dominant_frequencies(acts, p)
+    # key frequencies, independently: the embedding's power per frequency by numpy's FFT
+    W_E = target.data.model.W_E.detach().numpy()[:p]
+    spec = (np.abs(np.fft.fft(W_E, axis=0)) ** 2).sum(1)[1 : (p + 1) // 2]
+    keys = sorted(int(k) + 1 for k in np.nonzero(spec / spec.sum() >= 0.05)[0])
+    majority = []
+    for module in carving.modules.modules:
+        values, counts = np.unique(freq[module], return_counts=True)
+        majority.append(int(values[counts.argmax()]))
+        assert counts.max() / len(module) >= 0.95
+    assert sorted(majority) == keys
+    assert carving.known["recovered"]
+
+
+def test_graph_command_writes_graph_modules_and_page(tmp_path):
+    result = run_graph(GraphConfig("two-tasks", out=tmp_path, examples=512, seed=1))
+    graph = json.loads((tmp_path / "graph.json").read_text())
+    modules = json.loads((tmp_path / "modules.json").read_text())
+    assert {n["id"] for n in graph["nodes"]} == set(range(64))
+    assert all(e["weight"] > 0 and e["source"] != e["target"] for e in graph["edges"])
+    units = [u for m in modules["modules"] for u in m["units"]]
+    assert sorted(u["index"] for u in units) == list(range(64)) and units[0]["site"] == "mlp.hook_post"
+    assert len(modules["separability"]) == len(modules["modules"]) == 2
+    assert result.report.exists() and "recovered" in " ".join(result.summary)
+
+
+def test_bad_targets_and_inputs_say_what_to_use(tmp_path):
+    with pytest.raises(ValueError, match="two-tasks"):
+        resolve(str(tmp_path), examples=64, seed=0)
+    with pytest.raises(ValueError, match=r"\(batch, 16\)"):
+        TwoTasks()(torch.zeros(3, 5))
+    with pytest.raises(ValueError, match="examples"):
+        GraphConfig("two-tasks", examples=2)
