@@ -132,3 +132,39 @@ def test_bad_targets_and_inputs_say_what_to_use(tmp_path):
         TwoTasks()(torch.zeros(3, 5))
     with pytest.raises(ValueError, match="examples"):
         GraphConfig("two-tasks", examples=2)
+
+
+def test_per_example_kl_matches_scipy():
+    from scipy.stats import entropy
+
+    from unweave.graph.circuit import per_example_kl
+
+    gen = torch.Generator().manual_seed(4)
+    a, b = torch.randn(20, 9, generator=gen), torch.randn(20, 9, generator=gen)
+    expected = [entropy(p, q) for p, q in zip(a.softmax(-1).numpy(), b.softmax(-1).numpy())]
+    np.testing.assert_allclose(per_example_kl(a, b).numpy(), expected, rtol=1e-6)
+
+
+def test_circuit_is_the_smallest_prefix_within_the_budget_and_its_areas_are_right(small_modadd, tmp_path):
+    from scipy.integrate import trapezoid
+
+    from unweave.graph.command import add_circuit
+
+    carving = carve_target(modadd_target(small_modadd.dir), seed=0)
+    add_circuit(carving, budget=0.1, quantile=0.9)
+    k = carving.circuit
+    by_size = {p.size: p for p in k.curve}
+    n = carving.modules.graph.number_of_nodes()
+    assert by_size[0].faithfulness == 0 and abs(by_size[n].faithfulness - 1) < 1e-4  # inactive units stay ablated
+    assert np.quantile(k.kl, 0.9) <= 0.1 and by_size[len(k.units) - 1].kl_quantile > 0.1  # smallest: one less fails
+    sizes = [p.size / n for p in k.curve]
+    assert abs(k.cpr - trapezoid([p.faithfulness for p in k.curve], sizes)) < 1e-9
+    assert abs(k.cmd_per_example - trapezoid([p.per_example_gap for p in k.curve], sizes)) < 1e-9
+    # the circuit's KL recomputed from scratch: every other unit of the site set to its mean
+    data = carving.target.data
+    rest = [u for u in range(data.baseline.shape[0]) if u not in set(k.units)]
+    p_full = data.outputs().double().log_softmax(-1)
+    p_circ = data.outputs(ablate=rest).double().log_softmax(-1)
+    np.testing.assert_allclose(k.kl, (p_full.exp() * (p_full - p_circ)).sum(-1).numpy(), rtol=1e-6, atol=1e-12)
+    with pytest.raises(ValueError, match="raise the budget"):
+        add_circuit(carving, budget=1e-30, quantile=1.0)

@@ -6,7 +6,7 @@ edges), modules.json (the modules and the separability matrix) and graph.html.""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +17,7 @@ from unweave import progress
 from unweave.artifacts import write_json
 from unweave.configs import setting
 from unweave.graph import plots
+from unweave.graph.circuit import KL_BUDGET, KL_QUANTILE, Circuit, find_circuit
 from unweave.graph.effects import EffectData, effect_gram
 from unweave.graph.modules import MERGE, OUTPUT_SIZE, Modules, Separability, carve
 from unweave.graph.targets import CARRIED, PURE, TARGETS, Target, carried_labels, purity, resolve
@@ -33,10 +34,16 @@ class GraphConfig:
     out: Path = setting(Path("runs/graph"), "Where record.json, graph.json, modules.json and graph.html go.")
     examples: int = setting(4096, "Inputs of the planted network to judge its units on.")
     seed: int = setting(0, "Seed of the planted network, its inputs, the community detection and the layout.")
+    kl_budget: float = setting(KL_BUDGET, "Circuits: the per-example KL (nats) the circuit may cost ...")
+    kl_quantile: float = setting(KL_QUANTILE, "... for this share of the examples.")
 
     def __post_init__(self) -> None:
         if self.examples < 16:
             raise ValueError(f"--examples must be at least 16, got {self.examples}")
+        if not self.kl_budget > 0:
+            raise ValueError(f"--kl-budget must be positive, got {self.kl_budget}")
+        if not 0 < self.kl_quantile <= 1:
+            raise ValueError(f"--kl-quantile must be in (0, 1], got {self.kl_quantile}")
 
 
 @dataclass
@@ -47,6 +54,7 @@ class Carving:
     separability: Separability
     check: dict  # single-unit ablations: attributed against measured
     known: dict
+    circuit: Circuit | None = None
 
     @property
     def module_of(self) -> dict[int, int]:
@@ -106,6 +114,31 @@ def carve_target(target: Target, seed: int) -> Carving:
     finally:
         task.close()
     return Carving(target, gram, modules, sep, check, known_answer(target, gram, modules))
+
+
+def add_circuit(c: Carving, budget: float = KL_BUDGET, quantile: float = KL_QUANTILE) -> None:
+    """The smallest circuit of active units, in order of attributed effect, within the budget."""
+    if c.target.labels is None:
+        return
+    effect = c.gram.diagonal()
+    order = sorted(c.modules.graph.nodes, key=lambda u: -float(effect[u]))
+    c.circuit = find_circuit(c.target.data, order, c.target.labels, budget, quantile)
+
+
+def circuit_json(c: Carving) -> dict:
+    site = c.target.data.units.site
+    d = c.circuit.to_dict()
+    d["units"] = [{"site": site, "index": u} for u in c.circuit.units]
+    return {"target": c.target.name, "active_units": c.modules.graph.number_of_nodes(), **d}
+
+
+def circuit_line(c: Carving) -> str:
+    k = c.circuit
+    return (
+        f"circuit: {len(k.units)} of {c.modules.graph.number_of_nodes()} active units keep {k.quantile:.0%} of "
+        f"examples within {k.budget:g} nats (median KL {sorted(k.kl)[len(k.kl) // 2]:.2g}); MIB CPR {k.cpr:.3f}, "
+        f"CMD {k.cmd:.3f} on batch means, CMD {k.cmd_per_example:.3f} per example"
+    )
 
 
 def graph_json(c: Carving) -> dict:
@@ -199,6 +232,16 @@ def add_sections(report: Report, summary: Section, c: Carving, seed: int) -> Non
         ]
     )
     report.section("Separability, by ablation").figure(plots.separability_matrix(c.separability.matrix))
+    if c.circuit is not None:
+        k = c.circuit
+        report.section("Circuit").figure(
+            plots.circuit_curve([asdict(p) for p in k.curve], k.budget, k.quantile, len(k.units))
+        ).figure(plots.kl_histogram(k.kl, k.budget)).text(
+            circuit_line(c) + ". Faithfulness f = (m(circuit) - m(none)) / (m(all) - m(none)) with m the "
+            "log-probability of the right answer; MIB takes m on the batch mean (CPR: area under f over the "
+            "fraction of units kept; CMD: area under |1 - f|), the per-example CMD takes each example's own f and "
+            "the median of |1 - f_x|. The gap between the two CMDs is what the batch mean hides."
+        )
     report.section("Attribution checked by ablation").figure(
         plots.predicted_vs_measured(c.check["predicted_rms"], c.check["measured_rms"])
     ).text(
@@ -211,10 +254,14 @@ def run_graph(cfg: GraphConfig) -> RunResult:
     run = Run(cfg.out, "graph", cfg, inputs=[cfg.target])
     target = resolve(cfg.target, cfg.examples, cfg.seed)
     carving = carve_target(target, cfg.seed)
-    modules = modules_json(carving)
+    add_circuit(carving, cfg.kl_budget, cfg.kl_quantile)
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
-    write_json(Path(cfg.out) / "modules.json", modules)
+    write_json(Path(cfg.out) / "modules.json", modules_json(carving))
+    lines = summary_lines(carving)
+    if carving.circuit is not None:
+        write_json(Path(cfg.out) / "circuit.json", circuit_json(carving))
+        lines.append(circuit_line(carving))
     report = Report(f"unweave graph: modules of {target.name}")
     add_sections(report, report.summary(), carving, cfg.seed)
     results = graph_json(carving)
-    return run.finish(results, report, summary_lines(carving))
+    return run.finish(results, report, lines)

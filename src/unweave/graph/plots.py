@@ -6,6 +6,7 @@ from __future__ import annotations
 import networkx as nx
 import plotly.graph_objects as go
 from plotly.colors import qualitative
+from plotly.subplots import make_subplots
 
 WIDTHS = (0.5, 1.5, 3.0)  # edge widths by weight tercile (plotly draws one width per trace)
 
@@ -90,4 +91,29 @@ def predicted_vs_measured(predicted: list[float], measured: list[float]) -> go.F
         showlegend=False,
         height=420,
     )
+    return fig
+
+
+def circuit_curve(curve: list[dict], budget: float, quantile: float, size: int) -> go.Figure:
+    """Faithfulness on batch means (MIB) and per-example KL quantiles against circuit size."""
+    sizes = [p["size"] for p in curve]
+    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    fig.add_scatter(x=sizes, y=[p["faithfulness"] for p in curve], name="faithfulness (batch mean, MIB)")
+    fig.add_scatter(x=sizes, y=[1 - p["per_example_gap"] for p in curve], name="1 - median |1 - f_x| (per example)")
+    for key, name in (("kl_median", "median KL"), ("kl_quantile", f"{quantile:.0%} quantile of KL")):
+        fig.add_scatter(x=sizes, y=[p[key] for p in curve], name=name, line={"dash": "dot"}, secondary_y=True)
+    fig.add_hline(y=budget, line_dash="dash", annotation_text="KL budget", secondary_y=True)
+    fig.add_vline(x=size, line_dash="dash", annotation_text=f"circuit: {size} units")
+    fig.update_layout(title="Circuits by size: units kept in order of attributed effect, the rest ablated", height=460)
+    fig.update_xaxes(title="units kept")
+    fig.update_yaxes(title="faithfulness", secondary_y=False)
+    fig.update_yaxes(title="KL (nats)", type="log", secondary_y=True)
+    return fig
+
+
+def kl_histogram(kl: list[float], budget: float) -> go.Figure:
+    fig = go.Figure(go.Histogram(x=kl, nbinsx=60))
+    fig.add_vline(x=budget, line_dash="dash", annotation_text="budget")
+    fig.update_layout(title="The circuit's KL per example", xaxis_title="KL(full || circuit), nats", height=380)
+    fig.update_yaxes(title="examples")
     return fig

@@ -36,6 +36,7 @@ class Target:
     truth_name: str  # what the planted labels are ("task", "frequency")
     truth: list[int]  # the planted label of every unit
     context: dict  # more of the known answer, for the page (modular addition: the embedding's key frequencies)
+    labels: torch.Tensor | None = None  # right answers, where the outputs are logits: then a circuit is found
 
 
 def resolve(name: str, examples: int, seed: int) -> Target:
@@ -104,7 +105,8 @@ def modadd_target(path: Path) -> Target:
         f"the logits minus their mean; inputs: all {p * p} pairs"
     )
     context = {"embedding key frequencies": keys}
-    return Target(f"modadd p={p}", data, note, _top_inputs(acts, label), "frequency", truth, context)
+    labels = make_data(run.config).labels
+    return Target(f"modadd p={p}", data, note, _top_inputs(acts, label), "frequency", truth, context, labels)
 
 
 def purity(modules: list[list[int]], truth: list[int], effect: torch.Tensor) -> list[dict]:
