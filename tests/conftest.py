@@ -13,6 +13,15 @@ def small_modadd(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def induction_model():
+    """The induction toy at its default size (about 30 s on 2 cores), shared by every test."""
+    from unweave.zoo.induction import InductionConfig
+    from unweave.zoo.induction import train as train_induction
+
+    return train_induction(InductionConfig())
+
+
+@pytest.fixture(scope="session")
 def tiny_llama_dir(tmp_path_factory):
     """A random two-layer Llama saved as a local Hugging Face directory, with a tokenizer."""
     from tokenizers import Tokenizer, models, pre_tokenizers

@@ -168,3 +168,74 @@ def test_circuit_is_the_smallest_prefix_within_the_budget_and_its_areas_are_righ
     np.testing.assert_allclose(k.kl, (p_full.exp() * (p_full - p_circ)).sum(-1).numpy(), rtol=1e-6, atol=1e-12)
     with pytest.raises(ValueError, match="raise the budget"):
         add_circuit(carving, budget=1e-30, quantile=1.0)
+
+
+# -- edges between components ---------------------------------------------------------------
+def _zoo_transformer(d_mlp: int):
+    from unweave.zoo.transformer import Transformer, TransformerConfig
+
+    torch.manual_seed(3)
+    return Transformer(TransformerConfig(vocab=11, n_ctx=8, d_model=16, n_heads=2, d_mlp=d_mlp, n_layers=2)).eval()
+
+
+def test_edge_forward_is_the_model_and_all_corrupted_is_the_corrupted_run():
+    from unweave.graph.edges import EdgeModel, corrupted_outputs
+
+    model = _zoo_transformer(d_mlp=12)
+    em = EdgeModel(model)
+    gen = torch.Generator().manual_seed(0)
+    tokens, other = torch.randint(11, (5, 8), generator=gen), torch.randint(11, (5, 8), generator=gen)
+    with torch.no_grad():
+        torch.testing.assert_close(em.forward(tokens)[0], model(tokens), rtol=1e-5, atol=1e-5)
+        corrupted = em.forward(tokens, torch.zeros(len(em.edges)), corrupted_outputs(em, other))[0]
+        torch.testing.assert_close(corrupted, model(other), rtol=1e-5, atol=1e-5)
+    # 2 layers x 2 heads x (q, k, v), each from every earlier component; MLPs; logits from all 7
+    assert len(em.edges) == 2 * 3 * 1 + 3 + 2 * 3 * 4 + 6 + 7
+
+
+def test_eap_is_exact_on_edges_into_the_logits_for_a_linear_metric_and_ig_sums_to_the_gap():
+    from unweave.graph.edges import EdgeModel, corrupted_outputs, eap_ig_scores, eap_scores, exact_scores
+
+    em = EdgeModel(_zoo_transformer(d_mlp=0))
+    gen = torch.Generator().manual_seed(1)
+    tokens, other = torch.randint(11, (6, 8), generator=gen), torch.randint(11, (6, 8), generator=gen)
+    corrupt = corrupted_outputs(em, other)
+    weights = torch.randn(11, generator=gen)
+
+    def metric(logits):  # linear in the logits
+        return (logits * weights).sum(-1).mean()
+
+    exact, eap = exact_scores(em, tokens, corrupt, metric), eap_scores(em, tokens, corrupt, metric)
+    into_logits = [i for i, e in enumerate(em.edges) if e.target == "logits"]
+    torch.testing.assert_close(eap[into_logits], exact[into_logits], rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(eap, exact, rtol=1e-2, atol=1e-3)  # through attention it is first order only
+    with torch.no_grad():
+        gap = float(metric(em.forward(tokens)[0]) - metric(em.forward(other)[0]))
+    assert abs(float(eap_ig_scores(em, tokens, corrupt, metric, steps=64).sum()) - gap) < 0.01 * abs(gap)
+
+
+def test_induction_edges_recover_the_known_circuit(induction_model):
+    from unweave.graph.induction import aurocs, induction_case, score_edges
+
+    case = induction_case(examples=64, seed=0, model=induction_model)
+    auroc = aurocs(case, score_edges(case))["strict"]
+    assert auroc["exact"] >= 0.95 and auroc["EAP"] >= 0.95
+    assert auroc["EAP-IG (activations)"] >= 0.85 and auroc["EAP-IG (inputs)"] >= 0.85  # below 0.95: see README
+
+
+def test_edges_need_a_zoo_transformer():
+    from unweave.graph.edges import EdgeModel
+
+    with pytest.raises(TypeError, match="zoo Transformer"):
+        EdgeModel(nn.Linear(3, 3))
+
+
+def test_graph_induction_writes_scored_edges_and_a_circuit_of_edges(tmp_path):
+    result = run_graph(GraphConfig("induction", out=tmp_path, examples=48))
+    graph = json.loads((tmp_path / "graph.json").read_text())
+    circuit = json.loads((tmp_path / "circuit.json").read_text())
+    assert len(graph["edges"]) == 81 and {"exact", "EAP", "EAP-IG (activations)"} <= set(graph["edges"][0])
+    assert graph["auroc"]["strict"]["exact"] >= 0.95
+    assert np.quantile(circuit["kl"], circuit["quantile"]) <= circuit["budget"]
+    assert set(circuit["units"]) <= {f"{e['source']} -> {e['target']}" for e in graph["edges"]}
+    assert "ROC AUC" in " ".join(result.summary)

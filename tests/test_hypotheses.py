@@ -191,11 +191,6 @@ def test_fourier_hypothesis_on_modular_addition(small_modadd):
 
 
 # -- ground truth: induction -----------------------------------------------------------------
-@pytest.fixture(scope="module")
-def induction_model():
-    return train(InductionConfig())
-
-
 def test_induction_heads_are_detected_only_after_training(induction_model):
     cfg = InductionConfig()
     tokens, _ = repeated_sequences(256, cfg.vocab, cfg.n_ctx, torch.Generator().manual_seed(3), half=12)

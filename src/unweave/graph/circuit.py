@@ -1,10 +1,11 @@
-"""Circuits over units: the smallest set of units, taken in order of attributed effect, whose
-complement can be mean-ablated while every example but a few keeps its output distribution
-within a KL budget; and the MIB faithfulness curve over circuit sizes, on batch means as
-MIB scores it and per example, so that the gap between the two is a number.
+"""Circuits: the smallest set of units (or edges), taken in order of their scores, whose
+complement can be ablated (units: set to their means; edges: fed the corrupted run) while
+every example but a few keeps its output distribution within a KL budget; and the MIB
+faithfulness curve over circuit sizes, on batch means as MIB scores it and per example, so
+that the gap between the two is a number.
 
 Faithfulness of a circuit C under a metric m (here the log-probability of the right answer):
-f(C) = (m(C) - m(empty)) / (m(full) - m(empty)), where "empty" ablates every unit. MIB takes
+f(C) = (m(C) - m(empty)) / (m(full) - m(empty)), where "empty" ablates every candidate. MIB takes
 m on the batch mean; CPR is the area under f over circuit sizes (as a fraction of the
 units, 0..1) and CMD the area under |1 - f| (Mueller et al. 2025). Per example, f_x uses
 each example's own m and the curve is the median of |1 - f_x|; its area is the
@@ -13,12 +14,11 @@ per-example CMD. A circuit can be faithful on the mean while many examples are n
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-
-from unweave.graph.effects import EffectData
 
 KL_BUDGET = 0.1  # nats
 KL_QUANTILE = 0.95  # the budget holds for this share of the examples
@@ -48,7 +48,7 @@ class Point:
 
 @dataclass
 class Circuit:
-    units: list[int]  # kept, in order of attributed effect
+    units: list  # kept, in order of score
     budget: float
     quantile: float
     kl: list[float]  # per example, of the circuit
@@ -73,26 +73,26 @@ def _area(x: list[float], y: list[float]) -> float:
 
 
 def find_circuit(
-    data: EffectData,
-    order: list[int],
+    order: Sequence,
+    keeping: Callable[[Sequence], torch.Tensor],
+    full: torch.Tensor,
     labels: torch.Tensor,
     budget: float = KL_BUDGET,
     quantile: float = KL_QUANTILE,
 ) -> Circuit:
-    """`order`: the candidate units, most important first (the rest of the site's units are
-    always ablated). The circuit is the shortest prefix of `order` within the budget, found
-    by bisection on the prefix length (KL falls as units are added, up to noise: every
-    size tried is on the curve)."""
-    n_units = int(data.baseline.shape[0])
-    clean = data.outputs()
-    empty = data.outputs(ablate=range(n_units))
+    """`order`: the candidates, most important first; `keeping(kept)`: the logits (examples,
+    classes) with only `kept` left intact; `full`: the model's own logits, the reference.
+    The circuit is the shortest prefix of `order` within the budget, found by bisection on
+    the prefix length (KL falls as candidates are added, up to noise: every size tried is on
+    the curve)."""
+    clean = full
+    empty = keeping([])
     m_full, m_empty = answer_logprob(clean, labels), answer_logprob(empty, labels)
     cache: dict[int, tuple[Point, torch.Tensor]] = {}
 
     def evaluate(size: int) -> tuple[Point, torch.Tensor]:
         if size not in cache:
-            kept = set(order[:size])
-            logits = data.outputs(ablate=[u for u in range(n_units) if u not in kept])
+            logits = keeping(order[:size])
             kl = per_example_kl(clean, logits)
             m = answer_logprob(logits, labels)
             span = m_full - m_empty
@@ -129,7 +129,7 @@ def find_circuit(
     curve = [cache[s][0] for s in sorted(cache)]
     x = [p.size / max(len(order), 1) for p in curve]
     return Circuit(
-        units=order[:hi],
+        units=list(order[:hi]),
         budget=budget,
         quantile=quantile,
         kl=cache[hi][1].tolist(),

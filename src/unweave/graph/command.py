@@ -122,7 +122,14 @@ def add_circuit(c: Carving, budget: float = KL_BUDGET, quantile: float = KL_QUAN
         return
     effect = c.gram.diagonal()
     order = sorted(c.modules.graph.nodes, key=lambda u: -float(effect[u]))
-    c.circuit = find_circuit(c.target.data, order, c.target.labels, budget, quantile)
+    data = c.target.data
+    every = range(int(data.baseline.shape[0]))
+
+    def keeping(kept: list[int]) -> torch.Tensor:  # every other unit of the site (inactive ones too) set to its mean
+        kept = set(kept)
+        return data.outputs(ablate=[u for u in every if u not in kept])
+
+    c.circuit = find_circuit(order, keeping, data.outputs(), c.target.labels, budget, quantile)
 
 
 def circuit_json(c: Carving) -> dict:
@@ -233,15 +240,7 @@ def add_sections(report: Report, summary: Section, c: Carving, seed: int) -> Non
     )
     report.section("Separability, by ablation").figure(plots.separability_matrix(c.separability.matrix))
     if c.circuit is not None:
-        k = c.circuit
-        report.section("Circuit").figure(
-            plots.circuit_curve([asdict(p) for p in k.curve], k.budget, k.quantile, len(k.units))
-        ).figure(plots.kl_histogram(k.kl, k.budget)).text(
-            circuit_line(c) + ". Faithfulness f = (m(circuit) - m(none)) / (m(all) - m(none)) with m the "
-            "log-probability of the right answer; MIB takes m on the batch mean (CPR: area under f over the "
-            "fraction of units kept; CMD: area under |1 - f|), the per-example CMD takes each example's own f and "
-            "the median of |1 - f_x|. The gap between the two CMDs is what the batch mean hides."
-        )
+        add_circuit_sections(report, c.circuit, circuit_line(c), "units")
     report.section("Attribution checked by ablation").figure(
         plots.predicted_vs_measured(c.check["predicted_rms"], c.check["measured_rms"])
     ).text(
@@ -251,6 +250,8 @@ def add_sections(report: Report, summary: Section, c: Carving, seed: int) -> Non
 
 
 def run_graph(cfg: GraphConfig) -> RunResult:
+    if cfg.target == "induction":
+        return run_induction_graph(cfg)
     run = Run(cfg.out, "graph", cfg, inputs=[cfg.target])
     target = resolve(cfg.target, cfg.examples, cfg.seed)
     carving = carve_target(target, cfg.seed)
@@ -264,4 +265,86 @@ def run_graph(cfg: GraphConfig) -> RunResult:
     report = Report(f"unweave graph: modules of {target.name}")
     add_sections(report, report.summary(), carving, cfg.seed)
     results = graph_json(carving)
+    return run.finish(results, report, lines)
+
+
+def add_circuit_sections(report: Report, circuit: Circuit, line: str, what: str) -> None:
+    report.section("Circuit").figure(
+        plots.circuit_curve([asdict(p) for p in circuit.curve], circuit.budget, circuit.quantile, len(circuit.units))
+    ).figure(plots.kl_histogram(circuit.kl, circuit.budget)).text(
+        line + ". Faithfulness f = (m(circuit) - m(none)) / (m(all) - m(none)) with m the log-probability of the "
+        "right answer; MIB takes m on the batch mean (CPR: area under f over the fraction of "
+        f"{what} kept; CMD: area under |1 - f|), the per-example CMD takes each example's own f and the median of "
+        "|1 - f_x|. The gap between the two CMDs is what the batch mean hides."
+    )
+
+
+def run_induction_graph(cfg: GraphConfig) -> RunResult:
+    from unweave.graph import induction
+
+    run = Run(cfg.out, "graph", cfg, inputs=[cfg.target])
+    examples = min(cfg.examples, 256)  # one forward per edge for exact patching
+    case = induction.induction_case(examples, cfg.seed)
+    task = progress.Task("edge scores (exact, EAP, EAP-IG), circuit", total=2, unit="steps")
+    try:
+        scores = induction.score_edges(case)
+        task.advance()
+        order = scores["exact"].abs().argsort(descending=True).tolist()
+        circuit = induction.edge_circuit(case, order, cfg.kl_budget, cfg.kl_quantile)
+        task.advance()
+    finally:
+        task.close()
+    auroc = induction.aurocs(case, scores)
+    edges = case.edges.edges
+    names = [str(e) for e in edges]
+    kept = [names[i] for i in circuit.units]
+    k = circuit
+    circuit_text = (
+        f"circuit: {len(kept)} of {len(edges)} edges (by exact score) keep {k.quantile:.0%} of predicted tokens within "
+        f"{k.budget:g} nats; MIB CPR {k.cpr:.3f}, CMD {k.cmd:.3f} on batch means, CMD {k.cmd_per_example:.3f} per "
+        "example"
+    )
+    lines = [
+        "edge ROC AUC against the known circuit (strict / broad): "
+        + ", ".join(f"{m} {auroc['strict'][m]:.3f} / {auroc['broad'][m]:.3f}" for m in induction.METHODS),
+        circuit_text,
+    ]
+    Path(cfg.out).mkdir(parents=True, exist_ok=True)
+    circuit_dict = {
+        **k.to_dict(),
+        "units": kept,
+        "known_strict_kept": sorted(set(kept) & {str(e) for e in case.known["strict"]}),
+    }
+    write_json(Path(cfg.out) / "circuit.json", {"target": "induction", "edges_total": len(edges), **circuit_dict})
+    report = Report("unweave graph: the induction toy's edges")
+    summary = report.summary()
+    summary.headline({m: f"{auroc['strict'][m]:.3f}" for m in induction.METHODS})
+    for line in lines:
+        summary.text(line, summary=True)
+    summary.text(induction.__doc__.split("\n\n", 1)[1].replace("\n", " "))
+    known = [e in case.known["strict"] for e in edges]
+    report.section("Edge scores").figure(
+        plots.methods_against_exact({m: s.tolist() for m, s in scores.items()}, known, names)
+    ).table([{"known circuit": name, **{m: auroc[name][m] for m in induction.METHODS}} for name in auroc]).table(
+        sorted(
+            (
+                {"edge": names[i], "known (strict)": known[i], **{m: float(scores[m][i]) for m in induction.METHODS}}
+                for i in range(len(edges))
+            ),
+            key=lambda r: -abs(r["exact"]),
+        )
+    )
+    add_circuit_sections(report, circuit, circuit_text, "edges")
+    results = {
+        "target": "induction",
+        "nodes": ["embed", *[h for layer in case.edges.heads for h in layer], "logits"],
+        "edges": [
+            {"source": e.source, "target": e.target, **{m: float(scores[m][i]) for m in induction.METHODS}}
+            for i, e in enumerate(edges)
+        ],
+        "metric": "logit of the right next token minus the mean logit, on the repeated half",
+        "known_circuit": {name: sorted(str(e) for e in known_set) for name, known_set in case.known.items()},
+        "head_scores": {name: v.tolist() for name, v in case.heads.items()},
+        "auroc": auroc,
+    }
     return run.finish(results, report, lines)

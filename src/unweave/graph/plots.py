@@ -117,3 +117,28 @@ def kl_histogram(kl: list[float], budget: float) -> go.Figure:
     fig.update_layout(title="The circuit's KL per example", xaxis_title="KL(full || circuit), nats", height=380)
     fig.update_yaxes(title="examples")
     return fig
+
+
+def methods_against_exact(scores: dict[str, list[float]], known: list[bool], labels: list[str]) -> go.Figure:
+    """Each approximate method's edge score against exact patching; the known circuit marked."""
+    fig = go.Figure()
+    exact = scores["exact"]
+    for method, values in scores.items():
+        if method == "exact":
+            continue
+        fig.add_scatter(
+            x=exact,
+            y=values,
+            mode="markers",
+            name=method,
+            text=[f"{e}{' (known circuit)' if k else ''}" for e, k in zip(labels, known)],
+            hoverinfo="text+x+y",
+            marker={"symbol": ["star" if k else "circle" for k in known], "size": [11 if k else 6 for k in known]},
+        )
+    fig.update_layout(
+        title="Edge scores: attribution patching against exact patching (stars: the known circuit)",
+        xaxis_title="exact: metric drop when the edge is corrupted",
+        yaxis_title="estimate",
+        height=460,
+    )
+    return fig

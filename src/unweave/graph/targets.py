@@ -19,7 +19,10 @@ from unweave.zoo import fourier
 from unweave.zoo.modadd import TrainedModAdd, make_data
 from unweave.zoo.two_tasks import TwoTasks, TwoTasksConfig, sample_inputs
 
-TARGETS = "two-tasks (a planted network), or a modular-addition run folder (unweave train modadd, or runs/demo/modadd)"
+TARGETS = (
+    "two-tasks (a planted network), induction (the induction toy's edges), or a modular-addition run folder "
+    "(unweave train modadd, or runs/demo/modadd)"
+)
 PURE = 0.95  # the known answers: each module at least this share one task's (or one frequency's) units
 # The labels a cut should find: those whose units carry at least this share of the squared
 # effect of all units (a key frequency of the embedding that no neuron carries, as in one
