@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -57,6 +58,15 @@ PEERS = {
         # its side imports unweave's model classes from src/, which show progress with rich
         Peer("devinterp", "venv-devinterp", "devinterp", "1.3.2", ("safetensors", "rich")),
         Peer("pyvene", "venv-pyvene", "pyvene", "0.1.8", ("safetensors",)),
+        # edge attribution patching on TransformerLens models; auto-circuit 1.0.1 imports attrs without
+        # declaring it and needs TransformerLens 2.x (whose numpy < 2 needs an older pyarrow)
+        Peer(
+            "autocircuit",
+            "venv-autocircuit",
+            "auto-circuit",
+            "1.0.1",
+            ("safetensors", "rich", "attrs", "transformer-lens==2.18.0", "pyarrow<18"),
+        ),
     )
 }
 
@@ -110,9 +120,14 @@ def _check(cmd: list[str], what: str) -> str:
     return out
 
 
+def _name(requirement: str) -> str:
+    """The package a requirement names: "pyarrow<18" -> "pyarrow"."""
+    return re.split(r"[<>=!~ ]", requirement)[0].lower()
+
+
 def installed(peer: Peer) -> dict[str, str]:
     """Versions in the peer's virtualenv of torch, the peer and its extras (absent ones left out)."""
-    names = ["torch", peer.package, *peer.extras]
+    names = ["torch", peer.package, *(_name(e) for e in peer.extras)]
     done = subprocess.run(
         [str(peer.python), "-m", "pip", "show", *names], capture_output=True, text=True, env=_pip_env()
     )
@@ -141,7 +156,7 @@ def _matches(peer: Peer, torch: str) -> bool:
     return (
         have.get("torch") == torch
         and have.get(peer.package) == peer.version
-        and all(e.lower() in have for e in peer.extras)
+        and all(_name(e) in have for e in peer.extras)
     )
 
 

@@ -1,7 +1,7 @@
 """Every benchmark, from nothing to bench/RESULTS.md: `make bench` runs this.
 
 For the benches it runs it builds what they need when missing: the peers' virtualenvs
-(bench/venv-saelens, bench/venv-devinterp, bench/venv-pyvene; see peers.py) and the
+(bench/venv-saelens, bench/venv-devinterp, bench/venv-pyvene, bench/venv-autocircuit; see peers.py) and the
 stores and trained models under bench/data/ (with the `unweave` command); then it runs
 each bench script from bench/ with the project's Python, echoing its output, and writes
 bench/RESULTS.md: date, commit, machine, versions, then one section per bench with its
@@ -99,6 +99,13 @@ BENCHES = {
         Bench("llc_ground_truth", what="LLC estimates vs closed forms"),
         Bench("interchange_vs_pyvene", peer="pyvene", what="Interchange interventions per second vs pyvene"),
         Bench("anomaly", what="Mechanistic anomaly detection, every task"),
+        Bench(
+            "graph_modadd",
+            artifact=MODADD,
+            quick_artifact=Artifact("modadd-quick", ("train", "modadd", "--steps", "600"), "--modadd-run"),
+            what="Graph, modules and circuit of the modular-addition model",
+        ),
+        Bench("edges_vs_autocircuit", peer="autocircuit", what="Edge attribution patching vs auto-circuit"),
         Bench("devices", what="The same unweave work on the CPU and on the GPU (when there is one), side by side"),
     )
 }
