@@ -228,6 +228,8 @@ def test_edges_need_a_zoo_transformer():
 
     with pytest.raises(TypeError, match="zoo Transformer"):
         EdgeModel(nn.Linear(3, 3))
+    with pytest.raises(ValueError, match="pos <= 8"):  # longer than the model's context
+        EdgeModel(_zoo_transformer(d_mlp=0)).forward(torch.zeros(2, 9, dtype=torch.long))
 
 
 def test_graph_induction_writes_scored_edges_and_a_circuit_of_edges(tmp_path):

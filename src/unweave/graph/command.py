@@ -1,7 +1,9 @@
 """`unweave graph TARGET`: the effect graph of a network's units, its modules (parts whose
 effects on the output do not overlap, found without being told what to look for), and the
-check by intervention that they are separable; writes record.json, graph.json (nodes and
-edges), modules.json (the modules and the separability matrix) and graph.html."""
+check by intervention that they are separable, and a circuit within a per-example KL budget;
+writes record.json, graph.json (nodes and edges), modules.json (the modules and the
+separability matrix), circuit.json and graph.html. `induction` scores the edges between the
+induction toy's components instead (graph.json, circuit.json, graph.html)."""
 
 from __future__ import annotations
 
@@ -32,7 +34,9 @@ CHECKED_UNITS = 32  # single-unit ablations measured for the attribution check
 class GraphConfig:
     target: str = setting(help=f"What to cut into modules: {TARGETS}.", argument=True)
     out: Path = setting(Path("runs/graph"), "Where record.json, graph.json, modules.json and graph.html go.")
-    examples: int = setting(4096, "Inputs of the planted network to judge its units on.")
+    examples: int = setting(
+        4096, "Inputs to judge on: random ones for two-tasks, sequences for induction (at most 256; modadd: all pairs)."
+    )
     seed: int = setting(0, "Seed of the planted network, its inputs, the community detection and the layout.")
     kl_budget: float = setting(KL_BUDGET, "Circuits: the per-example KL (nats) the circuit may cost ...")
     kl_quantile: float = setting(KL_QUANTILE, "... for this share of the examples.")

@@ -74,6 +74,8 @@ class EdgeModel:
         it is the model's own forward, computed edge by edge. `embed` replaces the embedding
         (token + position); `reads`, when given, is filled with every downstream input."""
         model, cfg = self.model, self.model.cfg
+        if tokens.dim() != 2 or tokens.shape[1] > cfg.n_ctx:
+            raise ValueError(f"tokens must have shape (batch, pos) with pos <= {cfg.n_ctx}, got {tuple(tokens.shape)}")
         outs = {"embed": model.W_E[tokens] + model.W_pos[: tokens.shape[1]] if embed is None else embed}
 
         def read(target: str) -> torch.Tensor:
