@@ -215,12 +215,17 @@ def test_eap_is_exact_on_edges_into_the_logits_for_a_linear_metric_and_ig_sums_t
 
 
 def test_induction_edges_recover_the_known_circuit(induction_model):
-    from unweave.graph.induction import aurocs, induction_case, score_edges
+    from unweave.graph.induction import aurocs, induction_case, node_check, score_edges
 
     case = induction_case(examples=64, seed=0, model=induction_model)
-    auroc = aurocs(case, score_edges(case))["strict"]
+    scores = score_edges(case)
+    auroc = aurocs(case, scores)["strict"]
     assert auroc["exact"] >= 0.95 and auroc["EAP"] >= 0.95
     assert auroc["EAP-IG (activations)"] >= 0.85 and auroc["EAP-IG (inputs)"] >= 0.85  # below 0.95: see README
+    nodes = node_check(case, scores)  # whole components ablated, against the sums of their edges
+    assert nodes["EAP"]["pearson"] > 0.9
+    exact_sum = nodes["exact"]["predicted"]
+    assert exact_sum[nodes["components"].index("L1.H0")] == pytest.approx(nodes["measured"][5], rel=1e-4)
 
 
 def test_edges_need_a_zoo_transformer():

@@ -299,6 +299,7 @@ def run_induction_graph(cfg: GraphConfig) -> RunResult:
     finally:
         task.close()
     auroc = induction.aurocs(case, scores)
+    nodes = induction.node_check(case, scores)
     edges = case.edges.edges
     names = [str(e) for e in edges]
     kept = [names[i] for i in circuit.units]
@@ -312,6 +313,8 @@ def run_induction_graph(cfg: GraphConfig) -> RunResult:
         "edge ROC AUC against the known circuit (strict / broad): "
         + ", ".join(f"{m} {auroc['strict'][m]:.3f} / {auroc['broad'][m]:.3f}" for m in induction.METHODS),
         circuit_text,
+        "components ablated whole, measured against the sum of their edges' scores (Pearson): "
+        + ", ".join(f"{m} {nodes[m]['pearson']:.3f}" for m in induction.METHODS if m != "exact"),
     ]
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     circuit_dict = {
@@ -338,6 +341,15 @@ def run_induction_graph(cfg: GraphConfig) -> RunResult:
             key=lambda r: -abs(r["exact"]),
         )
     )
+    report.section("Components ablated whole").table(
+        [
+            {"component": c, "measured": measured, **{m: nodes[m]["predicted"][i] for m in induction.METHODS}}
+            for i, (c, measured) in enumerate(zip(nodes["components"], nodes["measured"]))
+        ]
+    ).text(
+        lines[-1] + ". Exact is the sum of one-edge effects, which differs from the whole component's effect "
+        "where its edges interact."
+    )
     add_circuit_sections(report, circuit, circuit_text, "edges")
     results = {
         "target": "induction",
@@ -350,5 +362,6 @@ def run_induction_graph(cfg: GraphConfig) -> RunResult:
         "known_circuit": {name: sorted(str(e) for e in known_set) for name, known_set in case.known.items()},
         "head_scores": {name: v.tolist() for name, v in case.heads.items()},
         "auroc": auroc,
+        "components_ablated": nodes,
     }
     return run.finish(results, report, lines)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
@@ -114,6 +115,26 @@ def aurocs(case: EdgeCase, scores: dict[str, torch.Tensor]) -> dict[str, dict[st
         }
         for name, known in case.known.items()
     }
+
+
+def node_check(case: EdgeCase, scores: dict[str, torch.Tensor]) -> dict:
+    """Each component ablated (every edge out of it fed the corrupted run), measured, against
+    the sum of its out-edges' scores by each method (first order: the effect of moving all
+    of them at once); Pearson correlation per method over the components."""
+    em = case.edges
+    corrupt = corrupted_outputs(em, case.corrupted)
+    sources = list(dict.fromkeys(e.source for e in em.edges))
+    with torch.no_grad():
+        clean = case.metric(em.forward(case.tokens)[0])
+        measured = []
+        for s in sources:
+            alpha = torch.tensor([0.0 if e.source == s else 1.0 for e in em.edges])
+            measured.append(float(clean - case.metric(em.forward(case.tokens, alpha, corrupt)[0])))
+    out = {"components": sources, "measured": measured}
+    for method, s in scores.items():
+        predicted = [float(sum(s[i] for i, e in enumerate(em.edges) if e.source == src)) for src in sources]
+        out[method] = {"predicted": predicted, "pearson": float(np.corrcoef(predicted, measured)[0, 1])}
+    return out
 
 
 def edge_circuit(case: EdgeCase, order: list[int], budget: float, quantile: float) -> Circuit:
