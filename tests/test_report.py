@@ -125,6 +125,19 @@ def test_graph_page_draws_the_graph_and_shows_a_unit_on_hover(tmp_path):
 
 @browser
 @pytest.mark.browser
+def test_induction_graph_page_renders_its_edges(tmp_path):
+    from unweave.graph.command import GraphConfig, run_graph
+
+    result = run_graph(GraphConfig("induction", out=tmp_path, examples=48))
+    n_plots, errors, page_errors = render(result.report)
+    assert n_plots == 4, "component graph, methods against exact, circuit curve, KL histogram"
+    assert errors == [] and page_errors == []
+    page = result.report.read_text()
+    assert "L0.H0 -&gt; L1.H0.k" in page or "L0.H0 -> L1.H0.k" in page  # every edge named on hover
+
+
+@browser
+@pytest.mark.browser
 def test_sortable_table_sorts_numbers_when_its_header_is_clicked(tmp_path):
     from playwright.sync_api import sync_playwright
 

@@ -330,7 +330,9 @@ def run_induction_graph(cfg: GraphConfig) -> RunResult:
         summary.text(line, summary=True)
     summary.text(induction.__doc__.split("\n\n", 1)[1].replace("\n", " "))
     known = [e in case.known["strict"] for e in edges]
-    report.section("Edge scores").figure(
+    strict_pairs = {(e.source, e.target) for e in case.known["strict"]}
+    exact_edges = [(e.source, e.target, float(scores["exact"][i])) for i, e in enumerate(edges)]
+    report.section("Edge scores").figure(plots.component_graph(case.edges.heads, exact_edges, strict_pairs)).figure(
         plots.methods_against_exact({m: s.tolist() for m, s in scores.items()}, known, names)
     ).table([{"known circuit": name, **{m: auroc[name][m] for m in induction.METHODS}} for name in auroc]).table(
         sorted(

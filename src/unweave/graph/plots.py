@@ -142,3 +142,46 @@ def methods_against_exact(scores: dict[str, list[float]], known: list[bool], lab
         height=460,
     )
     return fig
+
+
+def component_graph(
+    layers: list[list[str]], edges: list[tuple[str, str, float]], known: set[tuple[str, str]]
+) -> go.Figure:
+    """Components in layer columns (embedding, then each layer's heads, then the logits);
+    each edge drawn from its source to the component whose input it feeds, wider for a
+    larger |score|, orange when it is in the known circuit; hover names the edge."""
+    columns = [["embed"], *layers, ["logits"]]
+    pos = {n: (x, (len(col) - 1) / 2 - y) for x, col in enumerate(columns) for y, n in enumerate(col)}
+    top = max(abs(w) for _, _, w in edges) or 1.0
+    fig = go.Figure()
+    for source, target, w in sorted(edges, key=lambda e: abs(e[2])):
+        node = target if target == "logits" else target.rsplit(".", 1)[0]
+        (x0, y0), (x1, y1) = pos[source], pos[node]
+        in_known = (source, target) in known
+        fig.add_scatter(
+            x=[x0, (x0 + x1) / 2, x1],
+            y=[y0, (y0 + y1) / 2, y1],
+            mode="lines",
+            line={"width": 0.5 + 8 * abs(w) / top, "color": "#ff7f0e" if in_known else "#999"},
+            opacity=0.9 if in_known else 0.5,
+            text=f"{source} -> {target}: {w:.3g}" + (" (known circuit)" if in_known else ""),
+            hoverinfo="text",
+            showlegend=False,
+        )
+    fig.add_scatter(
+        x=[p[0] for p in pos.values()],
+        y=[p[1] for p in pos.values()],
+        mode="markers+text",
+        text=list(pos),
+        textposition="top center",
+        marker={"size": 14, "color": "#1f77b4"},
+        hoverinfo="text",
+        showlegend=False,
+    )
+    fig.update_layout(
+        title="Edges by exact patching (width: |score|; orange: the known circuit)",
+        xaxis={"visible": False},
+        yaxis={"visible": False},
+        height=480,
+    )
+    return fig
