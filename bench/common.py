@@ -1,12 +1,16 @@
-"""Shared by the benchmarks: timing with warm-up and repeats, a plain table, and --quick."""
+"""Shared by the benchmarks: timing with warm-up and repeats, a plain table, --quick, and
+running a peer's side script in its virtualenv."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 
 def best_of(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> tuple[float, float]:
@@ -52,3 +56,13 @@ def quick_option(parser: argparse.ArgumentParser, **small) -> None:
     parser.add_argument("--quick", action="store_true", help=f"small sizes to check the pipeline: {sizes}")
     if "--quick" in sys.argv[1:]:
         parser.set_defaults(**small)
+
+
+def run_side(python: Path, script: Path, job: dict, workdir: Path, peer: str) -> dict:
+    """Run a peer's side script in its own virtualenv on a JSON job file; its last line of
+    output is a JSON object, returned. A failing side stops the bench with its stderr's tail."""
+    (workdir / "job.json").write_text(json.dumps(job))
+    done = subprocess.run([str(python), str(script), str(workdir / "job.json")], capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"the {peer} side failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])

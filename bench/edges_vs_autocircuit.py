@@ -24,13 +24,11 @@ corrupted forward. The scores are matched edge by edge.
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import tempfile
 from pathlib import Path
 
 import torch
-from common import best_of, quick_option, table
+from common import best_of, quick_option, run_side, table
 from safetensors.torch import load_file, save_file
 
 from unweave.graph.edges import EdgeModel, corrupted_outputs, eap_scores
@@ -88,15 +86,7 @@ def main():
             "repeats": args.repeats,
             "out": str(work / "peer.safetensors"),
         }
-        (work / "job.json").write_text(json.dumps(job))
-        done = subprocess.run(
-            [str(PEER), str(HERE / "_autocircuit_side.py"), str(work / "job.json")],
-            capture_output=True,
-            text=True,
-        )
-        if done.returncode:
-            raise SystemExit(f"the auto-circuit side failed:\n{done.stderr[-3000:]}")
-        peer = json.loads(done.stdout.strip().splitlines()[-1])
+        peer = run_side(PEER, HERE / "_autocircuit_side.py", job, work, "auto-circuit")
         peer_logits = load_file(str(work / "peer.safetensors"))["logits"]
     with torch.no_grad():
         logit_gap = float((model(clean)[:, -1] - peer_logits).abs().max())

@@ -27,13 +27,11 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
-import subprocess
 import tempfile
 from pathlib import Path
 
 import torch
-from common import best_of, quick_option, table
+from common import best_of, quick_option, run_side, table
 from safetensors.torch import load_file, save_file
 
 from unweave.hf import cache_dir, load_model
@@ -58,14 +56,7 @@ def peer(tokens, base, source, layer, head, batch_size, repeats, threads, workdi
         "threads": threads,
         "out": str(workdir / "peer.safetensors"),
     }
-    (workdir / "job.json").write_text(json.dumps(job))
-    done = subprocess.run(
-        [str(PEER), str(HERE / "_pyvene_side.py"), str(workdir / "job.json")],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    seconds = json.loads(done.stdout.strip().splitlines()[-1])["seconds"]
+    seconds = run_side(PEER, HERE / "_pyvene_side.py", job, workdir, "pyvene")["seconds"]
     return min(seconds), load_file(str(workdir / "peer.safetensors"))["logits"]
 
 

@@ -18,9 +18,7 @@ whether the two estimates agree within their combined standard errors.
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import subprocess
 import tempfile
 import time
 import warnings
@@ -28,7 +26,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from common import quick_option, table
+from common import quick_option, run_side, table
 
 from unweave.slt import SGLDConfig, estimate_llc
 from unweave.slt.llc import mean_loss
@@ -77,13 +75,7 @@ def peer(spec_extra, model, loader, cfg: SGLDConfig, init_loss: float, tmp: Path
             k: getattr(cfg, k) for k in ("epsilon", "nbeta", "localization", "chains", "draws", "burn_in", "seed")
         },
     }
-    (tmp / "spec.json").write_text(json.dumps(spec))
-    out = subprocess.run(
-        [str(PEER), str(HERE / "_devinterp_side.py"), str(tmp / "spec.json")], capture_output=True, text=True
-    )
-    if out.returncode:
-        raise SystemExit(f"devinterp side failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_side(PEER, HERE / "_devinterp_side.py", spec, tmp, "devinterp")
 
 
 def main() -> None:

@@ -98,7 +98,7 @@ def test_modular_addition_splits_into_its_key_frequencies_one_to_one(small_modad
     target = modadd_target(small_modadd.dir)
     carving = carve_target(target, seed=0)
     p = small_modadd.config.p
-    acts = target.data.activations().numpy()
+    acts = target.data.activations.numpy()
     freq = _dominant_frequencies(acts, p)
     # key frequencies, independently: the embedding's power per frequency by numpy's FFT
     W_E = target.data.model.W_E.detach().numpy()[:p]

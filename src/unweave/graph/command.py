@@ -70,7 +70,7 @@ def unit_check(data: EffectData, gram: torch.Tensor, modules: Modules, count: in
     change; the attribution is trusted as far as the two agree (Pearson and Spearman)."""
     own = gram.diagonal()
     units = own.argsort(descending=True)[:count].tolist()
-    clean = data.outputs()
+    clean = data.clean
     cells = clean.numel()
     predicted = [math.sqrt(float(own[u]) / cells) for u in units]
     measured = [float((data.outputs(ablate=[u]) - clean).double().pow(2).mean().sqrt()) for u in units]
@@ -133,7 +133,7 @@ def add_circuit(c: Carving, budget: float = KL_BUDGET, quantile: float = KL_QUAN
         kept = set(kept)
         return data.outputs(ablate=[u for u in every if u not in kept])
 
-    c.circuit = find_circuit(order, keeping, data.outputs(), c.target.labels, budget, quantile)
+    c.circuit = find_circuit(order, keeping, data.clean, c.target.labels, budget, quantile)
 
 
 def circuit_json(c: Carving) -> dict:

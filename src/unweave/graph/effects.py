@@ -14,6 +14,7 @@ unembedding) the estimate is exact; `ablated_outputs` measures the true change.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -50,31 +51,33 @@ class EffectData:
     output: Callable[[torch.Tensor], torch.Tensor]  # the model's output -> (batch, outputs)
     batch_size: int = 512
 
-    def __post_init__(self):
-        self._baseline: torch.Tensor | None = None
-
     def batches(self) -> Iterator[torch.Tensor]:
         yield from self.inputs.split(self.batch_size)
 
-    @torch.no_grad()
+    @functools.cached_property
     def activations(self) -> torch.Tensor:
-        """(examples, units) at the site."""
+        """(examples, units) at the site, computed once."""
         site = self.units.site
-        return torch.cat([self.units.of(capture(self.model, site, x)[site]) for x in self.batches()])
+        with torch.no_grad():
+            return torch.cat([self.units.of(capture(self.model, site, x)[site]) for x in self.batches()])
 
-    @property
+    @functools.cached_property
     def baseline(self) -> torch.Tensor:
         """Each unit's mean over the data: what an ablated unit is set to."""
-        if self._baseline is None:
-            self._baseline = self.activations().mean(0)
-        return self._baseline
+        return self.activations.mean(0)
+
+    @functools.cached_property
+    def clean(self) -> torch.Tensor:
+        """(examples, outputs) of the model itself, computed once (every ablation is measured from it)."""
+        with torch.no_grad():
+            return torch.cat([self.output(self.model(x)) for x in self.batches()])
 
     @torch.no_grad()
     def outputs(self, ablate: Sequence[int] = ()) -> torch.Tensor:
         """(examples, outputs), with the units in `ablate` set to their means."""
         index = torch.as_tensor(list(ablate), dtype=torch.long)
         if index.numel() == 0:
-            return torch.cat([self.output(self.model(x)) for x in self.batches()])
+            return self.clean
         mean = self.baseline[index]
 
         def ablated(act: torch.Tensor) -> torch.Tensor:

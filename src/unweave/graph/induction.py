@@ -17,6 +17,7 @@ they are in neither.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,6 +50,11 @@ class EdgeCase:
     half: int
     known: dict[str, set[Edge]]  # "strict", "broad"
     heads: dict  # the attention-pattern scores the known circuit was read from
+
+    @functools.cached_property
+    def corrupt(self) -> dict[str, torch.Tensor]:
+        """Every component's output on the corrupted inputs, computed once."""
+        return corrupted_outputs(self.edges, self.corrupted)
 
     @property
     def positions(self) -> torch.Tensor:
@@ -97,7 +103,7 @@ def induction_case(examples: int, seed: int, model: Transformer | None = None) -
 
 
 def score_edges(case: EdgeCase) -> dict[str, torch.Tensor]:
-    em, corrupt = case.edges, corrupted_outputs(case.edges, case.corrupted)
+    em, corrupt = case.edges, case.corrupt
     return {
         "exact": exact_scores(em, case.tokens, corrupt, case.metric),
         "EAP": eap_scores(em, case.tokens, corrupt, case.metric),
@@ -122,7 +128,7 @@ def node_check(case: EdgeCase, scores: dict[str, torch.Tensor]) -> dict:
     the sum of its out-edges' scores by each method (first order: the effect of moving all
     of them at once); Pearson correlation per method over the components."""
     em = case.edges
-    corrupt = corrupted_outputs(em, case.corrupted)
+    corrupt = case.corrupt
     sources = list(dict.fromkeys(e.source for e in em.edges))
     with torch.no_grad():
         clean = case.metric(em.forward(case.tokens)[0])
@@ -140,7 +146,7 @@ def node_check(case: EdgeCase, scores: dict[str, torch.Tensor]) -> dict:
 def edge_circuit(case: EdgeCase, order: list[int], budget: float, quantile: float) -> Circuit:
     """Edges in `order` kept, every other edge fed the corrupted run."""
     em = case.edges
-    corrupt = corrupted_outputs(em, case.corrupted)
+    corrupt = case.corrupt
 
     def keeping(kept: list[int]) -> torch.Tensor:
         alpha = torch.zeros(len(em.edges))

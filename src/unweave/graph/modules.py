@@ -24,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import networkx as nx
+import numpy as np
 import torch
 
 from unweave.graph.effects import EffectData
@@ -49,18 +50,26 @@ class Modules:
     graph: nx.Graph = field(repr=False)
 
 
+def _largest_first(modules: list[list[int]], own: torch.Tensor) -> list[int]:
+    """The order of `modules` by their summed squared effect, largest first."""
+    return sorted(range(len(modules)), key=lambda k: -float(own[modules[k]].sum()))
+
+
+def _ranked(modules: list[list[int]], gram: torch.Tensor, inactive: list[int], graph: nx.Graph) -> Modules:
+    """`modules` (already largest first) with their shares of the total squared effect."""
+    own = gram.diagonal()
+    total = float(own.sum())
+    return Modules(modules, inactive, [float(own[m].sum()) / total for m in modules], graph)
+
+
 def effect_graph(gram: torch.Tensor, inactive: float = INACTIVE) -> tuple[nx.Graph, list[int]]:
     """Nodes: the active units (with their squared effect); edges: |G_ij| between them."""
     own = gram.diagonal()
     active = (own > inactive * own.max()).nonzero().flatten().tolist()
-    weights = gram.abs()
-    graph = nx.Graph()
-    for i in active:
-        graph.add_node(i, effect=float(own[i]))
-    for a, i in enumerate(active):
-        for j in active[a + 1 :]:
-            if weights[i, j] > 0:
-                graph.add_edge(i, j, weight=float(weights[i, j]))
+    weights = gram.abs()[active][:, active].numpy().copy()
+    np.fill_diagonal(weights, 0)  # a unit's overlap with itself is its effect, a node attribute
+    graph = nx.relabel_nodes(nx.from_numpy_array(weights), dict(enumerate(active)))  # an edge per nonzero weight
+    nx.set_node_attributes(graph, {i: float(own[i]) for i in active}, "effect")
     dead = sorted(set(range(len(own))) - set(active))
     return graph, dead
 
@@ -70,11 +79,8 @@ def find_modules(gram: torch.Tensor, seed: int = 0) -> Modules:
     graph, inactive = effect_graph(gram)
     if graph.number_of_nodes() == 0:
         raise ValueError("no unit has a measurable effect on the output; check the site and the output function")
-    found = nx.community.louvain_communities(graph, weight="weight", seed=seed)
-    own = gram.diagonal()
-    total = float(own.sum())
-    modules = sorted((sorted(c) for c in found), key=lambda c: -float(own[c].sum()))
-    return Modules(modules, inactive, [float(own[m].sum()) / total for m in modules], graph)
+    found = [sorted(c) for c in nx.community.louvain_communities(graph, weight="weight", seed=seed)]
+    return _ranked([found[k] for k in _largest_first(found, gram.diagonal())], gram, inactive, graph)
 
 
 def output_directions(effects: torch.Tensor, size: float = OUTPUT_SIZE) -> torch.Tensor:
@@ -95,8 +101,7 @@ class Separability:
 def separability(data: EffectData, modules: list[list[int]]) -> Separability:
     """Ablate each module (its units set to their means) and measure, exactly, how much the
     output moves inside every module's output directions."""
-    clean = data.outputs()
-    changes = [data.outputs(ablate=m) - clean for m in modules]
+    changes = [data.outputs(ablate=m) - data.clean for m in modules]
     dirs = [output_directions(change) for change in changes]
     size = torch.tensor([[float((change.double() @ d).norm()) for d in dirs] for change in changes])
     own = size.diagonal().clamp_min(1e-300)
@@ -118,11 +123,8 @@ def carve(data: EffectData, gram: torch.Tensor, seed: int = 0, merge: float = ME
             break
         i, j = divmod(int(s.argmax()), len(modules))
         modules = [m for k, m in enumerate(modules) if k not in (i, j)] + [sorted(modules[i] + modules[j])]
-    own = gram.diagonal()
-    order = sorted(range(len(modules)), key=lambda k: -float(own[modules[k]].sum()))
-    modules = [modules[k] for k in order]
+    order = _largest_first(modules, gram.diagonal())
     sep = Separability(
         [[sep.matrix[a][b] for b in order] for a in order], [sep.directions[k] for k in order], sep.max_off_diagonal
     )
-    total = float(own.sum())
-    return Modules(modules, found.inactive, [float(own[m].sum()) / total for m in modules], found.graph), sep
+    return _ranked([modules[k] for k in order], gram, found.inactive, found.graph), sep

@@ -81,7 +81,7 @@ def two_tasks_target(examples: int, seed: int) -> Target:
         "two-tasks",
         data,
         note,
-        _top_inputs(data.activations(), label),
+        _top_inputs(data.activations, label),
         "task",
         model.neuron_task.tolist(),
         {},
@@ -93,7 +93,7 @@ def modadd_target(path: Path) -> Target:
     model, p = run.load(), run.config.p
     tokens = make_data(run.config).tokens
     data = EffectData(model, tokens, Units("blocks.0.mlp.hook_post", -1), lambda out: centred_logits(out[:, -1]))
-    acts = data.activations()
+    acts = data.activations
     # checked afterwards, never given to the method: each neuron's dominant frequency and the
     # key frequencies of the embedding
     truth = fourier.neuron_frequencies(acts, p).tolist()
