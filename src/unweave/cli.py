@@ -23,6 +23,7 @@ from unweave.demo import DemoConfig, run_demo
 from unweave.dictionaries.command import SAEEvalConfig, SAETrainConfig, run_sae_eval, run_sae_train
 from unweave.distributed import world
 from unweave.features.command import FeaturesConfig, run_features
+from unweave.fingerprint.command import FingerprintConfig, run_fingerprint
 from unweave.graph.command import GraphConfig, run_graph
 from unweave.hypotheses.command import ScrubConfig, run_scrub
 from unweave.index import RunsConfig, run_runs
@@ -224,6 +225,14 @@ COMMANDS = [
         run_graph,
         "Cut a network into modules whose effects on the output do not overlap, and check them by ablation.",
         "Examples: unweave graph two-tasks --out runs/graph-2;  unweave graph runs/demo/modadd --out runs/graph-modadd",
+    ),
+    (
+        app,
+        "fingerprint",
+        FingerprintConfig,
+        run_fingerprint,
+        "Tell training runs apart by the algorithm they learned: fingerprints, distances, clusters, baselines.",
+        "Example: unweave fingerprint runs/clock-s0 runs/clock-s1 runs/pizza-s0 runs/pizza-s1 --out runs/fingerprint",
     ),
     (
         sae_app,

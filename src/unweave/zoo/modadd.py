@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from unweave import progress
 from unweave.artifacts import read_json, read_tensors, write_json, write_tensors
 from unweave.configs import setting
-from unweave.zoo.transformer import Transformer, TransformerConfig
+from unweave.zoo.transformer import ATTENTION, Transformer, TransformerConfig
 
 
 def _is_prime(n: int) -> bool:
@@ -36,6 +36,11 @@ class ModAddConfig:
     d_model: int = setting(128, "Residual stream width.")
     n_heads: int = setting(4, "Attention heads.")
     d_mlp: int = setting(512, "MLP width.")
+    attention: str = setting(
+        "learned",
+        "Attention: learned (the clock algorithm) or uniform, every position attending equally "
+        "to all earlier ones (the pizza algorithm, Zhong et al. 2023).",
+    )
     lr: float = setting(3e-3, "AdamW learning rate.")
     weight_decay: float = setting(1.0, "AdamW weight decay.")
     warmup_steps: int = setting(10, "Linear learning-rate warm-up steps.")
@@ -52,6 +57,8 @@ class ModAddConfig:
         for name in ("steps", "eval_every", "checkpoint_every", "d_model", "n_heads", "d_mlp"):
             if getattr(self, name) < 1:
                 raise ValueError(f"ModAddConfig.{name} must be at least 1, got {getattr(self, name)}")
+        if self.attention not in ATTENTION:
+            raise ValueError(f"ModAddConfig.attention must be one of {ATTENTION}, got {self.attention!r}")
         if self.lr <= 0:
             raise ValueError(f"ModAddConfig.lr must be positive, got {self.lr}")
 
@@ -64,6 +71,7 @@ class ModAddConfig:
             d_mlp=self.d_mlp,
             n_layers=1,
             d_vocab_out=self.p,
+            attention=self.attention,
         )
 
     @classmethod

@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+ATTENTION = ("learned", "uniform")
+
 
 @dataclass(frozen=True)
 class TransformerConfig:
@@ -26,11 +28,17 @@ class TransformerConfig:
     d_mlp: int = 512  # 0 makes the model attention-only
     n_layers: int = 1
     d_vocab_out: int | None = None  # defaults to vocab
+    # "uniform": every position attends equally to itself and all earlier positions, with no
+    # queries or keys (Zhong et al. 2023's constant attention, under which modular addition
+    # learns the pizza algorithm instead of the clock)
+    attention: str = "learned"
 
     def __post_init__(self):
         for field in ("vocab", "n_ctx", "d_model", "n_heads", "n_layers"):
             if getattr(self, field) < 1:
                 raise ValueError(f"TransformerConfig.{field} must be at least 1, got {getattr(self, field)}")
+        if self.attention not in ATTENTION:
+            raise ValueError(f"TransformerConfig.attention must be one of {ATTENTION}, got {self.attention!r}")
         if self.d_model % self.n_heads:
             raise ValueError(
                 f"TransformerConfig.d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})"
@@ -49,8 +57,10 @@ class Attention(nn.Module):
         super().__init__()
         h, d, dh = cfg.n_heads, cfg.d_model, cfg.d_head
         scale = 1 / math.sqrt(d)
-        self.W_Q = nn.Parameter(torch.randn(h, d, dh) * scale)
-        self.W_K = nn.Parameter(torch.randn(h, d, dh) * scale)
+        self.uniform = cfg.attention == "uniform"
+        if not self.uniform:  # uniform attention has no parameters to learn where to look
+            self.W_Q = nn.Parameter(torch.randn(h, d, dh) * scale)
+            self.W_K = nn.Parameter(torch.randn(h, d, dh) * scale)
         self.W_V = nn.Parameter(torch.randn(h, d, dh) * scale)
         self.W_O = nn.Parameter(torch.randn(h, dh, d) * scale)
         self.register_buffer("causal", torch.tril(torch.ones(cfg.n_ctx, cfg.n_ctx, dtype=torch.bool)), persistent=False)
@@ -61,15 +71,23 @@ class Attention(nn.Module):
         self.hook_z = nn.Identity()  # (batch, pos, head, d_head)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q = torch.einsum("bpd,hde->bhpe", self.hook_q_input(x), self.W_Q)
-        k = torch.einsum("bpd,hde->bhpe", self.hook_k_input(x), self.W_K)
         v = torch.einsum("bpd,hde->bhpe", self.hook_v_input(x), self.W_V)
-        n = x.shape[1]
-        scores = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
-        scores = scores.masked_fill(~self.causal[:n, :n], float("-inf"))
-        pattern = self.hook_pattern(scores.softmax(-1))
+        pattern = self.hook_pattern(self._uniform_pattern(x) if self.uniform else self._learned_pattern(x))
         z = self.hook_z(torch.einsum("bhqk,bhke->bqhe", pattern, v))
         return torch.einsum("bqhe,hed->bqd", z, self.W_O)
+
+    def _learned_pattern(self, x: torch.Tensor) -> torch.Tensor:
+        q = torch.einsum("bpd,hde->bhpe", self.hook_q_input(x), self.W_Q)
+        k = torch.einsum("bpd,hde->bhpe", self.hook_k_input(x), self.W_K)
+        n = x.shape[1]
+        scores = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
+        return scores.masked_fill(~self.causal[:n, :n], float("-inf")).softmax(-1)
+
+    def _uniform_pattern(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[1]
+        causal = self.causal[:n, :n].to(x.dtype)
+        pattern = causal / causal.sum(-1, keepdim=True)
+        return pattern.expand(x.shape[0], self.W_V.shape[0], n, n)
 
 
 class MLP(nn.Module):

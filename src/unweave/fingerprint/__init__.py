@@ -1,0 +1,2 @@
+"""Fingerprints of training runs by the mechanism they learned, distances between them, and
+clusters (`unweave fingerprint RUN...`)."""
