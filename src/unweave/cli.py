@@ -31,6 +31,7 @@ from unweave.mdl.command import MDLConfig, run_mdl
 from unweave.runs import RunResult
 from unweave.sitemap import SitesConfig, run_sites
 from unweave.slt.command import LLCConfig, run_llc
+from unweave.universality.command import UniversalityConfig, run_universality
 from unweave.zoo.command import TrainModAddConfig, run_train_modadd
 
 app = typer.Typer(
@@ -233,6 +234,15 @@ COMMANDS = [
         run_fingerprint,
         "Tell training runs apart by the algorithm they learned: fingerprints, distances, clusters, baselines.",
         "Example: unweave fingerprint runs/clock-s0 runs/clock-s1 runs/pizza-s0 runs/pizza-s1 --out runs/fingerprint",
+    ),
+    (
+        app,
+        "universality",
+        UniversalityConfig,
+        run_universality,
+        "Which units of one run recur in another: max and mean-max correlation, one-to-one matches, CKA, a baseline.",
+        "Examples: unweave universality tms;  unweave universality induction --seeds 0 --seeds 1;  "
+        "unweave universality runs/modadd-s0 runs/modadd-s1",
     ),
     (
         sae_app,
