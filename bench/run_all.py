@@ -106,6 +106,7 @@ BENCHES = {
             what="Graph, modules and circuit of the modular-addition model",
         ),
         Bench("edges_vs_autocircuit", peer="autocircuit", what="Edge attribution patching vs auto-circuit"),
+        Bench("fingerprint_modadd", what="Clock and pizza runs told apart on held-out moduli, against two baselines"),
         Bench("devices", what="The same unweave work on the CPU and on the GPU (when there is one), side by side"),
     )
 }

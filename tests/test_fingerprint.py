@@ -98,12 +98,13 @@ def test_clusters_find_planted_groups_and_leave_one_group_whole():
     rng = np.random.default_rng(0)
     centres = np.array([[0.0, 0.0], [1.0, 0.5]])
     points = np.concatenate([c + 0.02 * rng.normal(size=(4, 2)) for c in centres])
-    labels, choice = clusters(distances(points))
+    labels, choice = clusters(distances(points), 0.1)
     assert agreement(labels, ["x"] * 4 + ["y"] * 4) == 1.0 and choice["best_k"] == 2
+    assert clusters(distances(points), 2.0)[0] == [0] * 8  # groups closer than the separation stay one
     alike = 0.02 * rng.normal(size=(6, 2))  # one group: spread below the separation
-    assert clusters(distances(alike))[0] == [0] * 6
-    assert clusters(distances(points[[0, 4]]))[0] == [0, 1]
-    assert clusters(distances(points[[0, 1]]))[0] == [0, 0]
+    assert clusters(distances(alike), 0.1)[0] == [0] * 6
+    assert clusters(distances(points[[0, 4]]), 0.1)[0] == [0, 1]
+    assert clusters(distances(points[[0, 1]]), 0.1)[0] == [0, 0]
 
 
 @pytest.fixture(scope="module")

@@ -3,9 +3,10 @@ embedding of the distances for the page.
 
 Clusters: average-linkage on the distances, cut into the number of clusters with the best
 silhouette (Rousseeuw 1987), kept only when that silhouette shows reasonable structure
-(at least 0.5, Kaufman & Rousseeuw's bound) and the clusters are further apart than
-MIN_SEPARATION; otherwise every run is one cluster. Two runs are two clusters exactly when
-their distance exceeds MIN_SEPARATION (a silhouette needs three).
+(at least 0.5, Kaufman & Rousseeuw's bound) and the clusters join further apart than a
+minimum separation, in the fingerprint's own units; otherwise every run is one cluster. Two
+runs are two clusters exactly when their distance exceeds the separation (a silhouette needs
+three).
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from sklearn.manifold import MDS
 from sklearn.metrics import adjusted_rand_score, silhouette_score
 
 MIN_SILHOUETTE = 0.5
-MIN_SEPARATION = 0.1  # in the diagnostics' own units (each spans at most [-1, 1])
 
 
 def distances(vectors: np.ndarray) -> np.ndarray:
@@ -25,7 +25,7 @@ def distances(vectors: np.ndarray) -> np.ndarray:
     return squareform(pdist(np.asarray(vectors, dtype=float)))
 
 
-def clusters(dist: np.ndarray, min_separation: float = MIN_SEPARATION) -> tuple[list[int], dict]:
+def clusters(dist: np.ndarray, min_separation: float) -> tuple[list[int], dict]:
     """A cluster label per run (0-based, in order of first appearance) and how it was chosen."""
     n = len(dist)
     if n == 2:

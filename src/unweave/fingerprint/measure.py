@@ -4,6 +4,7 @@ raw weights and the loss curves."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,14 @@ from unweave.zoo.modadd import TrainedModAdd, make_data
 # differ: it is what decides the algorithm)
 SHARED = ("p", "d_model", "n_heads", "d_mlp")
 DIAGNOSTICS = ("gradient_symmetricity", "distance_irrelevance", "sum_dependence")
+# Zhong et al. 2023's reported diagnostics of their clock and pizza models
+PUBLISHED = {
+    "clock": {"gradient_symmetricity": 0.3336, "distance_irrelevance": 0.85},
+    "pizza": {"gradient_symmetricity": 0.9937, "distance_irrelevance": 0.17},
+}
+# runs are called different algorithms only when their fingerprints are at least half as far
+# apart as the published clock and pizza (0.47): a rule from the paper, not from our runs
+MIN_SEPARATION = 0.5 * math.dist(PUBLISHED["clock"].values(), PUBLISHED["pizza"].values())
 # the diagnostics that read only the function from inputs to logits, not the network's graph:
 # uniform attention forces gradient symmetricity to 1 by construction, these it does not force
 BEHAVIOURAL = ("distance_irrelevance", "sum_dependence")
