@@ -86,7 +86,7 @@ def test_backdoored_digits_corner_trigger():
     assert task.info["clean_accuracy"] > 0.9 and task.info["attack_success_rate"] > 0.9
     rows = evaluate_task(task, detectors=["mahalanobis", "lof"])["rows"]
     assert best(rows, "activations")["auroc"] >= 0.95
-    assert any(r["detector"] == "dictionary latents" and r["features"] == "skipped" for r in rows)
+    assert {r["site"] for r in rows if r["features"] == "dictionary latents"} == {"act1", "act2", "combined"}
     assert {r["site"] for r in rows if r["features"] == "activations"} == {"act1", "act2", "combined"}
 
 

@@ -76,6 +76,8 @@ def check_record(folder: Path, command: str, results: str, report: str, **config
         ["sae", "train"],
         ["sae", "eval"],
         ["scrub"],
+        ["fingerprint"],
+        ["universality"],
     ],
 )
 def test_every_command_explains_itself(command):
@@ -297,15 +299,15 @@ def test_detect_writes_report_and_table(tmp_path):
     assert result.exit_code == 0, result.output
     record = json.loads((tmp_path / "detect.json").read_text())
     rows = record["tasks"]["backdoor-digits-corner"]["rows"]
-    assert {r["detector"] for r in rows} == {"mahalanobis", "que", "dictionary latents"}
+    assert {r["detector"] for r in rows} == {"mahalanobis", "que"}
+    assert {r["features"] for r in rows} == {"raw input", "activations", "attributions", "dictionary latents"}
     html = (tmp_path / "detect.html").read_text()
     assert "Summary: best detector" in html and html.index("Summary: best detector") < html.index("Task backdoor")
     # a corner trigger on 10% poisoned digits: the model's activations give the triggered inputs away
     best_acts = max(r["auroc"] for r in rows if r["features"] == "activations")
     assert best_acts > 0.95, best_acts
     for r in rows:
-        if r["features"] != "skipped":
-            assert 0 <= r["auroc"] <= 1 and 0 <= r["fpr@95tpr"] <= 1
+        assert 0 <= r["auroc"] <= 1 and 0 <= r["fpr@95tpr"] <= 1
     meta = check_record(
         tmp_path,
         "detect",

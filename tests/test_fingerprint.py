@@ -146,9 +146,15 @@ def test_clock_and_pizza_show_the_papers_diagnostics(clock_and_pizza_runs):
 
 
 def test_fingerprint_separates_clock_from_pizza_and_the_baselines_do_not(clock_and_pizza_runs, tmp_path):
+    from test_cli import check_record, runner
+
+    from unweave.cli import app
+
     paths = list(clock_and_pizza_runs.values())
-    result = run_fingerprint(FingerprintConfig(runs=paths, out=tmp_path))
-    saved = json.loads(result.results.read_text())
+    result = runner.invoke(app, ["fingerprint", *map(str, paths), "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    check_record(tmp_path, "fingerprint", "fingerprint.json", "fingerprint.html", runs=[str(p) for p in paths])
+    saved = json.loads((tmp_path / "fingerprint.json").read_text())
     clock, pizza = {str(p) for p in paths[:2]}, {str(p) for p in paths[2:]}
     assert sorted(map(set, saved["clusters"]), key=len) == sorted([clock, pizza], key=len)
     assert saved["known"]["recovered"]
@@ -156,7 +162,7 @@ def test_fingerprint_separates_clock_from_pizza_and_the_baselines_do_not(clock_a
     assert distances.shape == (4, 4) and np.allclose(distances, distances.T)
     weights = saved["comparisons"]["weights"]
     assert weights["adjusted_rand_index"] < 1 and weights["adjusted_rand_index_told_number_of_groups"] < 1
-    page = result.report.read_text()
+    page = (tmp_path / "fingerprint.html").read_text()
     assert "Distances: mechanism" in page and "Distances: weights" in page
 
 

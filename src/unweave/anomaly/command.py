@@ -41,7 +41,7 @@ def run_detect(cfg: DetectConfig) -> RunResult:
         task = resolve(name, cfg.poison_rate, cfg.seed, cfg.device, cfg.text)
         result = evaluate_task(task, cfg.detector, cfg.seed)
         rows = result["rows"]
-        top = {kind: best(rows, kind) for kind in ("raw input", "activations", "attributions")}
+        top = {kind: best(rows, kind) for kind in ("raw input", "activations", "attributions", "dictionary latents")}
         top = {kind: r for kind, r in top.items() if r is not None}
         summary.append(
             {

@@ -1,5 +1,6 @@
-"""Run detectors on a task: raw inputs (no model), activations and attributions at each
-site, and a combined score over sites; every score gets AUROC, AP and FPR at 95% TPR."""
+"""Run detectors on a task: raw inputs (no model), activations, attributions and the latents
+of a dictionary trained on the trusted activations at each site, and a combined score over
+sites; every score gets AUROC, AP and FPR at 95% TPR."""
 
 from __future__ import annotations
 
@@ -13,7 +14,15 @@ from unweave.anomaly import metrics
 from unweave.anomaly.detectors import DETECTORS, make
 from unweave.anomaly.tasks import Task
 from unweave.devices import model_device
+from unweave.dictionaries.sae import SAE, SAEConfig
+from unweave.dictionaries.train import train_sae
 from unweave.sites import capture, capturing
+
+# the dictionary at each site, a rule of its width d alone: TopK with 4d latents and
+# k = d/8 (at least 4, at most 32), trained on the trusted activations only
+LATENTS_PER_DIM = 4
+DICTIONARY_STEPS = 2000
+DICTIONARY_BATCH = 256
 
 
 def _rows(acts: torch.Tensor, position: int | str | None = None) -> np.ndarray:
@@ -50,6 +59,32 @@ def attribution_features(model: torch.nn.Module, sites: Sequence[str], x: torch.
     return {s: _rows(acts[s] * g) for s, g in zip(sites, grads)}
 
 
+def dictionary_k(d: int) -> int:
+    return int(min(32, max(4, d // 8)))
+
+
+def train_dictionaries(trusted: dict[str, np.ndarray], seed: int = 0) -> dict[str, SAE]:
+    """A TopK dictionary per site on the trusted activations (examples, d), never on test inputs."""
+    saes = {}
+    for site, acts in progress.track(list(trusted.items()), "training a dictionary per site"):
+        x = torch.as_tensor(acts, dtype=torch.float32)
+        d = x.shape[1]
+        sae = SAE(SAEConfig(d_in=d, n_latents=LATENTS_PER_DIM * d, architecture="topk", k=dictionary_k(d)), seed=seed)
+        gen = torch.Generator().manual_seed(seed)
+        batches = (x[torch.randint(len(x), (DICTIONARY_BATCH,), generator=gen)] for _ in range(DICTIONARY_STEPS))
+        train_sae(sae, batches, DICTIONARY_STEPS, lr=1e-3, warmup=50)
+        saes[site] = sae.eval()
+    return saes
+
+
+def dictionary_features(saes: dict[str, SAE], activations: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    with torch.no_grad():
+        return {
+            s: sae.encode(torch.as_tensor(activations[s], dtype=torch.float32)).double().numpy()
+            for s, sae in saes.items()
+        }
+
+
 def evaluate_task(task: Task, detectors: Sequence[str] = tuple(DETECTORS), seed: int = 0) -> dict:
     """All detectors on all feature sets of a task; returns rows for the table and the scores."""
     unknown = [d for d in detectors if d not in DETECTORS]
@@ -69,6 +104,9 @@ def evaluate_task(task: Task, detectors: Sequence[str] = tuple(DETECTORS), seed:
         return sets
 
     fit_f, cal_f, test_f = feature_sets(fit_x), feature_sets(cal_x), feature_sets(task.test)
+    saes = train_dictionaries(fit_f["activations"], seed)
+    for sets in (fit_f, cal_f, test_f):
+        sets["dictionary latents"] = dictionary_features(saes, sets["activations"])
     rows, scores = [], {}
     for name in progress.track(list(detectors), f"detectors on {task.name}"):
         for kind, per_site in test_f.items():
@@ -99,19 +137,6 @@ def evaluate_task(task: Task, detectors: Sequence[str] = tuple(DETECTORS), seed:
                     }
                 )
                 scores[(name, kind, "combined")] = z_sum
-    # a detector on dictionary latents needs a dictionary trained at the task's sites, which
-    # unweave.dictionaries cannot train from a task yet: said in the table rather than left out
-    rows.append(
-        {
-            "task": task.name,
-            "detector": "dictionary latents",
-            "features": "skipped",
-            "site": "no dictionary trained at these sites yet",
-            "auroc": float("nan"),
-            "ap": float("nan"),
-            "fpr@95tpr": float("nan"),
-        }
-    )
     return {"rows": rows, "scores": scores, "labels": task.test_anomalous, "info": task.info}
 
 
