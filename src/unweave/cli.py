@@ -32,7 +32,12 @@ from unweave.runs import RunResult
 from unweave.sitemap import SitesConfig, run_sites
 from unweave.slt.command import LLCConfig, run_llc
 from unweave.universality.command import UniversalityConfig, run_universality
-from unweave.zoo.command import TrainModAddConfig, run_train_modadd
+from unweave.zoo.command import (
+    TrainModAddConfig,
+    TrainSkipTrigramsConfig,
+    run_train_modadd,
+    run_train_skip_trigrams,
+)
 
 app = typer.Typer(
     help="unweave: reverse-engineer trained networks into descriptions you can check.",
@@ -148,6 +153,14 @@ COMMANDS = [
         run_train_modadd,
         "Train the one-layer modular-addition transformer (a + b mod p), saving checkpoints.",
         "Example: unweave train modadd --p 59 --steps 3000 --out runs/modadd",
+    ),
+    (
+        train_app,
+        "skip-trigrams",
+        TrainSkipTrigramsConfig,
+        run_train_skip_trigrams,
+        "Train a one-layer attention-only model on text; read its heads as skip-trigrams, checked by ablation.",
+        "Example: unweave train skip-trigrams --text shakespeare --out runs/skip-trigrams",
     ),
     (
         app,

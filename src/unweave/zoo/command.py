@@ -1,16 +1,21 @@
 """`unweave train modadd`: train (or resume) the modular-addition transformer; the training
 folder is also the run folder (record.json, train.json with the final metrics, train.html
-with the training curves)."""
+with the training curves). `unweave train skip-trigrams`: a one-layer attention-only model on
+text, its skip-trigrams read off the weights and checked by ablation (model.safetensors,
+vocab.json, train.json, train.html)."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from unweave.artifacts import write_json, write_tensors
 from unweave.configs import setting
 from unweave.devices import DeviceConfig
 from unweave.report import Report
 from unweave.runs import Run, RunResult
+from unweave.text import TextConfig, describe
+from unweave.zoo import skip_trigrams as st
 from unweave.zoo.modadd import ModAddConfig, train
 from unweave.zoo.plots import loss_curves
 
@@ -41,3 +46,69 @@ def run_train_modadd(cfg: TrainModAddConfig) -> RunResult:
         f"test accuracy {final['test_acc']:.2%}"
     )
     return run.finish({"final": final, "checkpoints": [s for s, _ in trained.checkpoints()]}, report, [line])
+
+
+@dataclass(frozen=True)
+class TrainSkipTrigramsConfig:
+    out: Path = setting(Path("runs/skip-trigrams"), "Run directory.")
+    model: st.SkipTrigramConfig = setting(st.SkipTrigramConfig(), "The model and its training.")
+    text: TextConfig = setting(TextConfig(), "Text to train on (split into words).")
+    per_head: int = setting(10, "Skip-trigrams read off each head.")
+
+
+def run_train_skip_trigrams(cfg: TrainSkipTrigramsConfig) -> RunResult:
+    run = Run(cfg.out, "train skip-trigrams", cfg, name="train")
+    data = st.corpus(cfg.model, cfg.text)
+    model = st.train(cfg.model, data)
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    write_tensors(cfg.out / "model.safetensors", model.state_dict())
+    write_json(cfg.out / "vocab.json", data.words)
+    rows = data.rows(data.test, cfg.model.n_ctx)
+    test_loss = st.next_token_loss(model, rows)
+    found = []
+    for t in st.triples(model, data, cfg.per_head):
+        check = st.ablation_check(model, rows, t)
+        w = data.words
+        found.append(
+            {
+                "head": t.head,
+                "source": w[t.source],
+                "destination": w[t.destination],
+                "output": w[t.output],
+                "qk": t.qk,
+                "ov": t.ov,
+                **check,
+            }
+        )
+    checked = [f for f in found if f["cases"]]
+    top = sum(f["confirmed"] for f in checked)
+    unigram = st.unigram_loss(data)
+    report = Report("unweave train skip-trigrams: a one-layer attention-only model read as skip-trigrams")
+    report.summary().text(
+        f"Held-out loss {test_loss:.3f} nats per word (the word frequencies alone: {unigram:.3f}). "
+        f"{len(found)} skip-trigrams read off the weights; {len(checked)} occur in the held-out text. For {top} "
+        "of them the head attends from the destination to the source more than to the average position, and "
+        "cutting that attention lowers the predicted output's logit more than all but 1% of the vocabulary's.",
+        summary=True,
+    )
+    report.section("Skip-trigrams (source ... destination -> output)").text(
+        "qk: how much more the destination attends to the source than to the average token; ov: how much more "
+        "attending to the source raises the output than the average token. cases: places in the held-out text "
+        "where the source precedes the destination; attention_ratio: the head's attention there to the source "
+        "over its average attention per position (median; above 1: the QK claim holds); output_drop: the "
+        "output's logit drop (against the mean logit) when that attention is cut; output_rank: how many of the "
+        "vocabulary's tokens drop more (0: none)."
+    ).table(found, sortable=True)
+    results = {
+        "text": describe(cfg.text),
+        "test_loss": test_loss,
+        "unigram_loss": unigram,
+        "triples": found,
+        "checked": len(checked),
+        "output_drops_most": top,
+    }
+    line = (
+        f"trained {cfg.out}: held-out loss {test_loss:.3f} (unigram {unigram:.3f}); {top}/{len(checked)} checkable "
+        f"skip-trigrams confirmed on held-out text, {len(found) - len(checked)} not in it"
+    )
+    return run.finish(results, report, [line])
