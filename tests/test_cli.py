@@ -69,6 +69,7 @@ def check_record(folder: Path, command: str, results: str, report: str, **config
         ["demo"],
         ["train"],
         ["train", "modadd"],
+        ["train", "skip-trigrams"],
         ["cache"],
         ["llc"],
         ["detect"],
