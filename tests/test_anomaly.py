@@ -81,19 +81,23 @@ def test_task_without_anomalies_is_an_error():
         Task("empty", MLP(2, 2), ["act1"], torch.zeros(3, 2), torch.zeros(3, 2), np.zeros(3))
 
 
-def test_backdoored_digits_corner_trigger():
+def test_backdoored_digits_corner_trigger(monkeypatch):
+    import unweave.anomaly.evaluate as evaluate
+
+    monkeypatch.setattr(evaluate, "DICTIONARY_STEPS", 500)  # the default 2,000 is for the figures, not the test
     task = backdoor_task("digits", "corner", poison_rate=0.1)
     assert task.info["clean_accuracy"] > 0.9 and task.info["attack_success_rate"] > 0.9
     rows = evaluate_task(task, detectors=["mahalanobis", "lof"])["rows"]
     assert best(rows, "activations")["auroc"] >= 0.95
     assert {r["site"] for r in rows if r["features"] == "dictionary latents"} == {"act1", "act2", "combined"}
+    assert best(rows, "dictionary latents")["auroc"] >= 0.9  # the latents of a dictionary see the trigger too
     assert {r["site"] for r in rows if r["features"] == "activations"} == {"act1", "act2", "combined"}
 
 
 def test_planted_rule_is_invisible_in_inputs_but_not_in_activations():
     task = planted_rule_task()
     assert task.info["accuracy_rule"] > 0.95 and task.info["accuracy_normal"] > 0.95
-    rows = evaluate_task(task)["rows"]
+    rows = evaluate_task(task, dictionaries=False)["rows"]
     assert best(rows, "raw input")["auroc"] <= 0.6
     assert best(rows, "activations")["auroc"] >= 0.9
 

@@ -293,6 +293,7 @@ def test_detect_writes_report_and_table(tmp_path):
             "que",
             "--poison-rate",
             "0.1",
+            "--no-dictionaries",  # dictionary latents are tested in test_anomaly.py
             "--out",
             str(tmp_path),
         ],
@@ -301,7 +302,7 @@ def test_detect_writes_report_and_table(tmp_path):
     record = json.loads((tmp_path / "detect.json").read_text())
     rows = record["tasks"]["backdoor-digits-corner"]["rows"]
     assert {r["detector"] for r in rows} == {"mahalanobis", "que"}
-    assert {r["features"] for r in rows} == {"raw input", "activations", "attributions", "dictionary latents"}
+    assert {r["features"] for r in rows} == {"raw input", "activations", "attributions"}
     html = (tmp_path / "detect.html").read_text()
     assert "Summary: best detector" in html and html.index("Summary: best detector") < html.index("Task backdoor")
     # a corner trigger on 10% poisoned digits: the model's activations give the triggered inputs away
@@ -318,6 +319,7 @@ def test_detect_writes_report_and_table(tmp_path):
         detector=["mahalanobis", "que"],
         poison_rate=0.1,
         seed=0,
+        dictionaries=False,
     )
     assert meta["seeds"] == {"seed": 0}
     result = runner.invoke(app, ["detect", "--task", "backdoor-cifar-corner", "--out", str(tmp_path)])

@@ -28,6 +28,9 @@ class DetectConfig:
     detector: list[str] = setting(list(DETECTORS), f"Detectors (repeat): {', '.join(DETECTORS)}.")
     poison_rate: float = setting(0.05, "Fraction of backdoor training images poisoned.")
     seed: int = setting(0, "Seed for data splits, training and detectors.")
+    dictionaries: bool = setting(
+        True, "Also train a dictionary per site on the trusted activations and run the detectors on its latents."
+    )
     text: TextConfig = setting(TextConfig(), "Text of the language-model task (copying-smollm2).")
     device: DeviceConfig = setting(DeviceConfig(), "Where the task's model trains and runs.")
 
@@ -39,7 +42,7 @@ def run_detect(cfg: DetectConfig) -> RunResult:
     summary, record, lines = [], {}, []
     for name in cfg.task:
         task = resolve(name, cfg.poison_rate, cfg.seed, cfg.device, cfg.text)
-        result = evaluate_task(task, cfg.detector, cfg.seed)
+        result = evaluate_task(task, cfg.detector, cfg.seed, cfg.dictionaries)
         rows = result["rows"]
         top = {kind: best(rows, kind) for kind in ("raw input", "activations", "attributions", "dictionary latents")}
         top = {kind: r for kind, r in top.items() if r is not None}

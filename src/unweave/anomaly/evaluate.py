@@ -85,8 +85,11 @@ def dictionary_features(saes: dict[str, SAE], activations: dict[str, np.ndarray]
         }
 
 
-def evaluate_task(task: Task, detectors: Sequence[str] = tuple(DETECTORS), seed: int = 0) -> dict:
-    """All detectors on all feature sets of a task; returns rows for the table and the scores."""
+def evaluate_task(
+    task: Task, detectors: Sequence[str] = tuple(DETECTORS), seed: int = 0, dictionaries: bool = True
+) -> dict:
+    """All detectors on all feature sets of a task (dictionary latents unless `dictionaries` is
+    False); returns rows for the table and the scores."""
     unknown = [d for d in detectors if d not in DETECTORS]
     if unknown:
         raise ValueError(f"unknown detectors {unknown}; known: {', '.join(DETECTORS)}")
@@ -104,9 +107,10 @@ def evaluate_task(task: Task, detectors: Sequence[str] = tuple(DETECTORS), seed:
         return sets
 
     fit_f, cal_f, test_f = feature_sets(fit_x), feature_sets(cal_x), feature_sets(task.test)
-    saes = train_dictionaries(fit_f["activations"], seed)
-    for sets in (fit_f, cal_f, test_f):
-        sets["dictionary latents"] = dictionary_features(saes, sets["activations"])
+    if dictionaries:
+        saes = train_dictionaries(fit_f["activations"], seed)
+        for sets in (fit_f, cal_f, test_f):
+            sets["dictionary latents"] = dictionary_features(saes, sets["activations"])
     rows, scores = [], {}
     for name in progress.track(list(detectors), f"detectors on {task.name}"):
         for kind, per_site in test_f.items():
