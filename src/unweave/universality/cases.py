@@ -33,6 +33,7 @@ NAMED = ("tms", "induction")
 TMS = {"n_features": 5, "d_hidden": 2}
 SAME_DIRECTION = 0.99
 TMS_RESTARTS = 3
+FREE_FROM = 4  # attention patterns are compared from this query position on
 
 
 @dataclass
@@ -125,8 +126,12 @@ def induction_pair(seeds: tuple[int, int], examples: int, models: list | None = 
     for model in models:
         sites = [f"blocks.{i}.attn.hook_pattern" for i in range(cfg.transformer().n_layers)]
         patterns = capture(model, sites, tokens)
-        # one unit per head: its attention pattern over every (sequence, query, key)
-        acts.append(torch.cat([patterns[s].transpose(0, 1).flatten(1) for s in sites]).T)  # sequence-major rows
+        # one unit per head: its attention pattern over every (sequence, query, key) where the
+        # head has a choice, keys up to the query from the FREE_FROM-th query on (the causal
+        # mask's zeros and the first rows' forced weights are the same for every head)
+        cells = _free_cells(cfg.n_ctx)
+        free = torch.cat([patterns[s][..., cells] for s in sites], dim=1)  # (sequence, head, cell)
+        acts.append(free.permute(0, 2, 1).flatten(0, 1))  # sequence-major rows
         roles.append(_head_roles(induction_zoo.model_head_scores(model, tokens, half)))
         names.append([f"L{layer}.H{h}" for layer in range(len(sites)) for h in range(cfg.n_heads)])
     partners = {
@@ -137,11 +142,23 @@ def induction_pair(seeds: tuple[int, int], examples: int, models: list | None = 
         (f"seed {seeds[0]}", f"seed {seeds[1]}"),
         [
             Layer(
-                "attention heads", acts[0], acts[1], names[0], names[1], partners=partners, rows_per_input=cfg.n_ctx**2
+                "attention heads",
+                acts[0],
+                acts[1],
+                names[0],
+                names[1],
+                partners=partners,
+                rows_per_input=int(_free_cells(cfg.n_ctx).sum()),
             )
         ],
         notes=[f"roles, seed {s}: {dict(zip(n, r))}" for s, n, r in zip(seeds, names, roles)],
     )
+
+
+def _free_cells(n_ctx: int) -> torch.Tensor:
+    """(query, key) cells of a pattern where attention is not fixed by the mask, as a mask."""
+    q, k = torch.meshgrid(torch.arange(n_ctx), torch.arange(n_ctx), indexing="ij")
+    return (k <= q) & (q >= FREE_FROM)
 
 
 def _head_roles(scores: dict[str, torch.Tensor]) -> list[str]:
