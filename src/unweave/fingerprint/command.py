@@ -175,6 +175,8 @@ def _report(
 ) -> Report:
     names = [fp.path for fp in prints]
     short = [Path(n).name or n for n in names]
+    if len(set(short)) < len(short):  # folders of one name in different places: the plots need distinct labels
+        short = names
     main = found[0]
     report = Report(f"unweave fingerprint: {len(names)} modular-addition runs")
     report.summary().headline(
