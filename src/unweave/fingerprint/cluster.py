@@ -25,13 +25,22 @@ def distances(vectors: np.ndarray) -> np.ndarray:
     return squareform(pdist(np.asarray(vectors, dtype=float)))
 
 
+def _tree(dist: np.ndarray) -> np.ndarray:
+    return linkage(squareform(dist, checks=False), method="average")
+
+
+def cut(dist: np.ndarray, k: int) -> list[int]:
+    """The average-linkage tree cut into (at most) k clusters, labelled in order of first appearance."""
+    return [0] * len(dist) if k == 1 else _first_seen(fcluster(_tree(dist), k, criterion="maxclust"))
+
+
 def clusters(dist: np.ndarray, min_separation: float) -> tuple[list[int], dict]:
     """A cluster label per run (0-based, in order of first appearance) and how it was chosen."""
     n = len(dist)
     if n == 2:
         split = dist[0, 1] > min_separation
         return ([0, 1] if split else [0, 0]), {"rule": "two runs: apart when farther than the separation"}
-    tree = linkage(squareform(dist, checks=False), method="average")
+    tree = _tree(dist)
     tried = {}
     for k in range(2, n):
         labels = fcluster(tree, k, criterion="maxclust")

@@ -10,8 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy.cluster.hierarchy import fcluster, linkage
-from scipy.spatial.distance import squareform
 
 from unweave import progress
 from unweave.configs import setting
@@ -20,6 +18,7 @@ from unweave.fingerprint.cluster import (
     MIN_SILHOUETTE,
     agreement,
     clusters,
+    cut,
     distances,
     embedding,
     groups,
@@ -76,9 +75,8 @@ class Comparison:
 def compare(name: str, what: str, vectors: np.ndarray, known: list[str], separation: float) -> Comparison:
     dist = distances(vectors)
     labels, choice = clusters(dist, separation)
-    k = len(set(known))
-    told = [0] * len(known) if k == 1 else fcluster(linkage(squareform(dist, checks=False), "average"), k, "maxclust")
-    return Comparison(name, what, dist, labels, choice, agreement(labels, known), agreement(list(told), known))
+    told = cut(dist, len(set(known)))
+    return Comparison(name, what, dist, labels, choice, agreement(labels, known), agreement(told, known))
 
 
 def comparisons(prints: list[RunFingerprint], runs: list, known: list[str]) -> list[Comparison]:
@@ -113,16 +111,9 @@ def _matrix(prints: list[RunFingerprint], names: tuple[str, ...]) -> np.ndarray:
 
 
 def _rows(prints: list[RunFingerprint], labels: list[int]) -> list[dict]:
+    """The report's table: each run's fingerprint with its cluster, key frequencies as text."""
     return [
-        {
-            "run": fp.path,
-            "cluster": label,
-            "attention": fp.attention,
-            "seed": fp.seed,
-            "test accuracy": fp.test_acc,
-            "key frequencies": " ".join(map(str, fp.key_frequencies)),
-            **fp.diagnostics,
-        }
+        {"cluster": label, **fp.json(), "key_frequencies": " ".join(map(str, fp.key_frequencies))}
         for fp, label in zip(prints, labels)
     ]
 
@@ -143,17 +134,7 @@ def run_fingerprint(cfg: FingerprintConfig) -> RunResult:
     recovered = main.agreement == 1.0
     results = {
         "runs": names,
-        "fingerprints": [
-            {
-                "run": fp.path,
-                "attention": fp.attention,
-                "seed": fp.seed,
-                "test_acc": fp.test_acc,
-                "key_frequencies": fp.key_frequencies,
-                **fp.diagnostics,
-            }
-            for fp in prints
-        ],
+        "fingerprints": [fp.json() for fp in prints],
         "clusters": groups(main.labels, names),
         "distances": main.dist.round(6).tolist(),
         "comparisons": {c.name: c.json(names) for c in found},

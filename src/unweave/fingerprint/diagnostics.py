@@ -18,14 +18,18 @@ from __future__ import annotations
 import torch
 
 from unweave.sites import capturing
-from unweave.zoo.modadd import ModAddData
+from unweave.zoo.modadd import ModAddData, answer_logits
+
+
+def _modulus(data: ModAddData) -> int:
+    return int(data.labels.max()) + 1
 
 
 def all_logits(model: torch.nn.Module, data: ModAddData) -> torch.Tensor:
     """The logits at '=' for every pair, (p, p, p): [a, b, c]."""
-    p = int(data.labels.max()) + 1
+    p = _modulus(data)
     with torch.no_grad():
-        return model(data.tokens)[:, -1].double().view(p, p, p)
+        return answer_logits(model, data.tokens).double().view(p, p, p)
 
 
 def correct_logits(logits: torch.Tensor) -> torch.Tensor:
@@ -37,12 +41,12 @@ def correct_logits(logits: torch.Tensor) -> torch.Tensor:
 
 def gradient_symmetricity(model: torch.nn.Module, data: ModAddData) -> float:
     """Mean over every triple (a, b, c) of cos(dQ_abc/dE_a, dQ_abc/dE_b)."""
-    p = int(data.labels.max()) + 1
+    p = _modulus(data)
     total = 0.0
     with torch.enable_grad():
         for c in range(p):  # one backward per answer c: each pair's logit depends on its own input only
             with capturing(model, ["hook_embed"], detach=False) as acts:
-                q = model(data.tokens)[:, -1, c]
+                q = answer_logits(model, data.tokens)[:, c]
             (grad,) = torch.autograd.grad(q.sum(), acts["hook_embed"])
             total += torch.cosine_similarity(grad[:, 0].double(), grad[:, 1].double(), dim=-1).sum().item()
     return total / p**3

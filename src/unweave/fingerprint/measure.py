@@ -49,6 +49,16 @@ class RunFingerprint:
     def vector(self, names: tuple[str, ...] = DIAGNOSTICS) -> list[float]:
         return [self.diagnostics[n] for n in names]
 
+    def json(self) -> dict:
+        return {
+            "run": self.path,
+            "attention": self.attention,
+            "seed": self.seed,
+            "test_acc": self.test_acc,
+            "key_frequencies": self.key_frequencies,
+            **self.diagnostics,
+        }
+
 
 def open_runs(paths: list[Path]) -> list[TrainedModAdd]:
     """The runs, each finished, all of one modulus and one network shape; a clear error otherwise."""

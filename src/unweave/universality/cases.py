@@ -16,6 +16,7 @@ on the same inputs and the known answer to score the matching against afterwards
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,6 +61,11 @@ class Pair:
     notes: list[str] = field(default_factory=list)
 
 
+def _same_label(labels: list[list], keep: Callable[[object], bool]) -> dict[int, set[int]]:
+    """Known partners: each unit of A whose label is kept, with the units of B of that label."""
+    return {i: {j for j, y in enumerate(labels[1]) if y == x} for i, x in enumerate(labels[0]) if keep(x)}
+
+
 def resolve(targets: list[str], seeds: tuple[int, int], examples: int) -> Pair:
     if len(targets) == 1 and targets[0] in NAMED:
         return tms_pair(seeds, examples) if targets[0] == "tms" else induction_pair(seeds, examples)
@@ -91,7 +97,7 @@ def tms_pair(seeds: tuple[int, int], examples: int) -> Pair:
         )
         best, which = cos.max(1)
         features.append([int(f) if c >= SAME_DIRECTION else None for f, c in zip(which, best)])
-    partners = {i: {j for j, g in enumerate(features[1]) if g == f} for i, f in enumerate(features[0]) if f is not None}
+    partners = _same_label(features, keep=lambda f: f is not None)
     return Pair(
         "tms",
         (f"seed {seeds[0]}", f"seed {seeds[1]}"),
@@ -122,21 +128,19 @@ def induction_pair(seeds: tuple[int, int], examples: int, models: list | None = 
     tokens, _ = induction_zoo.repeated_sequences(
         min(examples, 512), cfg.vocab, cfg.n_ctx, torch.Generator().manual_seed(4321), half=half
     )
+    sites = [f"blocks.{i}.attn.hook_pattern" for i in range(cfg.transformer().n_layers)]
+    # one unit per head: its attention pattern over every (sequence, query, key) where the head
+    # has a choice, keys up to the query from the FREE_FROM-th query on (the causal mask's
+    # zeros and the first rows' forced weights are the same for every head)
+    cells = _free_cells(cfg.n_ctx)
     acts, roles, names = [], [], []
     for model in models:
-        sites = [f"blocks.{i}.attn.hook_pattern" for i in range(cfg.transformer().n_layers)]
         patterns = capture(model, sites, tokens)
-        # one unit per head: its attention pattern over every (sequence, query, key) where the
-        # head has a choice, keys up to the query from the FREE_FROM-th query on (the causal
-        # mask's zeros and the first rows' forced weights are the same for every head)
-        cells = _free_cells(cfg.n_ctx)
         free = torch.cat([patterns[s][..., cells] for s in sites], dim=1)  # (sequence, head, cell)
         acts.append(free.permute(0, 2, 1).flatten(0, 1))  # sequence-major rows
         roles.append(_head_roles(induction_zoo.model_head_scores(model, tokens, half)))
         names.append([f"L{layer}.H{h}" for layer in range(len(sites)) for h in range(cfg.n_heads)])
-    partners = {
-        i: {j for j, r in enumerate(roles[1]) if r == role} for i, role in enumerate(roles[0]) if role != "other"
-    }
+    partners = _same_label(roles, keep=lambda role: role != "other")
     return Pair(
         "induction",
         (f"seed {seeds[0]}", f"seed {seeds[1]}"),
@@ -148,7 +152,7 @@ def induction_pair(seeds: tuple[int, int], examples: int, models: list | None = 
                 names[0],
                 names[1],
                 partners=partners,
-                rows_per_input=int(_free_cells(cfg.n_ctx).sum()),
+                rows_per_input=int(cells.sum()),
             )
         ],
         notes=[f"roles, seed {s}: {dict(zip(n, r))}" for s, n, r in zip(seeds, names, roles)],
@@ -188,7 +192,7 @@ def modadd_pair(path_a: Path, path_b: Path) -> Pair:
         acts.append(neurons)
         freqs.append([int(f) if live else 0 for f, live in zip(neuron_frequencies(neurons, p), alive)])
     shared = set(freqs[0]) & set(freqs[1]) - {0}
-    partners = {i: {j for j, g in enumerate(freqs[1]) if g == f} for i, f in enumerate(freqs[0]) if f in shared}
+    partners = _same_label(freqs, keep=lambda f: f in shared)
     unmatched = [i for i, f in enumerate(freqs[0]) if f and f not in shared]
     return Pair(
         "modadd",

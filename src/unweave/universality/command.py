@@ -144,7 +144,7 @@ def run_universality(cfg: UniversalityConfig) -> RunResult:
             f"{m.mean_max:.3f}, CKA {m.cka:.3f}{verdict}"
         )
         section = report.section(layer.name)
-        section.table([{k: v for k, v in scored.items()}])
+        section.table([scored])
         section.table(
             [{"unit": layer.names_a[i], "partner": layer.names_b[j], "correlation": c} for i, j, c in m.one_to_one][
                 :64

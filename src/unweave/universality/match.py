@@ -26,12 +26,16 @@ BASELINE_REPEATS = 20
 def correlations(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Pearson correlations (units of a, units of b) over rows; a unit that never varies
     correlates 0 with everything."""
+    za, zb = _standardised_pair(a, b)
+    return za.T @ zb / len(a)
+
+
+def _standardised_pair(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if a.dim() != 2 or b.dim() != 2 or a.shape[0] != b.shape[0]:
         raise ValueError(
             f"activations must be (inputs, units) over the same inputs, got {tuple(a.shape)} and {tuple(b.shape)}"
         )
-    za, zb = (_standardise(x.double()) for x in (a, b))
-    return za.T @ zb / a.shape[0]
+    return _standardise(a.double()), _standardise(b.double())
 
 
 def _standardise(x: torch.Tensor) -> torch.Tensor:
@@ -75,15 +79,18 @@ def match(
     """`rows_per_input`: rows come in blocks of this many per input (an attention pattern's
     query-key cells); the baseline permutes whole inputs, keeping what is the same for every
     input (positions) in place."""
-    corr = correlations(a, b)
+    za, zb = _standardised_pair(a, b)
+    corr = za.T @ zb / len(a)
     best, partner = corr.max(dim=1)
     rows, cols = linear_sum_assignment(-corr.numpy())
-    gen = torch.Generator().manual_seed(seed)
     if len(b) % rows_per_input:
         raise ValueError(f"{len(b)} rows do not split into inputs of {rows_per_input} rows each")
-    blocks = b.reshape(-1, rows_per_input, b.shape[1])
+    # permuting the inputs leaves each unit's mean and spread as they were: the standardised
+    # activations serve the baseline too
+    blocks = zb.reshape(-1, rows_per_input, zb.shape[1])
+    gen = torch.Generator().manual_seed(seed)
     null = [
-        correlations(a, blocks[torch.randperm(len(blocks), generator=gen)].reshape(b.shape)).max(dim=1).values
+        (za.T @ blocks[torch.randperm(len(blocks), generator=gen)].reshape(zb.shape) / len(a)).max(dim=1).values
         for _ in range(repeats)
     ]
     return Matching(

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from unweave import progress
 from unweave.configs import setting
-from unweave.sites import capture, patch
+from unweave.sites import capturing, patch
 from unweave.text import TextConfig, documents
 from unweave.zoo.transformer import Transformer, TransformerConfig
 
@@ -162,37 +162,33 @@ def ablation_check(model: Transformer, rows: torch.Tensor, triple: Triple, max_c
     attention to the source's positions over its average attention per position (median
     over the cases), and the drop in the output's logit (minus the mean logit) at the
     destination when that attention is cut, against the same drop for every other token."""
-    is_dest = rows == triple.destination
     is_src = rows == triple.source
     earlier = torch.tril(torch.ones(rows.shape[1], rows.shape[1], dtype=torch.bool), diagonal=-1)
     # (row, destination position) with the source somewhere before it
-    has_src = (is_src[:, None, :] & earlier[None]).any(-1) & is_dest
+    has_src = (is_src[:, None, :] & earlier[None]).any(-1) & (rows == triple.destination)
     cases = has_src.nonzero()[:max_cases]
     if len(cases) == 0:
         return {"cases": 0}
-    use = cases[:, 0].unique()
-    sub, pos = rows[use], cases
-    row_of = {int(r): i for i, r in enumerate(use)}
+    use, idx = cases[:, 0].unique(return_inverse=True)  # the rows run, and each case's index among them
+    q = cases[:, 1]
+    keys = is_src[cases[:, 0]] & earlier[q]  # (case, key): the source's positions before the destination
+    sub = rows[use]
 
     def cut(pattern: torch.Tensor) -> torch.Tensor:
         pattern = pattern.clone()
-        for r, q in pos.tolist():
-            keys = is_src[r, :q].nonzero().flatten()
-            pattern[row_of[r], triple.head, q, keys] = 0
+        pattern[idx, triple.head, q] = pattern[idx, triple.head, q].masked_fill(keys, 0)
         return pattern
 
+    site = "blocks.0.attn.hook_pattern"
     with torch.no_grad():
-        pattern = capture(model, "blocks.0.attn.hook_pattern", sub)["blocks.0.attn.hook_pattern"]
-        clean = model(sub)
-        with patch(model, {"blocks.0.attn.hook_pattern": cut}):
+        with capturing(model, [site]) as acts:
+            clean = model(sub)
+        with patch(model, {site: cut}):
             cut_logits = model(sub)
     # the QK claim: attention per source position over attention per position (1/(q+1) on average)
-    ratios = [
-        float(pattern[row_of[r], triple.head, q, is_src[r, :q].nonzero().flatten()].mean() * (q + 1))
-        for r, q in pos.tolist()
-    ]
-    idx = torch.tensor([row_of[int(r)] for r in pos[:, 0]])
-    at = (idx, pos[:, 1])
+    to_source = (acts[site][idx, triple.head, q] * keys).sum(-1) / keys.sum(-1)
+    ratios = (to_source * (q + 1)).tolist()
+    at = (idx, q)
     drop = (clean[at] - clean[at].mean(-1, keepdim=True)) - (cut_logits[at] - cut_logits[at].mean(-1, keepdim=True))
     mean_drop = drop.mean(0)  # per output token
     rank = int((mean_drop > mean_drop[triple.output]).sum())  # 0: the output drops most of all tokens
