@@ -86,3 +86,41 @@ def test_tms_dictionary_latents_recur_and_hidden_dimensions_do_not(tmp_path):
     latents, hidden = json.loads(result.results.read_text())["layers"]
     assert latents["recovered"] and latents["mean_max_correlation"] > 0.9
     assert hidden["mean_max_correlation"] < latents["mean_max_correlation"]
+
+
+def test_dictionaries_of_one_site_planted_partners(tiny_llama_dir, tmp_path):
+    """Dictionary B is A with its latents shuffled and a quarter of them replaced by fresh
+    random ones: the shuffled latents recur (each with its own partner), the fresh ones need
+    not; two dictionaries of different sites are an error."""
+    from unweave.dictionaries import io
+    from unweave.dictionaries.sae import SAE, SAEConfig
+
+    cfg = SAEConfig(d_in=32, n_latents=48, architecture="relu")  # latents independent of each other
+    a = SAE(cfg, seed=0)
+    b = SAE(cfg, seed=1)
+    perm = torch.randperm(48, generator=torch.Generator().manual_seed(0))
+    kept = perm[:36]  # B's latents perm[:36] are A's latents 0..35
+    with torch.no_grad():
+        for name in ("W_enc", "b_enc", "W_dec"):
+            src, dst = getattr(a, name), getattr(b, name)
+            if name == "W_enc":
+                dst[:, kept] = src[:, :36]
+            else:
+                dst[kept] = src[:36]
+        b.b_dec.copy_(a.b_dec)
+    meta = {"model_name": str(tiny_llama_dir), "hook_name": "model.layers.1", "ctx_len": 32}
+    io.save(a, tmp_path / "a", meta)
+    io.save(b, tmp_path / "b", meta)
+    out = tmp_path / "u"
+    cfg_u = UniversalityConfig(target=[str(tmp_path / "a"), str(tmp_path / "b")], out=out, tokens=2048)
+    run_universality(cfg_u)
+    layer = json.loads((out / "universality.json").read_text())["layers"][0]
+    partner = {u["unit"]: (u["partner"], u["correlation"]) for u in layer["units_a"]}
+    for i in range(36):
+        if f"latent {i}" in partner:  # it fired on the text
+            assert partner[f"latent {i}"][0] == f"latent {int(kept[i])}"
+            assert partner[f"latent {i}"][1] == pytest.approx(1.0, abs=1e-6)
+    assert sum(name in partner for name in (f"latent {i}" for i in range(36))) >= 20
+    io.save(b, tmp_path / "c", {**meta, "hook_name": "model.layers.0"})
+    with pytest.raises(ValueError, match="different sites"):
+        run_universality(UniversalityConfig(target=[str(tmp_path / "a"), str(tmp_path / "c")], out=out))

@@ -31,10 +31,13 @@ from unweave.mdl.command import MDLConfig, run_mdl
 from unweave.runs import RunResult
 from unweave.sitemap import SitesConfig, run_sites
 from unweave.slt.command import LLCConfig, run_llc
+from unweave.tails.command import TailsConfig, run_tails
 from unweave.universality.command import UniversalityConfig, run_universality
 from unweave.zoo.command import (
+    TrainMemorizationConfig,
     TrainModAddConfig,
     TrainSkipTrigramsConfig,
+    run_train_memorization,
     run_train_modadd,
     run_train_skip_trigrams,
 )
@@ -163,6 +166,14 @@ COMMANDS = [
         "Example: unweave train skip-trigrams --text shakespeare --out runs/skip-trigrams",
     ),
     (
+        train_app,
+        "memorization",
+        TrainMemorizationConfig,
+        run_train_memorization,
+        "Train the toy of superposition on T datapoints for a sweep of T: from memorizing datapoints to features.",
+        "Example: unweave train memorization --d-hidden 2 --sizes 10 --sizes 100 --sizes 1000 --out runs/memo",
+    ),
+    (
         app,
         "cache",
         CacheConfig,
@@ -256,6 +267,15 @@ COMMANDS = [
         "Which units of one run recur in another: max and mean-max correlation, one-to-one matches, CKA, a baseline.",
         "Examples: unweave universality tms;  unweave universality induction --seeds 0 --seeds 1;  "
         "unweave universality runs/modadd-s0 runs/modadd-s1",
+    ),
+    (
+        app,
+        "tails",
+        TailsConfig,
+        run_tails,
+        "How heavy the tails of activations are: neurons, random directions and dictionary latents, log axes.",
+        "Examples: unweave tails smollm2-135m --out runs/tails;  unweave tails runs/demo/modadd;  "
+        "unweave tails smollm2-135m --dictionary runs/sae/topk-k32-w2304",
     ),
     (
         sae_app,

@@ -211,3 +211,15 @@ def patch(model: nn.Module, patches: Mapping[str, PatchValue]) -> Iterator[None]
 
     with _hooks(model, {name: patcher(name, value) for name, value in patches.items()}):
         yield
+
+
+def capture_rows(model: nn.Module, sites: Sequence[str], rows: torch.Tensor, batch: int = 8) -> dict[str, torch.Tensor]:
+    """Every token's activation at each site over token rows (n, ctx), read batch by batch
+    with an early stop, as (n * ctx, width) float32 tensors on the CPU."""
+    device = next(model.parameters()).device
+    out: dict[str, list[torch.Tensor]] = {s: [] for s in sites}
+    for start in range(0, len(rows), batch):
+        acts = capture(model, sites, rows[start : start + batch].to(device), stop_early=True)
+        for s in sites:
+            out[s].append(acts[s].float().cpu().reshape(-1, acts[s].shape[-1]))
+    return {s: torch.cat(v) for s, v in out.items()}

@@ -40,10 +40,14 @@ def save(sae: SAE, folder: Path, metadata: dict | None = None) -> Path:
     return folder
 
 
-def load(folder: Path) -> SAE:
-    folder = Path(folder)
+def _check_folder(folder: Path) -> None:
     if not (folder / CFG).exists() or not (folder / WEIGHTS).exists():
         raise FileNotFoundError(f"{folder} is not a dictionary folder: it needs {CFG} and {WEIGHTS}")
+
+
+def load(folder: Path) -> SAE:
+    folder = Path(folder)
+    _check_folder(folder)
     cfg = read_json(folder / CFG)
     try:
         arch = from_saelens(cfg.get("architecture", "standard"))
@@ -76,6 +80,7 @@ def load(folder: Path) -> SAE:
 
 def metadata(folder: Path) -> dict:
     """The metadata saved with a dictionary (model name, site, store, training tokens)."""
+    _check_folder(Path(folder))
     return read_json(Path(folder) / CFG).get("metadata", {})
 
 

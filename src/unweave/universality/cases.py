@@ -73,7 +73,8 @@ def resolve(targets: list[str], seeds: tuple[int, int], examples: int) -> Pair:
         return modadd_pair(Path(targets[0]), Path(targets[1]))
     raise ValueError(
         f"unknown universality target {' '.join(targets)!r}: give one of {', '.join(NAMED)}, "
-        "or two modular-addition run folders (unweave train modadd --out DIR)"
+        "two modular-addition run folders (unweave train modadd --out DIR), or two dictionary folders "
+        "(unweave sae train --out DIR)"
     )
 
 

@@ -13,9 +13,12 @@ import plotly.graph_objects as go
 from sklearn.metrics import roc_auc_score
 
 from unweave.configs import setting
+from unweave.devices import DeviceConfig
 from unweave.report import Report
 from unweave.runs import Run, RunResult
+from unweave.text import TextConfig
 from unweave.universality.cases import NAMED, Layer, resolve
+from unweave.universality.dictionaries import dictionary_pair, is_dictionary
 from unweave.universality.match import BASELINE_QUANTILE, Matching, match
 
 RECUR = 0.9  # the level the field reports ("a partner above 0.9")
@@ -26,11 +29,16 @@ SEPARATES = 0.9  # ... and their best correlations rank above those of units wit
 @dataclass(frozen=True)
 class UniversalityConfig:
     target: list[str] = setting(
-        help=f"{' or '.join(NAMED)} (trains two seeds), or two modular-addition run folders.", argument=True
+        help=f"{' or '.join(NAMED)} (trains two seeds), two modular-addition run folders, or two dictionary "
+        "folders of one site (read on --text).",
+        argument=True,
     )
     out: Path = setting(Path("runs/universality"), "Where record.json, universality.json and universality.html go.")
     seeds: list[int] = setting([0, 1], "The two seeds of a named target (give --seeds twice).")
     examples: int = setting(4096, "Inputs both runs are read on (induction: at most 512 sequences).")
+    text: TextConfig = setting(TextConfig(), "Text two dictionaries are read on.")
+    tokens: int = setting(32_768, "Tokens of text two dictionaries are read on.")
+    device: DeviceConfig = setting(DeviceConfig(), "Where the model of two dictionaries runs.")
 
     def __post_init__(self) -> None:
         if len(self.seeds) != 2 or self.seeds[0] == self.seeds[1]:
@@ -115,7 +123,17 @@ def _histogram(layer: Layer, m: Matching) -> go.Figure:
 
 def run_universality(cfg: UniversalityConfig) -> RunResult:
     run = Run(cfg.out, "universality", cfg, inputs=[t for t in cfg.target if t not in NAMED])
-    pair = resolve(list(cfg.target), (cfg.seeds[0], cfg.seeds[1]), cfg.examples)
+    if len(cfg.target) == 2 and all(is_dictionary(t) for t in cfg.target):
+        pair = dictionary_pair(
+            Path(cfg.target[0]),
+            Path(cfg.target[1]),
+            cfg.text,
+            cfg.tokens,
+            cfg.device.torch_device,
+            cfg.device.torch_dtype,
+        )
+    else:
+        pair = resolve(list(cfg.target), (cfg.seeds[0], cfg.seeds[1]), cfg.examples)
     report = Report(f"unweave universality: {pair.name}, {pair.runs[0]} against {pair.runs[1]}")
     summary = report.summary()
     layers, lines = [], []

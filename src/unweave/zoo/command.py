@@ -2,12 +2,16 @@
 folder is also the run folder (record.json, train.json with the final metrics, train.html
 with the training curves). `unweave train skip-trigrams`: a one-layer attention-only model on
 text, its skip-trigrams read off the weights and checked by ablation (model.safetensors,
-vocab.json, train.json, train.html)."""
+vocab.json, train.json, train.html). `unweave train memorization`: the toy model of
+superposition trained on T datapoints for a sweep of T, from storing datapoints to storing
+features (fits.safetensors, train.json, train.html)."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+import torch
 
 from unweave.artifacts import write_json, write_tensors
 from unweave.configs import setting
@@ -15,9 +19,10 @@ from unweave.devices import DeviceConfig
 from unweave.report import Report
 from unweave.runs import Run, RunResult
 from unweave.text import TextConfig, describe
+from unweave.zoo import memorization as mem
 from unweave.zoo import skip_trigrams as st
 from unweave.zoo.modadd import ModAddConfig, train
-from unweave.zoo.plots import loss_curves
+from unweave.zoo.plots import hidden_geometry, loss_curves, memorization_dimensionality, memorization_losses
 
 
 @dataclass(frozen=True)
@@ -111,4 +116,86 @@ def run_train_skip_trigrams(cfg: TrainSkipTrigramsConfig) -> RunResult:
         f"trained {cfg.out}: held-out loss {test_loss:.3f} (unigram {unigram:.3f}); {top}/{len(checked)} checkable "
         f"skip-trigrams confirmed on held-out text, {len(found) - len(checked)} not in it"
     )
+    return run.finish(results, report, [line])
+
+
+@dataclass(frozen=True)
+class TrainMemorizationConfig:
+    out: Path = setting(Path("runs/memorization"), "Run directory.")
+    toy: mem.MemorizationConfig = setting(mem.MemorizationConfig(), "The toy, its data and the sweep of T.")
+
+
+def _plane(f: mem.Fit) -> tuple[list, list]:
+    """Features and training hidden vectors in the top two principal directions of W."""
+    basis = torch.linalg.svd(f.W, full_matrices=False).U[:, :2]  # (m, 2)
+    features = (f.W.T @ basis).tolist()
+    points = (f.train @ f.W.T @ basis).tolist()
+    return features, points
+
+
+def run_train_memorization(cfg: TrainMemorizationConfig) -> RunResult:
+    run = Run(cfg.out, "train memorization", cfg, name="train")
+    toy = cfg.toy
+    fits = mem.sweep(toy)
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    write_tensors(cfg.out / "fits.safetensors", {f"{k}_T{f.size}": getattr(f, k) for f in fits for k in ("W", "b")})
+    m = toy.d_hidden
+    rows = [
+        {
+            "T": f.size,
+            "train_loss": f.train_loss,
+            "test_loss": f.test_loss,
+            "feature_dims_held": mem.held(f.feature_dims(), m),
+            "datapoint_dims_held": mem.held(f.datapoint_dims(), m),
+            "max_feature_dim": float(f.feature_dims().max()),
+            "max_datapoint_dim": float(f.datapoint_dims().max()),
+            "regime": mem.regime(f),
+        }
+        for f in fits
+    ]
+    dd = mem.double_descent(fits)
+    first, last = rows[0]["regime"], rows[-1]["regime"]
+    crossover = next((r["T"] for r in rows if r["regime"] == "features"), None)
+    transition = first == "datapoints" and last == "features"
+    findings = {
+        "regimes": [r["regime"] for r in rows],
+        "datapoints_then_features": transition,
+        "first_features_T": crossover,
+        "double_descent": None if dd is None else {**vars(dd), "found": dd.found},
+    }
+    peak = (
+        f"The test loss peaks at T = {dd.peak}: {dd.rise:+.3f} (se {dd.rise_se:.3f}) over the lowest at smaller T and "
+        f"{dd.fall:+.3f} (se {dd.fall_se:.3f}) over the lowest at larger T: double descent "
+        + ("found." if dd.found else "NOT found (the peak is within three standard errors of a side).")
+        if dd
+        else "The test loss peaks at an end of the sweep: no double descent within these sizes."
+    )
+    shift = (
+        f"The m = {m} best-stored objects are datapoints at T = {rows[0]['T']} and features at T = {rows[-1]['T']} "
+        f"(features from T = {crossover} on)."
+        if transition
+        else f"The best-stored objects are {first} at T = {rows[0]['T']} and {last} at T = {rows[-1]['T']}: the "
+        "published shift from datapoints to features is NOT seen over these sizes."
+    )
+    report = Report(f"unweave train memorization: {toy.n_features} features in {m} dimensions, T datapoints")
+    report.summary().text(f"{shift} {peak}", summary=True)
+    report.section("Sweep").text(
+        "Dimensionality of an object: ||v||^2 / sum_j (v_hat . v_j)^2, the share of a dimension it has to itself. "
+        f"dims_held: the sum over the {m} best-stored objects of each kind (at most {m}). regime: the kind that "
+        "holds more. Losses: squared error per unit-norm datapoint (1 = predicting nothing)."
+    ).table(rows).figure(
+        memorization_losses([r["T"] for r in rows], [r["train_loss"] for r in rows], [r["test_loss"] for r in rows])
+    )
+    report.section("Dimensionality").figure(
+        memorization_dimensionality(
+            [f.size for f in fits],
+            [f.feature_dims().tolist() for f in fits],
+            [f.datapoint_dims().tolist() for f in fits],
+        )
+    )
+    geometry = report.section("Geometry of the hidden space")
+    for f in (fits[0], fits[-1]):
+        geometry.figure(hidden_geometry(f.size, *_plane(f)))
+    results = {"sweep": rows, "findings": findings}
+    line = f"trained {len(fits)} toys in {cfg.out}: {shift} {peak}"
     return run.finish(results, report, [line])

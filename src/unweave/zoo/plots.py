@@ -48,3 +48,56 @@ def progress_measures(rows: list[dict], history: list[dict]) -> go.Figure:
         height=400,
     )
     return fig
+
+
+def memorization_losses(sizes: list[int], train: list[float], test: list[float]) -> go.Figure:
+    fig = go.Figure()
+    fig.add_scatter(x=sizes, y=test, name="test loss", mode="lines+markers")
+    fig.add_scatter(x=sizes, y=train, name="train loss", mode="lines+markers", line={"dash": "dot"})
+    fig.add_hline(y=1.0, line_dash="dash", annotation_text="predicting nothing")
+    fig.update_layout(
+        title="Loss against the training-set size T (double descent: the test loss peaks in between)",
+        xaxis={"title": "training-set size T", "type": "log"},
+        yaxis_title="squared error per datapoint",
+        height=420,
+    )
+    return fig
+
+
+def memorization_dimensionality(sizes: list[int], features: list, datapoints: list, shown: int = 40) -> go.Figure:
+    """Each feature's and each training datapoint's dimensionality at every T (the `shown`
+    largest of each kind per T; the rest sit near 0)."""
+    fig = go.Figure()
+    for name, dims, color in (("features", features, "#1f77b4"), ("training datapoints", datapoints, "#d62728")):
+        xs, ys = [], []
+        for size, d in zip(sizes, dims):
+            top = sorted(d, reverse=True)[:shown]
+            xs += [size] * len(top)
+            ys += top
+        fig.add_scatter(x=xs, y=ys, mode="markers", name=name, marker={"color": color, "size": 5, "opacity": 0.6})
+    fig.update_layout(
+        title=f"Dimensionality of features and of training datapoints ({shown} largest of each per T)",
+        xaxis={"title": "training-set size T", "type": "log"},
+        yaxis_title="dimensionality (share of a dimension)",
+        height=420,
+    )
+    return fig
+
+
+def hidden_geometry(size: int, features: list[list[float]], datapoints: list[list[float]]) -> go.Figure:
+    """Feature columns W_i and training hidden vectors W x_t in the first two principal
+    directions of the hidden space, each drawn as a line from the origin."""
+    fig = go.Figure()
+    for name, points, color in (("features W_i", features, "#1f77b4"), ("datapoints W x_t", datapoints, "#d62728")):
+        xs, ys = [], []
+        for x, y in points:
+            xs += [0, x, None]
+            ys += [0, y, None]
+        fig.add_scatter(x=xs, y=ys, mode="lines", name=name, line={"color": color, "width": 1.5})
+    fig.update_layout(
+        title=f"T = {size}: the hidden space (first two principal directions)",
+        xaxis={"scaleanchor": "y"},
+        height=420,
+        width=460,
+    )
+    return fig

@@ -1,0 +1,1 @@
+"""Activation tails: how heavy the tails of activation distributions are, per basis."""
