@@ -70,6 +70,7 @@ def check_record(folder: Path, command: str, results: str, report: str, **config
         ["train"],
         ["train", "modadd"],
         ["train", "skip-trigrams"],
+        ["train", "memorization"],
         ["cache"],
         ["llc"],
         ["detect"],
@@ -79,6 +80,7 @@ def check_record(folder: Path, command: str, results: str, report: str, **config
         ["scrub"],
         ["fingerprint"],
         ["universality"],
+        ["tails"],
     ],
 )
 def test_every_command_explains_itself(command):

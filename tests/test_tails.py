@@ -71,7 +71,28 @@ def test_cli_on_a_language_model_and_bad_dictionary(tiny_llama_dir, tmp_path):
     args = ["tails", str(tiny_llama_dir), "--tokens", "512", "--ctx-len", "32", "--out", str(tmp_path / "t")]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
-    rows = json.loads((tmp_path / "t" / "tails.json").read_text())["bases"]
-    assert {r["site"] for r in rows} == {"model.layers.0", "model.layers.1"}
+    found = json.loads((tmp_path / "t" / "tails.json").read_text())
+    assert {r["site"] for r in found["bases"]} == {"model.layers.0", "model.layers.1"}
+    assert found["read_on"].startswith("496 tokens")  # 16 rows of 32, the first of each left out
     result = runner.invoke(app, [*args, "--dictionary", str(tmp_path / "nothing")])
     assert result.exit_code != 0 and "not a dictionary folder" in str(result.exception) + result.output
+
+
+def test_massive_tokens_are_counted_and_left_out(tiny_llama_dir, tmp_path):
+    """With --max-norm-ratio 1 every token above the median norm is left out: the count
+    equals a direct capture's."""
+    from unweave.hf import load_model
+    from unweave.sites import capture
+    from unweave.text import TextConfig, token_rows
+
+    out = tmp_path / "t"
+    args = ["tails", str(tiny_llama_dir), "--tokens", "512", "--ctx-len", "32", "--site", "model.layers.1"]
+    result = runner.invoke(app, [*args, "--max-norm-ratio", "1", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    row = json.loads((out / "tails.json").read_text())["bases"][0]
+    model, tokenizer = load_model(str(tiny_llama_dir))
+    rows = token_rows(TextConfig(), tokenizer, 32, max_tokens=512)
+    with torch.no_grad():
+        x = capture(model, "model.layers.1", rows)["model.layers.1"][:, 1:].reshape(-1, 32)
+    norms = x.norm(dim=1)
+    assert row["massive_tokens_left_out"] == int((norms > norms.median()).sum()) > 0

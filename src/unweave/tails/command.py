@@ -15,6 +15,7 @@ import torch
 
 from unweave.configs import setting
 from unweave.devices import DeviceConfig
+from unweave.dictionaries.sae import ordinary_rows
 from unweave.report import Report
 from unweave.runs import Run, RunResult
 from unweave.sites import capture, capture_rows
@@ -37,12 +38,24 @@ class TailsConfig:
     text: TextConfig = setting(TextConfig(), "Text a language model is read on.")
     tokens: int = setting(16_384, "Tokens of text read (language models).")
     ctx_len: int = setting(128, "Tokens per row of text.")
+    skip_first: int = setting(
+        1,
+        "Leave out the first positions of each row (language models): the first token of a row is an attention "
+        "sink with massive activations in most LMs, and would set every direction's tails. 0 keeps them.",
+    )
+    max_norm_ratio: float = setting(
+        10.0,
+        "Leave out (per site, and count) tokens whose norm exceeds this multiple of the median: massive "
+        "activations, which would set every direction's tails (as in `sae train`). 0 keeps every token.",
+    )
     seed: int = setting(0, "Seed of the random directions.")
     device: DeviceConfig = setting(DeviceConfig(), "Where the model runs.")
 
     def __post_init__(self) -> None:
         if self.tokens < self.ctx_len or self.ctx_len < 1:
             raise ValueError(f"--tokens ({self.tokens}) must hold at least one row of --ctx-len ({self.ctx_len})")
+        if not 0 <= self.skip_first < self.ctx_len:
+            raise ValueError(f"--skip-first must be in [0, --ctx-len {self.ctx_len}), got {self.skip_first}")
 
 
 def _modadd_activations(cfg: TailsConfig) -> tuple[dict[str, torch.Tensor], str]:
@@ -72,7 +85,11 @@ def _lm_activations(cfg: TailsConfig, extra_sites: list[str]) -> tuple[dict[str,
     rows = token_rows(cfg.text, loaded.tokenizer, cfg.ctx_len, max_tokens=cfg.tokens)
     with torch.no_grad():
         acts = capture_rows(loaded.model, sites, rows)
-    return acts, f"{rows.numel()} tokens of {describe(cfg.text)} in rows of {cfg.ctx_len}"
+    kept = torch.arange(rows.numel()) % cfg.ctx_len >= cfg.skip_first
+    skipped = f", the first {cfg.skip_first} of each row left out" if cfg.skip_first else ""
+    return {s: a[kept] for s, a in acts.items()}, (
+        f"{int(kept.sum())} tokens of {describe(cfg.text)} in rows of {cfg.ctx_len}{skipped}"
+    )
 
 
 def _dictionaries(cfg: TailsConfig) -> list[tuple[Path, str]]:
@@ -115,7 +132,12 @@ def run_tails(cfg: TailsConfig) -> RunResult:
         raise ValueError("--dictionary reads a language model's site; a modadd run folder takes no dictionary")
     acts, read_on = _modadd_activations(cfg) if toy else _lm_activations(cfg, [s for _, s in dicts])
     bases: dict[str, list[tuple[BasisTails, np.ndarray]]] = {}
-    for site, x in acts.items():
+    massive: dict[str, int] = {}
+    for site, x in list(acts.items()):
+        if cfg.max_norm_ratio > 0:
+            ordinary = ordinary_rows(x, cfg.max_norm_ratio * float(x.norm(dim=1).median()))
+            massive[site] = int((~ordinary).sum())
+            acts[site] = x = x[ordinary]
         rotation = random_rotation(x.shape[1], cfg.seed).float()
         own = "neurons" if ".mlp" in site else "coordinates"
         bases[site] = [
@@ -127,18 +149,22 @@ def run_tails(cfg: TailsConfig) -> RunResult:
         with torch.no_grad():
             z = sae.encode(acts[site])
         bases[site].append((tails(z, f"latents of {folder.name}"), np.arange(z.shape[1])))
-    rows = [t.row(site) for site, found in bases.items() for t, _ in found]
+    rows = [
+        {**t.row(site), "massive_tokens_left_out": massive.get(site, 0)}
+        for site, found in bases.items()
+        for t, _ in found
+    ]
     heaviest = [h for site, found in bases.items() for t, idx in found for h in _heaviest(t, idx, site)]
     verdicts = []
     for site, found in bases.items():
-        own, rotated = found[0][0], found[1][0]
-        verdicts.append(
-            f"{site}: kurtosis (Gaussian 3) up to {own.kurtosis.max():.3g} in the {own.basis} (median "
-            f"{np.median(own.kurtosis):.3g}), up to {rotated.kurtosis.max():.3g} in random directions (median "
-            f"{np.median(rotated.kurtosis):.3g}); beyond {FAR:.0f} sd: {own.beyond_far / GAUSSIAN_BEYOND_FAR:.3g}x "
-            f"the Gaussian share in the {own.basis}, {rotated.beyond_far / GAUSSIAN_BEYOND_FAR:.3g}x in random "
-            "directions"
-        )
+        left_out = f" ({massive[site]} massive-activation tokens left out)" if massive.get(site) else ""
+        parts = [
+            f"{t.basis}: up to {t.kurtosis.max():.3g} (median {np.median(t.kurtosis):.3g}), "
+            f"{t.beyond_far / GAUSSIAN_BEYOND_FAR:.3g}x the Gaussian share beyond {FAR:.0f} sd"
+            for t, _ in found
+            if len(t.kurtosis)
+        ]
+        verdicts.append(f"{site}{left_out}: kurtosis (Gaussian 3) in the " + "; in the ".join(parts))
     report = Report(f"unweave tails: {cfg.model}")
     summary = report.summary()
     summary.text(

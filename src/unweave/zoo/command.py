@@ -125,11 +125,12 @@ class TrainMemorizationConfig:
     toy: mem.MemorizationConfig = setting(mem.MemorizationConfig(), "The toy, its data and the sweep of T.")
 
 
-def _plane(f: mem.Fit) -> tuple[list, list]:
-    """Features and training hidden vectors in the top two principal directions of W."""
+def _plane(f: mem.Fit, shown: int = 200) -> tuple[list, list]:
+    """Features and (the first `shown`) training hidden vectors in the top two principal
+    directions of W."""
     basis = torch.linalg.svd(f.W, full_matrices=False).U[:, :2]  # (m, 2)
     features = (f.W.T @ basis).tolist()
-    points = (f.train @ f.W.T @ basis).tolist()
+    points = (f.train[:shown] @ f.W.T @ basis).tolist()
     return features, points
 
 
