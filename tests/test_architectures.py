@@ -258,3 +258,42 @@ def test_small_vocab_tokens_stay_in_range():
     rows = repeated_tokens(tokenizer(), 32, 6, vocab=300)
     body = rows[:, 1:]
     assert int(body.min()) >= 300 // 20 and int(body.max()) < 300
+
+
+def test_repeated_text_spans_come_from_the_text():
+    from tiny_models import tokenizer
+
+    from unweave.hypotheses.cases import repeated_text
+
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 40, (3000,), generator=gen)
+    rows = repeated_text(tokenizer(), ids, 50, 6, choices=8)
+    frequent = set(torch.bincount(ids).argsort(descending=True)[:8].tolist())
+    text = ids.tolist()
+    for row in rows.tolist():
+        first = row[1:7]
+        assert row[7:] == first[:-1]  # the repeat
+        assert first[-1] in frequent and first[-2] in frequent  # answer and current token
+        assert any(text[i : i + 6] == first for i in range(len(text) - 5))  # a span of the text
+    with pytest.raises(ValueError, match="more text"):
+        repeated_text(tokenizer(), ids[:100], 50, 6, choices=8)
+
+
+def test_scrub_repeats_spans_of_the_users_text(tiny_model_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from unweave.cli import app
+
+    folder = tiny_model_dir("gpt2")
+    (tmp_path / "notes.txt").write_text(" ".join(["the king and the queen of the land"] * 400))
+    target = f"induction-heads:{folder}"
+    out = tmp_path / "scrub"
+    args = ["scrub", target, "--repeat", "text", "--text", str(tmp_path / "notes.txt"), "--examples", "64"]
+    result = CliRunner().invoke(app, [*args, "--pairs", "64", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    import json
+
+    found = json.loads((out / "scrub.json").read_text())
+    assert found["info"]["repeated"] == "spans of the text" and len(found["hypotheses"]) == 3
+    bad = CliRunner().invoke(app, ["scrub", "modadd", "--repeat", "text", "--out", str(out)])
+    assert bad.exit_code != 0 and "language-model cases" in str(bad.exception) + bad.output

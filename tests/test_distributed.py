@@ -31,14 +31,33 @@ def _dictionaries() -> list[SAE]:
     return [SAE(SAEConfig(d_in=D, n_latents=WIDTH, architecture="topk", k=k), seed=0) for k in (4, 8)]
 
 
-def _ddp_worker(rank: int, port: int, out: str) -> None:
+class _Crash(Exception):
+    pass
+
+
+def _crash_at(step: int):
+    def on_step(s: int) -> None:
+        if s == step:
+            raise _Crash
+
+    return on_step
+
+
+def _ddp_worker(rank: int, port: int, out: str, checkpoint: str | None = None, crash: int | None = None) -> None:
+    """Train the dictionaries on this rank's batches; with `crash`, every rank stops at that
+    step (a killed job) and nothing is saved but the checkpoint in `checkpoint`."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2")
     os.environ["LOCAL_RANK"] = str(rank)
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=2)
+    cfg = TrainConfig(STEPS, lr=3e-3, warmup=5, max_norm_ratio=None, checkpoint_every=10)
     try:
         saes = _dictionaries()
-        train_many(saes, iter(_batches(rank)), TrainConfig(STEPS, lr=3e-3, warmup=5, max_norm_ratio=None))
+        folder = Path(checkpoint) if checkpoint else None
+        try:
+            train_many(saes, iter(_batches(rank)), cfg, checkpoint_dir=folder, on_step=crash and _crash_at(crash))
+        except _Crash:
+            os._exit(0)
         if rank == 0:
             torch.save([s.state_dict() for s in saes], out)
         dist.barrier()
@@ -55,19 +74,35 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _one_process() -> list[SAE]:
+    single = _dictionaries()
+    global_batches = [torch.cat(pair) for pair in zip(_batches(0), _batches(1))]
+    train_many(single, iter(global_batches), TrainConfig(STEPS, lr=3e-3, warmup=5, max_norm_ratio=None))
+    return single
+
+
 def test_ddp_training_equals_one_process_on_the_global_batches(tmp_path):
     out = tmp_path / "ddp.pt"
     mp.spawn(_ddp_worker, args=(_free_port(), str(out)), nprocs=2, join=True)
     ddp = torch.load(out, weights_only=True)
-
-    single = _dictionaries()
-    global_batches = [torch.cat(pair) for pair in zip(_batches(0), _batches(1))]
-    train_many(single, iter(global_batches), TrainConfig(STEPS, lr=3e-3, warmup=5, max_norm_ratio=None))
-    for state, sae in zip(ddp, single):
+    for state, sae in zip(ddp, _one_process()):
         for name, value in sae.state_dict().items():
             torch.testing.assert_close(state[name], value, rtol=1e-4, atol=1e-5, msg=name)
         # and training moved the weights: the match is not two untouched initialisations
         assert not torch.allclose(state["W_enc"], SAE(sae.cfg, seed=0).W_enc)
+
+
+def test_ddp_training_killed_mid_run_resumes_to_the_same_weights(tmp_path):
+    """Both ranks stop at step 25 (checkpoint at 20, written by rank 0); two new processes
+    resume from it and end where one uninterrupted process does."""
+    out, folder = tmp_path / "ddp.pt", tmp_path / "checkpoint"
+    mp.spawn(_ddp_worker, args=(_free_port(), str(out), str(folder), 25), nprocs=2, join=True)
+    assert json.loads((folder / "checkpoint.json").read_text())["step"] == 20 and not out.exists()
+    mp.spawn(_ddp_worker, args=(_free_port(), str(out), str(folder)), nprocs=2, join=True)
+    assert not folder.exists()  # removed once the run finished
+    for state, sae in zip(torch.load(out, weights_only=True), _one_process()):
+        for name, value in sae.state_dict().items():
+            torch.testing.assert_close(state[name], value, rtol=1e-4, atol=1e-5, msg=name)
 
 
 def torchrun(*args: str, cwd: Path) -> subprocess.CompletedProcess:

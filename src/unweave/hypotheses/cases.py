@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+    from unweave.text import TextConfig
+
 
 @dataclass
 class Case:
@@ -227,6 +229,32 @@ def repeated_tokens(
     return torch.cat([bos, first, first[:, :-1]], dim=1)
 
 
+def repeated_text(
+    tokenizer: PreTrainedTokenizerBase, ids: torch.Tensor, n: int, half: int, seed: int = 0, choices: int = 16
+) -> torch.Tensor:
+    """Rows like `repeated_tokens`, from spans of a text's token ids (1-D) instead of random
+    tokens: BOS, a `half`-token span, then the span again minus its last token. Spans are
+    drawn where the answer (the span's last token) is one of the text's `choices` most
+    frequent tokens and the current token (the one before it) too, so that many rows agree
+    on each, as resampling needs."""
+    if len(ids) < 4 * half:
+        raise ValueError(f"the text has {len(ids)} tokens; repeated spans of {half} need at least {4 * half}")
+    frequent = torch.bincount(ids).argsort(descending=True)[:choices]
+    ends = torch.arange(half - 1, len(ids))
+    ok = torch.isin(ids[ends], frequent) & torch.isin(ids[ends - 1], frequent)
+    ends = ends[ok]
+    if len(ends) < n:
+        raise ValueError(
+            f"the text has {len(ends)} spans whose last two tokens are among its {choices} most frequent; "
+            f"{n} are needed: give more text (--text) or fewer --examples"
+        )
+    gen = torch.Generator().manual_seed(seed)
+    picked = ends[torch.randperm(len(ends), generator=gen)[:n]]
+    first = torch.stack([ids[e - half + 1 : e + 1] for e in picked.tolist()])
+    bos = torch.full((n, 1), tokenizer.bos_token_id if tokenizer.bos_token_id is not None else 0)
+    return torch.cat([bos, first, first[:, :-1]], dim=1)
+
+
 def induction_head_scores(model: PreTrainedModel, tokens: torch.Tensor, half: int) -> torch.Tensor:
     """Induction scores (layers, heads): attention from each second-half position to the
     position after the current token's earlier occurrence (eager attention, to read patterns)."""
@@ -255,16 +283,21 @@ def rank_induction_heads(
     half: int = 20,
     top: int | None = None,
     seed: int = 0,
+    text_ids: torch.Tensor | None = None,
 ) -> tuple[list[tuple[int, int]], torch.Tensor, torch.Tensor]:
     """The `top` heads (layer, head) with the highest induction scores on repeated random
-    tokens, the scores (layers, heads), and the `n` repeated rows (the first 32 are scored).
-    `top` defaults to 8, or half the heads of a smaller model."""
+    tokens (or repeated spans of `text_ids`), the scores (layers, heads), and the `n`
+    repeated rows (the first 32 are scored). `top` defaults to 8, or half the heads of a
+    smaller model."""
     from unweave.anatomy import anatomy
 
     parts = anatomy(model)
     top = min(8, parts.n_layers * parts.n_heads // 2) if top is None else top
     vocab = min(len(tokenizer), model.config.vocab_size)  # ids both the tokenizer and the embedding know
-    inputs = repeated_tokens(tokenizer, n, half, seed, vocab=vocab)
+    if text_ids is None:
+        inputs = repeated_tokens(tokenizer, n, half, seed, vocab=vocab)
+    else:
+        inputs = repeated_text(tokenizer, text_ids[text_ids < vocab], n, half, seed)
     scores = induction_head_scores(model, inputs[:32], half)
     order = scores.flatten().argsort(descending=True)
     return [(int(i) // parts.n_heads, int(i) % parts.n_heads) for i in order[:top]], scores, inputs
@@ -278,8 +311,10 @@ def lm_induction_case(
     half: int = 20,
     top: int | None = None,
     seed: int = 0,
+    text_ids: torch.Tensor | None = None,
 ) -> Case:
-    """A causal LM's induction heads on repeated random tokens, and the claim that the
+    """A causal LM's induction heads on repeated random tokens (or repeated spans of a text,
+    `text_ids`), and the claim that the
     logits at the last position depend on the input only through the answer token carried
     by the `top` induction heads' outputs there (everything else resampled from other
     repeated sequences). False claims: as many random non-induction heads; the induction
@@ -298,7 +333,7 @@ def lm_induction_case(
             f"top={top}: choose 1 to {parts.n_layers * n_heads // 2} heads (half of this model's "
             f"{parts.n_layers * n_heads}), so as many other heads remain for the random-heads control"
         )
-    chosen, scores, inputs = rank_induction_heads(model, tokenizer, n, half, top, seed)
+    chosen, scores, inputs = rank_induction_heads(model, tokenizer, n, half, top, seed, text_ids)
     order = scores.flatten().argsort(descending=True)
     rest = order[top:][torch.randperm(len(order) - top, generator=torch.Generator().manual_seed(seed))[:top]]
     random_heads = [(int(i) // n_heads, int(i) % n_heads) for i in rest]
@@ -328,6 +363,7 @@ def lm_induction_case(
         "model_type": parts.model_type,
         "induction_heads": [f"L{layer}H{h} ({float(scores[layer, h]):.2f})" for layer, h in chosen],
         "random_heads": [f"L{layer}H{h}" for layer, h in random_heads],
+        "repeated": "random tokens" if text_ids is None else "spans of the text",
         "scores": scores.tolist(),
     }
     # only the last position is scored: skip the vocabulary-wide unembedding everywhere else
@@ -335,12 +371,23 @@ def lm_induction_case(
     return Case(name, model, inputs, answer(inputs), hyps, info, keep_last)
 
 
-def smollm2_induction_case(n: int = 512, half: int = 20, top: int = 8, seed: int = 0) -> Case:
-    """SmolLM2-135M's induction heads (see `lm_induction_case`)."""
+def smollm2_induction_case(
+    n: int = 512, half: int = 20, top: int = 8, seed: int = 0, text: TextConfig | None = None
+) -> Case:
+    """SmolLM2-135M's induction heads (see `lm_induction_case`), on repeated random tokens or
+    on repeated spans of `text`."""
     from unweave.hf import load_model
 
     model, tokenizer = load_model("smollm2-135m")
-    return lm_induction_case(model, tokenizer, "smollm2-induction", n, half, top, seed)
+    ids = None if text is None else text_ids(text, tokenizer)
+    return lm_induction_case(model, tokenizer, "smollm2-induction", n, half, top, seed, ids)
+
+
+def text_ids(text: TextConfig, tokenizer: PreTrainedTokenizerBase, max_tokens: int = 262_144) -> torch.Tensor:
+    """The text's token ids as one stream (packed rows of 512, at most `max_tokens`)."""
+    from unweave.text import token_rows
+
+    return token_rows(text, tokenizer, 512, max_tokens=max_tokens).flatten()
 
 
 # the names this section had when it served SmolLM2 only

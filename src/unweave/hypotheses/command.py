@@ -17,6 +17,7 @@ from unweave.hypotheses.score import KL_CHANGED, interchange, scrub_all
 from unweave.hypotheses.targets import CASES, resolve
 from unweave.report import Report
 from unweave.runs import Run, RunResult
+from unweave.text import TextConfig, input_files
 
 # Mean-based scores that look good while this many examples moved: errors may be cancelling.
 CANCELLATION_FLAG = 0.2
@@ -36,6 +37,24 @@ class ScrubConfig:
     batch_size: int = setting(128, "Inputs per forward pass.")
     modadd_run: Path = setting(Path("runs/demo/modadd"), "Run directory for the modadd case.")
     seed: int = setting(0, "Seed for resampling (and for training the induction case).")
+    repeat: str = setting(
+        "random",
+        "Language-model cases (smollm2-induction, induction-heads:PATH): repeat 'random' tokens or spans "
+        "of the 'text' (--text).",
+    )
+    text: TextConfig = setting(TextConfig(), "With --repeat text: the text whose spans are repeated.")
+
+    def __post_init__(self) -> None:
+        if self.repeat not in ("random", "text"):
+            raise ValueError(f"--repeat must be 'random' or 'text', got {self.repeat!r}")
+        if self.repeat == "text" and not (
+            self.target == "smollm2-induction" or self.target.startswith("induction-heads:")
+        ):
+            raise ValueError(
+                f"--repeat text applies to the language-model cases (smollm2-induction, induction-heads:PATH), "
+                f"not to {self.target!r}"
+            )
+
     device: DeviceConfig = setting(DeviceConfig(), "Where the case's model runs, and the dtype of its weights.")
 
 
@@ -46,9 +65,13 @@ def on_device(case: Case, device: DeviceConfig) -> Case:
 
 
 def run_scrub(cfg: ScrubConfig) -> RunResult:
-    case = on_device(resolve(cfg.target, cfg.modadd_run, cfg.seed), cfg.device)
+    case = on_device(
+        resolve(cfg.target, cfg.modadd_run, cfg.seed, cfg.text if cfg.repeat == "text" else None), cfg.device
+    )
     model_folder = cfg.target.partition(":")[2] if cfg.target.startswith("induction-heads:") else None
     inputs = [cfg.target, cfg.modadd_run if cfg.target == "modadd" else None, model_folder]
+    if cfg.repeat == "text":
+        inputs += input_files(cfg.text)
     run = Run(cfg.out, "scrub", cfg, inputs=inputs)
     hyps = list(case.hypotheses.values())
     if cfg.unclaimed is not None:

@@ -7,20 +7,26 @@ from pathlib import Path
 
 from unweave.hypotheses.cases import Case
 from unweave.hypotheses.graph import Hypothesis, HypothesisError
+from unweave.text import TextConfig
 
 CASES = ["cancellation", "modadd", "induction", "smollm2-induction", "induction-heads:PATH"]
 HF_INDUCTION = "induction-heads:"  # + a local Hugging Face model folder
 
 
-def resolve(target: str, modadd_run: Path = Path("runs/demo/modadd"), seed: int = 0) -> Case:
-    """A built-in case by name, or the case a hypothesis file defines."""
+def resolve(
+    target: str, modadd_run: Path = Path("runs/demo/modadd"), seed: int = 0, text: TextConfig | None = None
+) -> Case:
+    """A built-in case by name, or the case a hypothesis file defines. `text`: the language-
+    model cases repeat spans of it instead of random tokens."""
     path = Path(target)
     if target.endswith(".py") or path.is_file():
         return case_from_file(path)
-    return builtin_case(target, modadd_run, seed)
+    return builtin_case(target, modadd_run, seed, text)
 
 
-def builtin_case(name: str, modadd_run: Path = Path("runs/demo/modadd"), seed: int = 0) -> Case:
+def builtin_case(
+    name: str, modadd_run: Path = Path("runs/demo/modadd"), seed: int = 0, text: TextConfig | None = None
+) -> Case:
     from unweave.hypotheses import cases
 
     if name == "cancellation":
@@ -39,13 +45,14 @@ def builtin_case(name: str, modadd_run: Path = Path("runs/demo/modadd"), seed: i
         cfg = InductionConfig(seed=seed)
         return cases.induction_case(train(cfg), cfg.vocab, seed=seed)
     if name == "smollm2-induction":
-        return cases.smollm2_induction_case(seed=seed)
+        return cases.smollm2_induction_case(seed=seed, text=text)
     if name.startswith(HF_INDUCTION):
         from unweave.hf import load_model
 
         folder = name.removeprefix(HF_INDUCTION)
         model, tokenizer = load_model(folder)
-        return cases.lm_induction_case(model, tokenizer, name, seed=seed)
+        ids = None if text is None else cases.text_ids(text, tokenizer)
+        return cases.lm_induction_case(model, tokenizer, name, seed=seed, text_ids=ids)
     raise ValueError(f"unknown case {name!r}; built-in cases: {', '.join(CASES)}, or give a Python file")
 
 
