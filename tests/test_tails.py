@@ -44,10 +44,12 @@ def test_a_planted_heavy_coordinate_shows_in_the_basis_not_in_random_directions(
     rng = np.random.default_rng(2)
     x = rng.normal(size=(20000, 64))
     x[:, 11] = rng.laplace(size=20000)
+    x[:, 3] = 0.0  # a dead unit before it: units keep their own indices
     x = torch.tensor(x)
     own = tails(x, "coordinates")
     rotated = tails(x @ random_rotation(64, seed=0), "random directions")
-    assert int(np.argmax(own.kurtosis)) == 11 and own.kurtosis[11] > 5
+    assert rotated.constant == 0
+    assert own.constant == 1 and own.index[np.argmax(own.kurtosis)] == 11 and own.kurtosis.max() > 5
     assert rotated.kurtosis.max() < 3.5
     assert np.median(own.kurtosis) == pytest.approx(3, abs=0.15)
     assert np.median(rotated.kurtosis) == pytest.approx(3, abs=0.15)

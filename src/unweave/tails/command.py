@@ -107,13 +107,13 @@ def _dictionaries(cfg: TailsConfig) -> list[tuple[Path, str]]:
     return found
 
 
-def _heaviest(t: BasisTails, index: np.ndarray, site: str) -> list[dict]:
+def _heaviest(t: BasisTails, site: str) -> list[dict]:
     order = np.argsort(-t.kurtosis)[:HEAVIEST]
     return [
         {
             "site": site,
             "basis": t.basis,
-            "unit": int(index[i]),
+            "unit": int(t.index[i]),
             "kurtosis": float(t.kurtosis[i]),
             "max_abs_z": float(t.max_abs_z[i]),
         }
@@ -131,7 +131,7 @@ def run_tails(cfg: TailsConfig) -> RunResult:
     if toy and cfg.dictionary:
         raise ValueError("--dictionary reads a language model's site; a modadd run folder takes no dictionary")
     acts, read_on = _modadd_activations(cfg) if toy else _lm_activations(cfg, [s for _, s in dicts])
-    bases: dict[str, list[tuple[BasisTails, np.ndarray]]] = {}
+    bases: dict[str, list[BasisTails]] = {}
     massive: dict[str, int] = {}
     for site, x in list(acts.items()):
         if cfg.max_norm_ratio > 0:
@@ -140,28 +140,23 @@ def run_tails(cfg: TailsConfig) -> RunResult:
             acts[site] = x = x[ordinary]
         rotation = random_rotation(x.shape[1], cfg.seed).float()
         own = "neurons" if ".mlp" in site else "coordinates"
-        bases[site] = [
-            (tails(x, own), np.arange(x.shape[1])),
-            (tails(x @ rotation, "random directions"), np.arange(x.shape[1])),
-        ]
+        bases[site] = [tails(x, own), tails(x @ rotation, "random directions")]
     for folder, site in dicts:
         sae = io.load(folder).eval()
         with torch.no_grad():
             z = sae.encode(acts[site])
-        bases[site].append((tails(z, f"latents of {folder.name}"), np.arange(z.shape[1])))
+        bases[site].append(tails(z, f"latents of {folder.name}"))
     rows = [
-        {**t.row(site), "massive_tokens_left_out": massive.get(site, 0)}
-        for site, found in bases.items()
-        for t, _ in found
+        {**t.row(site), "massive_tokens_left_out": massive.get(site, 0)} for site, found in bases.items() for t in found
     ]
-    heaviest = [h for site, found in bases.items() for t, idx in found for h in _heaviest(t, idx, site)]
+    heaviest = [h for site, found in bases.items() for t in found for h in _heaviest(t, site)]
     verdicts = []
     for site, found in bases.items():
         left_out = f" ({massive[site]} massive-activation tokens left out)" if massive.get(site) else ""
         parts = [
             f"{t.basis}: up to {t.kurtosis.max():.3g} (median {np.median(t.kurtosis):.3g}), "
             f"{t.beyond_far / GAUSSIAN_BEYOND_FAR:.3g}x the Gaussian share beyond {FAR:.0f} sd"
-            for t, _ in found
+            for t in found
             if len(t.kurtosis)
         ]
         verdicts.append(f"{site}{left_out}: kurtosis (Gaussian 3) in the " + "; in the ".join(parts))
@@ -177,7 +172,7 @@ def run_tails(cfg: TailsConfig) -> RunResult:
     summary.table(rows)
     for site, found in bases.items():
         section = report.section(site)
-        section.figure(log_density([t for t, _ in found], site)).figure(kurtosis_histogram([t for t, _ in found], site))
+        section.figure(log_density(found, site)).figure(kurtosis_histogram(found, site))
         section.table([h for h in heaviest if h["site"] == site])
     results = {"model": cfg.model, "read_on": read_on, "bases": rows, "heaviest": heaviest}
     return run.finish(results, report, verdicts)

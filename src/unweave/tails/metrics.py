@@ -46,6 +46,7 @@ class BasisTails:
     basis: str
     units: int
     constant: int  # units that never vary (dead latents)
+    index: np.ndarray  # the varying units' indices, which the per-unit arrays follow
     kurtosis: np.ndarray  # per varying unit
     beyond_far: float  # pooled share of |z| > FAR over the varying units
     max_abs_z: np.ndarray  # per varying unit
@@ -86,6 +87,7 @@ def tails(x: torch.Tensor, basis: str, bins: int = 121, z_max: float | None = No
         basis=basis,
         units=int(x.shape[1]),
         constant=int((~varies).sum()),
+        index=varies.nonzero().squeeze(1).numpy(),
         kurtosis=kurt,
         beyond_far=float((absz > FAR).double().mean()) if z.numel() else 0.0,
         max_abs_z=absz.amax(0).numpy() if z.numel() else np.zeros(0),
