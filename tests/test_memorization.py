@@ -97,3 +97,17 @@ def test_cli_writes_the_sweep(tmp_path):
     assert [r["T"] for r in found["sweep"]] == [3, 10, 30]
     assert set(found["findings"]) >= {"regimes", "double_descent", "datapoints_then_features"}
     assert "Dimensionality" in (out / "train.html").read_text()
+
+
+def test_an_interrupted_sweep_resumes_from_the_sizes_it_finished(tmp_path, monkeypatch):
+    cfg = mem.MemorizationConfig(n_features=30, d_hidden=2, active=3, sizes=[3, 10, 30], steps=50, test_examples=200)
+    first = mem.sweep(cfg, tmp_path)
+    trained = []
+    real_fit = mem.fit
+    monkeypatch.setattr(mem, "fit", lambda size, c, test: trained.append(size) or real_fit(size, c, test))
+    again = mem.sweep(mem.MemorizationConfig(**{**vars(cfg), "sizes": [3, 10, 30, 60]}), tmp_path)
+    assert trained == [60]  # only the new size; the others are read back
+    for a, b in zip(first, again):
+        assert torch.equal(a.W, b.W) and torch.equal(a.test_losses, b.test_losses) and a.train_loss == b.train_loss
+    mem.sweep(mem.MemorizationConfig(**{**vars(cfg), "steps": 60}), tmp_path)
+    assert trained == [60, 3, 10, 30]  # other settings: nothing saved applies

@@ -4,7 +4,7 @@ with the training curves). `unweave train skip-trigrams`: a one-layer attention-
 text, its skip-trigrams read off the weights and checked by ablation (model.safetensors,
 vocab.json, train.json, train.html). `unweave train memorization`: the toy model of
 superposition trained on T datapoints for a sweep of T, from storing datapoints to storing
-features (fits.safetensors, train.json, train.html)."""
+features (fits/ with each size's weights, train.json, train.html)."""
 
 from __future__ import annotations
 
@@ -121,14 +121,17 @@ def run_train_skip_trigrams(cfg: TrainSkipTrigramsConfig) -> RunResult:
 
 @dataclass(frozen=True)
 class TrainMemorizationConfig:
-    out: Path = setting(Path("runs/memorization"), "Run directory.")
+    out: Path = setting(
+        Path("runs/memorization"), "Run directory; an interrupted sweep there resumes from the sizes it finished."
+    )
     toy: mem.MemorizationConfig = setting(mem.MemorizationConfig(), "The toy, its data and the sweep of T.")
 
 
 def _plane(f: mem.Fit, shown: int = 200) -> tuple[list, list]:
     """Features and (the first `shown`) training hidden vectors in the top two principal
     directions of W."""
-    basis = torch.linalg.svd(f.W, full_matrices=False).U[:, :2]  # (m, 2)
+    basis = torch.linalg.svd(f.W, full_matrices=False).U[:, :2]  # (m, 2), or (1, 1) when m = 1
+    basis = torch.nn.functional.pad(basis, (0, 2 - basis.shape[1]))
     features = (f.W.T @ basis).tolist()
     points = (f.train[:shown] @ f.W.T @ basis).tolist()
     return features, points
@@ -137,9 +140,7 @@ def _plane(f: mem.Fit, shown: int = 200) -> tuple[list, list]:
 def run_train_memorization(cfg: TrainMemorizationConfig) -> RunResult:
     run = Run(cfg.out, "train memorization", cfg, name="train")
     toy = cfg.toy
-    fits = mem.sweep(toy)
-    cfg.out.mkdir(parents=True, exist_ok=True)
-    write_tensors(cfg.out / "fits.safetensors", {f"{k}_T{f.size}": getattr(f, k) for f in fits for k in ("W", "b")})
+    fits = mem.sweep(toy, cfg.out / "fits")
     m = toy.d_hidden
     rows = [
         {

@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from unweave import progress
-from unweave.configs import setting
+from unweave.artifacts import read_json, read_tensors, write_json, write_tensors
+from unweave.configs import setting, to_dict
 
 
 @dataclass(frozen=True)
@@ -129,9 +131,52 @@ def fit(size: int, cfg: MemorizationConfig, test: torch.Tensor) -> Fit:
         return Fit(size, W, b, train, float(per_example_loss(W, b, train).mean()), per_example_loss(W, b, test))
 
 
-def sweep(cfg: MemorizationConfig) -> list[Fit]:
+def sweep(cfg: MemorizationConfig, folder: Path | None = None) -> list[Fit]:
+    """One fit per training-set size. With `folder`, each finished fit is saved there, and a
+    rerun with the same settings (an interrupted sweep) loads those and trains the rest."""
     test = sample(cfg.test_examples, cfg, torch.Generator().manual_seed(cfg.seed * 1_000_003 + 999_983))
-    return [fit(size, cfg, test) for size in progress.track(sorted(cfg.sizes), "training one toy per dataset size")]
+    done = _Saved(folder, cfg) if folder is not None else None
+    fits = []
+    for size in progress.track(sorted(cfg.sizes), "training one toy per dataset size"):
+        found = done.load(size) if done else None
+        if found is None:
+            found = fit(size, cfg, test)
+            if done:
+                done.save(found)
+        fits.append(found)
+    return fits
+
+
+class _Saved:
+    """Finished fits of a sweep on disk, valid for the settings they were trained with (a
+    size's fit depends on everything but the list of sizes)."""
+
+    def __init__(self, folder: Path, cfg: MemorizationConfig):
+        self.folder = folder
+        self.settings = {k: v for k, v in to_dict(cfg).items() if k != "sizes"}
+        marker = folder / "settings.json"
+        if not marker.exists() or read_json(marker) != self.settings:
+            for old in folder.glob("T*.safetensors"):
+                old.unlink()
+            folder.mkdir(parents=True, exist_ok=True)
+            write_json(marker, self.settings)
+
+    def load(self, size: int) -> Fit | None:
+        path = self.folder / f"T{size}.safetensors"
+        if not path.exists():
+            return None
+        t = read_tensors(path)
+        return Fit(size, t["W"], t["b"], t["train"], float(t["train_loss"]), t["test_losses"])
+
+    def save(self, f: Fit) -> None:
+        tensors = {
+            "W": f.W,
+            "b": f.b,
+            "train": f.train,
+            "train_loss": torch.tensor(f.train_loss),
+            "test_losses": f.test_losses,
+        }
+        write_tensors(self.folder / f"T{f.size}.safetensors", tensors)
 
 
 @dataclass
