@@ -184,3 +184,21 @@ def test_mdl_on_a_toy_model_of_superposition(tmp_path):
     by = {r["basis"]: r for r in data["rows"]}
     assert by["lookup table"]["total_bits"] > by["neurons"]["total_bits"] > data["best"]["total_bits"]
     assert sorted({r["width"] for r in data["rows"] if r["basis"].startswith("sae")}) == [3, 4, 5, 10, 20]
+
+
+def test_dln_family_weight_bits_and_llc():
+    """The family grid keeps only valid ranks; at fixed widths a higher rank costs more bits
+    and has a higher LLC (more nonzero weights, more directions fixed); the rank agreement
+    is Spearman's rho, here computed by hand from ranks."""
+    from unweave.mdl.simplicity import dln_rows, family, rank_agreement
+
+    cases = family(outer=(3,), hidden=(2,), depths=(1,), ranks=(1, 2, 3))
+    assert cases == [([3, 2, 3], 1), ([3, 2, 3], 2)]  # rank 3 exceeds the hidden width
+    rows = dln_rows([([5, 3, 5], 1), ([5, 3, 5], 2), ([5, 3, 5], 3)], tolerance=0.01, n=500)
+    assert [r["llc"] for r in rows] == sorted(r["llc"] for r in rows)
+    assert rows[0]["weight_bits"] < rows[1]["weight_bits"] < rows[2]["weight_bits"]
+    assert all(r["output_fvu"] <= 0.01 for r in rows)
+    fake = [{"llc": a, "weight_bits": b, "params": c} for a, b, c in [(1, 10, 5), (2, 30, 5), (3, 20, 6), (4, 40, 7)]]
+    found = rank_agreement(fake)
+    d = [0, -1, 1, 0]  # rank differences of weight_bits against llc: rho = 1 - 6 sum d^2 / (n (n^2 - 1))
+    assert found["weight_bits"]["rho"] == pytest.approx(1 - 6 * sum(x * x for x in d) / (4 * 15))
