@@ -54,7 +54,7 @@ def test_few_datapoints_are_memorised_many_give_features(fits):
     assert fits[0].train_loss < 0.05 and fits[0].test_loss > 0.5
     assert mem.regime(fits[0]) == "datapoints"
     assert mem.regime(fits[-1]) == "features"
-    assert mem.held(fits[0].datapoint_dims(), 3) > 1.0  # a few clean datapoint directions
+    assert mem.held(fits[0].datapoint_dims, 3) > 1.0  # a few clean datapoint directions
 
 
 def test_test_loss_peaks_between_the_two_regimes(fits):

@@ -147,17 +147,18 @@ def run_train_memorization(cfg: TrainMemorizationConfig) -> RunResult:
             "T": f.size,
             "train_loss": f.train_loss,
             "test_loss": f.test_loss,
-            "feature_dims_held": mem.held(f.feature_dims(), m),
-            "datapoint_dims_held": mem.held(f.datapoint_dims(), m),
-            "max_feature_dim": float(f.feature_dims().max()),
-            "max_datapoint_dim": float(f.datapoint_dims().max()),
+            "feature_dims_held": mem.held(f.feature_dims, m),
+            "datapoint_dims_held": mem.held(f.datapoint_dims, m),
+            "max_feature_dim": float(f.feature_dims.max()),
+            "max_datapoint_dim": float(f.datapoint_dims.max()),
             "regime": mem.regime(f),
         }
         for f in fits
     ]
     dd = mem.double_descent(fits)
     first, last = rows[0]["regime"], rows[-1]["regime"]
-    crossover = next((r["T"] for r in rows if r["regime"] == "features"), None)
+    # the smallest T from which every larger T stores features
+    crossover = next((r["T"] for i, r in enumerate(rows) if all(q["regime"] == "features" for q in rows[i:])), None)
     transition = first == "datapoints" and last == "features"
     findings = {
         "regimes": [r["regime"] for r in rows],
@@ -191,8 +192,8 @@ def run_train_memorization(cfg: TrainMemorizationConfig) -> RunResult:
     report.section("Dimensionality").figure(
         memorization_dimensionality(
             [f.size for f in fits],
-            [f.feature_dims().tolist() for f in fits],
-            [f.datapoint_dims().tolist() for f in fits],
+            [f.feature_dims.tolist() for f in fits],
+            [f.datapoint_dims.tolist() for f in fits],
         )
     )
     geometry = report.section("Geometry of the hidden space")

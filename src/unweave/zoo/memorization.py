@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -101,9 +102,11 @@ class Fit:
     def test_loss(self) -> float:
         return float(self.test_losses.mean())
 
+    @cached_property  # (T, T) overlaps for the datapoints: computed once per fit
     def feature_dims(self) -> torch.Tensor:
         return dimensionality(self.W.T)
 
+    @cached_property
     def datapoint_dims(self) -> torch.Tensor:
         return dimensionality(self.train @ self.W.T)
 
@@ -220,4 +223,4 @@ def held(dims: torch.Tensor, m: int) -> float:
 def regime(f: Fit) -> str:
     """Which kind of object holds more of the hidden space: 'datapoints' or 'features'."""
     m = f.W.shape[0]
-    return "datapoints" if held(f.datapoint_dims(), m) > held(f.feature_dims(), m) else "features"
+    return "datapoints" if held(f.datapoint_dims, m) > held(f.feature_dims, m) else "features"
