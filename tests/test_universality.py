@@ -78,6 +78,8 @@ def test_universality_command_bad_input(tmp_path):
         run_universality(UniversalityConfig(target=["mnist"], out=tmp_path))
     with pytest.raises(ValueError, match="two different seeds"):
         UniversalityConfig(target=["tms"], seeds=[3, 3])
+    with pytest.raises(ValueError, match="--tokens"):
+        UniversalityConfig(target=["a", "b"], tokens=10)
 
 
 @pytest.mark.slow

@@ -45,6 +45,8 @@ class UniversalityConfig:
             raise ValueError(f"--seeds takes two different seeds, got {self.seeds}")
         if self.examples < 64:
             raise ValueError(f"--examples must be at least 64, got {self.examples}")
+        if self.tokens < 64:
+            raise ValueError(f"--tokens must be at least 64, got {self.tokens}")
 
 
 def score(layer: Layer, m: Matching) -> dict:
