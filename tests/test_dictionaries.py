@@ -263,3 +263,21 @@ def test_a_new_architecture_is_one_class_and_one_register_call(registry, tmp_pat
     assert torch.equal(loaded(x)[0], sae(x)[0])
     with pytest.raises(ValueError, match="already registered"):
         register(ShiftedReLU)
+
+
+def test_centred_encoder_gradients_equal_plain_autograd():
+    """The SAE encoder's (x - b_dec) @ W_enc with its own backward: the same value and the
+    same gradients for x, b_dec and W_enc as autograd through the plain expression."""
+    from unweave.dictionaries.sae import _CentredMatmul
+
+    gen = torch.Generator().manual_seed(0)
+    x, b, w = (torch.randn(*s, generator=gen, dtype=torch.float64, requires_grad=True) for s in [(9, 5), (5,), (5, 7)])
+    assert torch.autograd.gradcheck(_CentredMatmul.apply, (x, b, w))
+    g = torch.randn(9, 7, generator=gen, dtype=torch.float64)
+    ours = torch.autograd.grad(_CentredMatmul.apply(x, b, w), (x, b, w), g)
+    plain = torch.autograd.grad((x - b) @ w, (x, b, w), g)
+    for a, c in zip(ours, plain):
+        torch.testing.assert_close(a, c)
+    # an input without a gradient gets none computed
+    out = _CentredMatmul.apply(x.detach(), b, w)
+    assert torch.autograd.grad(out, (b, w), g)[0].shape == (5,)

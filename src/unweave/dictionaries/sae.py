@@ -11,6 +11,7 @@ geometric median.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -91,7 +92,7 @@ class SAE(nn.Module):
         self._check(x)
         if self.cfg.kind == "transcoder":
             return x @ self.W_enc + self.b_enc
-        return (x - self.b_dec) @ self.W_enc + self.b_enc
+        return _CentredMatmul.apply(x, self.b_dec, self.W_enc) + self.b_enc
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.arch.activate(self, self.pre_activations(x))
@@ -186,6 +187,28 @@ class SAE(nn.Module):
         if self.W_dec.grad is not None:
             along = (self.W_dec.grad * self.W_dec).sum(1, keepdim=True)
             self.W_dec.grad -= along * self.W_dec
+
+
+class _CentredMatmul(torch.autograd.Function):
+    """(x - b) @ W with b's gradient as -(sum of the output's gradient over rows) @ W^T: one
+    (1, n) @ (n, d) product instead of autograd's (rows, n) @ (n, d) one, which it would
+    compute because x - b needs a gradient whenever b does. Forward and W's gradient are
+    the plain ones; x's gradient is computed only when x needs it."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, b: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+        centred = x - b
+        ctx.save_for_backward(centred, W)
+        return centred @ W
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        centred, W = ctx.saved_tensors
+        need_x, need_b, need_w = ctx.needs_input_grad
+        grad_x = grad @ W.T if need_x else None
+        grad_b = -(grad.sum(0) @ W.T) if need_b else None
+        grad_w = centred.T @ grad if need_w else None
+        return grad_x, grad_b, grad_w
 
 
 def norm_limit(x: torch.Tensor, ratio: float) -> float:
