@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from unweave.devices import model_device
+
 KINDS = ("output", "input")
 PatchValue = torch.Tensor | Callable[[torch.Tensor], torch.Tensor]
 
@@ -216,7 +218,7 @@ def patch(model: nn.Module, patches: Mapping[str, PatchValue]) -> Iterator[None]
 def capture_rows(model: nn.Module, sites: Sequence[str], rows: torch.Tensor, batch: int = 8) -> dict[str, torch.Tensor]:
     """Every token's activation at each site over token rows (n, ctx), read batch by batch
     with an early stop, as (n * ctx, width) float32 tensors on the CPU."""
-    device = next(model.parameters()).device
+    device = model_device(model)
     out: dict[str, list[torch.Tensor]] = {s: [] for s in sites}
     for start in range(0, len(rows), batch):
         acts = capture(model, sites, rows[start : start + batch].to(device), stop_early=True)

@@ -225,7 +225,12 @@ def repeated_tokens(
     pool = torch.randperm(high - low, generator=gen)[: 2 * choices] + low
     first[:, -1] = pool[torch.randint(choices, (n,), generator=gen)]
     first[:, -2] = pool[choices + torch.randint(choices, (n,), generator=gen)]
-    bos = torch.full((n, 1), tokenizer.bos_token_id if tokenizer.bos_token_id is not None else 0)
+    return _repeated(tokenizer, first)
+
+
+def _repeated(tokenizer: PreTrainedTokenizerBase, first: torch.Tensor) -> torch.Tensor:
+    """BOS, each row of `first`, then the row again minus its last token."""
+    bos = torch.full((len(first), 1), tokenizer.bos_token_id if tokenizer.bos_token_id is not None else 0)
     return torch.cat([bos, first, first[:, :-1]], dim=1)
 
 
@@ -250,9 +255,7 @@ def repeated_text(
         )
     gen = torch.Generator().manual_seed(seed)
     picked = ends[torch.randperm(len(ends), generator=gen)[:n]]
-    first = torch.stack([ids[e - half + 1 : e + 1] for e in picked.tolist()])
-    bos = torch.full((n, 1), tokenizer.bos_token_id if tokenizer.bos_token_id is not None else 0)
-    return torch.cat([bos, first, first[:, :-1]], dim=1)
+    return _repeated(tokenizer, torch.stack([ids[e - half + 1 : e + 1] for e in picked.tolist()]))
 
 
 def induction_head_scores(model: PreTrainedModel, tokens: torch.Tensor, half: int) -> torch.Tensor:
