@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -199,4 +201,28 @@ def test_torchrun_llc_chains_equal_one_process(tmp_path):
     two = json.loads((tmp_path / "two" / "llc.json").read_text())["llc"][-1]
     torch.testing.assert_close(
         torch.tensor(two["llc_per_chain"]), torch.tensor(one["llc_per_chain"]), rtol=1e-4, atol=0
+    )
+
+
+def test_torchrun_llc_killed_mid_run_resumes_from_the_runs_it_finished(tmp_path):
+    args = ["llc", "rrr:3,2,3:1", "--first-steps", "200", "--max-steps", "800", "--pilot-steps", "100"]
+    args += ["--chains", "4", "--no-hessian", "--device", "cpu", "--out", str(tmp_path / "two")]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "unweave"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    job = subprocess.Popen([*cmd, *args], cwd=tmp_path, env=env, start_new_session=True)
+    third = tmp_path / "two" / "estimates" / "rule" / "00002.safetensors"
+    deadline = time.time() + 300
+    while not third.exists() and job.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(job.pid, signal.SIGKILL)  # every rank, mid-run
+    job.wait()
+    assert third.exists() and not (tmp_path / "two" / "llc.json").exists()
+    torchrun(*args, cwd=tmp_path)
+    unweave(*args[:-1], str(tmp_path / "one"), cwd=tmp_path)
+    two = json.loads((tmp_path / "two" / "llc.json").read_text())
+    one = json.loads((tmp_path / "one" / "llc.json").read_text())
+    assert two["replayed_runs"] >= 3
+    assert [r["steps"] for r in two["auto"]["rungs"]] == [r["steps"] for r in one["auto"]["rungs"]]
+    torch.testing.assert_close(
+        torch.tensor(two["llc"][-1]["llc_per_chain"]), torch.tensor(one["llc"][-1]["llc_per_chain"]), rtol=1e-3, atol=0
     )

@@ -18,6 +18,7 @@ from unweave.report import Report
 from unweave.runs import Run, RunResult
 from unweave.slt import SGLDConfig, llc_over_checkpoints
 from unweave.slt import plots as slt_plots
+from unweave.slt.saved import SavedRuns
 from unweave.zoo import fourier, plots
 from unweave.zoo.modadd import ModAddConfig, TrainedModAdd, answer_loss, make_data, train, train_loader
 
@@ -82,11 +83,13 @@ def run_demo(cfg: DemoConfig | None = None) -> RunResult:
     every = max(1, len(saved) // 8)  # thin long runs to 8-15 points to keep the demo quick (15 here: all)
     loader = loader_on(train_loader(cfg.modadd, batch_size=cfg.llc_batch_size), device)
     sgld = cfg.sgld
+    finished = SavedRuns.of(run)  # an interrupted demo, run again, replays the SGLD runs it finished
     llc_points = llc_over_checkpoints(
         [(step, trained.load(path).to(device, dtype)) for step, path in saved[every - 1 :: every]],
         answer_loss,
         loader,
         sgld,
+        estimate=lambda step: finished.scope(f"step-{step}").estimate,
     )
     report = Report("unweave demo: a grokked modular-addition transformer, reverse-engineered")
     report.summary().text(summary(analysis), summary=True)

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 
 import torch
@@ -48,6 +48,9 @@ from unweave.slt.diagnostics import burn_in_cut
 from unweave.slt.hessian import curvature_scale, gradient_noise
 from unweave.slt.llc import LLCResult, dataset_size, estimate_llc, finite_loss
 from unweave.slt.sgld import LLCError, LossFn, SGLDConfig, batches_per_pass
+
+# `estimate_llc`, or a stand-in with its signature (`saved.Replay.estimate` replays finished runs)
+Estimate = Callable[..., LLCResult]
 
 
 @dataclass(frozen=True)
@@ -179,11 +182,13 @@ def run_rung(
     epsilon_scale: float = 1.0,
     n: int | None = None,
     gradient_variance: float | None = None,
+    estimate: Estimate = estimate_llc,
 ) -> Rung:
     """One n_beta: gamma and the step size from the curvature there, the step halved on short
     pilots until MALA acceptance is in range, then runs doubled until the traces are healthy.
     `gradient_variance`: `hessian.gradient_noise` of the loader at w* (it does not depend on
-    n_beta: pass it to reuse it across rungs; measured here when None and the loader has minibatches)."""
+    n_beta: pass it to reuse it across rungs; measured here when None and the loader has minibatches).
+    `estimate` makes each SGLD run (`estimate_llc` or a stand-in that replays saved runs)."""
     base = base or SGLDConfig()
     if base.chains < 2:
         raise LLCError(f"the rule compares chains (R-hat): run at least 2, got {base.chains}")
@@ -209,7 +214,7 @@ def run_rung(
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # the rung records its own health
-                return estimate_llc(model, loss_fn, data, cfg, params=params, n=n)
+                return estimate(model, loss_fn, data, cfg, params=params, n=n)
         except LLCError:
             return None
 
@@ -303,12 +308,13 @@ def auto_llc(
     nbeta: float | None = None,
     base: SGLDConfig | None = None,
     n: int | None = None,
+    estimate: Estimate = estimate_llc,
 ) -> AutoLLC:
     """The LLC at the first plateau of the n_beta ladder, with every setting justified in the result.
 
     `nbeta` is the first rung (default n / ln n); `base` supplies the settings the rule does not
     choose (seed, batch handling, RMSProp, vectorisation); `n` the number of samples the loss
-    averages over (default: the loader's dataset size)."""
+    averages over (default: the loader's dataset size); `estimate` makes each SGLD run (see `run_rung`)."""
     rule = rule or AutoRule()
     n = n or dataset_size(loader)
     finite_loss(model, loss_fn, loader)  # a NaN loss is its own error, not "no curvature"
@@ -318,11 +324,25 @@ def auto_llc(
     rungs: list[Rung] = []
     for k in progress.track(range(rule.rungs), "n*beta ladder"):
         nb = first * rule.factor**k
-        rung = run_rung(model, loss_fn, loader, nb, rule, params, base, n=n, gradient_variance=variance)
+        rung = run_rung(
+            model, loss_fn, loader, nb, rule, params, base, n=n, gradient_variance=variance, estimate=estimate
+        )
         rungs.append(rung)
         if rule.step_check and rung.healthy:
             rungs.append(
-                run_rung(model, loss_fn, loader, nb, rule, params, base, 1 / 3, n=n, gradient_variance=variance)
+                run_rung(
+                    model,
+                    loss_fn,
+                    loader,
+                    nb,
+                    rule,
+                    params,
+                    base,
+                    1 / 3,
+                    n=n,
+                    gradient_variance=variance,
+                    estimate=estimate,
+                )
             )
         pair = _plateau(rungs, rule)
         if pair is not None:

@@ -14,6 +14,7 @@ from unweave.runs import Run, RunResult
 from unweave.slt import plots
 from unweave.slt.auto import AutoLLC, AutoRule, auto_llc, rule_text
 from unweave.slt.hessian import hessian_summary
+from unweave.slt.saved import SavedRuns
 from unweave.slt.sgld import SGLDConfig
 from unweave.slt.targets import Target, resolve
 from unweave.slt.trajectory import chosen_settings, llc_over_checkpoints
@@ -87,24 +88,33 @@ def run_llc(cfg: LLCConfig) -> RunResult:
     run = Run(cfg.out, "llc", cfg, inputs=[cfg.target])
     report = Report(f"unweave llc: {target.name}")
     record: dict = {"target": cfg.target, "name": target.name, "true_llc": target.true_llc}
+    saved = SavedRuns.of(run)  # an interrupted run, started again, replays the SGLD runs it finished
     headline = report.summary()
     sgld = cfg.sgld
     if cfg.settings == "auto":
-        auto = _choose(cfg, target, report)
+        auto = _choose(cfg, target, report, saved)
         record["auto"] = auto.to_dict()
         if not auto.healthy:
             summary = f"No LLC reported: {auto.message}"
             headline.text(summary, summary=True)
             record["healthy"] = False
+            record["replayed_runs"] = saved.found
             return run.finish(record, report, [summary])
         sgld = chosen_settings(auto, cfg.sgld)
+
+    def at_step(step: int):
+        return saved.scope(f"step-{step}").estimate
+
     if cfg.settings == "auto":  # the rule already ran the last checkpoint at the chosen settings: reuse it
         earlier = llc_over_checkpoints(
-            target.checkpoints[:-1], target.loss_fn, target.loader, sgld, cfg.params, cfg.rule
+            target.checkpoints[:-1], target.loss_fn, target.loader, sgld, cfg.params, cfg.rule, at_step
         )
         points = [*earlier, (target.checkpoints[-1][0], auto.result, "")]
     else:
-        points = llc_over_checkpoints(target.checkpoints, target.loss_fn, target.loader, sgld, cfg.params, cfg.rule)
+        points = llc_over_checkpoints(
+            target.checkpoints, target.loss_fn, target.loader, sgld, cfg.params, cfg.rule, at_step
+        )
+    record["replayed_runs"] = saved.found
     record["llc"] = [{"step": s, **r.to_dict(), "healthy": not why, "why_not": why} for s, r, why in points]
     last_step, last, why = points[-1]
     record["healthy"] = not why
@@ -149,11 +159,20 @@ def run_llc(cfg: LLCConfig) -> RunResult:
     return run.finish(record, report, [summary])
 
 
-def _choose(cfg: LLCConfig, target: Target, report: Report) -> AutoLLC:
+def _choose(cfg: LLCConfig, target: Target, report: Report, saved: SavedRuns) -> AutoLLC:
     """Run the rule at the last checkpoint and report every setting it tried."""
     rule = replace(cfg.rule, step_check=cfg.calibrate)
     model = target.checkpoints[-1][1]
-    auto = auto_llc(model, target.loss_fn, target.loader, rule, cfg.params, cfg.sgld.nbeta, cfg.sgld)
+    auto = auto_llc(
+        model,
+        target.loss_fn,
+        target.loader,
+        rule,
+        cfg.params,
+        cfg.sgld.nbeta,
+        cfg.sgld,
+        estimate=saved.scope("rule").estimate,
+    )
     section = report.section("How the settings were chosen")
     section.text(rule_text(rule)).text(f"Conclusion: {auto.message}.")
     section.figure(plots.ladder(auto)).table([r.row() for r in auto.rungs])

@@ -16,9 +16,10 @@ from unweave.devices import loader_on
 from unweave.report import Report
 from unweave.runs import Run, RunResult
 from unweave.slt import plots
-from unweave.slt.auto import AutoLLC, auto_llc, judge, rule_text
+from unweave.slt.auto import AutoLLC, Estimate, auto_llc, judge, rule_text
 from unweave.slt.language import Unit, induction_heads, next_token_loss, text_data, units
-from unweave.slt.llc import LLCResult, estimate_llc
+from unweave.slt.llc import LLCResult
+from unweave.slt.saved import SavedRuns
 from unweave.text import describe, input_files
 
 if TYPE_CHECKING:
@@ -38,7 +39,11 @@ def run_model_llc(cfg: LLCConfig) -> RunResult:
     loader = loader_on(data.loader, device)
     parts = units(model, cfg.per, cfg.params)
     induction, scores, why_no_induction = induction_heads(model, tokenizer) if cfg.per == "head" else ([], None, "")
-    measured = [(unit, _measure(cfg, unit, loader, data.n)) for unit in progress.track(parts, "LLC per unit")]
+    saved = SavedRuns.of(run)  # an interrupted run, started again, replays the SGLD runs it finished
+    measured = [
+        (unit, _measure(cfg, unit, loader, data.n, saved.scope(f"unit-{unit.name}").estimate))
+        for unit in progress.track(parts, "LLC per unit")
+    ]
 
     report = Report(f"unweave llc: {cfg.model}, per {cfg.per}")
     nbeta = cfg.sgld.resolved_nbeta(data.n)
@@ -90,21 +95,26 @@ def run_model_llc(cfg: LLCConfig) -> RunResult:
         "induction_heads": [f"L{layer}H{head}" for layer, head in induction],
         "induction_note": why_no_induction,
         "results": {unit.name: result.to_dict() if result else None for unit, (_, result) in measured},
+        "replayed_runs": saved.found,
     }
     if cfg.settings == "auto":
         record["auto"] = {unit.name: auto.to_dict() for unit, (auto, _) in measured}
     return run.finish(record, report, [summary])
 
 
-def _measure(cfg: LLCConfig, unit: Unit, loader: DataLoader, n: int) -> tuple[AutoLLC | str, LLCResult | None]:
+def _measure(
+    cfg: LLCConfig, unit: Unit, loader: DataLoader, n: int, estimate: Estimate
+) -> tuple[AutoLLC | str, LLCResult | None]:
     """(how it was judged, the result): the rule's AutoLLC, or for fixed settings the reason the
-    run is not healthy ("" when it is)."""
+    run is not healthy ("" when it is). `estimate` makes each SGLD run (`estimate_llc` or a replay)."""
     if cfg.settings == "auto":
-        auto = auto_llc(unit.model, next_token_loss, loader, cfg.rule, unit.params, cfg.sgld.nbeta, cfg.sgld, n=n)
+        auto = auto_llc(
+            unit.model, next_token_loss, loader, cfg.rule, unit.params, cfg.sgld.nbeta, cfg.sgld, n=n, estimate=estimate
+        )
         return auto, auto.result if auto.healthy else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # judged below
-        raw = estimate_llc(unit.model, next_token_loss, loader, cfg.sgld, params=unit.params, n=n)
+        raw = estimate(unit.model, next_token_loss, loader, cfg.sgld, params=unit.params, n=n)
     result, why = judge(raw, cfg.rule)
     return why, result
 
