@@ -245,6 +245,8 @@ def test_llc_on_a_zoo_model_and_a_run(tmp_path, small_modadd):
     assert abs(record["llc"][-1]["llc_mean"] - 3.5) / 3.5 <= 0.10, record["auto"]
     lo, hi = record["auto"]["spread"]
     assert lo <= record["llc"][-1]["llc_mean"] <= hi
+    lo, hi = record["auto"]["band"]
+    assert lo <= 3.5 <= hi and "band" in result.output
     assert "How the settings were chosen" in (tmp_path / "auto" / "llc.html").read_text()
     result = runner.invoke(
         app,

@@ -84,6 +84,9 @@ def test_rule_recovers_held_out_closed_forms(widths, rank, seed):
     assert got.healthy, got.message
     assert abs(got.llc - true) / true <= 0.10, (got.llc, true, got.message)
     assert got.spread[0] <= got.llc <= got.spread[1]
+    margin = 2 * got.std_err + 0.05 * got.llc  # two standard errors and the rule's 5% resolution
+    assert got.band == pytest.approx((got.spread[0] - margin, got.spread[1] + margin))
+    assert got.band[0] <= true <= got.band[1]  # the band holds the truth on these held-out cases
     assert f"and {max(r.nbeta for r in got.rungs):.3g}" in got.message  # the plateau's upper rung is named
     assert all(r.result.rhat <= 1.05 for r in got.rungs if r.healthy)
 

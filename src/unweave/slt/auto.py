@@ -94,7 +94,8 @@ RULE_TEXT = (
     "doubled until the kept draws pass split R-hat <= {rhat}, a flat trace and a standard error within "
     "{se:.0%} of the estimate. n*beta starts at n / ln n and is raised {factor:g}x at a time until two rungs "
     "agree within {agree:.0%} plus two standard errors: the posterior is then local, and the estimate is the "
-    "lower rung's (where the plateau starts)."
+    "lower rung's (where the plateau starts). The band around it is the spread over the agreeing rungs, "
+    "widened by two standard errors and by the {agree:.0%} the rule cannot resolve."
 )
 
 
@@ -158,11 +159,23 @@ class AutoLLC:
     def std_err(self) -> float:
         return self.result.llc_std_err if self.healthy else math.nan
 
+    @property
+    def band(self) -> tuple[float, float]:
+        """Where the LLC lies, as far as the rule can tell: the spread over the agreeing settings,
+        widened by two standard errors and by the rule's own resolution, `agree` of the estimate
+        (rungs that close count as one plateau, yet the estimate still rises toward lambda like
+        1 / ln(n_beta) along it). (nan, nan) when not healthy."""
+        if not self.healthy:
+            return (math.nan, math.nan)
+        margin = 2 * _se(self.result) + self.rule.agree * abs(self.llc)
+        return (self.spread[0] - margin, self.spread[1] + margin)
+
     def to_dict(self) -> dict:
         return {
             "llc": self.llc,
             "std_err": self.std_err,
             "spread": list(self.spread),
+            "band": list(self.band),
             "healthy": self.healthy,
             "message": self.message,
             "rule": asdict(self.rule),

@@ -121,7 +121,8 @@ def run_llc(cfg: LLCConfig) -> RunResult:
     summary = f"LLC {last.llc_mean:.4g} ± {last.llc_std_err:.2g} at step {last_step} ({last.n_params} parameters)"
     if cfg.settings == "auto" and len(target.checkpoints) == 1:
         lo, hi = auto.spread
-        summary += f", spread {lo:.4g} to {hi:.4g} over the healthy settings"
+        summary += f", spread {lo:.4g} to {hi:.4g} over the healthy settings, band {auto.band[0]:.4g} to "
+        summary += f"{auto.band[1]:.4g} (spread, 2 SE and the rule's {cfg.rule.agree:.0%} resolution)"
     if why:
         summary += f"; not healthy: {why}"
     headline.text(summary, summary=True)

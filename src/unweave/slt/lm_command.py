@@ -144,6 +144,7 @@ def _row(
     }
     if isinstance(judged, AutoLLC):
         row["spread"] = list(judged.spread)
+        row["band"] = list(judged.band)
     if unit.head is not None:
         row["induction score"] = float(scores[unit.layer, unit.head]) if scores is not None else math.nan
         row["induction head"] = (unit.layer, unit.head) in induction

@@ -24,7 +24,7 @@ def traces(result: LLCResult, title: str = "SGLD loss traces") -> go.Figure:
 
 def ladder(auto: AutoLLC) -> go.Figure:
     """The estimate at every setting the rule tried, against n*beta: healthy ones filled, the
-    reported band shaded."""
+    spread over the agreeing settings and the band (`AutoLLC.band`) shaded."""
     fig = go.Figure()
     for healthy in (True, False):
         rungs = [r for r in auto.rungs if r.healthy == healthy and r.result is not None]
@@ -39,6 +39,7 @@ def ladder(auto: AutoLLC) -> go.Figure:
                 text=[f"epsilon {r.epsilon:.3g}, gamma {r.localization:.3g}, {r.draws} steps" for r in rungs],
             )
     if auto.healthy:
+        fig.add_hrect(y0=auto.band[0], y1=auto.band[1], opacity=0.08, line_width=0, annotation_text="band")
         fig.add_hrect(y0=auto.spread[0], y1=auto.spread[1], opacity=0.15, line_width=0, annotation_text="spread")
     fig.update_xaxes(type="log", title_text="n*beta")
     fig.update_layout(title="The n*beta ladder: the estimate at each setting", yaxis_title="LLC", height=380)
