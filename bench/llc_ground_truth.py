@@ -9,6 +9,7 @@ errors and by the rule's resolution (5% of the estimate); coverage is how often 
 form lies inside it.
 
 Target (issue 16): relative error at most 10% on the held-out rows; each large DLN within 10 minutes.
+A case still running after --case-timeout seconds (default 600) is stopped and reported so.
 
     cd bench && ../.venv/bin/python llc_ground_truth.py [--quick]
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import multiprocessing as mp
 import time
 from dataclasses import replace
 
@@ -71,9 +73,30 @@ def name(kind: str, spec: list[int], rank: int | None) -> str:
     return f"{kind.upper()} {shape} r={rank}{case}"
 
 
+def solve(kind: str, spec: list[int], rank: int | None, seed: int | None, rule: AutoRule):
+    model, loader, loss, _ = task(kind, spec, rank, seed)
+    return auto_llc(model, loss, loader, rule)
+
+
+def within(seconds: float, fn, *args):
+    """fn(*args) in a fresh process (spawned: a forked one can deadlock in torch's thread pool),
+    or None when it has not returned after `seconds`."""
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(1) as pool:
+        job = pool.apply_async(fn, args)
+        try:
+            return job.get(timeout=seconds)
+        except mp.TimeoutError:
+            pool.terminate()
+            return None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small cases, at most two rungs")
+    parser.add_argument(
+        "--case-timeout", type=float, default=600.0, help="seconds per case before it is stopped (the target: 600)"
+    )
     args = parser.parse_args()
     rule = AutoRule(rungs=2) if args.quick else AutoRule()
     rows = []
@@ -83,24 +106,26 @@ def main() -> None:
         if args.quick and params > LARGE:
             continue
         start = time.perf_counter()
-        got = auto_llc(model, loss, loader, replace(rule))
+        got = within(args.case_timeout, solve, kind, spec, rank, seed, replace(rule))
         seconds = time.perf_counter() - start
-        if got.healthy:
-            err = abs(got.llc - true) / true
-            band = got.band
+        if got is None:
+            estimate, err, band = f"not finished in {args.case_timeout:g} s", math.nan, (math.nan, math.nan)
+            settings = "stopped"
+        elif got.healthy:
+            estimate, err, band = f"{got.llc:.4g} ± {got.std_err:.2g}", abs(got.llc - true) / true, got.band
             chosen = got.chosen
             settings = (
                 f"nb {chosen.nbeta:.3g}, eps {chosen.epsilon:.2g}, gamma {chosen.localization:.2g}, {chosen.draws}"
             )
         else:
-            err, band, settings = math.nan, (math.nan, math.nan), got.message[:80]
+            estimate, err, band, settings = "no healthy setting", math.nan, (math.nan, math.nan), got.message[:80]
         rows.append(
             {
                 "case": name(kind, spec, rank),
                 "set": label,
                 "params": params,
                 "true lambda": true,
-                "estimate": f"{got.llc:.4g} ± {got.std_err:.2g}",
+                "estimate": estimate,
                 "band": f"{band[0]:.4g} to {band[1]:.4g}",
                 "rel. error": err,
                 "in band": band[0] <= true <= band[1],
