@@ -332,3 +332,36 @@ def test_chains_fall_back_to_a_loop_when_vmap_cannot_trace_the_model():
         used.append(grads.vectorized)
         assert loss.shape == (2,) and g["0.weight"].shape == (2, 2, 3)
     assert used[:3] == [True, True, False] and len(set(used[3:])) == 1  # timed both; the 4th call decides
+
+
+def test_row_losses_at_w_star_are_the_forward_passes_they_replace():
+    """With a loss that says it is a mean over rows, minibatch SGLD takes each batch's loss at w*
+    from rows computed once; the chains and their recorded traces are those of a forward per step."""
+    model, loader = singular.deep_linear_task([3, 2, 3], 1, n=200, batch_size=32)
+    x, y = loader.dataset.tensors
+    out = model(x).detach()
+    assert singular.half_squared_error(out, y).item() == pytest.approx(0.5 * ((out - y) ** 2).sum(-1).mean().item())
+    assert hasattr(singular.half_squared_error, "per_row")
+
+    def plain(o, t):  # the same loss, with nothing said about rows
+        return 0.5 * (o - t).pow(2).sum(-1).mean()
+
+    cfg = SGLDConfig(epsilon=1e-4, nbeta=100.0, localization=10.0, chains=3, draws=40)
+    fast = _chains(cfg, model, loader, singular.half_squared_error)
+    slow = _chains(cfg, model, loader, plain)
+    assert fast.relative and slow.relative
+    torch.testing.assert_close(fast.losses, slow.losses, rtol=1e-5, atol=1e-7)
+
+
+def test_modadd_answer_loss_is_the_mean_of_its_rows(small_modadd):
+    import torch.nn.functional as F
+
+    from unweave.zoo.modadd import answer_loss, make_data
+
+    data = make_data(small_modadd.config)
+    with torch.no_grad():
+        out = small_modadd.load()(data.tokens[:100])
+    labels = data.labels[:100]
+    expected = F.cross_entropy(out[:, -1].double(), labels)
+    assert answer_loss(out, labels).item() == pytest.approx(expected.item(), rel=1e-12)
+    assert answer_loss.per_row(out, labels).mean().item() == pytest.approx(expected.item(), rel=1e-12)

@@ -17,6 +17,22 @@ from torch.func import functional_call, grad_and_value, vmap
 from unweave.slt.updates import Weights
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # loss_fn(model(x), y): a batch's mean loss
+
+
+def row_mean(per_row: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> LossFn:
+    """The batch loss that is the mean of `per_row(output, target)`, each row's own loss.
+
+    Saying so lets minibatch SGLD compute every row's loss at w* once, instead of one forward
+    pass per chain per step for the control variate L_b(w*) (`sgld.RowLossesAtOptimum`)."""
+
+    def loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return per_row(output, target).mean()
+
+    loss.per_row = per_row  # type: ignore[attr-defined]
+    loss.__doc__ = per_row.__doc__
+    return loss
+
+
 Batch = torch.Tensor | Sequence[torch.Tensor]  # (chains, ...) stacked, or the same tensor once per chain
 
 

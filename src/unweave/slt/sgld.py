@@ -116,6 +116,7 @@ class ChainBatches:
         self.loader, self.seed, self.epoch, self.size = loader, seed, 0, None
         self._it: Iterator | None = None
         self._tensors = _direct_tensors(loader)
+        self.rows: torch.Tensor | None = None  # the dataset rows of the last batch, when indexed here
 
     def _indexed(self, gen: torch.Generator) -> Iterator:
         tensors, bs = self._tensors, self.loader.batch_size
@@ -123,7 +124,7 @@ class ChainBatches:
         order = torch.randperm(n, generator=gen) if _shuffles(self.loader) else torch.arange(n)
         for start in range(0, n, bs):
             idx = order[start : start + bs]
-            yield tuple(t[idx] for t in tensors) if len(idx) < n else tensors
+            yield (tuple(t[idx] for t in tensors) if len(idx) < n else tensors), idx
 
     def _restart(self) -> None:
         seed = self.seed * 100_003 + self.epoch
@@ -150,6 +151,8 @@ class ChainBatches:
                 if batch is None:
                     self._it = None
                     continue
+            if self._tensors is not None:
+                batch, self.rows = batch
             x, y = batch
             if self.size is None:
                 self.size = len(x)
@@ -210,10 +213,31 @@ def batches_per_pass(loader: Iterable) -> int:
         return 2
 
 
-def _loss_at_w_star(model: torch.nn.Module, loss_fn: LossFn, x: Batch, y: Batch) -> torch.Tensor:
-    """(chains,) each chain's batch loss at the trained weights (the model's own parameters)."""
-    with torch.no_grad():
-        return torch.stack([loss_fn(model(x[c]), y[c]).detach() for c in range(len(x))])
+class LossAtOptimum:
+    """`(x, y, batches) -> (chains,)`: each chain's batch loss at the trained weights (the model's
+    own parameters), the control variate of minibatch SGLD.
+
+    A forward pass per chain, unless the loss says it is a mean over rows (`gradients.row_mean`)
+    and the batches are rows of the loader's tensors: then every row's loss at w* is computed
+    once (one pass over the data) and a batch's is the mean over its rows."""
+
+    def __init__(self, model: torch.nn.Module, loss_fn: LossFn, loader: Iterable):
+        self.model, self.loss_fn = model, loss_fn
+        self.row_losses: torch.Tensor | None = None
+        per_row, tensors = getattr(loss_fn, "per_row", None), _direct_tensors(loader)
+        if per_row is not None and tensors is not None:
+            x, y = tensors
+            size = loader.batch_size
+            with torch.no_grad():
+                self.row_losses = torch.cat(
+                    [per_row(model(x[i : i + size]), y[i : i + size]) for i in range(0, len(x), size)]
+                )
+
+    def __call__(self, x: Batch, y: Batch, batches: list[ChainBatches]) -> torch.Tensor:
+        if self.row_losses is not None:
+            return torch.stack([self.row_losses[b.rows].mean() for b in batches])
+        with torch.no_grad():
+            return torch.stack([self.loss_fn(self.model(x[c]), y[c]).detach() for c in range(len(x))])
 
 
 def _ticker(on_step: Callable[[], object]) -> Callback:
@@ -255,13 +279,14 @@ def run_chains(
     trace, mala = LossTrace(len(ids), cfg.draws, cfg.burn_in), MALAAcceptance(len(ids))
     steps = [Divergence(), trace, mala, *callbacks] + ([_ticker(on_step)] if on_step is not None else [])
     relative = batches_per_pass(loader) > 1
+    at_optimum = LossAtOptimum(model, loss_fn, loader) if relative else None
     for step in range(cfg.burn_in + cfg.draws):
         x, y, shared = next_batches(batches)
         loss, g = grads(w, x, y, shared)
         # with minibatches the trace records L_b(w) - L_b(w*): a control variate with the same mean
         # as L_b(w) - L_n(w*) that drops the batch-to-batch spread of the loss (n_beta times it
         # would otherwise swamp the estimate; one forward pass per chain at w*, no backward)
-        recorded = loss - _loss_at_w_star(model, loss_fn, x, y) if relative else None
+        recorded = loss - at_optimum(x, y, batches) if relative else None
         drift = posterior.drift(g, w)
         G = {n: rule.preconditioner(n, drift[n]) for n in names}
         log_target = posterior.log_density(loss.double(), w)

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from unweave import progress
 from unweave.artifacts import read_json, read_tensors, write_json, write_tensors
 from unweave.configs import setting
+from unweave.slt.gradients import row_mean
 from unweave.zoo.transformer import ATTENTION, Transformer, TransformerConfig
 
 
@@ -111,9 +112,12 @@ def loss_fn(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.double(), labels)
 
 
-def answer_loss(output: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Loss on a model's full output (batch, 3, p): cross-entropy at the '=' position."""
-    return loss_fn(output[:, -1], labels)
+def _answer_row_losses(output: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Loss on a model's full output (batch, 3, p): cross-entropy at the '=' position (float64, as `loss_fn`)."""
+    return F.cross_entropy(output[:, -1].double(), labels, reduction="none")
+
+
+answer_loss = row_mean(_answer_row_losses)  # the batch mean, with each row's loss known to the sampler
 
 
 def train_loader(cfg: ModAddConfig, batch_size: int | None = None) -> DataLoader:

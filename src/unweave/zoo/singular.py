@@ -13,6 +13,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from unweave.slt.gradients import row_mean
+
 
 class NormalCrossing(nn.Module):
     """forward(x) = K(w) for every row of x; use `normal_crossing_loss`."""
@@ -31,9 +33,12 @@ def normal_crossing_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Te
     return output.mean()
 
 
-def half_squared_error(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Gaussian negative log-likelihood with unit variance, up to a constant: 1/2 |y - f(x)|^2, batch mean."""
-    return 0.5 * (output - target).pow(2).sum(-1).mean()
+def _half_squared_errors(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Gaussian negative log-likelihood with unit variance, up to a constant: 1/2 |y - f(x)|^2 (batch mean)."""
+    return 0.5 * (output - target).pow(2).sum(-1)
+
+
+half_squared_error = row_mean(_half_squared_errors)
 
 
 def deep_linear(widths: list[int]) -> nn.Sequential:
