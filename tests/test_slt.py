@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from unweave.slt import LLCError, SGLDConfig, estimate_llc, hessian_summary, truth
+from unweave.slt import LLCError, SGLDConfig, auto_llc, estimate_llc, hessian_summary, truth
 from unweave.slt.callbacks import Divergence, MALAAcceptance, StepState
 from unweave.slt.gradients import ChainGradients
 from unweave.slt.llc import mean_loss
@@ -365,3 +365,28 @@ def test_modadd_answer_loss_is_the_mean_of_its_rows(small_modadd):
     expected = F.cross_entropy(out[:, -1].double(), labels)
     assert answer_loss(out, labels).item() == pytest.approx(expected.item(), rel=1e-12)
     assert answer_loss.per_row(out, labels).mean().item() == pytest.approx(expected.item(), rel=1e-12)
+
+
+@pytest.mark.parametrize("scheme", ["euler", "lm"])
+def test_the_step_noise_scheme_against_the_closed_form_stationary_variance(scheme):
+    """K = w^2 at a step eps (2 n_beta + gamma) = 1/2: Euler SGLD's stationary variance is inflated
+    by 1 / (1 - 1/8); the Leimkuhler-Matthews noise (mean of consecutive draws) makes it exact."""
+    model, loader = singular.normal_crossing_task([1], n=1000)
+    nbeta, gamma = 145.0, 0.29
+    a = 2 * nbeta + gamma  # the drift's stiffness along w
+    eps = 0.5 / a
+    cfg = SGLDConfig(epsilon=eps, nbeta=nbeta, localization=gamma, chains=8, draws=4000, burn_in=500, scheme=scheme)
+    r = estimate_llc(model, singular.normal_crossing_loss, loader, cfg)
+    exact = nbeta / a  # n_beta E[w^2] under the localised posterior
+    expected = exact / (1 - eps * a / 4) if scheme == "euler" else exact
+    assert abs(r.llc_mean - expected) <= 3 * r.llc_std_err + 0.01 * expected, (r.llc_mean, expected, r.llc_std_err)
+    assert abs(r.llc_mean - exact) / exact > 0.08 if scheme == "euler" else abs(r.llc_mean - exact) / exact < 0.03
+    assert math.isnan(r.mala_acceptance) == (scheme == "lm")
+
+
+def test_the_rule_refuses_a_scheme_without_mala_acceptance():
+    model, loader = singular.normal_crossing_task([1], n=1000)
+    with pytest.raises(LLCError, match="MALA acceptance"):
+        auto_llc(model, singular.normal_crossing_loss, loader, base=SGLDConfig(scheme="lm"))
+    with pytest.raises(LLCError, match="scheme must be one of euler, lm"):
+        SGLDConfig(scheme="heun")

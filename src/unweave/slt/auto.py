@@ -203,6 +203,11 @@ def run_rung(
     n_beta: pass it to reuse it across rungs; measured here when None and the loader has minibatches).
     `estimate` makes each SGLD run (`estimate_llc` or a stand-in that replays saved runs)."""
     base = base or SGLDConfig()
+    if base.scheme != "euler":
+        raise LLCError(
+            f"the settings rule tunes the step on MALA acceptance, which is defined for --scheme euler only "
+            f"(got {base.scheme!r}): use --settings fixed with --scheme {base.scheme}"
+        )
     if base.chains < 2:
         raise LLCError(f"the rule compares chains (R-hat): run at least 2, got {base.chains}")
     curvature = curvature_scale(model, loss_fn, loader, nbeta, params=params)

@@ -74,6 +74,11 @@ class LLCConfig:
                 f"--epsilon must be between 0 and 1, got {self.sgld.epsilon}: steps of 1e-6 to 1e-3 are usual, "
                 "or let the rule choose (--settings auto)"
             )
+        if self.settings == "auto" and self.sgld.scheme != "euler":
+            raise ValueError(
+                f"--scheme {self.sgld.scheme} has no MALA acceptance, which the settings rule tunes the step on: "
+                "add --settings fixed (with --epsilon, --nbeta, --localization)"
+            )
         if self.calibrate and self.settings == "fixed":
             raise ValueError("--calibrate chooses settings by the rule: drop --settings fixed")
 
