@@ -9,10 +9,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 if TYPE_CHECKING:
@@ -43,6 +45,27 @@ def write_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[s
 
 def read_tensors(path: Path) -> dict[str, torch.Tensor]:
     return load_file(str(path))
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    """The metadata a safetensors file was written with (`write_tensors(..., metadata)`), without its tensors."""
+    with safe_open(str(path), "pt") as f:
+        return f.metadata() or {}
+
+
+def settings_folder(folder: Path, settings: dict) -> None:
+    """Make `folder` hold results made with `settings`: what it holds is kept when its
+    settings.json says the same settings, else the folder is emptied and marked with these
+    (so a rerun with other settings starts afresh and an interrupted one resumes)."""
+    folder = Path(folder)
+    marker = folder / "settings.json"
+    settings = json.loads(json.dumps(settings, default=str))  # as it reads back from disk
+    if marker.exists() and read_json(marker) == settings:
+        return
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    write_json(marker, settings)
 
 
 def sha256(path: Path, chunk: int = 1 << 22) -> str:

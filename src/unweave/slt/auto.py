@@ -38,6 +38,7 @@ import math
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 
 import torch
 from torch.utils.data import DataLoader, TensorDataset
@@ -339,29 +340,16 @@ def auto_llc(
     # the batches' gradient variance at w* does not depend on n_beta: measured once for every rung
     variance = gradient_noise(model, loss_fn, loader, params) if batches_per_pass(loader) > 1 else None
     first = nbeta if nbeta is not None else n / math.log(n)
+    rung_at = partial(
+        run_rung, model, loss_fn, loader, rule=rule, params=params, base=base, n=n, gradient_variance=variance
+    )
     rungs: list[Rung] = []
     for k in progress.track(range(rule.rungs), "n*beta ladder"):
         nb = first * rule.factor**k
-        rung = run_rung(
-            model, loss_fn, loader, nb, rule, params, base, n=n, gradient_variance=variance, estimate=estimate
-        )
+        rung = rung_at(nb, estimate=estimate)
         rungs.append(rung)
         if rule.step_check and rung.healthy:
-            rungs.append(
-                run_rung(
-                    model,
-                    loss_fn,
-                    loader,
-                    nb,
-                    rule,
-                    params,
-                    base,
-                    1 / 3,
-                    n=n,
-                    gradient_variance=variance,
-                    estimate=estimate,
-                )
-            )
+            rungs.append(rung_at(nb, epsilon_scale=1 / 3, estimate=estimate))
         pair = _plateau(rungs, rule)
         if pair is not None:
             return _conclude(pair, rungs, rule)

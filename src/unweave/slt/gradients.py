@@ -23,7 +23,7 @@ def row_mean(per_row: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> L
     """The batch loss that is the mean of `per_row(output, target)`, each row's own loss.
 
     Saying so lets minibatch SGLD compute every row's loss at w* once, instead of one forward
-    pass per chain per step for the control variate L_b(w*) (`sgld.RowLossesAtOptimum`)."""
+    pass per chain per step for the control variate L_b(w*) (`sgld.LossAtOptimum`)."""
 
     def loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return per_row(output, target).mean()

@@ -17,19 +17,17 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import torch
 
 from unweave import configs, distributed
-from unweave.artifacts import read_json, write_json, write_tensors
+from unweave.artifacts import read_metadata, read_tensors, settings_folder, write_tensors
 from unweave.runs import Run
 from unweave.slt.llc import LLCResult, estimate_llc
 from unweave.slt.sgld import LLCError, LossFn, SGLDConfig
 
-SETTINGS = "settings.json"
 RTOL = 1e-4
 _TENSORS = ("loss_trace", "acceptance_per_chain")
 
@@ -40,16 +38,8 @@ class SavedRuns:
     def __init__(self, folder: Path, settings: dict):
         self.folder = Path(folder)
         self.found = 0  # results replayed so far, over every scope
-        if not distributed.world().main:
-            return
-        marker = self.folder / SETTINGS
-        settings = json.loads(json.dumps(settings, default=str))  # as it reads back from disk
-        if marker.exists() and read_json(marker) == settings:
-            return
-        if self.folder.exists():
-            shutil.rmtree(self.folder)
-        self.folder.mkdir(parents=True)
-        write_json(marker, settings)
+        if distributed.world().main:
+            settings_folder(self.folder, settings)
 
     @classmethod
     def of(cls, run: Run) -> SavedRuns:
@@ -101,16 +91,11 @@ class Replay:
     def _load(self, path: Path, key: str) -> dict | None:
         if not path.exists():
             return None
-        from safetensors import safe_open
-
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata()
-            if "key" in meta and _same(json.loads(meta["key"]), json.loads(key)):
-                fields = json.loads(meta["fields"])
-                for name in f.keys():
-                    if name in _TENSORS:
-                        fields[name] = f.get_tensor(name).tolist()
-                return fields
+        meta = read_metadata(path)
+        if "key" in meta and _same(json.loads(meta["key"]), json.loads(key)):
+            fields = json.loads(meta["fields"])
+            tensors = read_tensors(path)
+            return fields | {name: tensors[name].tolist() for name in _TENSORS if name in tensors}
         # the job took another path from here (different settings): what follows is stale too
         for stale in self.folder.glob("*.safetensors"):
             if stale.name >= path.name:

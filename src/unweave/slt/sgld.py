@@ -306,8 +306,11 @@ def run_chains(
     noise = StepNoise(cfg.scheme, gens, w)
     batches = [ChainBatches(loader, cfg.seed * 7919 + c) for c in ids]
     grads = ChainGradients(model, loss_fn, cfg.vectorize)
-    trace, mala = LossTrace(len(ids), cfg.draws, cfg.burn_in), MALAAcceptance(len(ids))
-    steps = [Divergence(), trace, mala, *callbacks] + ([_ticker(on_step)] if on_step is not None else [])
+    trace = LossTrace(len(ids), cfg.draws, cfg.burn_in)
+    # MALA's proposal is the Euler move: for other schemes its acceptance says nothing, so it is not computed
+    mala = MALAAcceptance(len(ids)) if cfg.scheme == "euler" else None
+    steps = [Divergence(), trace, *([mala] if mala is not None else []), *callbacks]
+    steps += [_ticker(on_step)] if on_step is not None else []
     relative = batches_per_pass(loader) > 1
     at_optimum = LossAtOptimum(model, loss_fn, loader) if relative else None
     for step in range(cfg.burn_in + cfg.draws):
@@ -315,7 +318,7 @@ def run_chains(
         loss, g = grads(w, x, y, shared)
         # with minibatches the trace records L_b(w) - L_b(w*): a control variate with the same mean
         # as L_b(w) - L_n(w*) that drops the batch-to-batch spread of the loss (n_beta times it
-        # would otherwise swamp the estimate; one forward pass per chain at w*, no backward)
+        # would otherwise swamp the estimate; see LossAtOptimum for what computing L_b(w*) costs)
         recorded = loss - at_optimum(x, y, batches) if relative else None
         drift = posterior.drift(g, w)
         G = {n: rule.preconditioner(n, drift[n]) for n in names}
@@ -324,6 +327,5 @@ def run_chains(
         if any(callback(state) for callback in steps):  # the first True stops every chain
             break
         w = {n: rule.step(w[n], drift[n], G[n], noise(n, w[n])) for n in names}
-    # MALA's proposal is the Euler move: for other schemes its acceptance says nothing
-    acceptance = mala.acceptance if cfg.scheme == "euler" else torch.full((len(ids),), math.nan, dtype=torch.float64)
+    acceptance = mala.acceptance if mala is not None else torch.full((len(ids),), math.nan, dtype=torch.float64)
     return Trace(trace.losses, acceptance, grads.vectorized, relative)

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from unweave import progress
-from unweave.artifacts import read_json, read_tensors, write_json, write_tensors
+from unweave.artifacts import read_tensors, settings_folder, write_tensors
 from unweave.configs import setting, to_dict
 
 
@@ -156,13 +156,7 @@ class _Saved:
 
     def __init__(self, folder: Path, cfg: MemorizationConfig):
         self.folder = folder
-        self.settings = {k: v for k, v in to_dict(cfg).items() if k != "sizes"}
-        marker = folder / "settings.json"
-        if not marker.exists() or read_json(marker) != self.settings:
-            for old in folder.glob("T*.safetensors"):
-                old.unlink()
-            folder.mkdir(parents=True, exist_ok=True)
-            write_json(marker, self.settings)
+        settings_folder(folder, {k: v for k, v in to_dict(cfg).items() if k != "sizes"})
 
     def load(self, size: int) -> Fit | None:
         path = self.folder / f"T{size}.safetensors"
