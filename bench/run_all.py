@@ -97,6 +97,7 @@ BENCHES = {
             what="LLC speed and agreement vs devinterp",
         ),
         Bench("llc_ground_truth", what="LLC estimates vs closed forms"),
+        Bench("llc_localization", what="The DLN LLC estimate against the localisation gamma at the rule's rungs"),
         Bench("interchange_vs_pyvene", peer="pyvene", what="Interchange interventions per second vs pyvene"),
         Bench("anomaly", what="Mechanistic anomaly detection, every task"),
         Bench(
