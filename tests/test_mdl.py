@@ -183,7 +183,7 @@ def test_mdl_on_a_toy_model_of_superposition(tmp_path):
     assert known["mean_max_cosine"] >= 0.99 and known["recovered"]
     by = {r["basis"]: r for r in data["rows"]}
     assert by["lookup table"]["total_bits"] > by["neurons"]["total_bits"] > data["best"]["total_bits"]
-    assert sorted({r["width"] for r in data["rows"] if r["basis"].startswith("sae")}) == [3, 4, 5, 10, 20]
+    assert sorted({r["width"] for r in data["rows"] if r["basis"].startswith("sae")}) == [2, 3, 4, 5, 10, 20]
 
 
 def test_dln_family_weight_bits_and_llc():

@@ -6,7 +6,6 @@ network and data (`SiteData`), the bases to compare, and the known answer where 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import torch
 
 from unweave import progress
 from unweave.dictionaries.sae import SAE, SAEConfig
+from unweave.dictionaries.swaps import swap_wasted_latent
 from unweave.dictionaries.train import TrainConfig, train_many
 from unweave.mdl.bases import Analytic, Basis, Dictionary, LookupTable, Neurons, pca
 from unweave.mdl.describe import SiteData
@@ -26,6 +26,8 @@ from unweave.zoo.superposition import ToyModel, sample_features, train_toy
 TARGETS = "tms:N,M (e.g. tms:20,5) or a modular-addition run folder (unweave train modadd, or runs/demo/modadd)"
 TMS_SPARSITY = 0.05  # the toy's default: each feature active with probability 0.05
 TMS_SAE_STEPS = 2000
+TMS_SWAP_EVERY = 100  # steps between swap moves
+TMS_SWAP_UNTIL = 0.6  # no swaps in the last 40% of training: the moved latents settle
 REPRESENTED = 0.5  # a feature is represented when its column of W has at least half the largest norm
 
 
@@ -62,17 +64,17 @@ def _tms_sizes(name: str) -> tuple[int, int]:
     return n, m
 
 
-def tms_widths(n_features: int) -> list[int]:
-    """The sweep, a rule of N alone: every width from ceil(N/2) to N (the toy may represent
-    fewer than N features), then 2N and 4N."""
-    return sorted(set(range(math.ceil(n_features / 2), n_features + 1)) | {2 * n_features, 4 * n_features})
+def tms_widths(n_features: int, d_hidden: int) -> list[int]:
+    """The sweep, a rule of N and M alone: every width from M to N (the toy may represent far
+    fewer than N features: 11 of 24 in 3 dimensions, 2 of 8 in 1), then 2N and 4N."""
+    return sorted(set(range(d_hidden, n_features + 1)) | {2 * n_features, 4 * n_features})
 
 
 def tms_target(n_features: int, d_hidden: int, examples: int = 4096, seed: int = 0, restarts: int = 3) -> Target:
     model = train_toy(n_features, d_hidden, p_active=TMS_SPARSITY, seed=seed)
     x = sample_features(examples, n_features, TMS_SPARSITY, torch.Generator().manual_seed(seed + 7))
     data = SiteData(model, x, "hidden", lambda m, z: m(z), measure="output_fvu")
-    widths = tms_widths(n_features)
+    widths = tms_widths(n_features, d_hidden)
     saes = train_tms_dictionaries(model, n_features, widths, seed, restarts)
     norms = model.W.detach().norm(dim=0)
     represented = norms >= REPRESENTED * norms.max()
@@ -99,25 +101,38 @@ def train_tms_dictionaries(
 ) -> list[SAE]:
     """TopK (k = 1) dictionaries of each width on the toy's nonzero hidden activations: one
     latent per example learns the feature directions; their codes are then found by pursuit.
-    A run now and then gives a feature two latents and misses another, so each width is
-    trained `restarts` times from different seeds, and every run is a candidate description:
-    the shortest one at a width is that width's description length (MDL chooses among them
-    as it chooses among widths; the true features are never looked at)."""
+    Gradient steps alone now and then leave a feature without a latent and another latent
+    wasted, so every `TMS_SWAP_EVERY` steps, until `TMS_SWAP_UNTIL` of training, each dictionary
+    makes one swap move (`dictionaries.swaps`: a wasted latent moved onto poorly explained
+    examples when that lowers the one-latent error). Each width is still trained `restarts`
+    times from different seeds, and every run is a candidate description: the shortest one at
+    a width is that width's description length (MDL chooses among them as it chooses among
+    widths; the true features are never looked at)."""
     d = model.W.shape[0]
     gen = torch.Generator().manual_seed(seed + 11)
+    swap_gen = torch.Generator().manual_seed(seed + 13)  # its own stream: training's batches stay the same
+
+    def hidden(n: int, g: torch.Generator) -> torch.Tensor:
+        z = sample_features(n, n_features, TMS_SPARSITY, g)
+        return capture(model, "hidden", z[(z != 0).any(1)])["hidden"]
 
     def batches():
         while True:
-            z = sample_features(2048, n_features, TMS_SPARSITY, gen)
-            yield capture(model, "hidden", z[(z != 0).any(1)])["hidden"]
+            yield hidden(2048, gen)
 
     runs = [(w, r) for w in widths for r in range(restarts)]
     saes = [SAE(SAEConfig(d_in=d, n_latents=w, architecture="topk", k=1), seed=seed + 1000 * r + w) for w, r in runs]
     task = progress.Task(f"training {len(saes)} dictionaries (widths {widths})", TMS_SAE_STEPS, unit="steps")
+
+    def on_step(step: int) -> None:
+        task.advance()
+        if (step + 1) % TMS_SWAP_EVERY == 0 and step + 1 <= TMS_SWAP_UNTIL * TMS_SAE_STEPS:
+            x = hidden(8192, swap_gen)
+            for sae in saes:
+                swap_wasted_latent(sae, x, swap_gen)
+
     try:
-        train_many(
-            saes, batches(), TrainConfig(steps=TMS_SAE_STEPS, lr=3e-3, warmup=20), on_step=lambda _: task.advance()
-        )
+        train_many(saes, batches(), TrainConfig(steps=TMS_SAE_STEPS, lr=3e-3, warmup=20), on_step=on_step)
     finally:
         task.close()
     return saes
