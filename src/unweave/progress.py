@@ -63,16 +63,19 @@ class Task:
     `unit` (say "tokens"), the bar counts in that unit and shows its rate per second."""
 
     def __init__(self, description: str, total: int | None, unit: str | None = None):
-        self._id = None if _progress is None else _progress.add_task(description, total=total, info="", unit=unit)
+        # the bar is kept with the task: task ids restart at 0 in every block, and a task closed
+        # late (a generator the garbage collector finishes) must not remove a later block's bar
+        self._bar = _progress
+        self._id = None if self._bar is None else self._bar.add_task(description, total=total, info="", unit=unit)
 
     def advance(self, n: int = 1, info: str | None = None) -> None:
-        if self._id is not None and _progress is not None:
+        if self._id is not None:
             fields = {} if info is None else {"info": info}
-            _progress.update(self._id, advance=n, **fields)
+            self._bar.update(self._id, advance=n, **fields)
 
     def close(self) -> None:
-        if self._id is not None and _progress is not None:
-            _progress.remove_task(self._id)
+        if self._id is not None:
+            self._bar.remove_task(self._id)
             self._id = None
 
 
