@@ -98,6 +98,7 @@ BENCHES = {
         ),
         Bench("llc_ground_truth", what="LLC estimates vs closed forms"),
         Bench("llc_localization", what="The DLN LLC estimate against the localisation gamma at the rule's rungs"),
+        Bench("llc_equilibration", what="The DLN LLC estimate against SGLD run length at the rule's settings"),
         Bench("interchange_vs_pyvene", peer="pyvene", what="Interchange interventions per second vs pyvene"),
         Bench("anomaly", what="Mechanistic anomaly detection, every task"),
         Bench(

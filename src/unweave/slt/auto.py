@@ -7,8 +7,11 @@ So the rule separates the two:
 The posterior (n_beta, gamma):
 - The pull gamma must be weak against the likelihood in every direction that curves:
   a direction of curvature h contributes (1/2) n_beta h / (n_beta h + gamma) instead of 1/2, so
-  gamma = ratio * n_beta * h_ref with h_ref the stiffest curvature the chains meet (see
-  `hessian.curvature_scale`) keeps every direction within h_ref/100 of the stiffest to 9%.
+  gamma = ratio * n_beta * h_ref at the first rung, with h_ref the stiffest curvature the chains
+  meet (see `hessian.curvature_scale`), keeps every direction within h_ref/100 of the stiffest to 9%.
+  Later rungs keep that gamma: one that grew with n_beta would confine the singular (w^4-like)
+  directions more at every rung, and the estimate would fall rung by rung without settling
+  (bench/llc_localization.py).
 - n_beta must be large enough that the posterior is local (the estimate is then a property of
   w*, not of the landscape around it). It starts at n / ln n (Watanabe's WBIC temperature) and
   is raised by `factor` until two consecutive rungs agree (within `agree` plus two standard
@@ -17,11 +20,15 @@ The posterior (n_beta, gamma):
   between rungs a factor 10 apart is the plateau a user can see.
 
 The sampler (epsilon, length):
-- epsilon = step / (n_beta h_ref + gamma), halved until the mean MALA acceptance of the moves
-  is at least `min_acceptance` (the discretisation bias of SGLD is then small). With minibatches
-  the pilots run on one fixed batch: a Metropolis test between two different batches' losses
-  measures the batches' disagreement, not the step. The full run is then judged on divergence
-  and its traces, not on acceptance.
+- epsilon = step / (n_beta h_ref + gamma), halved until the mean MALA acceptance of short Euler
+  pilots is at least `min_acceptance` (the landscape is then near quadratic over a step). With
+  minibatches the pilots run on one fixed batch: a Metropolis test between two different batches'
+  losses measures the batches' disagreement, not the step. The full runs are Euler too, judged
+  on acceptance, divergence and their traces. With `lm` they use the Leimkuhler-Matthews scheme
+  instead: at the same epsilon it is exact on quadratic directions, where Euler's stationary
+  variance is inflated by 1 / (1 - eps a / 4) (+14% on K = w^2 at the first step size). It is not
+  the default: on the design set it lowers every estimate by a few percent, and where Euler's
+  bias had offset chains not yet spread out from w* (DLN 4-3-3-4) no two rungs agree (RESULTS.md).
 - With minibatches, epsilon is also capped so that the batches' gradient noise, (eps/2)^2 n_beta^2
   times its largest variance, adds at most `max_gradient_noise` to the eps of injected noise:
   beyond that the chains run hotter than n_beta and the estimate grows with n_beta (Welling & Teh 2011).
@@ -73,6 +80,14 @@ class AutoRule:
     step_check: bool = setting(
         False, "Also run each rung at a third of its step size (the spread includes it).", cli=False
     )
+    fixed_gamma: bool = setting(
+        True, "Keep the first rung's gamma on every rung (else gamma grows with n_beta, confining more at each)."
+    )
+    lm: bool = setting(
+        False,
+        "Full runs by the Leimkuhler-Matthews scheme (exact on quadratic directions, where Euler's variance is "
+        "inflated by 1 / (1 - eps a / 4)); the pilots that tune the step stay Euler, whose MALA acceptance is defined.",
+    )
 
     def __post_init__(self):
         for name in ("ratio", "step", "factor", "agree"):
@@ -89,9 +104,11 @@ class AutoRule:
 
 RULE_TEXT = (
     "Settings come from a rule that never sees a true answer. The localisation gamma is a thousandth of "
-    "n*beta times the stiffest curvature the chains meet, so it is weak against the likelihood in every "
-    "direction that curves; the step size starts at half the stiffest direction's scale 1 / (n*beta h + gamma) and "
-    "is halved until MALA acceptance is at least {acc}; burn-in is judged from the traces (MSER) and the run "
+    "the first rung's n*beta times the stiffest curvature the chains meet there, so it is weak against the "
+    "likelihood in every direction that curves, and it is kept on later rungs (one growing with n*beta would "
+    "confine the singular directions more at each); the step size starts at half the stiffest direction's scale "
+    "1 / (n*beta h + gamma) and is halved until MALA acceptance is at least {acc}; burn-in is judged from the "
+    "traces (MSER) and the run "
     "doubled until the kept draws pass split R-hat <= {rhat}, a flat trace and a standard error within "
     "{se:.0%} of the estimate. n*beta starts at n / ln n and is raised {factor:g}x at a time until two rungs "
     "agree within {agree:.0%} plus two standard errors: the posterior is then local, and the estimate is the "
@@ -197,6 +214,7 @@ def run_rung(
     n: int | None = None,
     gradient_variance: float | None = None,
     estimate: Estimate = estimate_llc,
+    localization: float | None = None,
 ) -> Rung:
     """One n_beta: gamma and the step size from the curvature there, the step halved on short
     pilots until MALA acceptance is in range, then runs doubled until the traces are healthy.
@@ -207,7 +225,8 @@ def run_rung(
     if base.scheme != "euler":
         raise LLCError(
             f"the settings rule tunes the step on MALA acceptance, which is defined for --scheme euler only "
-            f"(got {base.scheme!r}): use --settings fixed with --scheme {base.scheme}"
+            f"(got {base.scheme!r}): the rule picks the full runs' scheme itself (--lm / --no-lm), or use "
+            f"--settings fixed with --scheme {base.scheme}"
         )
     if base.chains < 2:
         raise LLCError(f"the rule compares chains (R-hat): run at least 2, got {base.chains}")
@@ -219,7 +238,7 @@ def run_rung(
         )
     minibatch = batches_per_pass(loader) > 1
     pilot_loader = _one_batch(loader) if minibatch else loader
-    gamma = rule.ratio * nbeta * curvature
+    gamma = rule.ratio * nbeta * curvature if localization is None else localization
     limit = 1 / (nbeta * curvature + gamma)  # the stiffest direction's scale for epsilon
     eps = rule.step * limit
     if minibatch:  # and small enough that the batches' gradient noise does not heat the chains
@@ -228,8 +247,8 @@ def run_rung(
         eps = min(eps, noise_limit(gradient_variance, nbeta, rule.max_gradient_noise))
     floor = eps / 1000  # halving stops here: a rung needing smaller steps is not healthy
 
-    def sample(steps: int, data: Iterable = loader) -> LLCResult | None:
-        cfg = replace(base, epsilon=eps, nbeta=nbeta, localization=gamma, draws=steps, burn_in=0)
+    def sample(steps: int, data: Iterable = loader, scheme: str = "lm" if rule.lm else "euler") -> LLCResult | None:
+        cfg = replace(base, epsilon=eps, nbeta=nbeta, localization=gamma, draws=steps, burn_in=0, scheme=scheme)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # the rung records its own health
@@ -238,7 +257,7 @@ def run_rung(
             return None
 
     while True:  # the step: halve until a pilot's moves would pass a Metropolis test often enough
-        pilot = sample(min(rule.pilot_steps, rule.first_steps), pilot_loader)
+        pilot = sample(min(rule.pilot_steps, rule.first_steps), pilot_loader, scheme="euler")
         if pilot is not None and not pilot.diverged_chains and pilot.mala_acceptance >= rule.min_acceptance:
             break
         why = "diverged" if pilot is None or pilot.diverged_chains else f"MALA acceptance {pilot.mala_acceptance:.2f}"
@@ -346,10 +365,11 @@ def auto_llc(
     rungs: list[Rung] = []
     for k in progress.track(range(rule.rungs), "n*beta ladder"):
         nb = first * rule.factor**k
-        rung = rung_at(nb, estimate=estimate)
+        gamma = rungs[0].localization if rungs and rule.fixed_gamma else None
+        rung = rung_at(nb, estimate=estimate, localization=gamma)
         rungs.append(rung)
         if rule.step_check and rung.healthy:
-            rungs.append(rung_at(nb, epsilon_scale=1 / 3, estimate=estimate))
+            rungs.append(rung_at(nb, epsilon_scale=1 / 3, estimate=estimate, localization=rung.localization))
         pair = _plateau(rungs, rule)
         if pair is not None:
             return _conclude(pair, rungs, rule)

@@ -77,7 +77,8 @@ class LLCConfig:
         if self.settings == "auto" and self.sgld.scheme != "euler":
             raise ValueError(
                 f"--scheme {self.sgld.scheme} has no MALA acceptance, which the settings rule tunes the step on: "
-                "add --settings fixed (with --epsilon, --nbeta, --localization)"
+                "use --lm (the rule's full runs by Leimkuhler-Matthews after Euler pilots), or add --settings fixed "
+                "(with --epsilon, --nbeta, --localization)"
             )
         if self.calibrate and self.settings == "fixed":
             raise ValueError("--calibrate chooses settings by the rule: drop --settings fixed")
