@@ -17,7 +17,9 @@ The posterior (n_beta, gamma):
   is raised by `factor` until two consecutive rungs agree (within `agree` plus two standard
   errors); the estimate is the lower rung's (where the plateau starts), and the spread is over the agreeing rungs.
   A singular minimum approaches its lambda from below like (m - 1) / ln(n_beta), so agreement
-  between rungs a factor 10 apart is the plateau a user can see.
+  between rungs a factor 10 apart is the plateau a user can see. (Measured on DLNs,
+  bench/llc_equilibration.py: run long enough, rungs above n lie 13-30% above lambda, and the
+  first rung 3-11%; the plateau criterion is kept until a better one is built.)
 
 The sampler (epsilon, length):
 - epsilon = step / (n_beta h_ref + gamma), halved until the mean MALA acceptance of short Euler
@@ -220,7 +222,9 @@ def run_rung(
     pilots until MALA acceptance is in range, then runs doubled until the traces are healthy.
     `gradient_variance`: `hessian.gradient_noise` of the loader at w* (it does not depend on
     n_beta: pass it to reuse it across rungs; measured here when None and the loader has minibatches).
-    `estimate` makes each SGLD run (`estimate_llc` or a stand-in that replays saved runs)."""
+    `estimate` makes each SGLD run (`estimate_llc` or a stand-in that replays saved runs).
+    `localization`: the gamma to sample with (the first rung's, see `AutoRule.fixed_gamma`);
+    None: `ratio` x n_beta x the curvature here."""
     base = base or SGLDConfig()
     if base.scheme != "euler":
         raise LLCError(
@@ -247,7 +251,9 @@ def run_rung(
         eps = min(eps, noise_limit(gradient_variance, nbeta, rule.max_gradient_noise))
     floor = eps / 1000  # halving stops here: a rung needing smaller steps is not healthy
 
-    def sample(steps: int, data: Iterable = loader, scheme: str = "lm" if rule.lm else "euler") -> LLCResult | None:
+    full_runs = "lm" if rule.lm else "euler"  # the pilots are Euler whatever this is: MALA acceptance needs it
+
+    def sample(steps: int, data: Iterable = loader, scheme: str = full_runs) -> LLCResult | None:
         cfg = replace(base, epsilon=eps, nbeta=nbeta, localization=gamma, draws=steps, burn_in=0, scheme=scheme)
         try:
             with warnings.catch_warnings():
