@@ -37,7 +37,7 @@ def main() -> None:
         start = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            results, _ = description_lengths(resolve(spec, examples=4096, seed=0))
+            results, _ = description_lengths(resolve([spec], examples=4096, seed=0))
         known, described = results["known_answer"], results["rows"]
         width = known["represented_features"]
         others = [r for r in described if not (r["basis"].startswith("sae") and r["width"] == width)]

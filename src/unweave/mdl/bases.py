@@ -21,6 +21,7 @@ class Basis:
     binary: bool = False  # codes are 0/1: active or not, no values to send
     codes_sent: bool = True  # False: the codes follow from each example's input by the basis's rule
     spec_bits: float = 0.0  # bits naming the basis beyond its parameter tensors
+    reads: str | None = None  # the site `encode` reads, when not the described one (a transcoder's MLP input)
 
     def params(self) -> dict[str, torch.Tensor]:
         return {}
@@ -117,14 +118,18 @@ class Dictionary(Basis):
     codes are its encoder's latents, or with `codes="pursuit"` the sparse code that
     non-negative orthogonal matching pursuit finds for the decoder (the encoder is not part
     of the description, so any way of finding a code is fair; an SAE's linear encoder
-    misses features that share an example when they are superposed)."""
+    misses features that share an example when they are superposed). A transcoder describes
+    its MLP's output; its encoder reads the MLP's input, the site named by `reads`."""
 
-    def __init__(self, sae: SAE, name: str | None = None, codes: str = "encoder"):
+    def __init__(self, sae: SAE, name: str | None = None, codes: str = "encoder", reads: str | None = None):
         if sae.cfg.skip:
             raise ValueError("a transcoder with a skip connection needs its input to decode; use one without --skip")
         if codes not in CODES:
             raise ValueError(f"codes must be one of {CODES}, got {codes!r}")
+        if sae.cfg.kind == "transcoder" and codes == "encoder" and reads is None:
+            raise ValueError("a transcoder's encoder reads its MLP's input: give reads= that site")
         self.sae, self.width, self.codes = sae, sae.cfg.n_latents, codes
+        self.reads = reads if codes == "encoder" else None
         self.k = sae.cfg.k if sae.cfg.architecture in ("topk", "batchtopk") else None
         self.name = name or f"{sae.cfg.kind}-{sae.cfg.architecture}"
 

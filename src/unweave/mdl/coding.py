@@ -52,20 +52,32 @@ def activity_bits(counts: torch.Tensor, n: int) -> torch.Tensor:
 
 
 class SymbolCounts:
-    """Histograms of integer symbols, one per unit, merged batch by batch."""
+    """Histograms of integer symbols, one per unit, merged batch by batch. A (unit, symbol)
+    pair is held as one int64 key, unit * 2^40 + symbol + 2^39, so merging is a 1-d unique."""
+
+    SHIFT = 40
+    OFFSET = 1 << 39  # symbols must lie in (-2^39, 2^39)
 
     def __init__(self, n_units: int):
         self.n_units = n_units
-        self.keys = torch.zeros(0, 2, dtype=torch.long)  # (unit, symbol) pairs seen
+        self._keys = torch.zeros(0, dtype=torch.long)
         self.counts = torch.zeros(0, dtype=torch.long)
+
+    @property
+    def keys(self) -> torch.Tensor:
+        """The (unit, symbol) pairs seen, (pairs, 2)."""
+        return torch.stack([self._keys >> self.SHIFT, (self._keys & ((1 << self.SHIFT) - 1)) - self.OFFSET], dim=1)
 
     def add(self, units: torch.Tensor, symbols: torch.Tensor) -> None:
         """Count one occurrence of symbols[i] for units[i] (1-d tensors of equal length)."""
-        pairs = torch.stack([units.long().cpu(), symbols.long().cpu()], dim=1)
-        keys = torch.cat([self.keys, pairs])
-        counts = torch.cat([self.counts, torch.ones(len(pairs), dtype=torch.long)])
-        self.keys, inverse = torch.unique(keys, dim=0, return_inverse=True)
-        self.counts = torch.zeros(len(self.keys), dtype=torch.long).index_add_(0, inverse, counts)
+        symbols = symbols.long().cpu()
+        if symbols.numel() and symbols.abs().max() >= self.OFFSET:
+            raise ValueError("a symbol is out of range (|s| >= 2^39): the quantisation step is far too fine")
+        keys = units.long().cpu() * (1 << self.SHIFT) + symbols + self.OFFSET
+        new, new_counts = torch.unique(keys, return_counts=True)
+        self._keys, inverse = torch.unique(torch.cat([self._keys, new]), return_inverse=True)
+        counts = torch.cat([self.counts, new_counts])
+        self.counts = torch.zeros(len(self._keys), dtype=torch.long).index_add_(0, inverse, counts)
 
     def add_codes(self, codes: torch.Tensor) -> None:
         """Count the nonzero symbols of an (n, units) integer code; zero means inactive."""

@@ -13,6 +13,9 @@ from unweave.mdl import plots
 from unweave.mdl.bases import Dictionary
 from unweave.mdl.describe import Row, describe, weight_bits
 from unweave.mdl.program import program_bits
+from unweave.mdl.quantise import BISECTIONS
+from unweave.mdl.streamed import BISECTIONS as STORE_BISECTIONS
+from unweave.mdl.streamed import CALIBRATION_TOKENS, describe_store
 from unweave.mdl.targets import TARGETS, Target, resolve
 from unweave.report import Report, Section
 from unweave.runs import Run, RunResult
@@ -25,7 +28,7 @@ UNITS = {"kl": "nats of mean KL", "output_fvu": "output FVU"}
 
 @dataclass(frozen=True)
 class MDLConfig:
-    target: str = setting(help=f"What to describe: {TARGETS}.", argument=True)
+    target: list[str] = setting(help=f"What to describe: {TARGETS}.", argument=True)
     out: Path = setting(Path("runs/mdl"), "Where record.json, mdl.json and mdl.html go.")
     tolerance: float | None = setting(
         None,
@@ -35,6 +38,12 @@ class MDLConfig:
     examples: int = setting(4096, "Samples of the toy model of superposition to describe.")
     seed: int = setting(0, "Seed of the toy model, its samples and its dictionaries.")
     restarts: int = setting(3, "Toy model of superposition: dictionaries trained per width, each a candidate.")
+    store: Path | None = setting(
+        None, "With dictionary folders: the activation store (unweave cache) whose tokens are described."
+    )
+    calibration_tokens: int = setting(
+        CALIBRATION_TOKENS, "With --store: tokens run through the model to find each quantisation step (KL)."
+    )
 
     def __post_init__(self) -> None:
         if self.tolerance is not None and not self.tolerance > 0:
@@ -43,6 +52,8 @@ class MDLConfig:
             raise ValueError(f"--restarts must be at least 1, got {self.restarts}")
         if self.examples < 16:
             raise ValueError(f"--examples must be at least 16, got {self.examples}")
+        if self.calibration_tokens < 2:
+            raise ValueError(f"--calibration-tokens must be at least 2, got {self.calibration_tokens}")
 
 
 def best_row(rows: list[Row]) -> Row:
@@ -74,8 +85,8 @@ def known_answer(target: Target, rows: list[Row], best: Row) -> dict:
 
 
 def run_mdl(cfg: MDLConfig) -> RunResult:
-    run = Run(cfg.out, "mdl", cfg, inputs=[cfg.target])
-    target = resolve(cfg.target, cfg.examples, cfg.seed, cfg.restarts)
+    run = Run(cfg.out, "mdl", cfg, inputs=[t for t in cfg.target if not t.startswith("tms:")])
+    target = resolve(cfg.target, cfg.examples, cfg.seed, cfg.restarts, cfg.store, cfg.calibration_tokens)
     results, lines = description_lengths(target, cfg.tolerance)
     report = Report(f"unweave mdl: description length of {target.name}")
     add_sections(report, report.summary(), target, results, lines)
@@ -88,9 +99,16 @@ def description_lengths(target: Target, tolerance: float | None = None) -> tuple
     summary lines."""
     data = target.data
     tolerance = tolerance if tolerance is not None else DEFAULT_TOLERANCE[data.measure]
-    rows = [describe(b, data, tolerance) for b in progress.track(target.bases, "descriptions at tolerance")]
+    side: list[dict] = []
+    if target.stream is not None:
+        counted = describe_store(target.bases, data, target.stream, tolerance)
+        rows, side = counted.rows, counted.saebench
+        store = {**target.store_info, "described_tokens": counted.n, "left_out_tokens": counted.left_out}
+    else:
+        rows = [describe(b, data, tolerance) for b in progress.track(target.bases, "descriptions at tolerance")]
+        store = None
     best = best_row(rows)
-    weights = weight_bits(data, tolerance)
+    weights = weight_bits(data, tolerance, STORE_BISECTIONS if target.stream is not None else BISECTIONS)
     program = None
     if target.modadd is not None:
         model, mod, p, freqs = target.modadd
@@ -106,6 +124,8 @@ def description_lengths(target: Target, tolerance: float | None = None) -> tuple
         "weights": weights.to_dict(),
         "program": program.to_dict() if program else None,
         "known_answer": known,
+        "store": store,
+        "saebench": side,
     }
     unit = UNITS[data.measure]
     lines = [
@@ -123,6 +143,8 @@ def description_lengths(target: Target, tolerance: float | None = None) -> tuple
                 else f"KL {program.kl:.2g}, above tolerance"
             )
         )
+    if side:
+        lines.append(saebench_line(side))
     if known:
         lines.append(
             f"known answer: the toy represents {known['represented_features']} of {known['n_features']} features; "
@@ -130,6 +152,19 @@ def description_lengths(target: Target, tolerance: float | None = None) -> tuple
             f"({'recovered' if known['recovered'] else 'NOT recovered'})"
         )
     return results, lines
+
+
+def saebench_line(side: list[dict]) -> str:
+    """How the dictionaries rank by SAEBench's quantity (codes' entropy, no parameters) and
+    by their total bits."""
+    by_saebench = [r["basis"] for r in sorted(side, key=lambda r: r["saebench_bits_per_token"])]
+    counted = [r for r in side if r["unweave_bits_per_token"] is not None]
+    by_total = [r["basis"] for r in sorted(counted, key=lambda r: r["unweave_bits_per_token"])]
+    same = by_saebench[: len(by_total)] == by_total and len(by_total) == len(by_saebench)
+    return (
+        f"SAEBench's measure (no parameter bits) ranks the dictionaries {' < '.join(by_saebench)}; with parameter "
+        f"bits: {' < '.join(by_total) or 'none within tolerance'}" + (" (the same order)" if same else "")
+    )
 
 
 def add_sections(report: Report, summary: Section, target: Target, results: dict, lines: list[str]) -> None:
@@ -174,6 +209,27 @@ def add_sections(report: Report, summary: Section, target: Target, results: dict
             for r in rows
         ]
     )
+    if results.get("saebench"):
+        report.section("Description length: SAEBench's measure beside this one").text(
+            "SAEBench's MDL evaluation gives each latent its firing entropy plus its firing rate times the entropy "
+            "of its value histogram (equal bins from 0 to its largest value; the coarsest-per-bits bin count whose "
+            "midpoint-quantised codes reconstruct within sqrt(MSE)/d_in < 0.01). It counts no parameter bits. "
+            "Beside it: this command's exact code length of the codes alone, of the decoder's parameters spread "
+            "over the store's tokens, and of both."
+        ).table(
+            [
+                {
+                    "dictionary": r["basis"],
+                    "SAEBench bits / token": r["saebench_bits_per_token"],
+                    "SAEBench bins": r["saebench_num_bins"],
+                    "SAEBench viable": r["saebench_viable"],
+                    "codes bits / token": r["unweave_code_bits_per_token"],
+                    "parameter bits / token": r["unweave_param_bits_per_token"],
+                    "total bits / token": r["unweave_bits_per_token"],
+                }
+                for r in results["saebench"]
+            ]
+        )
     report.section("Description length: the network itself").table(
         [{"quantity": k, "value": v} for k, v in weights.items()]
         + (

@@ -20,7 +20,16 @@ from torch.func import functional_call
 
 from unweave.mdl import coding
 from unweave.mdl.bases import Basis
-from unweave.mdl.quantise import Search, coarsest_delta, quantised, quantised_tensors, rms, symbols, tensor_bits
+from unweave.mdl.quantise import (
+    BISECTIONS,
+    Search,
+    coarsest_delta,
+    quantised,
+    quantised_tensors,
+    rms,
+    symbols,
+    tensor_bits,
+)
 from unweave.scoring import ce_per_example, kl_per_example, loss_recovered
 from unweave.sites import capture, patch
 
@@ -36,13 +45,20 @@ class SiteData:
     measure: str = "kl"  # or "output_fvu"
     position: int | None = None  # describe only this position of a (n, positions, d) site
     labels: torch.Tensor | None = None  # for cross-entropy recovered (kl only)
+    # which rows of the site are described (a mask from the flattened rows); the rest keep their
+    # values in every splice and cost nothing, the same for every basis (massive activations)
+    keep: Callable[[torch.Tensor], torch.Tensor] | None = None
+    keep_site: str | None = None  # the site `keep` reads (default: the described one)
     _reference: torch.Tensor | None = field(default=None, repr=False)
-    _acts: torch.Tensor | None = field(default=None, repr=False)
+    _acts: dict = field(default_factory=dict, repr=False)
+    _mask: torch.Tensor | None = field(default=None, repr=False)
     _ablated_ce: float | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.measure not in MEASURES:
             raise ValueError(f"measure must be one of {MEASURES}, got {self.measure!r}")
+        if self.keep is not None and self.position is not None:
+            raise ValueError("keep= selects rows of a flattened site; it does not combine with position=")
 
     @property
     def n(self) -> int:
@@ -55,19 +71,43 @@ class SiteData:
         return self._reference
 
     @torch.no_grad()
+    def flat(self, site: str) -> torch.Tensor:
+        """The activations at `site`, (examples x positions, d), every row."""
+        act = capture(self.model, site, self.inputs)[site]
+        return act[:, self.position] if self.position is not None else act.reshape(-1, act.shape[-1])
+
+    @torch.no_grad()
+    def mask(self) -> torch.Tensor | None:
+        """The described rows among the flattened site's (None: all of them)."""
+        if self.keep is not None and self._mask is None:
+            self._mask = self.keep(self.flat(self.keep_site or self.site))
+        return self._mask
+
+    @torch.no_grad()
     def rows(self) -> torch.Tensor:
         """The described activations, (n, d)."""
-        if self._acts is None:
-            act = capture(self.model, self.site, self.inputs)[self.site]
-            self._acts = act[:, self.position] if self.position is not None else act.reshape(-1, act.shape[-1])
-        return self._acts
+        return self.rows_at(self.site)
+
+    @torch.no_grad()
+    def rows_at(self, site: str) -> torch.Tensor:
+        """The same rows (same examples and positions) at another site, e.g. the input a
+        transcoder's encoder reads."""
+        if site not in self._acts:
+            flat, mask = self.flat(site), self.mask()
+            self._acts[site] = flat if mask is None else flat[mask]
+        return self._acts[site]
 
     def _put(self, act: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        if self.position is None:
+        if self.position is not None:
+            out = act.clone()
+            out[:, self.position] = rows.to(act.dtype)
+            return out
+        mask = self.mask()
+        if mask is None:
             return rows.reshape(act.shape).to(act.dtype)
-        out = act.clone()
-        out[:, self.position] = rows.to(act.dtype)
-        return out
+        flat = act.reshape(-1, act.shape[-1]).clone()
+        flat[mask] = rows.to(act.dtype)
+        return flat.reshape(act.shape)
 
     @torch.no_grad()
     def spliced(self, rows: torch.Tensor) -> torch.Tensor:
@@ -116,26 +156,59 @@ class Row:
         return asdict(self)
 
 
-def describe(basis: Basis, data: SiteData, tolerance: float) -> Row:
-    """Quantise `basis`'s description of data.rows() at the coarsest relative step within
-    `tolerance`, and count its bits."""
-    x = data.rows()
+@dataclass
+class Calibration:
+    """A basis's coarsest quantisation within the tolerance, found on `SiteData`."""
+
+    basis: Basis
+    search: Search
+    params: dict[str, torch.Tensor]  # unquantised, float64
+    value_step: float  # the codes' step: delta * rms of the nonzero codes
+    codes: torch.Tensor  # unquantised codes of data.rows()
+    output: torch.Tensor  # the network's output with the quantised description spliced in
+
+
+def calibrate(basis: Basis, data: SiteData, tolerance: float, bisections: int = BISECTIONS) -> Calibration:
+    """The coarsest relative step delta at which `basis`'s quantised description of
+    data.rows() keeps the output within `tolerance`."""
+    x = data.rows() if basis.reads is None else data.rows_at(basis.reads)
     codes = basis.encode(x).double()
     params = {k: v.double() for k, v in basis.params().items()}
     value_scale = rms(codes[codes != 0])
 
-    def rebuild(delta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    def rebuild(delta: float) -> torch.Tensor:
         q_params = quantised_tensors(params, delta)
         q_codes = codes if basis.binary or not basis.codes_sent else quantised(codes, delta * value_scale)
-        return basis.decode(q_codes, q_params), q_codes
+        return basis.decode(q_codes, q_params)
 
     def distortion(delta: float) -> float:
-        return data.distortion(data.spliced(rebuild(delta)[0]))
+        return data.distortion(data.spliced(rebuild(delta)))
 
-    search: Search = coarsest_delta(distortion, tolerance)
-    decoded, q_codes = rebuild(search.delta)
-    output = data.spliced(decoded)
-    mean_active = (q_codes != 0).sum(1).double().mean().item()
+    search: Search = coarsest_delta(distortion, tolerance, bisections)
+    return Calibration(basis, search, params, search.delta * value_scale, codes, data.spliced(rebuild(search.delta)))
+
+
+def code_symbols(basis: Basis, codes: torch.Tensor, step: float) -> torch.Tensor:
+    """The integer code that is sent: 0/1 for a binary basis, round(code / step) otherwise."""
+    return (codes != 0).long() if basis.binary else symbols(codes, step)
+
+
+def describe(basis: Basis, data: SiteData, tolerance: float) -> Row:
+    """Quantise `basis`'s description of data.rows() at the coarsest relative step within
+    `tolerance`, and count its bits."""
+    cal = calibrate(basis, data, tolerance)
+    counts = coding.SymbolCounts(basis.width)
+    counts.add_codes(code_symbols(basis, cal.codes, cal.value_step))
+    return row(cal, data, counts, len(cal.codes))
+
+
+def row(cal: Calibration, data: SiteData, counts: coding.SymbolCounts, n: int) -> Row:
+    """The Row of a calibrated basis whose sent codes over n examples are in `counts`."""
+    basis, search = cal.basis, cal.search
+    if basis.codes_sent:
+        mean_active = counts.active().sum().item() / n
+    else:  # an analytic basis: its codes follow from the input
+        mean_active = (cal.codes != 0).sum(1).double().mean().item()
     common = dict(
         basis=basis.label(),
         width=basis.width,
@@ -144,31 +217,28 @@ def describe(basis: Basis, data: SiteData, tolerance: float) -> Row:
         delta=search.delta,
         meets_tolerance=search.met,
         mean_active=mean_active,
-        ce_recovered=data.ce_recovered(output),
-        n=len(x),
+        ce_recovered=data.ce_recovered(cal.output),
+        n=n,
     )
     if not search.met:
         return Row(param_bits=None, index_bits=None, value_bits=None, total_bits=None, bits_per_token=None, **common)
-    param_bits = basis.spec_bits + tensor_bits(params, search.delta)
-    index_bits, value_bits = code_bits(basis, codes, search.delta * value_scale) if basis.codes_sent else (0.0, 0.0)
+    param_bits = basis.spec_bits + tensor_bits(cal.params, search.delta)
+    index_bits, value_bits = code_bits(basis, counts, n) if basis.codes_sent else (0.0, 0.0)
     total = param_bits + index_bits + value_bits
     return Row(
         param_bits=param_bits,
         index_bits=index_bits,
         value_bits=value_bits,
         total_bits=total,
-        bits_per_token=total / len(x),
+        bits_per_token=total / n,
         **common,
     )
 
 
-def code_bits(basis: Basis, codes: torch.Tensor, step: float) -> tuple[float, float]:
-    """(index bits, value bits) of the codes quantised with `step`: per unit, which examples
-    it is active on, then its values (none for a binary basis), plus the step itself."""
-    code_symbols = (codes != 0).long() if basis.binary else symbols(codes, step)
-    counts = coding.SymbolCounts(code_symbols.shape[1])
-    counts.add_codes(code_symbols)
-    index_bits = float(coding.activity_bits(counts.active(), len(codes)).sum())
+def code_bits(basis: Basis, counts: coding.SymbolCounts, n: int) -> tuple[float, float]:
+    """(index bits, value bits) of the codes counted in `counts` over n examples: per unit,
+    which examples it is active on, then its values (none for a binary basis), plus the step."""
+    index_bits = float(coding.activity_bits(counts.active(), n).sum())
     value_bits = 0.0 if basis.binary else float(counts.bits().sum()) + coding.FLOAT_BITS
     return index_bits, value_bits
 
@@ -187,7 +257,7 @@ class WeightBits:
 
 
 @torch.no_grad()
-def weight_bits(data: SiteData, tolerance: float) -> WeightBits:
+def weight_bits(data: SiteData, tolerance: float, bisections: int = BISECTIONS) -> WeightBits:
     """Bits of the network's own weights: every floating tensor quantised with step
     delta * rms(tensor) at the coarsest delta whose output stays within `tolerance`."""
     model = data.model
@@ -198,7 +268,7 @@ def weight_bits(data: SiteData, tolerance: float) -> WeightBits:
             data.outputs(_Functional(model, quantised_tensors(weights, delta)), data.inputs).double()
         )
 
-    search = coarsest_delta(distortion, tolerance)
+    search = coarsest_delta(distortion, tolerance, bisections)
     n_params = sum(v.numel() for v in weights.values())
     bits = tensor_bits(weights, search.delta) if search.met else None
     return WeightBits(bits, 32 * n_params, n_params, search.delta, search.distortion, search.met)

@@ -56,7 +56,7 @@ class Search:
     evaluations: int
 
 
-def coarsest_delta(distortion: Callable[[float], float], tolerance: float) -> Search:
+def coarsest_delta(distortion: Callable[[float], float], tolerance: float, bisections: int = BISECTIONS) -> Search:
     """Bisection on log(delta) between DELTA_RANGE for the largest delta with
     distortion(delta) <= tolerance. Assumes distortion grows with delta (true up to rounding
     noise); the result always satisfies the tolerance when `met`."""
@@ -67,11 +67,11 @@ def coarsest_delta(distortion: Callable[[float], float], tolerance: float) -> Se
     d_lo = distortion(lo)
     if not d_lo <= tolerance:
         return Search(lo, d_lo, False, 2)
-    for _ in range(BISECTIONS):
+    for _ in range(bisections):
         mid = math.sqrt(lo * hi)
         d_mid = distortion(mid)
         if d_mid <= tolerance:
             lo, d_lo = mid, d_mid
         else:
             hi = mid
-    return Search(lo, d_lo, True, 2 + BISECTIONS)
+    return Search(lo, d_lo, True, 2 + bisections)

@@ -12,18 +12,23 @@ from pathlib import Path
 import torch
 
 from unweave import progress
+from unweave.dictionaries import io
 from unweave.dictionaries.sae import SAE, SAEConfig
 from unweave.dictionaries.swaps import swap_wasted_latent
 from unweave.dictionaries.train import TrainConfig, train_many
 from unweave.mdl.bases import Analytic, Basis, Dictionary, LookupTable, Neurons, pca
 from unweave.mdl.describe import SiteData
 from unweave.mdl.program import fourier_spec_bits, sum_functions
+from unweave.mdl.streamed import CALIBRATION_TOKENS, StoreSource, calibration_data, open_dictionaries, store_bases
 from unweave.sites import capture
 from unweave.zoo import fourier
 from unweave.zoo.modadd import TrainedModAdd, answer_logits, make_data
 from unweave.zoo.superposition import ToyModel, sample_features, train_toy
 
-TARGETS = "tms:N,M (e.g. tms:20,5) or a modular-addition run folder (unweave train modadd, or runs/demo/modadd)"
+TARGETS = (
+    "tms:N,M (e.g. tms:20,5), a modular-addition run folder (unweave train modadd, or runs/demo/modadd), or "
+    "dictionary folders (unweave sae train) of one site with --store"
+)
 TMS_SPARSITY = 0.05  # the toy's default: each feature active with probability 0.05
 TMS_SAE_STEPS = 2000
 TMS_SWAP_EVERY = 100  # steps between swap moves
@@ -39,9 +44,32 @@ class Target:
     measure_note: str
     known: dict = field(default_factory=dict)  # the known answer and what it is checked with
     modadd: tuple | None = None  # (model, ModAddData, p, key frequencies) for the Fourier program
+    stream: StoreSource | None = None  # bits counted over a store (data then only calibrates)
+    store_info: dict = field(default_factory=dict)
 
 
-def resolve(name: str, examples: int, seed: int, restarts: int = 3) -> Target:
+def resolve(
+    names: list[str],
+    examples: int,
+    seed: int,
+    restarts: int = 3,
+    store: Path | None = None,
+    calibration_tokens: int = CALIBRATION_TOKENS,
+) -> Target:
+    dictionaries = [Path(n) for n in names if (Path(n) / io.CFG).exists()]
+    if store is not None or dictionaries:
+        if store is None:
+            raise ValueError(
+                "dictionary folders are described over an activation store: add --store DIR (unweave cache of "
+                "the dictionaries' model and site)"
+            )
+        if len(dictionaries) < len(names):
+            others = [n for n in names if Path(n) not in dictionaries]
+            raise ValueError(f"with --store every TARGET must be a dictionary folder; these are not: {others}")
+        return store_target(dictionaries, store, calibration_tokens)
+    if len(names) != 1:
+        raise ValueError(f"give one TARGET ({TARGETS}), or dictionary folders with --store; got {names}")
+    name = names[0]
     if name.startswith("tms:"):
         return tms_target(*_tms_sizes(name), examples=examples, seed=seed, restarts=restarts)
     path = Path(name)
@@ -168,3 +196,38 @@ def modadd_target(path: Path) -> Target:
     )
     program = (model, data_, p, freqs) if freqs else None
     return Target(str(path), data, bases, note, {"key_freqs": freqs}, modadd=program)
+
+
+def store_target(folders: list[Path], store: Path, calibration_tokens: int = CALIBRATION_TOKENS) -> Target:
+    """Dictionaries of one site of a language model, described over an activation store
+    beside neurons and PCA (see `mdl.streamed`)."""
+    from unweave.hf import load_model
+
+    found = open_dictionaries(folders, store)
+    model = load_model(found.model_name).model.eval()
+    data = calibration_data(found, model, calibration_tokens)
+    source = found.source
+    info = {
+        "store": str(store),
+        "model": found.model_name,
+        "site": source.site,
+        "store_tokens": source.store.n_tokens,
+        "calibration_tokens": int(data.inputs.numel()),
+        "held_out": found.held_out,
+        "max_input_norm": source.max_norm,
+    }
+    held = "held out: no dictionary was trained on it" if found.held_out else "NOT held out: a dictionary trained on it"
+    note = (
+        f"{found.model_name}, activations at {source.site} over the {source.store.n_tokens:,} tokens of the store "
+        f"{store} ({held}); "
+        f"distortion: mean next-token KL on the store's first {data.inputs.numel():,} tokens run through the model "
+        "(each step found there), bits counted over the whole store"
+        + (
+            f"; rows with norm above {source.max_norm:.4g} (the dictionaries' max_input_norm: massive activations) "
+            "are left as they are for every description"
+            if source.max_norm is not None
+            else ""
+        )
+    )
+    name = f"{len(folders)} dictionaries at {source.site}"
+    return Target(name, data, store_bases(found), note, stream=source, store_info=info)

@@ -1,0 +1,174 @@
+"""Description length over an activation store (`unweave mdl DICT... --store S`): bits
+streamed over the store equal an independent count over all its rows, PCA from the streamed
+covariance equals PCA of the rows, SAEBench's quantity equals numpy/scipy histograms and
+entropies, and every mismatch between dictionaries and store is a one-line error."""
+
+import json
+import math
+import random
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from scipy.special import comb, gammaln
+from scipy.stats import entropy
+from typer.testing import CliRunner
+
+from unweave.cli import app
+from unweave.mdl import coding, saebench
+from unweave.mdl.bases import pca
+from unweave.mdl.streamed import open_dictionaries, store_bases
+from unweave.store import ActivationStore
+
+runner = CliRunner()
+SITES = ["model.layers.0", "model.layers.1.mlp:input", "model.layers.1.mlp"]
+WORDS = ["the", "king", "queen", "and", "to", "of", "a", "my", "lord"]
+
+
+def _invoke(*args: str) -> None:
+    result = runner.invoke(app, list(args))
+    assert result.exit_code == 0, result.output
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_llama_dir, tmp_path_factory):
+    """A training store and a held-out store (another text) of the tiny Llama, two TopK SAEs
+    at model.layers.0 and a transcoder of layer 1's MLP, trained on the first."""
+    root = tmp_path_factory.mktemp("mdl-store")
+    for name, seed in (("train.txt", 0), ("held.txt", 1)):
+        gen = random.Random(seed)
+        (root / name).write_text(" ".join(gen.choice(WORDS) for _ in range(12_000)))
+    site_args = [a for s in SITES for a in ("--site", s)]
+    for store, text, tokens in (("train", "train.txt", 4096), ("held", "held.txt", 2048)):
+        _invoke("cache", "--model", str(tiny_llama_dir), *site_args, "--out", str(root / store), "--tokens",
+                str(tokens), "--ctx-len", "32", "--shard-tokens", "1024", "--text", str(root / text))  # fmt: skip
+    common = ["--store", str(root / "train"), "--width", "64", "--batch-size", "256"]
+    _invoke("sae", "train", *common, "--site", SITES[0], "--k", "2", "--k", "4", "--out", str(root / "sae"))
+    _invoke("sae", "train", *common, "--site", SITES[1], "--target-site", SITES[2], "--k", "4", "--out",
+            str(root / "tc"))  # fmt: skip
+    return root
+
+
+def test_bits_over_a_store_equal_an_independent_count(setup, tmp_path):
+    root = setup
+    saes = [str(root / "sae" / f"topk-k{k}-w64") for k in (2, 4)]
+    out = tmp_path / "mdl"
+    _invoke("mdl", *saes, "--store", str(root / "held"), "--calibration-tokens", "128", "--tolerance", "1e-4",
+            "--out", str(out))  # fmt: skip
+    data = json.loads((out / "mdl.json").read_text())
+    store = data["store"]
+    assert store["held_out"] and store["store_tokens"] == 2048 and store["calibration_tokens"] == 128
+    assert store["described_tokens"] + store["left_out_tokens"] == 2048
+    labels = {r["basis"] for r in data["rows"]}
+    assert {"neurons", "pca", "topk-k2-w64 (sae-topk)", "topk-k4-w64 (sae-topk)"} <= labels
+    for r in data["rows"]:
+        assert r["n"] == store["described_tokens"]
+        if r["total_bits"] is not None:
+            assert r["kl"] <= 1e-4
+            assert r["total_bits"] == pytest.approx(r["param_bits"] + r["index_bits"] + r["value_bits"])
+    # the neurons row, recounted with numpy from every stored row at the reported step
+    held = ActivationStore(root / "held")
+    x = torch.cat([held.load_shard(i, SITES[0]) for i in range(len(held.shards))]).double()
+    keep = x.norm(dim=1) <= store["max_input_norm"]
+    x = x[keep]
+    assert len(x) == store["described_tokens"]
+    neurons = next(r for r in data["rows"] if r["basis"] == "neurons")
+    calibration = held.load_shard(0, SITES[0])[:128].double()
+    calibration = calibration[calibration.norm(dim=1) <= store["max_input_norm"]]
+    step = neurons["delta"] * calibration.pow(2).mean().sqrt().item()
+    symbols = np.round(x.numpy() / step).astype(np.int64)
+    n = len(symbols)
+    index = value = 0.0
+    for unit in range(symbols.shape[1]):
+        nz = symbols[:, unit][symbols[:, unit] != 0]
+        index += math.log2(n + 1) + math.log2(comb(n, len(nz), exact=True))
+        if len(nz):
+            _, c = np.unique(nz, return_counts=True)
+            k = nz.max() - nz.min() + 1
+            value += (
+                (gammaln(len(nz) + 1) - gammaln(c + 1).sum()) / math.log(2)
+                + math.log2(comb(len(nz) + k - 1, k - 1, exact=True))
+                + float(coding.signed_bits(int(nz.min())) + coding.gamma_bits(int(k)))
+            )
+    assert neurons["index_bits"] == pytest.approx(index, rel=1e-6)
+    assert neurons["value_bits"] == pytest.approx(value + coding.FLOAT_BITS, rel=1e-6)
+    # SAEBench's quantity beside ours, for each dictionary
+    assert [r["basis"] for r in data["saebench"]] == ["topk-k2-w64 (sae-topk)", "topk-k4-w64 (sae-topk)"]
+    assert all(r["saebench_bits_per_token"] > 0 for r in data["saebench"])
+    html = (out / "mdl.html").read_text()
+    assert "SAEBench" in html and data["weights"]["raw_bits"] == 32 * data["weights"]["n_params"]
+
+
+def test_a_transcoder_describes_its_mlps_output_from_its_input(setup, tmp_path):
+    root = setup
+    out = tmp_path / "tc"
+    _invoke("mdl", str(root / "tc" / "transcoder-topk-k4-w64"), "--store", str(root / "held"),
+            "--calibration-tokens", "128", "--tolerance", "1e-4", "--out", str(out))  # fmt: skip
+    data = json.loads((out / "mdl.json").read_text())
+    assert data["store"]["site"] == SITES[2]
+    tc = next(r for r in data["rows"] if r["basis"].startswith("transcoder"))
+    assert tc["total_bits"] is not None and tc["kl"] <= 1e-4
+
+
+def test_streamed_pca_equals_pca_of_the_rows(setup):
+    root = setup
+    target = open_dictionaries([root / "sae" / "topk-k2-w64"], root / "held")
+    target.source.batch_tokens = 300  # batches that do not divide the store
+    streamed = {b.width: b for b in store_bases(target) if b.name == "pca"}
+    held = ActivationStore(root / "held")
+    x = torch.cat([held.load_shard(i, SITES[0]) for i in range(len(held.shards))]).double()
+    x = x[x.norm(dim=1) <= target.source.max_norm]
+    direct = pca(x, 8)
+    assert torch.allclose(streamed[8].mean, direct.mean, atol=1e-9)
+    cosines = (streamed[8].directions * direct.directions).sum(1).abs()
+    assert torch.all(cosines > 1 - 1e-6), cosines
+
+
+def test_saebench_quantity_equals_numpy_histograms_and_scipy_entropy():
+    gen = torch.Generator().manual_seed(0)
+    codes = torch.rand(500, 7, generator=gen) * 3 * (torch.rand(500, 7, generator=gen) < 0.2)
+    codes[:, 6] = 0  # a dead latent
+    top = codes.max(0).values
+    hist = saebench.Histograms(top, num_bins=(4, 16))
+    for batch in codes.split(64):
+        hist.add(batch)
+    for bins in (4, 16):
+        want = 0.0
+        for i in range(7):
+            col = codes[:, i].double().numpy()
+            p = (col > 0).mean()
+            counts, _ = np.histogram(col, bins=np.linspace(0, max(col.max(), 1e-30), bins + 1))
+            want += entropy([p, 1 - p], base=2) + p * (entropy(counts, base=2) if counts.sum() else 0.0)
+        assert hist.bits_per_token(bins) == pytest.approx(want, rel=1e-9)
+    # midpoint quantisation: a value in (edge_j, edge_j+1] goes to the midpoint of bin j, zero to bin 0's
+    q = saebench.midpoints(torch.tensor([[0.0, 1.0, 2.9, 3.0]]).double(), torch.tensor([4.0] * 4).double(), 4)
+    assert q.tolist() == [[0.5, 0.5, 2.5, 2.5]]
+    assert saebench.chosen({4: 3.0, 8: 2.0}, {4: 0.001, 8: 0.5}) == (4, True)
+
+
+def test_mdl_over_a_store_bad_input(setup, tiny_llama_dir, tmp_path):
+    root = setup
+    sae = root / "sae" / "topk-k2-w64"
+    other = tmp_path / "other-model"
+    shutil.copytree(sae, other)
+    cfg = json.loads((other / "cfg.json").read_text())
+    cfg["metadata"]["model_name"] = "smollm2-135m"
+    (other / "cfg.json").write_text(json.dumps(cfg))
+    (tmp_path / "empty").mkdir()
+    only0 = tmp_path / "only0"
+    _invoke("cache", "--model", str(tiny_llama_dir), "--site", SITES[0], "--out", str(only0), "--tokens", "256",
+            "--ctx-len", "32", "--text", str(root / "held.txt"))  # fmt: skip
+    for args, message in (
+        ([str(sae)], "add --store DIR"),
+        (["tms:5,2", "--store", str(root / "held")], "every TARGET must be a dictionary folder"),
+        ([str(other), "--store", str(root / "held")], "was trained on 'smollm2-135m'"),
+        ([str(sae), "--store", str(tmp_path / "empty")], "is not an activation store"),
+        ([str(root / "tc" / "transcoder-topk-k4-w64"), "--store", str(only0)], "which the store"),
+        ([str(sae), str(root / "tc" / "transcoder-topk-k4-w64"), "--store", str(root / "held")], "different sites"),
+        ([str(sae), "--store", str(root / "held"), "--calibration-tokens", "5000"], "lower --calibration-tokens"),
+        ([str(sae), "--store", str(root / "held"), "--tolerance", "1e-20"], "raise --tolerance"),
+    ):
+        result = runner.invoke(app, ["mdl", *args, "--out", str(tmp_path / "x")])
+        assert result.exit_code != 0, args
+        assert message in str(result.exception), (args, result.exception)
