@@ -110,6 +110,11 @@ BENCHES = {
         Bench("edges_vs_autocircuit", peer="autocircuit", what="Edge attribution patching vs auto-circuit"),
         Bench("fingerprint_modadd", what="Clock and pizza runs told apart on held-out moduli, against two baselines"),
         Bench("mdl_tms", what="The toy of superposition's known answer at sizes no test uses, N = 8M among them"),
+        Bench(
+            "mdl_smollm2",
+            what="Bits per token of SmolLM2's layer-15 residual stream over a 524k-token store: neurons, PCA, 8 SAEs, "
+            "a transcoder, SAEBench's measure beside",
+        ),
         Bench("mdl_dln_family", what="Weights' bits and the closed-form LLC across deep linear networks (Spearman)"),
         Bench("devices", what="The same unweave work on the CPU and on the GPU (when there is one), side by side"),
     )

@@ -165,7 +165,7 @@ class Calibration:
     params: dict[str, torch.Tensor]  # unquantised, float64
     value_step: float  # the codes' step: delta * rms of the nonzero codes
     codes: torch.Tensor  # unquantised codes of data.rows()
-    output: torch.Tensor  # the network's output with the quantised description spliced in
+    ce_recovered: float | None  # with the quantised description spliced in (kl measure with labels)
 
 
 def calibrate(basis: Basis, data: SiteData, tolerance: float, bisections: int = BISECTIONS) -> Calibration:
@@ -185,7 +185,8 @@ def calibrate(basis: Basis, data: SiteData, tolerance: float, bisections: int = 
         return data.distortion(data.spliced(rebuild(delta)))
 
     search: Search = coarsest_delta(distortion, tolerance, bisections)
-    return Calibration(basis, search, params, search.delta * value_scale, codes, data.spliced(rebuild(search.delta)))
+    ce = data.ce_recovered(data.spliced(rebuild(search.delta))) if data.labels is not None else None
+    return Calibration(basis, search, params, search.delta * value_scale, codes, ce)
 
 
 def code_symbols(basis: Basis, codes: torch.Tensor, step: float) -> torch.Tensor:
@@ -217,7 +218,7 @@ def row(cal: Calibration, data: SiteData, counts: coding.SymbolCounts, n: int) -
         delta=search.delta,
         meets_tolerance=search.met,
         mean_active=mean_active,
-        ce_recovered=data.ce_recovered(cal.output),
+        ce_recovered=cal.ce_recovered,
         n=n,
     )
     if not search.met:
