@@ -29,8 +29,9 @@ from common import table
 HERE = Path(__file__).resolve().parent
 UNWEAVE = [sys.executable, "-m", "unweave"]
 SITE, MLP_IN, MLP_OUT = "model.layers.15", "model.layers.15.mlp:input", "model.layers.15.mlp"
-SWEEP = [(2304, [8, 16, 32, 64]), (4608, [16, 32, 64]), (9216, [32])]  # (width, k values): 8 SAEs
-SIZES = {"full": (524_288, 524_288), "quick": (32_768, 32_768)}  # (training tokens, held-out store tokens)
+SWEEP = [(2304, [8, 16, 32, 64]), (4608, [16, 32, 64]), (1152, [16])]  # (width, k values): 8 SAEs
+# (training store tokens, held-out store tokens, training tokens per dictionary: 4 passes, 512 steps of 4,096)
+SIZES = {"full": (524_288, 524_288, 2_097_152), "quick": (32_768, 32_768, 131_072)}
 
 
 def unweave(*args: str) -> None:
@@ -54,7 +55,7 @@ def split_texts(data: Path) -> tuple[Path, Path]:
     return folders
 
 
-def prepare(data: Path, train_tokens: int, held_tokens: int) -> tuple[list[Path], Path, Path]:
+def prepare(data: Path, train_tokens: int, held_tokens: int, sae_tokens: int) -> tuple[list[Path], Path, Path]:
     train_text, held_text = split_texts(data)
     sites = [a for s in (SITE, MLP_IN, MLP_OUT) for a in ("--site", s)]
     for name, text, tokens in (("store-train", train_text, train_tokens), ("store-held", held_text, held_tokens)):
@@ -68,14 +69,14 @@ def prepare(data: Path, train_tokens: int, held_tokens: int) -> tuple[list[Path]
             print(f"training TopK SAEs of width {width}, k {ks}", flush=True)
             k_args = [a for k in ks for a in ("--k", str(k))]
             unweave("sae", "train", "--store", str(data / "store-train"), "--site", SITE, "--width", str(width),
-                    *k_args, "--out", str(out))  # fmt: skip
+                    *k_args, "--tokens", str(sae_tokens), "--out", str(out))  # fmt: skip
         saes += [out / f"topk-k{k}-w{width}" for k in ks]
     transcoder = data / "transcoder"
     if not done(transcoder):
         print("training a transcoder of layer 15's MLP", flush=True)
         unweave("sae", "train", "--store", str(data / "store-train"), "--site", MLP_IN, "--target-site", MLP_OUT,
-                "--k", "32", "--width", "4608", "--out", str(transcoder))  # fmt: skip
-    return saes, transcoder / "transcoder-topk-k32-w4608", data / "store-held"
+                "--k", "32", "--width", "2304", "--tokens", str(sae_tokens), "--out", str(transcoder))  # fmt: skip
+    return saes, transcoder / "transcoder-topk-k32-w2304", data / "store-held"
 
 
 def timed_mdl(folders: list[Path], store: Path, out: Path) -> tuple[dict, float, float]:

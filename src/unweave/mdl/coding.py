@@ -79,6 +79,13 @@ class SymbolCounts:
         counts = torch.cat([self.counts, new_counts])
         self.counts = torch.zeros(len(self._keys), dtype=torch.long).index_add_(0, inverse, counts)
 
+    def add_quantised(self, units: torch.Tensor, values: torch.Tensor, step: float) -> None:
+        """Count round(value / step) for each (unit, value) entry of a sparse code; entries that
+        round to zero are inactive and not counted."""
+        symbols = torch.round(values.double() / step).long()
+        kept = symbols != 0
+        self.add(units[kept], symbols[kept])
+
     def add_codes(self, codes: torch.Tensor) -> None:
         """Count the nonzero symbols of an (n, units) integer code; zero means inactive."""
         rows, units = codes.nonzero(as_tuple=True)

@@ -67,11 +67,17 @@ class Histograms:
         self.counts = {b: torch.zeros(len(top), b, dtype=torch.long) for b in num_bins}
 
     def add(self, codes: torch.Tensor) -> None:
-        codes = codes.double()
-        self.n += len(codes)
-        self.firing += (codes > 0).sum(0)
+        """A batch of codes, (tokens, latents)."""
         rows, latents = codes.nonzero(as_tuple=True)
-        values, zeros = codes[rows, latents], len(codes) - (codes != 0).sum(0)
+        self.add_entries(latents, codes[rows, latents], len(codes))
+
+    def add_entries(self, latents: torch.Tensor, values: torch.Tensor, n: int) -> None:
+        """A batch of n tokens given by its nonzero entries (latent, value)."""
+        values = values.double()
+        self.n += n
+        width = len(self.firing)
+        self.firing += torch.bincount(latents[values > 0], minlength=width)
+        zeros = n - torch.bincount(latents, minlength=width)
         for b, counts in self.counts.items():
             flat = latents * b + bin_index(values[:, None], self.top[latents, None], b)[:, 0]
             counts += torch.bincount(flat, minlength=counts.numel()).reshape(counts.shape)

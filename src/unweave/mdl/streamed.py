@@ -30,7 +30,7 @@ from unweave.dictionaries import io
 from unweave.dictionaries.sae import SAE, ordinary_rows
 from unweave.mdl import coding, saebench
 from unweave.mdl.bases import Basis, Dictionary, Linear, Neurons
-from unweave.mdl.describe import Calibration, Row, SiteData, calibrate, code_symbols, row
+from unweave.mdl.describe import Calibration, Row, SiteData, calibrate, row
 from unweave.scoring import float_logits
 from unweave.store import ActivationStore, StoreError
 
@@ -208,11 +208,15 @@ def describe_store(
             counted = cal.search.met and cal.basis.codes_sent
             if not counted and id(cal) not in bench:
                 continue
-            codes = cal.basis.encode(acts[cal.basis.reads or source.site]).double()
-            if counted:
-                count.add_codes(code_symbols(cal.basis, codes, cal.value_step))
+            codes = cal.basis.encode(acts[cal.basis.reads or source.site])
+            rows_, units = codes.nonzero(as_tuple=True)  # only the nonzero entries are coded
+            values = codes[rows_, units]
+            if counted and cal.basis.binary:
+                count.add(units, torch.ones_like(units))
+            elif counted:
+                count.add_quantised(units, values, cal.value_step)
             if id(cal) in bench:  # SAEBench's quantity does not depend on the tolerance
-                bench[id(cal)][0].add(codes)
+                bench[id(cal)][0].add_entries(units, values, len(codes))
     rows = [row(cal, data, count, n) for cal, count in zip(cals, counts)]
     by_cal = {id(c): r for c, r in zip(cals, rows)}
     side = [_saebench_row(c, by_cal[id(c)], *bench[id(c)]) for c in dictionaries]
