@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from code_counts import numpy_code_bits
 from scipy.special import comb, gammaln
 from scipy.stats import entropy
 from torch import nn
@@ -107,19 +108,7 @@ def test_neuron_bits_equal_an_independent_count_and_the_tolerance_holds():
     row = describe(Neurons(3), data, 0.01)
     assert row.meets_tolerance and row.kl <= 0.01 and row.param_bits == 0
     step = row.delta * data.rows().double().pow(2).mean().sqrt().item()
-    sym = np.round(data.rows().double().numpy() / step).astype(np.int64)
-    index = value = 0.0
-    for unit in range(3):
-        col = sym[:, unit]
-        nz = col[col != 0]
-        index += math.log2(257) + math.log2(comb(256, len(nz), exact=True))
-        _, c = np.unique(nz, return_counts=True)
-        k = nz.max() - nz.min() + 1
-        value += (
-            (gammaln(len(nz) + 1) - gammaln(c + 1).sum()) / math.log(2)
-            + math.log2(comb(len(nz) + k - 1, k - 1, exact=True))
-            + float(coding.signed_bits(int(nz.min())) + coding.gamma_bits(int(k)))
-        )
+    index, value = numpy_code_bits(np.round(data.rows().double().numpy() / step).astype(np.int64))
     assert row.index_bits == pytest.approx(index, rel=1e-9)
     assert row.value_bits == pytest.approx(value + coding.FLOAT_BITS, rel=1e-9)
 

@@ -4,14 +4,13 @@ covariance equals PCA of the rows, SAEBench's quantity equals numpy/scipy histog
 entropies, and every mismatch between dictionaries and store is a one-line error."""
 
 import json
-import math
 import random
 import shutil
 
 import numpy as np
 import pytest
 import torch
-from scipy.special import comb, gammaln
+from code_counts import numpy_code_bits
 from scipy.stats import entropy
 from typer.testing import CliRunner
 
@@ -77,20 +76,7 @@ def test_bits_over_a_store_equal_an_independent_count(setup, tmp_path):
     calibration = held.load_shard(0, SITES[0])[:128].double()
     calibration = calibration[calibration.norm(dim=1) <= store["max_input_norm"]]
     step = neurons["delta"] * calibration.pow(2).mean().sqrt().item()
-    symbols = np.round(x.numpy() / step).astype(np.int64)
-    n = len(symbols)
-    index = value = 0.0
-    for unit in range(symbols.shape[1]):
-        nz = symbols[:, unit][symbols[:, unit] != 0]
-        index += math.log2(n + 1) + math.log2(comb(n, len(nz), exact=True))
-        if len(nz):
-            _, c = np.unique(nz, return_counts=True)
-            k = nz.max() - nz.min() + 1
-            value += (
-                (gammaln(len(nz) + 1) - gammaln(c + 1).sum()) / math.log(2)
-                + math.log2(comb(len(nz) + k - 1, k - 1, exact=True))
-                + float(coding.signed_bits(int(nz.min())) + coding.gamma_bits(int(k)))
-            )
+    index, value = numpy_code_bits(np.round(x.numpy() / step).astype(np.int64))
     assert neurons["index_bits"] == pytest.approx(index, rel=1e-6)
     assert neurons["value_bits"] == pytest.approx(value + coding.FLOAT_BITS, rel=1e-6)
     # SAEBench's quantity beside ours, for each dictionary
