@@ -41,7 +41,8 @@ def test_per_unit_histograms_merge_across_batches_like_numpy():
     codes = (torch.randn(300, 6, generator=gen) * 3).round().long() * (torch.rand(300, 6, generator=gen) < 0.4)
     counts = coding.SymbolCounts(6)
     for batch in codes.split(64):
-        counts.add_codes(batch)
+        rows, units = batch.nonzero(as_tuple=True)
+        counts.add(units, batch[rows, units])
     for unit in range(6):
         nonzero = codes[:, unit][codes[:, unit] != 0].numpy()
         _, c = np.unique(nonzero, return_counts=True)

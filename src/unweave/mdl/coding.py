@@ -86,11 +86,6 @@ class SymbolCounts:
         kept = symbols != 0
         self.add(units[kept], symbols[kept])
 
-    def add_codes(self, codes: torch.Tensor) -> None:
-        """Count the nonzero symbols of an (n, units) integer code; zero means inactive."""
-        rows, units = codes.nonzero(as_tuple=True)
-        self.add(units, codes[rows, units])
-
     def active(self) -> torch.Tensor:
         """Per unit, how many symbols were counted."""
         return torch.zeros(self.n_units, dtype=torch.long).index_add_(0, self.keys[:, 0], self.counts)

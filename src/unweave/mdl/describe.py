@@ -27,7 +27,6 @@ from unweave.mdl.quantise import (
     quantised,
     quantised_tensors,
     rms,
-    symbols,
     tensor_bits,
 )
 from unweave.scoring import ce_per_example, kl_per_example, loss_recovered
@@ -181,17 +180,41 @@ def calibrate(basis: Basis, data: SiteData, tolerance: float, bisections: int = 
         q_codes = codes if basis.binary or not basis.codes_sent else quantised(codes, delta * value_scale)
         return basis.decode(q_codes, q_params)
 
+    # the outputs of the last evaluation and of the last one within tolerance: the search ends
+    # on one of them, so the chosen step's output (for CE recovered) needs no forward pass of its own
+    seen: dict[str, tuple[float, torch.Tensor]] = {}
+
     def distortion(delta: float) -> float:
-        return data.distortion(data.spliced(rebuild(delta)))
+        output = data.spliced(rebuild(delta))
+        value = data.distortion(output)
+        seen["last"] = (delta, output)
+        if value <= tolerance:
+            seen["within"] = (delta, output)
+        return value
 
     search: Search = coarsest_delta(distortion, tolerance, bisections)
-    ce = data.ce_recovered(data.spliced(rebuild(search.delta))) if data.labels is not None else None
+    ce = None
+    if data.labels is not None:
+        chosen = next((out for d, out in seen.values() if d == search.delta), None)
+        ce = data.ce_recovered(chosen if chosen is not None else data.spliced(rebuild(search.delta)))
     return Calibration(basis, search, params, search.delta * value_scale, codes, ce)
 
 
-def code_symbols(basis: Basis, codes: torch.Tensor, step: float) -> torch.Tensor:
-    """The integer code that is sent: 0/1 for a binary basis, round(code / step) otherwise."""
-    return (codes != 0).long() if basis.binary else symbols(codes, step)
+def nonzero_entries(codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(units, values) of the nonzero entries of an (n, units) code: all a code sends."""
+    rows, units = codes.nonzero(as_tuple=True)
+    return units, codes[rows, units]
+
+
+def count_code(
+    counts: coding.SymbolCounts, basis: Basis, units: torch.Tensor, values: torch.Tensor, step: float
+) -> None:
+    """Add a code's nonzero entries to `counts` as the symbols sent: 1 each for a binary basis,
+    round(value / step) otherwise (entries rounding to zero are inactive)."""
+    if basis.binary:
+        counts.add(units, torch.ones_like(units))
+    else:
+        counts.add_quantised(units, values, step)
 
 
 def describe(basis: Basis, data: SiteData, tolerance: float) -> Row:
@@ -199,7 +222,7 @@ def describe(basis: Basis, data: SiteData, tolerance: float) -> Row:
     `tolerance`, and count its bits."""
     cal = calibrate(basis, data, tolerance)
     counts = coding.SymbolCounts(basis.width)
-    counts.add_codes(code_symbols(basis, cal.codes, cal.value_step))
+    count_code(counts, basis, *nonzero_entries(cal.codes), cal.value_step)
     return row(cal, data, counts, len(cal.codes))
 
 

@@ -30,7 +30,7 @@ from unweave.dictionaries import io
 from unweave.dictionaries.sae import SAE, ordinary_rows
 from unweave.mdl import coding, saebench
 from unweave.mdl.bases import Basis, Dictionary, Linear, Neurons
-from unweave.mdl.describe import Calibration, Row, SiteData, calibrate, row
+from unweave.mdl.describe import Calibration, Row, SiteData, calibrate, count_code, nonzero_entries, row
 from unweave.scoring import float_logits
 from unweave.store import ActivationStore, StoreError
 
@@ -209,12 +209,9 @@ def describe_store(
             if not counted and id(cal) not in bench:
                 continue
             codes = cal.basis.encode(acts[cal.basis.reads or source.site])
-            rows_, units = codes.nonzero(as_tuple=True)  # only the nonzero entries are coded
-            values = codes[rows_, units]
-            if counted and cal.basis.binary:
-                count.add(units, torch.ones_like(units))
-            elif counted:
-                count.add_quantised(units, values, cal.value_step)
+            units, values = nonzero_entries(codes)
+            if counted:
+                count_code(count, cal.basis, units, values, cal.value_step)
             if id(cal) in bench:  # SAEBench's quantity does not depend on the tolerance
                 bench[id(cal)][0].add_entries(units, values, len(codes))
     rows = [row(cal, data, count, n) for cal, count in zip(cals, counts)]
@@ -231,16 +228,16 @@ def _saebench_bins(
     if not dictionaries:
         return {}
     tops = {id(c): torch.zeros(c.basis.width, dtype=torch.float64) for c in dictionaries}
-    first = None
+    x, first = None, {}  # the first batch's activations, and each dictionary's codes of it
     for acts, _ in source.batches(SAEBENCH_TOKENS):
-        first = first or acts
+        x = acts[source.site] if x is None else x
         for c in dictionaries:
             codes = c.basis.encode(acts[c.basis.reads or source.site]).double()
+            first.setdefault(id(c), codes)
             tops[id(c)] = torch.maximum(tops[id(c)], codes.max(0).values)
     out = {}
     for c in dictionaries:
-        x = first[source.site]
-        codes = c.basis.encode(first[c.basis.reads or source.site]).double()
+        codes = first[id(c)]
         metric = saebench.viability(x, codes, tops[id(c)], lambda q, b=c.basis, p=c.params: b.decode(q, p))
         out[id(c)] = (saebench.Histograms(tops[id(c)]), metric)
     return out
