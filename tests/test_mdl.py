@@ -19,7 +19,7 @@ from unweave.cli import app
 from unweave.mdl import coding
 from unweave.mdl.bases import LookupTable, Neurons, pursuit
 from unweave.mdl.describe import SiteData, describe
-from unweave.mdl.quantise import coarsest_delta
+from unweave.mdl.quantise import DELTA_RANGE, PRECISION, coarsest_delta
 
 
 def test_sequence_code_counts_every_sequence_with_the_histogram():
@@ -66,12 +66,30 @@ def test_elias_gamma_lengths():
     assert coding.signed_bits(torch.tensor([0, -1, 1, -2])).tolist() == [1, 3, 3, 5]  # zigzag 1, 2, 3, 4
 
 
-def test_bisection_finds_the_boundary_of_a_monotone_distortion():
-    boundary = 0.0123
-    search = coarsest_delta(lambda d: d / boundary, 1.0)
-    assert search.met and boundary / 1.001 < search.delta <= boundary
-    assert search.evaluations < 25  # bisection, not a grid
+@pytest.mark.parametrize(
+    "name, distortion, boundary",
+    [
+        ("linear", lambda d: d / 0.0123, 0.0123),
+        ("quadratic", lambda d: (d / 0.37) ** 2, 0.37),
+        ("a floor, then quadratic", lambda d: 0.9 + 0.1 * (d / 0.2) ** 2, 0.2),
+        ("steep", lambda d: (d / 0.01) ** 8, 0.01),
+        ("a step", lambda d: 0.0 if d < 0.05 else 5.0, 0.05),
+    ],
+)
+def test_the_search_finds_the_boundary_of_a_monotone_distortion(name, distortion, boundary):
+    search = coarsest_delta(distortion, 1.0)
+    assert search.met and boundary / PRECISION < search.delta <= boundary
+    assert search.distortion == distortion(search.delta) <= 1.0
+    # bisection from DELTA_RANGE to that precision takes 12 evaluations; the secant steps need fewer
+    # on smooth distortions, and a jump costs at most two per halving of the bracket
+    smooth = name in ("quadratic", "a floor, then quadratic")
+    assert search.evaluations <= (7 if smooth else 22 if name == "a step" else 12)
+
+
+def test_the_search_reports_a_tolerance_no_step_meets():
     assert not coarsest_delta(lambda d: 2.0, 1.0).met
+    whole = coarsest_delta(lambda d: 0.5, 1.0)
+    assert whole.met and whole.delta == DELTA_RANGE[1] and whole.evaluations == 1
 
 
 def test_pursuit_recovers_planted_sparse_codes():

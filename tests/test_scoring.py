@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from scipy.special import log_softmax as np_log_softmax
+from scipy.special import rel_entr
 from scipy.stats import entropy
 
 from unweave import scoring
@@ -170,3 +171,17 @@ def test_loss_recovered_closed_form(clean, patched, baseline, want):
 @pytest.mark.parametrize("clean,baseline", [(1.0, 1.0), (0.3, 0.3 + 5e-13), (0.3, 0.3 - 5e-13), (0.0, 0.999e-12)])
 def test_loss_recovered_is_nan_when_the_baseline_costs_nothing(clean, baseline):
     assert math.isnan(scoring.loss_recovered(clean, 0.2, baseline))
+
+
+@pytest.mark.parametrize("shape", [(7, 5, 11), (2, 1040, 2048)])  # float64 below 2^22 entries, float32 above
+def test_kl_to_a_fixed_reference_equals_scipys(shape):
+    gen = torch.Generator().manual_seed(0)
+    p = torch.randn(shape, generator=gen) * 3
+    q = p + 0.3 * torch.randn(shape, generator=gen)
+    kl = scoring.ReferenceKL(p)
+    assert kl.dtype == (torch.float64 if p.numel() <= 2**22 else torch.float32)
+    # scipy.special.rel_entr over float64 softmaxes, independent of unweave's log-softmax
+    pp, qq = (np_log_softmax(t.double().numpy(), -1) for t in (p, q))
+    expected = rel_entr(np.exp(pp), np.exp(qq)).sum(-1).mean(-1)
+    assert np.allclose(kl(q).numpy(), expected, rtol=1e-7, atol=1e-12)
+    assert torch.allclose(kl(p), torch.zeros(shape[0], dtype=torch.float64), atol=1e-7)

@@ -13,8 +13,6 @@ from unweave.mdl import plots
 from unweave.mdl.bases import Dictionary
 from unweave.mdl.describe import Row, describe, weight_bits
 from unweave.mdl.program import program_bits
-from unweave.mdl.quantise import BISECTIONS
-from unweave.mdl.streamed import BISECTIONS as STORE_BISECTIONS
 from unweave.mdl.streamed import CALIBRATION_TOKENS, describe_store
 from unweave.mdl.targets import TARGETS, Target, resolve
 from unweave.report import Report, Section
@@ -108,7 +106,7 @@ def description_lengths(target: Target, tolerance: float | None = None) -> tuple
         rows = [describe(b, data, tolerance) for b in progress.track(target.bases, "descriptions at tolerance")]
         store = None
     best = best_row(rows)
-    weights = weight_bits(data, tolerance, STORE_BISECTIONS if target.stream is not None else BISECTIONS)
+    weights = weight_bits(data, tolerance)
     program = None
     if target.modadd is not None:
         model, mod, p, freqs = target.modadd

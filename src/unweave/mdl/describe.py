@@ -21,7 +21,6 @@ from torch.func import functional_call
 from unweave.mdl import coding
 from unweave.mdl.bases import Basis
 from unweave.mdl.quantise import (
-    BISECTIONS,
     Search,
     coarsest_delta,
     quantised,
@@ -29,7 +28,8 @@ from unweave.mdl.quantise import (
     rms,
     tensor_bits,
 )
-from unweave.scoring import ce_per_example, kl_per_example, loss_recovered
+from unweave.replay import Replay
+from unweave.scoring import ReferenceKL, ce_per_example, loss_recovered
 from unweave.sites import capture, patch
 
 MEASURES = ("kl", "output_fvu")
@@ -48,7 +48,8 @@ class SiteData:
     # values in every splice and cost nothing, the same for every basis (massive activations)
     keep: Callable[[torch.Tensor], torch.Tensor] | None = None
     keep_site: str | None = None  # the site `keep` reads (default: the described one)
-    _reference: torch.Tensor | None = field(default=None, repr=False)
+    _replay: Replay | None = field(default=None, repr=False)
+    _kl: ReferenceKL | None = field(default=None, repr=False)
     _acts: dict = field(default_factory=dict, repr=False)
     _mask: torch.Tensor | None = field(default=None, repr=False)
     _ablated_ce: float | None = field(default=None, repr=False)
@@ -63,11 +64,15 @@ class SiteData:
     def n(self) -> int:
         return len(self.rows())
 
-    @torch.no_grad()
+    def _replayed(self) -> Replay:
+        # every splice runs the same inputs: the blocks before the site are replayed (exactly)
+        if self._replay is None:
+            self._replay = Replay(self.model, self.site, lambda: self.outputs(self.model, self.inputs))
+        return self._replay
+
     def reference(self) -> torch.Tensor:
-        if self._reference is None:
-            self._reference = self.outputs(self.model, self.inputs).double()
-        return self._reference
+        """The network's own output on the inputs."""
+        return self._replayed().reference
 
     @torch.no_grad()
     def flat(self, site: str) -> torch.Tensor:
@@ -111,13 +116,15 @@ class SiteData:
     @torch.no_grad()
     def spliced(self, rows: torch.Tensor) -> torch.Tensor:
         """The network's output with the described activations replaced by `rows`."""
-        with patch(self.model, {self.site: lambda act: self._put(act, rows)}):
-            return self.outputs(self.model, self.inputs).double()
+        with self._replayed(), patch(self.model, {self.site: lambda act: self._put(act, rows)}):
+            return self.outputs(self.model, self.inputs)
 
     def distortion(self, output: torch.Tensor) -> float:
-        ref = self.reference()
         if self.measure == "kl":
-            return kl_per_example(ref, output).mean().item()
+            if self._kl is None:
+                self._kl = ReferenceKL(self.reference())
+            return self._kl(output).mean().item()
+        ref, output = self.reference().double(), output.double()
         return ((output - ref).pow(2).sum() / (ref - ref.mean(0)).pow(2).sum()).item()
 
     def ce_recovered(self, output: torch.Tensor) -> float | None:
@@ -167,7 +174,7 @@ class Calibration:
     ce_recovered: float | None  # with the quantised description spliced in (kl measure with labels)
 
 
-def calibrate(basis: Basis, data: SiteData, tolerance: float, bisections: int = BISECTIONS) -> Calibration:
+def calibrate(basis: Basis, data: SiteData, tolerance: float) -> Calibration:
     """The coarsest relative step delta at which `basis`'s quantised description of
     data.rows() keeps the output within `tolerance`."""
     x = data.rows() if basis.reads is None else data.rows_at(basis.reads)
@@ -192,7 +199,7 @@ def calibrate(basis: Basis, data: SiteData, tolerance: float, bisections: int = 
             seen["within"] = (delta, output)
         return value
 
-    search: Search = coarsest_delta(distortion, tolerance, bisections)
+    search: Search = coarsest_delta(distortion, tolerance)
     ce = None
     if data.labels is not None:
         chosen = next((out for d, out in seen.values() if d == search.delta), None)
@@ -281,18 +288,16 @@ class WeightBits:
 
 
 @torch.no_grad()
-def weight_bits(data: SiteData, tolerance: float, bisections: int = BISECTIONS) -> WeightBits:
+def weight_bits(data: SiteData, tolerance: float) -> WeightBits:
     """Bits of the network's own weights: every floating tensor quantised with step
     delta * rms(tensor) at the coarsest delta whose output stays within `tolerance`."""
     model = data.model
     weights = {k: v.detach() for k, v in model.named_parameters() if v.is_floating_point()}
 
     def distortion(delta: float) -> float:
-        return data.distortion(
-            data.outputs(_Functional(model, quantised_tensors(weights, delta)), data.inputs).double()
-        )
+        return data.distortion(data.outputs(_Functional(model, quantised_tensors(weights, delta)), data.inputs))
 
-    search = coarsest_delta(distortion, tolerance, bisections)
+    search = coarsest_delta(distortion, tolerance)
     n_params = sum(v.numel() for v in weights.values())
     bits = tensor_bits(weights, search.delta) if search.met else None
     return WeightBits(bits, 32 * n_params, n_params, search.delta, search.distortion, search.met)

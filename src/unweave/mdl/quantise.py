@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 DELTA_RANGE = (1e-6, 4.0)  # relative steps searched: from near float precision to coarser than the data
-BISECTIONS = 18  # log-scale halvings: the step is found to within a factor 10^(6.6 / 2^18) of the boundary
+PRECISION = 1.015  # the step is found within this factor of the boundary: 0.02 bits per coded value
 
 
 def rms(t: torch.Tensor) -> float:
@@ -56,10 +56,19 @@ class Search:
     evaluations: int
 
 
-def coarsest_delta(distortion: Callable[[float], float], tolerance: float, bisections: int = BISECTIONS) -> Search:
-    """Bisection on log(delta) between DELTA_RANGE for the largest delta with
-    distortion(delta) <= tolerance. Assumes distortion grows with delta (true up to rounding
-    noise); the result always satisfies the tolerance when `met`."""
+def coarsest_delta(distortion: Callable[[float], float], tolerance: float, precision: float = PRECISION) -> Search:
+    """The largest delta in DELTA_RANGE with distortion(delta) <= tolerance, to within a
+    factor `precision`. Assumes distortion grows with delta (true up to rounding noise); the
+    result always satisfies the tolerance when `met`.
+
+    A bracket [lo, hi] (lo within, hi not) is narrowed by the secant method on
+    log(distortion - floor) against log delta, the floor being the distortion at the finest
+    step (what the description loses unquantised): quantisation noise adds about delta
+    squared to it, so that line is nearly straight, and the first guess takes its slope as
+    2. Each guess is kept a fraction of `precision` inside the bracket; one that falls
+    outside it, or that follows a guess which failed to halve the bracket, is replaced by
+    a bisection. About 5-8 evaluations where bisection to the same precision takes 12.
+    """
     lo, hi = DELTA_RANGE
     d_hi = distortion(hi)
     if d_hi <= tolerance:
@@ -67,11 +76,34 @@ def coarsest_delta(distortion: Callable[[float], float], tolerance: float, bisec
     d_lo = distortion(lo)
     if not d_lo <= tolerance:
         return Search(lo, d_lo, False, 2)
-    for _ in range(bisections):
-        mid = math.sqrt(lo * hi)
-        d_mid = distortion(mid)
-        if d_mid <= tolerance:
-            lo, d_lo = mid, d_mid
+    evaluations, floor, margin = 2, d_lo, math.log(precision) * 0.45
+    u_lo, u_hi = math.log(lo), math.log(hi)
+    points = [(u_hi, _log_excess(d_hi, floor, tolerance))]  # (log delta, <= 0 within); lo's is log 0
+    bisect = False
+    while u_hi - u_lo > math.log(precision):
+        width = u_hi - u_lo
+        u = (u_lo + u_hi) / 2
+        if not bisect:
+            if len(points) == 1:
+                guess = points[0][0] - points[0][1] / 2
+            else:
+                (u1, g1), (u2, g2) = points[-2:]
+                guess = u2 - g2 * (u2 - u1) / (g2 - g1) if g2 != g1 else math.nan
+            if u_lo < guess < u_hi:
+                u = min(max(guess, u_lo + margin), u_hi - margin)
+        d = distortion(math.exp(u))
+        evaluations += 1
+        points.append((u, _log_excess(d, floor, tolerance)))
+        if d <= tolerance:
+            u_lo, d_lo = u, d
         else:
-            hi = mid
-    return Search(lo, d_lo, True, 2 + bisections)
+            u_hi = u
+        bisect = not bisect and u_hi - u_lo > width / 2
+    return Search(math.exp(u_lo), d_lo, True, evaluations)
+
+
+def _log_excess(d: float, floor: float, tolerance: float) -> float:
+    """log((distortion - floor) / (tolerance - floor)): <= 0 within the tolerance. Differences
+    below 1e-12 of the tolerance count as that (the log of 0)."""
+    tiny = tolerance * 1e-12
+    return math.log(max(d - floor, tiny) / max(tolerance - floor, tiny))

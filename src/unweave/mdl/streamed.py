@@ -35,7 +35,6 @@ from unweave.scoring import float_logits
 from unweave.store import ActivationStore, StoreError
 
 CALIBRATION_TOKENS = 1024
-BISECTIONS = 10  # log-scale halvings of the step: within a factor 10^(6.6 / 2^10) = 1.5% of the boundary
 BATCH_TOKENS = 8192
 SAEBENCH_TOKENS = 65_536  # tokens SAEBench's bins are fitted on (it takes them from a few batches too)
 PCA_RANKS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
@@ -193,11 +192,9 @@ class StoreCounts:
     saebench: list[dict]
 
 
-def describe_store(
-    bases: list[Basis], data: SiteData, source: StoreSource, tolerance: float, bisections: int = BISECTIONS
-) -> StoreCounts:
+def describe_store(bases: list[Basis], data: SiteData, source: StoreSource, tolerance: float) -> StoreCounts:
     """Calibrate every basis on `data`, then count its codes' bits over the whole store."""
-    cals = [calibrate(b, data, tolerance, bisections) for b in progress.track(bases, "calibrating on the model")]
+    cals = [calibrate(b, data, tolerance) for b in progress.track(bases, "calibrating on the model")]
     dictionaries = [c for c in cals if isinstance(c.basis, Dictionary) and c.basis.codes == "encoder"]
     bench = _saebench_bins(dictionaries, source)
     counts = [coding.SymbolCounts(c.basis.width) for c in cals]
