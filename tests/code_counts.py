@@ -26,3 +26,16 @@ def numpy_code_bits(symbols: np.ndarray) -> tuple[float, float]:
                 + float(coding.signed_bits(int(nz.min())) + coding.gamma_bits(int(k)))
             )
     return index, value
+
+
+def numpy_sequence_bits(symbols: np.ndarray) -> float:
+    """Two-part enumerative code of one integer sequence, every entry (zeros included): the
+    range header, the histogram over the range, the multinomial; a parameter tensor's code."""
+    flat = symbols.ravel()
+    _, c = np.unique(flat, return_counts=True)
+    m, k = len(flat), int(flat.max() - flat.min() + 1)
+    return (
+        float(coding.signed_bits(int(flat.min())) + coding.gamma_bits(k))
+        + math.log2(comb(m + k - 1, k - 1, exact=True))
+        + (gammaln(m + 1) - gammaln(c + 1).sum()) / math.log(2)
+    )

@@ -530,3 +530,29 @@ def test_runs_indexes_every_run_folder(tmp_path):
     assert len(json.loads((tmp_path / "again" / "runs.json").read_text())["runs"]) == 2
     result = runner.invoke(app, ["runs", str(tmp_path / "missing")])
     assert result.exit_code != 0 and "is not a folder" in str(result.exception)
+
+
+def test_the_demo_says_why_the_llc_falls_from_its_own_numbers():
+    from types import SimpleNamespace
+
+    from scipy.stats import spearmanr
+
+    from unweave.demo import why_llc_falls
+
+    llc = [5.0, 30.0, 22.0, 15.0, 16.0]
+    norms = [40.0, 45.0, 38.0, 30.0, 29.0]
+    points = [(100 * (i + 1), SimpleNamespace(llc_mean=v), "") for i, v in enumerate(llc)]
+    measures = [
+        {"step": s, "weight_norm": w, "key_norm_fraction": f}
+        for (s, _, _), w, f in zip(points, norms, [0.2, 0.3, 0.6, 0.9, 0.95])
+    ]
+    history = [{"step": s, "train_loss": 1e-3, "test_loss": t} for (s, _, _), t in zip(points, [4, 5, 1, 0.1, 0.01])]
+    text = why_llc_falls(points, measures, history)
+    rho = spearmanr(llc[1:], norms[1:]).statistic
+    assert "from its peak, 30 at step 200, to 16 at step 500" in text
+    assert "from 45 to 29" in text and "from 30.0% to 95.0%" in text and f"{rho:.2f}" in text
+    assert "Reading:" in text  # the norm fell and the key frequencies' share rose
+    measures[-1]["key_norm_fraction"] = 0.1  # the numbers no longer carry the reading
+    assert "Reading:" not in why_llc_falls(points, measures, history)
+    rising = [(s, SimpleNamespace(llc_mean=float(s)), "") for s, _, _ in points]
+    assert "does not fall" in why_llc_falls(rising, measures, history)

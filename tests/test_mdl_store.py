@@ -4,13 +4,14 @@ covariance equals PCA of the rows, SAEBench's quantity equals numpy/scipy histog
 entropies, and every mismatch between dictionaries and store is a one-line error."""
 
 import json
+import math
 import random
 import shutil
 
 import numpy as np
 import pytest
 import torch
-from code_counts import numpy_code_bits
+from code_counts import numpy_code_bits, numpy_sequence_bits
 from scipy.stats import entropy
 from typer.testing import CliRunner
 
@@ -79,6 +80,16 @@ def test_bits_over_a_store_equal_an_independent_count(setup, tmp_path):
     index, value = numpy_code_bits(np.round(x.numpy() / step).astype(np.int64))
     assert neurons["index_bits"] == pytest.approx(index, rel=1e-6)
     assert neurons["value_bits"] == pytest.approx(value + coding.FLOAT_BITS, rel=1e-6)
+    # the lookup table: every described row quantised at its step (the calibration table's
+    # delta * rms) and coded as one sequence, plus which row each token is (each used once)
+    lookup = next(r for r in data["rows"] if r["basis"] == "lookup table")
+    n = len(x)
+    step = lookup["delta"] * calibration.pow(2).mean().sqrt().item()
+    table = numpy_sequence_bits(np.round(x.numpy() / step).astype(np.int64))
+    assert lookup["width"] == n and lookup["value_bits"] == 0
+    assert lookup["param_bits"] == pytest.approx(table + coding.FLOAT_BITS, rel=1e-6)
+    assert lookup["index_bits"] == pytest.approx(n * (math.log2(n + 1) + math.log2(n)), rel=1e-9)
+    assert lookup["total_bits"] > neurons["total_bits"]  # the rows themselves, and which one each token is
     # SAEBench's quantity beside ours, for each dictionary
     assert [r["basis"] for r in data["saebench"]] == ["topk-k2-w64 (sae-topk)", "topk-k4-w64 (sae-topk)"]
     assert all(r["saebench_bits_per_token"] > 0 for r in data["saebench"])
@@ -101,7 +112,7 @@ def test_streamed_pca_equals_pca_of_the_rows(setup):
     root = setup
     target = open_dictionaries([root / "sae" / "topk-k2-w64"], root / "held")
     target.source.batch_tokens = 300  # batches that do not divide the store
-    streamed = {b.width: b for b in store_bases(target) if b.name == "pca"}
+    streamed = {b.width: b for b in store_bases(target, torch.zeros(1, 32)) if b.name == "pca"}
     held = ActivationStore(root / "held")
     x = torch.cat([held.load_shard(i, SITES[0]) for i in range(len(held.shards))]).double()
     x = x[x.norm(dim=1) <= target.source.max_norm]

@@ -4,8 +4,12 @@ run folder (record.json, results.json, report.html)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+import torch
+from scipy.stats import spearmanr
 
 from unweave import progress
 from unweave.configs import setting
@@ -16,7 +20,7 @@ from unweave.mdl.command import add_sections, description_lengths
 from unweave.mdl.targets import modadd_target
 from unweave.report import Report
 from unweave.runs import Run, RunResult
-from unweave.slt import SGLDConfig, llc_over_checkpoints
+from unweave.slt import LLCResult, SGLDConfig, llc_over_checkpoints
 from unweave.slt import plots as slt_plots
 from unweave.slt.saved import SavedRuns
 from unweave.zoo import fourier, plots
@@ -51,10 +55,53 @@ def progress_measures(run: TrainedModAdd, key_freqs: list[int]) -> list[dict]:
             {
                 "step": step,
                 "key_norm_fraction": fourier.norm_fraction(model.W_E.detach(), cfg.p, key_freqs),
+                "weight_norm": torch.cat([q.detach().flatten() for q in model.parameters()]).norm().item(),
                 **fourier.logit_measures(model, data, cfg.p, key_freqs),
             }
         )
     return rows
+
+
+def why_llc_falls(points: list[tuple[int, LLCResult, str]], measures: list[dict], history: list[dict]) -> str:
+    """The LLC from its peak to the last checkpoint, beside what else changed over the same
+    checkpoints (the weights' norm, the embedding's share in the key frequencies, the losses),
+    all measured in this run; the reading is stated only where those numbers carry it."""
+    by_step = {m["step"]: m for m in measures}
+    pts = [(s, r.llc_mean) for s, r, _ in points if s in by_step and math.isfinite(r.llc_mean)]
+    if len(pts) < 3:
+        return "Too few checkpoints with an LLC estimate to say how it changes."
+    peak = max(range(len(pts)), key=lambda i: pts[i][1])
+    (s0, llc0), (s1, llc1) = pts[peak], pts[-1]
+    if peak == len(pts) - 1 or llc1 >= llc0:
+        return (
+            f"The LLC does not fall after its peak in this run (largest {llc0:.3g} at step {s0}, the last checkpoint)."
+        )
+    m0, m1 = by_step[s0], by_step[s1]
+    loss = {h["step"]: h for h in history}
+    tail = pts[peak:]
+    rho = (
+        spearmanr([v for _, v in tail], [by_step[s]["weight_norm"] for s, _ in tail]).statistic
+        if len(tail) > 2
+        else math.nan
+    )
+    text = (
+        f"Why the LLC falls: from its peak, {llc0:.3g} at step {s0}, to {llc1:.3g} at step {s1}, the weights' norm "
+        f"goes from {m0['weight_norm']:.4g} to {m1['weight_norm']:.4g} and the embedding's share in the key "
+        f"frequencies from {m0['key_norm_fraction']:.1%} to {m1['key_norm_fraction']:.1%}"
+    )
+    if s0 in loss and s1 in loss:
+        text += (
+            f", while the training loss goes from {loss[s0]['train_loss']:.3g} to {loss[s1]['train_loss']:.3g} and "
+            f"the test loss from {loss[s0]['test_loss']:.3g} to {loss[s1]['test_loss']:.3g}"
+        )
+    text += f". From the peak on, the LLC's Spearman correlation with the weight norm is {rho:.2f}."
+    if m1["weight_norm"] < m0["weight_norm"] and m1["key_norm_fraction"] > m0["key_norm_fraction"]:
+        text += (
+            " Reading: the model fits the training pairs throughout, and weight decay moves it from a memorising "
+            "solution to the Fourier circuit on a few frequencies, which fits the same pairs with fewer effective "
+            "parameters: around it the loss is flat in more directions, and the LLC counts only the others."
+        )
+    return text
 
 
 def summary(a: fourier.FourierAnalysis) -> str:
@@ -118,7 +165,7 @@ def run_demo(cfg: DemoConfig | None = None) -> RunResult:
     ).text(
         "Checkpoints whose chains are not healthy: "
         + ("; ".join(f"step {step}: {why}" for step, why in unhealthy) if unhealthy else "none.")
-    ).figure(slt_plots.trajectory(llc_points, history)).table(
+    ).figure(slt_plots.trajectory(llc_points, history)).text(why_llc_falls(llc_points, measures, history)).table(
         [
             {
                 "step": s,
@@ -174,6 +221,7 @@ def run_demo(cfg: DemoConfig | None = None) -> RunResult:
             }
             for s, r, why in llc_points
         ],
+        "llc_falls": why_llc_falls(llc_points, measures, history),
         "final": history[-1],
     }
     a = analysis

@@ -29,8 +29,9 @@ from unweave import progress
 from unweave.dictionaries import io
 from unweave.dictionaries.sae import SAE, ordinary_rows
 from unweave.mdl import coding, saebench
-from unweave.mdl.bases import Basis, Dictionary, Linear, Neurons
+from unweave.mdl.bases import Basis, Dictionary, Linear, LookupTable, Neurons
 from unweave.mdl.describe import Calibration, Row, SiteData, calibrate, count_code, nonzero_entries, row
+from unweave.mdl.quantise import rms, symbols
 from unweave.scoring import float_logits
 from unweave.store import ActivationStore, StoreError
 
@@ -160,8 +161,9 @@ def next_token_logits(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Ten
     return logits.reshape(-1, logits.shape[-1])
 
 
-def store_bases(target: StoreTarget) -> list[Basis]:
-    """Neurons, PCA at ranks up to the width (streamed covariance), and the dictionaries
+def store_bases(target: StoreTarget, calibration_rows: torch.Tensor) -> list[Basis]:
+    """Neurons, the lookup table (calibrated on the calibration rows' own table, counted over
+    the store's), PCA at ranks up to the width (streamed covariance), and the dictionaries
     (their own encoders' codes)."""
     source = target.source
     d = source.store.width(source.site)
@@ -172,7 +174,7 @@ def store_bases(target: StoreTarget) -> list[Basis]:
     mean = total / n
     values, vectors = torch.linalg.eigh(outer / n - torch.outer(mean, mean))
     directions = vectors[:, values.argsort(descending=True)].T
-    bases: list[Basis] = [Neurons(d)]
+    bases: list[Basis] = [Neurons(d), LookupTable(calibration_rows)]
     bases += [Linear("pca", mean, directions[:r]) for r in PCA_RANKS if r < d]
     for name, sae, meta in target.dictionaries:
         reads = meta["hook_name"] if sae.cfg.kind == "transcoder" else None
@@ -198,11 +200,14 @@ def describe_store(bases: list[Basis], data: SiteData, source: StoreSource, tole
     dictionaries = [c for c in cals if isinstance(c.basis, Dictionary) and c.basis.codes == "encoder"]
     bench = _saebench_bins(dictionaries, source)
     counts = [coding.SymbolCounts(c.basis.width) for c in cals]
+    tables = {id(c): StoreLookup(c) for c in cals if isinstance(c.basis, LookupTable) and c.search.met}
     n = left_out = 0
     for acts, left in progress.track(source.batches(), "counting bits over the store", total=_n_batches(source)):
         n, left_out = n + len(acts[source.site]), left_out + left
+        for table in tables.values():
+            table.add(acts[source.site])
         for cal, count in zip(cals, counts):
-            counted = cal.search.met and cal.basis.codes_sent
+            counted = cal.search.met and cal.basis.codes_sent and id(cal) not in tables
             if not counted and id(cal) not in bench:
                 continue
             codes = cal.basis.encode(acts[cal.basis.reads or source.site])
@@ -211,10 +216,46 @@ def describe_store(bases: list[Basis], data: SiteData, source: StoreSource, tole
                 count_code(count, cal.basis, units, values, cal.value_step)
             if id(cal) in bench:  # SAEBench's quantity does not depend on the tolerance
                 bench[id(cal)][0].add_entries(units, values, len(codes))
-    rows = [row(cal, data, count, n) for cal, count in zip(cals, counts)]
+    rows = [tables[id(c)].row(data, n) if id(c) in tables else row(c, data, count, n) for c, count in zip(cals, counts)]
     by_cal = {id(c): r for c, r in zip(cals, rows)}
     side = [_saebench_row(c, by_cal[id(c)], *bench[id(c)]) for c in dictionaries]
     return StoreCounts(rows, n, left_out, side)
+
+
+class StoreLookup:
+    """The lookup table of the store (one latent per described token, the degenerate
+    dictionary): its parameters are every described row, quantised with the step its
+    calibration found for the calibration rows' table (delta * their rms) and coded as one
+    sequence; each token's code says which row is its own, each row being used once."""
+
+    def __init__(self, cal: Calibration):
+        self.cal, self.table = cal, coding.SymbolCounts(1)
+        self.step = cal.search.delta * rms(cal.params["rows"])
+
+    def add(self, rows: torch.Tensor) -> None:
+        flat = symbols(rows, self.step).flatten()
+        self.table.add(torch.zeros_like(flat), flat)
+
+    def row(self, data: SiteData, n: int) -> Row:
+        search = self.cal.search
+        param_bits = float(self.table.bits().sum()) + coding.FLOAT_BITS
+        index_bits = n * float(coding.activity_bits(torch.ones(1), n))  # n units, each active on one token
+        return Row(
+            basis=self.cal.basis.label(),
+            width=n,
+            k=None,
+            param_bits=param_bits,
+            index_bits=index_bits,
+            value_bits=0.0,
+            total_bits=param_bits + index_bits,
+            bits_per_token=(param_bits + index_bits) / n,
+            kl=search.distortion,
+            meets_tolerance=True,
+            delta=search.delta,
+            mean_active=1.0,
+            ce_recovered=self.cal.ce_recovered,
+            n=n,
+        )
 
 
 def _saebench_bins(

@@ -230,4 +230,4 @@ def store_target(folders: list[Path], store: Path, calibration_tokens: int = CAL
         )
     )
     name = f"{len(folders)} dictionaries at {source.site}"
-    return Target(name, data, store_bases(found), note, stream=source, store_info=info)
+    return Target(name, data, store_bases(found, data.rows()), note, stream=source, store_info=info)
