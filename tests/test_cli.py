@@ -554,5 +554,8 @@ def test_the_demo_says_why_the_llc_falls_from_its_own_numbers():
     assert "Reading:" in text  # the norm fell and the key frequencies' share rose
     measures[-1]["key_norm_fraction"] = 0.1  # the numbers no longer carry the reading
     assert "Reading:" not in why_llc_falls(points, measures, history)
+    assert "Caution" not in text
+    points[-1] = (500, points[-1][1], "R-hat 1.3")
+    assert "Caution: the chains at step 500 are not healthy" in why_llc_falls(points, measures, history)
     rising = [(s, SimpleNamespace(llc_mean=float(s)), "") for s, _, _ in points]
     assert "does not fall" in why_llc_falls(rising, measures, history)

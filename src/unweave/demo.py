@@ -95,6 +95,13 @@ def why_llc_falls(points: list[tuple[int, LLCResult, str]], measures: list[dict]
             f"the test loss from {loss[s0]['test_loss']:.3g} to {loss[s1]['test_loss']:.3g}"
         )
     text += f". From the peak on, the LLC's Spearman correlation with the weight norm is {rho:.2f}."
+    unhealthy = [s for s, _, why in points if why and s in (s0, s1)]
+    if unhealthy:
+        text += (
+            f" Caution: the chains at step{'s' if len(unhealthy) > 1 else ''} {', '.join(map(str, unhealthy))} are "
+            "not healthy (the reasons are above), so these are the sampler's readings at the demo's fixed settings, "
+            "not settled LLCs; `unweave llc RUN --checkpoint STEP` runs the settings rule on one checkpoint."
+        )
     if m1["weight_norm"] < m0["weight_norm"] and m1["key_norm_fraction"] > m0["key_norm_fraction"]:
         text += (
             " Reading: the model fits the training pairs throughout, and weight decay moves it from a memorising "
