@@ -65,7 +65,11 @@ class Replay:
         handle = None
         if found is not None and found[1] > 0:
             self.layers, index = found
-            handle = self.layers[index - 1].register_forward_hook(lambda _m, _a, out: recorded.setdefault("out", out))
+
+            def record(_module: nn.Module, _args: tuple, out: Any) -> None:  # returns None: the output is unchanged
+                recorded["out"] = out
+
+            handle = self.layers[index - 1].register_forward_hook(record)
         try:
             with torch.no_grad():
                 self.reference = run()
