@@ -162,6 +162,7 @@ def run_demo(cfg: DemoConfig | None = None) -> RunResult:
         ]
     ).figure(plots.progress_measures(measures, history))
     unhealthy = [(step, why) for step, _, why in llc_points if why]
+    llc_falls = why_llc_falls(llc_points, measures, history)
     report.section("Learning coefficient through training").text(
         f"Local learning coefficient by SGLD at {len(llc_points)} checkpoints ({sgld.chains} chains x "
         f"{sgld.draws} steps, epsilon {sgld.epsilon:.3g}, localization {sgld.localization:.3g}, n*beta "
@@ -172,7 +173,7 @@ def run_demo(cfg: DemoConfig | None = None) -> RunResult:
     ).text(
         "Checkpoints whose chains are not healthy: "
         + ("; ".join(f"step {step}: {why}" for step, why in unhealthy) if unhealthy else "none.")
-    ).figure(slt_plots.trajectory(llc_points, history)).text(why_llc_falls(llc_points, measures, history)).table(
+    ).figure(slt_plots.trajectory(llc_points, history)).text(llc_falls).table(
         [
             {
                 "step": s,
@@ -228,7 +229,7 @@ def run_demo(cfg: DemoConfig | None = None) -> RunResult:
             }
             for s, r, why in llc_points
         ],
-        "llc_falls": why_llc_falls(llc_points, measures, history),
+        "llc_falls": llc_falls,
         "final": history[-1],
     }
     a = analysis

@@ -240,29 +240,35 @@ def row(cal: Calibration, data: SiteData, counts: coding.SymbolCounts, n: int) -
         mean_active = counts.active().sum().item() / n
     else:  # an analytic basis: its codes follow from the input
         mean_active = (cal.codes != 0).sum(1).double().mean().item()
-    common = dict(
-        basis=basis.label(),
-        width=basis.width,
-        k=basis.k,
+    if not search.met:
+        return measured_row(cal, n, basis.width, mean_active, None)
+    param_bits = basis.spec_bits + tensor_bits(cal.params, search.delta)
+    index_bits, value_bits = code_bits(basis, counts, n) if basis.codes_sent else (0.0, 0.0)
+    return measured_row(cal, n, basis.width, mean_active, (param_bits, index_bits, value_bits))
+
+
+def measured_row(
+    cal: Calibration, n: int, width: int, mean_active: float, bits: tuple[float, float, float] | None
+) -> Row:
+    """A calibrated description's Row over n examples, from its (parameter, index, value) bits;
+    None when no step met the tolerance."""
+    search = cal.search
+    total = sum(bits) if bits is not None else None
+    return Row(
+        basis=cal.basis.label(),
+        width=width,
+        k=cal.basis.k,
+        param_bits=bits[0] if bits is not None else None,
+        index_bits=bits[1] if bits is not None else None,
+        value_bits=bits[2] if bits is not None else None,
+        total_bits=total,
+        bits_per_token=total / n if total is not None else None,
         kl=search.distortion,
-        delta=search.delta,
         meets_tolerance=search.met,
+        delta=search.delta,
         mean_active=mean_active,
         ce_recovered=cal.ce_recovered,
         n=n,
-    )
-    if not search.met:
-        return Row(param_bits=None, index_bits=None, value_bits=None, total_bits=None, bits_per_token=None, **common)
-    param_bits = basis.spec_bits + tensor_bits(cal.params, search.delta)
-    index_bits, value_bits = code_bits(basis, counts, n) if basis.codes_sent else (0.0, 0.0)
-    total = param_bits + index_bits + value_bits
-    return Row(
-        param_bits=param_bits,
-        index_bits=index_bits,
-        value_bits=value_bits,
-        total_bits=total,
-        bits_per_token=total / n,
-        **common,
     )
 
 

@@ -30,7 +30,16 @@ from unweave.dictionaries import io
 from unweave.dictionaries.sae import SAE, ordinary_rows
 from unweave.mdl import coding, saebench
 from unweave.mdl.bases import Basis, Dictionary, Linear, LookupTable, Neurons
-from unweave.mdl.describe import Calibration, Row, SiteData, calibrate, count_code, nonzero_entries, row
+from unweave.mdl.describe import (
+    Calibration,
+    Row,
+    SiteData,
+    calibrate,
+    count_code,
+    measured_row,
+    nonzero_entries,
+    row,
+)
 from unweave.mdl.quantise import rms, symbols
 from unweave.scoring import float_logits
 from unweave.store import ActivationStore, StoreError
@@ -216,7 +225,7 @@ def describe_store(bases: list[Basis], data: SiteData, source: StoreSource, tole
                 count_code(count, cal.basis, units, values, cal.value_step)
             if id(cal) in bench:  # SAEBench's quantity does not depend on the tolerance
                 bench[id(cal)][0].add_entries(units, values, len(codes))
-    rows = [tables[id(c)].row(data, n) if id(c) in tables else row(c, data, count, n) for c, count in zip(cals, counts)]
+    rows = [tables[id(c)].row(n) if id(c) in tables else row(c, data, count, n) for c, count in zip(cals, counts)]
     by_cal = {id(c): r for c, r in zip(cals, rows)}
     side = [_saebench_row(c, by_cal[id(c)], *bench[id(c)]) for c in dictionaries]
     return StoreCounts(rows, n, left_out, side)
@@ -236,26 +245,10 @@ class StoreLookup:
         flat = symbols(rows, self.step).flatten()
         self.table.add(torch.zeros_like(flat), flat)
 
-    def row(self, data: SiteData, n: int) -> Row:
-        search = self.cal.search
+    def row(self, n: int) -> Row:
         param_bits = float(self.table.bits().sum()) + coding.FLOAT_BITS
         index_bits = n * float(coding.activity_bits(torch.ones(1), n))  # n units, each active on one token
-        return Row(
-            basis=self.cal.basis.label(),
-            width=n,
-            k=None,
-            param_bits=param_bits,
-            index_bits=index_bits,
-            value_bits=0.0,
-            total_bits=param_bits + index_bits,
-            bits_per_token=(param_bits + index_bits) / n,
-            kl=search.distortion,
-            meets_tolerance=True,
-            delta=search.delta,
-            mean_active=1.0,
-            ce_recovered=self.cal.ce_recovered,
-            n=n,
-        )
+        return measured_row(self.cal, n, n, 1.0, (param_bits, index_bits, 0.0))
 
 
 def _saebench_bins(
