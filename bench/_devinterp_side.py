@@ -36,6 +36,8 @@ def main():
     torch.set_num_threads(spec["threads"])
     model, loss_fn = build(spec)
     model.load_state_dict(torch.load(spec["weights"], weights_only=True))
+    device = spec.get("device", "cpu")
+    model.to(device)
     x, y = torch.load(spec["data"], weights_only=True)
     loader = DataLoader(TensorDataset(x, y), batch_size=spec["batch_size"], shuffle=spec["batch_size"] < len(x))
     s = spec["sgld"]
@@ -55,13 +57,18 @@ def main():
             num_burnin_steps=s["burn_in"],
             init_loss=spec["init_loss"],
             seed=s["seed"],
+            device=device,
             verbose=False,
             online=False,
         )
 
     run(5)  # warm-up, as the unweave side does
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
     start = time.perf_counter()
     out = run(s["draws"])
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     per_chain = out["llc/means"].tolist() if "llc/means" in out else None
     print(

@@ -29,6 +29,27 @@ def test_next_token_loss_is_transformers_own_loss(tiny_llama_dir):
     assert torch.allclose(ours, theirs, atol=1e-6)
 
 
+def test_the_control_variate_is_each_rows_loss_computed_once(tiny_llama_dir):
+    """Minibatch SGLD needs L_b(w*) for every chain's batch: the next-token loss says it is a
+    mean over rows, so every row's loss at w* is computed in one pass and a batch's is the mean
+    of its rows, equal to a forward pass on that batch."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from unweave.slt.sgld import ChainBatches, LossAtOptimum
+
+    model, _ = load_model(str(tiny_llama_dir))
+    rows = torch.randint(0, 10, (12, 9), generator=torch.Generator().manual_seed(2))
+    loader = DataLoader(TensorDataset(rows, rows), batch_size=4, shuffle=True)
+    at_optimum = LossAtOptimum(model, next_token_loss, loader)
+    assert at_optimum.row_losses is not None and at_optimum.row_losses.shape == (12,)
+    batches = [ChainBatches(loader, seed) for seed in (0, 1)]
+    drawn = [next(b) for b in batches]
+    x = torch.stack([d[0] for d in drawn])
+    with torch.no_grad():
+        direct = torch.stack([model(x[c], labels=x[c]).loss for c in range(2)])
+    assert torch.allclose(at_optimum(x, x, batches), direct, atol=1e-6)
+
+
 @pytest.mark.parametrize("model_type", ["llama", "gpt2", "gpt_neox", "qwen2"])
 def test_a_heads_slices_change_only_that_heads_output(tiny_model_dir, model_type):
     """Perturb head h's slices: at the input of the layer's output projection (where the

@@ -22,15 +22,26 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from unweave.anatomy import Anatomy, anatomy
+from unweave.slt.gradients import row_mean
 from unweave.slt.restrict import Restricted, Slice
 from unweave.slt.sgld import LLCError, parameter_count, select_parameters
 from unweave.text import TextConfig, TextError, token_rows
 
 
-def next_token_loss(out: Any, tokens: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of predicting tokens[:, 1:] from the logits at [:, :-1]."""
+def _next_token_row_losses(out: Any, tokens: torch.Tensor) -> torch.Tensor:
+    """Each row's mean cross-entropy of predicting tokens[:, 1:] from the logits at [:, :-1]."""
     logits = getattr(out, "logits", out)
-    return nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), tokens[:, 1:].flatten())
+    rows, length = tokens.shape
+    losses = nn.functional.cross_entropy(
+        logits[:, :-1].flatten(0, 1).float(), tokens[:, 1:].flatten(), reduction="none"
+    )
+    return losses.view(rows, length - 1).mean(1)
+
+
+# every row predicts the same number of tokens, so the mean over rows is the mean over tokens;
+# saying it is a row mean lets minibatch SGLD compute each row's loss at w* once, not once per
+# chain per step (a third of each step's time on SmolLM2)
+next_token_loss = row_mean(_next_token_row_losses)
 
 
 @dataclass
