@@ -2,9 +2,9 @@
 PCA and a sweep of 8 TopK SAEs (k and width) over a 524,288-token store, with the time and
 peak memory of that `unweave mdl` run (issue 11: under 10 minutes on 2 cores, memory bounded
 by a batch), the same sweep again at a tolerance of 1 nat, which every one of these SAEs
-meets (so that every dictionary is calibrated and counted in the timed run), then a
-transcoder of layer 15's MLP over the same tokens, and SAEBench's MDL quantity beside
-unweave's for every dictionary.
+meets (so that every dictionary is calibrated and counted in the timed run), then two
+transcoders of layer 15's MLP (without and with a linear skip) over the same tokens, and
+SAEBench's MDL quantity beside unweave's for every dictionary.
 
 Text: Shakespeare's 42 plays split by play, alternately: the dictionaries train on one half,
 the store described is cached from the other. Settings are `unweave mdl`'s defaults (0.05
@@ -61,7 +61,7 @@ def split_texts(data: Path) -> tuple[Path, Path]:
     return folders
 
 
-def prepare(data: Path, train_tokens: int, held_tokens: int, sae_tokens: int) -> tuple[list[Path], Path, Path]:
+def prepare(data: Path, train_tokens: int, held_tokens: int, sae_tokens: int) -> tuple[list[Path], list[Path], Path]:
     train_text, held_text = split_texts(data)
     sites = [a for s in (SITE, MLP_IN, MLP_OUT) for a in ("--site", s)]
     for name, text, tokens in (("store-train", train_text, train_tokens), ("store-held", held_text, held_tokens)):
@@ -77,12 +77,15 @@ def prepare(data: Path, train_tokens: int, held_tokens: int, sae_tokens: int) ->
             unweave("sae", "train", "--store", str(data / "store-train"), "--site", SITE, "--width", str(width),
                     *k_args, "--tokens", str(sae_tokens), "--out", str(out))  # fmt: skip
         saes += [out / f"topk-k{k}-w{width}" for k in ks]
-    transcoder = data / "transcoder"
-    if not done(transcoder):
-        print("training a transcoder of layer 15's MLP", flush=True)
-        unweave("sae", "train", "--store", str(data / "store-train"), "--site", MLP_IN, "--target-site", MLP_OUT,
-                "--k", "32", "--width", "2304", "--tokens", str(sae_tokens), "--out", str(transcoder))  # fmt: skip
-    return saes, transcoder / "transcoder-topk-k32-w2304", data / "store-held"
+    transcoders = []
+    for folder, skip in (("transcoder", ()), ("transcoder-skip", ("--skip",))):
+        if not done(data / folder):
+            print(f"training a {folder} of layer 15's MLP", flush=True)
+            sites = ("--site", MLP_IN, "--target-site", MLP_OUT)
+            unweave("sae", "train", "--store", str(data / "store-train"), *sites, "--k", "32", "--width", "2304",
+                    "--tokens", str(sae_tokens), *skip, "--out", str(data / folder))  # fmt: skip
+        transcoders.append(data / folder / f"{folder}-topk-k32-w2304")
+    return saes, transcoders, data / "store-held"
 
 
 def timed_mdl(folders: list[Path], store: Path, out: Path, *extra: str) -> tuple[dict, float, float]:
@@ -158,13 +161,13 @@ def main() -> None:
     args = parser.parse_args()
     size = "quick" if args.quick else "full"
     data = HERE / "data" / ("mdl-smollm2-quick" if args.quick else "mdl-smollm2")
-    saes, transcoder, store = prepare(data, *SIZES[size])
+    saes, transcoders, store = prepare(data, *SIZES[size])
     for tolerance in (None, LOOSE):
         extra = ("--tolerance", str(tolerance)) if tolerance else ()
         folder = data / ("mdl-saes" if tolerance is None else f"mdl-saes-tol{tolerance}")
         sae_run(*timed_mdl(saes, store, folder, *extra), len(saes))
-    tc, tc_seconds, _ = timed_mdl([transcoder], store, data / "mdl-transcoder")
-    print(f"\n## A transcoder of layer 15's MLP ({MLP_OUT}), same tokens, {tc_seconds:.0f} s")
+    tc, tc_seconds, _ = timed_mdl(transcoders, store, data / "mdl-transcoders")
+    print(f"\n## Transcoders of layer 15's MLP ({MLP_OUT}), without and with a skip, same tokens, {tc_seconds:.0f} s")
     print(table(rows_table(tc)))
 
 

@@ -16,8 +16,10 @@ from scipy.stats import entropy
 from typer.testing import CliRunner
 
 from unweave.cli import app
+from unweave.dictionaries import io
+from unweave.dictionaries.sae import SAE, SAEConfig
 from unweave.mdl import coding, saebench
-from unweave.mdl.bases import pca
+from unweave.mdl.bases import Dictionary, pca
 from unweave.mdl.streamed import open_dictionaries, store_bases
 from unweave.store import ActivationStore
 
@@ -46,6 +48,8 @@ def setup(tiny_llama_dir, tmp_path_factory):
     common = ["--store", str(root / "train"), "--width", "64", "--batch-size", "256"]
     _invoke("sae", "train", *common, "--site", SITES[0], "--k", "2", "--k", "4", "--out", str(root / "sae"))
     _invoke("sae", "train", *common, "--site", SITES[1], "--target-site", SITES[2], "--k", "4", "--out",
+            str(root / "tc"))  # fmt: skip
+    _invoke("sae", "train", *common, "--site", SITES[1], "--target-site", SITES[2], "--k", "4", "--skip", "--out",
             str(root / "tc"))  # fmt: skip
     return root
 
@@ -106,6 +110,45 @@ def test_a_transcoder_describes_its_mlps_output_from_its_input(setup, tmp_path):
     assert data["store"]["site"] == SITES[2]
     tc = next(r for r in data["rows"] if r["basis"].startswith("transcoder"))
     assert tc["total_bits"] is not None and tc["kl"] <= 1e-4
+
+
+def test_a_skip_transcoder_sends_its_skip_and_decodes_from_the_mlps_input(setup, tmp_path):
+    """A skip transcoder's description sends W_skip with its decoder (recounted here from the
+    saved weights at the reported step), and decodes MLP output = codes @ W_dec + b_dec +
+    input @ W_skip, the input being what the network computes before the MLP."""
+    root = setup
+    folder = root / "tc" / "transcoder-skip-topk-k4-w64"
+    out = tmp_path / "skip"
+    _invoke("mdl", str(folder), "--store", str(root / "held"), "--calibration-tokens", "128", "--tolerance", "1e-4",
+            "--out", str(out))  # fmt: skip
+    data = json.loads((out / "mdl.json").read_text())
+    skip = next(r for r in data["rows"] if "transcoder-skip" in r["basis"])
+    assert skip["total_bits"] is not None and skip["kl"] <= 1e-4
+    sae = io.load(folder)
+    sent = [sae.W_dec, sae.b_dec, sae.W_skip]
+    expected = 0.0
+    for t in (t.detach().double().numpy() for t in sent):
+        step = skip["delta"] * np.sqrt(np.mean(t**2))
+        expected += numpy_sequence_bits(np.round(t / step).astype(np.int64)) + coding.FLOAT_BITS
+    assert skip["param_bits"] == pytest.approx(expected, rel=1e-6)
+    # the decoder, on a skip transcoder whose skip is far from zero
+    gen = torch.Generator().manual_seed(0)
+    planted = SAE(SAEConfig(d_in=6, n_latents=16, k=3, kind="transcoder", d_out=4, skip=True))
+    with torch.no_grad():
+        planted.W_skip.copy_(torch.randn(6, 4, generator=gen))
+        x = torch.randn(5, 6, generator=gen)
+        latents = planted.encode(x)
+        basis = Dictionary(planted, reads=SITES[1])
+        decoded = basis.decode(latents, basis.params(), x)
+        assert torch.allclose(decoded, latents @ planted.W_dec + planted.b_dec + x @ planted.W_skip)
+        assert (decoded - (latents @ planted.W_dec + planted.b_dec)).abs().max() > 0.1
+    with pytest.raises(ValueError, match="decodes from its input"):
+        basis.decode(latents, basis.params())
+
+
+def test_skip_needs_a_transcoder(setup, tmp_path):
+    result = runner.invoke(app, ["sae", "train", "--store", str(setup / "train"), "--site", SITES[0], "--skip"])
+    assert result.exit_code != 0 and "--skip is for transcoders: add --target-site" in str(result.exception)
 
 
 def test_streamed_pca_equals_pca_of_the_rows(setup):

@@ -37,6 +37,7 @@ class SAETrainConfig:
     live: bool = setting(False, "Compute activations from the model while training (no store).")
     model: str = setting("smollm2-135m", "With --live: known model name or local HF folder.")
     target_site: str | None = setting(None, "Train transcoders from --site (an MLP's input) to this site (its output).")
+    skip: bool = setting(False, "With --target-site: transcoders with a linear skip from input to output.")
     out: Path = setting(
         Path("runs/sae"), "One SAELens-layout folder per dictionary goes here; an interrupted run there resumes."
     )
@@ -63,6 +64,8 @@ class SAETrainConfig:
             raise ValueError("give either --store DIR or --live (activations computed from --model)")
         if self.architecture not in ARCHITECTURES:
             raise ValueError(f"--architecture {self.architecture!r} is unknown; known: {', '.join(ARCHITECTURES)}")
+        if self.skip and self.target_site is None:
+            raise ValueError("--skip is for transcoders: add --target-site (the MLP's output; --site is its input)")
 
 
 @dataclass
@@ -168,7 +171,7 @@ def run_sae_train(cfg: SAETrainConfig) -> RunResult:
         l1=cfg.l1,
     )
     if cfg.target_site is not None:
-        base = replace(base, kind="transcoder", d_out=source.d_out)
+        base = replace(base, kind="transcoder", d_out=source.d_out, skip=cfg.skip)
         source.meta["hook_name_out"] = cfg.target_site
     saes = [
         SAE(replace(base, k=k, n_latents=w), seed=cfg.seed).to(device)  # initialised on the CPU: same start anywhere
@@ -186,7 +189,7 @@ def run_sae_train(cfg: SAETrainConfig) -> RunResult:
     )
     task.close()
     saes = [s.cpu() for s in saes]
-    kind = "transcoder-" if base.kind == "transcoder" else ""
+    kind = ("transcoder-skip-" if base.skip else "transcoder-") if base.kind == "transcoder" else ""
     folders = [Path(cfg.out) / f"{kind}{s.cfg.architecture}-k{s.cfg.k}-w{s.cfg.n_latents}" for s in saes]
     if distributed.world().main:
         for s, f in zip(saes, folders):

@@ -29,7 +29,11 @@ class Basis:
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def decode(self, codes: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+    def decode(
+        self, codes: torch.Tensor, params: dict[str, torch.Tensor], inputs: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The activations from the codes and the parameters; `inputs` are the rows of the site
+        `reads` (a skip transcoder's decoder reads its MLP's input, which the network computes)."""
         raise NotImplementedError
 
     def label(self) -> str:
@@ -47,7 +51,9 @@ class Neurons(Basis):
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return x
 
-    def decode(self, codes: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+    def decode(
+        self, codes: torch.Tensor, params: dict[str, torch.Tensor], inputs: torch.Tensor | None = None
+    ) -> torch.Tensor:
         return codes
 
 
@@ -76,7 +82,9 @@ class Linear(Basis):
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return (x.double() - self.mean) @ self._pinv
 
-    def decode(self, codes: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+    def decode(
+        self, codes: torch.Tensor, params: dict[str, torch.Tensor], inputs: torch.Tensor | None = None
+    ) -> torch.Tensor:
         directions = params.get("directions", self.directions)
         return params["mean"] + codes.double() @ directions
 
@@ -114,18 +122,20 @@ CODES = ("encoder", "pursuit")
 
 
 class Dictionary(Basis):
-    """A trained SAE (or transcoder without skip): the decoder sends W_dec and b_dec; the
-    codes are its encoder's latents, or with `codes="pursuit"` the sparse code that
-    non-negative orthogonal matching pursuit finds for the decoder (the encoder is not part
-    of the description, so any way of finding a code is fair; an SAE's linear encoder
-    misses features that share an example when they are superposed). A transcoder describes
-    its MLP's output; its encoder reads the MLP's input, the site named by `reads`."""
+    """A trained SAE or transcoder: the decoder sends W_dec and b_dec; the codes are its
+    encoder's latents, or with `codes="pursuit"` the sparse code that non-negative orthogonal
+    matching pursuit finds for the decoder (the encoder is not part of the description, so
+    any way of finding a code is fair; an SAE's linear encoder misses features that share an
+    example when they are superposed). A transcoder describes its MLP's output; its encoder
+    reads the MLP's input, the site named by `reads`. A skip transcoder also sends W_skip:
+    its decoder adds input @ W_skip, the input being what the network computes at `reads`
+    (the receiver runs the network, and the layers before the MLP are not replaced)."""
 
     def __init__(self, sae: SAE, name: str | None = None, codes: str = "encoder", reads: str | None = None):
-        if sae.cfg.skip:
-            raise ValueError("a transcoder with a skip connection needs its input to decode; use one without --skip")
         if codes not in CODES:
             raise ValueError(f"codes must be one of {CODES}, got {codes!r}")
+        if sae.cfg.skip and codes != "encoder":
+            raise ValueError("a skip transcoder's codes come from its encoder (pursuit would need the skip's residual)")
         if sae.cfg.kind == "transcoder" and codes == "encoder" and reads is None:
             raise ValueError("a transcoder's encoder reads its MLP's input: give reads= that site")
         self.sae, self.width, self.codes = sae, sae.cfg.n_latents, codes
@@ -134,7 +144,8 @@ class Dictionary(Basis):
         self.name = name or f"{sae.cfg.kind}-{sae.cfg.architecture}"
 
     def params(self) -> dict[str, torch.Tensor]:
-        return {"W_dec": self.sae.W_dec.detach(), "b_dec": self.sae.b_dec.detach()}
+        sent = {"W_dec": self.sae.W_dec.detach(), "b_dec": self.sae.b_dec.detach()}
+        return {**sent, "W_skip": self.sae.W_skip.detach()} if self.sae.cfg.skip else sent
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> torch.Tensor:
@@ -142,8 +153,15 @@ class Dictionary(Basis):
             return pursuit(x.double() - self.sae.b_dec.double(), self.sae.W_dec.detach().double())
         return self.sae.encode(x.to(self.sae.W_dec.dtype))
 
-    def decode(self, codes: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
-        return codes.to(params["W_dec"].dtype) @ params["W_dec"] + params["b_dec"]
+    def decode(
+        self, codes: torch.Tensor, params: dict[str, torch.Tensor], inputs: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        decoded = codes.to(params["W_dec"].dtype) @ params["W_dec"] + params["b_dec"]
+        if "W_skip" not in params:
+            return decoded
+        if inputs is None:
+            raise ValueError(f"a skip transcoder decodes from its input too: give the rows of {self.reads!r}")
+        return decoded + inputs.to(params["W_skip"].dtype) @ params["W_skip"]
 
 
 class LookupTable(Basis):
@@ -164,7 +182,9 @@ class LookupTable(Basis):
             raise ValueError("a lookup table describes exactly the dataset it was built from")
         return torch.eye(len(x), dtype=x.dtype)
 
-    def decode(self, codes: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+    def decode(
+        self, codes: torch.Tensor, params: dict[str, torch.Tensor], inputs: torch.Tensor | None = None
+    ) -> torch.Tensor:
         return codes @ params["rows"]
 
 

@@ -185,7 +185,7 @@ def calibrate(basis: Basis, data: SiteData, tolerance: float) -> Calibration:
     def rebuild(delta: float) -> torch.Tensor:
         q_params = quantised_tensors(params, delta)
         q_codes = codes if basis.binary or not basis.codes_sent else quantised(codes, delta * value_scale)
-        return basis.decode(q_codes, q_params)
+        return basis.decode(q_codes, q_params, x)
 
     # the outputs of the last evaluation and of the last one within tolerance: the search ends
     # on one of them, so the chosen step's output (for CE recovered) needs no forward pass of its own

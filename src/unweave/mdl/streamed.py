@@ -259,17 +259,19 @@ def _saebench_bins(
     if not dictionaries:
         return {}
     tops = {id(c): torch.zeros(c.basis.width, dtype=torch.float64) for c in dictionaries}
-    x, first = None, {}  # the first batch's activations, and each dictionary's codes of it
+    x, first = None, {}  # the first batch's activations, and each dictionary's inputs and codes of it
     for acts, _ in source.batches(SAEBENCH_TOKENS):
         x = acts[source.site] if x is None else x
         for c in dictionaries:
-            codes = c.basis.encode(acts[c.basis.reads or source.site]).double()
-            first.setdefault(id(c), codes)
+            inputs = acts[c.basis.reads or source.site]
+            codes = c.basis.encode(inputs).double()
+            first.setdefault(id(c), (inputs, codes))
             tops[id(c)] = torch.maximum(tops[id(c)], codes.max(0).values)
     out = {}
     for c in dictionaries:
-        codes = first[id(c)]
-        metric = saebench.viability(x, codes, tops[id(c)], lambda q, b=c.basis, p=c.params: b.decode(q, p))
+        inputs, codes = first[id(c)]
+        decode = lambda q, b=c.basis, p=c.params, i=inputs: b.decode(q, p, i)  # noqa: E731
+        metric = saebench.viability(x, codes, tops[id(c)], decode)
         out[id(c)] = (saebench.Histograms(tops[id(c)]), metric)
     return out
 
