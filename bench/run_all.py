@@ -113,7 +113,7 @@ BENCHES = {
         Bench(
             "mdl_smollm2",
             what="Bits per token of SmolLM2's layer-15 residual stream over a 524k-token store: neurons, PCA, 8 SAEs, "
-            "a transcoder, SAEBench's measure beside",
+            "two transcoders (without and with a skip), SAEBench's measure beside",
         ),
         Bench("mdl_dln_family", what="Weights' bits and the closed-form LLC across deep linear networks (Spearman)"),
         Bench("devices", what="The same unweave work on the CPU and on the GPU (when there is one), side by side"),
