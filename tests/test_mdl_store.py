@@ -19,7 +19,7 @@ from unweave.cli import app
 from unweave.dictionaries import io
 from unweave.dictionaries.sae import SAE, SAEConfig
 from unweave.mdl import coding, saebench
-from unweave.mdl.bases import Dictionary, pca
+from unweave.mdl.bases import Dictionary, LinearMap, pca
 from unweave.mdl.streamed import open_dictionaries, store_bases
 from unweave.store import ActivationStore
 
@@ -110,6 +110,28 @@ def test_a_transcoder_describes_its_mlps_output_from_its_input(setup, tmp_path):
     assert data["store"]["site"] == SITES[2]
     tc = next(r for r in data["rows"] if r["basis"].startswith("transcoder"))
     assert tc["total_bits"] is not None and tc["kl"] <= 1e-4
+    # the transcoder's baseline, the MLP replaced by a linear map of its input: nothing per token
+    linear = next(r for r in data["rows"] if r["basis"] == "linear map of the input")
+    assert linear["width"] == 0 and linear["mean_active"] == 0
+    if linear["total_bits"] is not None:
+        assert linear["index_bits"] == linear["value_bits"] == 0 and linear["param_bits"] > 0
+
+
+def test_the_linear_map_is_the_least_squares_fit_over_the_store(setup):
+    """The map streamed over the store equals numpy's least squares on all its described rows."""
+    root = setup
+    target = open_dictionaries([root / "tc" / "transcoder-topk-k4-w64"], root / "held")
+    target.source.batch_tokens = 300  # batches that do not divide the store
+    linear = next(b for b in store_bases(target, torch.zeros(1, 32)) if isinstance(b, LinearMap))
+    held = ActivationStore(root / "held")
+    x_in, x_out = (torch.cat([held.load_shard(i, s) for i in range(len(held.shards))]).double() for s in SITES[1:])
+    keep = x_in.norm(dim=1) <= target.source.max_norm if target.source.max_norm is not None else slice(None)
+    design = np.hstack([x_in[keep].numpy(), np.ones((len(x_in[keep]), 1))])
+    solution = np.linalg.lstsq(design, x_out[keep].numpy(), rcond=None)[0]
+    fitted = linear.decode(torch.zeros(3, 0), linear.params(), x_in[:3])
+    assert np.allclose(fitted.numpy(), x_in[:3].numpy() @ solution[:-1] + solution[-1], atol=1e-6)
+    with pytest.raises(ValueError, match="decodes from its input"):
+        linear.decode(torch.zeros(3, 0), linear.params())
 
 
 def test_a_skip_transcoder_sends_its_skip_and_decodes_from_the_mlps_input(setup, tmp_path):

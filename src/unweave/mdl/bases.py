@@ -164,6 +164,53 @@ class Dictionary(Basis):
         return decoded + inputs.to(params["W_skip"].dtype) @ params["W_skip"]
 
 
+class LinearMap(Basis):
+    """A module replaced by one linear map of its input, x_out ~ inputs @ W + b (the baseline
+    for transcoders: a skip transcoder's skip is such a map). Nothing is sent per example:
+    the input is what the network computes at `reads`. W and b are the sender's least-squares
+    fit (`LinearFit`)."""
+
+    name = "linear map of the input"
+    codes_sent = False
+
+    def __init__(self, reads: str, weight: torch.Tensor, bias: torch.Tensor):
+        self.reads, self.weight, self.bias = reads, weight.double(), bias.double()
+
+    def params(self) -> dict[str, torch.Tensor]:
+        return {"W": self.weight, "b": self.bias}
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(len(x), 0, dtype=torch.float64)
+
+    def decode(
+        self, codes: torch.Tensor, params: dict[str, torch.Tensor], inputs: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        if inputs is None:
+            raise ValueError(f"a linear map decodes from its input: give the rows of {self.reads!r}")
+        return inputs.double() @ params["W"] + params["b"]
+
+
+class LinearFit:
+    """Running sums for the least-squares map x_in -> x_out, over batches (a store streamed once)."""
+
+    def __init__(self):
+        self.n, self.sums = 0, None
+
+    def add(self, x_in: torch.Tensor, x_out: torch.Tensor) -> None:
+        x_in, x_out = x_in.double(), x_out.double()
+        batch = (x_in.sum(0), x_out.sum(0), x_in.T @ x_in, x_in.T @ x_out)
+        self.sums = batch if self.sums is None else tuple(a + b for a, b in zip(self.sums, batch, strict=True))
+        self.n += len(x_in)
+
+    def solve(self, reads: str) -> LinearMap:
+        s_in, s_out, s_in_in, s_in_out = self.sums
+        m_in, m_out = s_in / self.n, s_out / self.n
+        cov_in = s_in_in / self.n - torch.outer(m_in, m_in)
+        cross = s_in_out / self.n - torch.outer(m_in, m_out)
+        weight = torch.linalg.pinv(cov_in, hermitian=True) @ cross  # minimum-norm where cov_in is singular
+        return LinearMap(reads, weight, m_out - m_in @ weight)
+
+
 class LookupTable(Basis):
     """One latent per example of the dataset (the degenerate dictionary): the parameters are
     the examples' activations themselves, each code says which row."""

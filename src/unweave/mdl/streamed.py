@@ -29,7 +29,7 @@ from unweave import progress
 from unweave.dictionaries import io
 from unweave.dictionaries.sae import SAE, ordinary_rows
 from unweave.mdl import coding, saebench
-from unweave.mdl.bases import Basis, Dictionary, Linear, LookupTable, Neurons
+from unweave.mdl.bases import Basis, Dictionary, Linear, LinearFit, LookupTable, Neurons
 from unweave.mdl.describe import (
     Calibration,
     Row,
@@ -172,19 +172,25 @@ def next_token_logits(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Ten
 
 def store_bases(target: StoreTarget, calibration_rows: torch.Tensor) -> list[Basis]:
     """Neurons, the lookup table (calibrated on the calibration rows' own table, counted over
-    the store's), PCA at ranks up to the width (streamed covariance), and the dictionaries
-    (their own encoders' codes)."""
+    the store's), PCA at ranks up to the width (streamed covariance), with transcoders the
+    MLP replaced by a linear map of its input (least squares over the store), and the
+    dictionaries (their own encoders' codes)."""
     source = target.source
     d = source.store.width(source.site)
     total, outer, n = torch.zeros(d, dtype=torch.float64), torch.zeros(d, d, dtype=torch.float64), 0
+    # transcoders read their MLP's input: the MLP replaced by one linear map of it is their baseline
+    fits = {site: LinearFit() for site in source.reads}
     for acts, _ in progress.track(source.batches(), "covariance over the store", total=_n_batches(source)):
         x = acts[source.site].double()
         total, outer, n = total + x.sum(0), outer + x.T @ x, n + len(x)
+        for site, fit in fits.items():
+            fit.add(acts[site], x)
     mean = total / n
     values, vectors = torch.linalg.eigh(outer / n - torch.outer(mean, mean))
     directions = vectors[:, values.argsort(descending=True)].T
     bases: list[Basis] = [Neurons(d), LookupTable(calibration_rows)]
     bases += [Linear("pca", mean, directions[:r]) for r in PCA_RANKS if r < d]
+    bases += [fit.solve(site) for site, fit in fits.items()]
     for name, sae, meta in target.dictionaries:
         reads = meta["hook_name"] if sae.cfg.kind == "transcoder" else None
         bases.append(Dictionary(sae, name=f"{name} ({sae.cfg.kind}-{sae.cfg.architecture})", reads=reads))
