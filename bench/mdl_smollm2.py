@@ -3,8 +3,9 @@ PCA and a sweep of 8 TopK SAEs (k and width) over a 524,288-token store, with th
 peak memory of that `unweave mdl` run (issue 11: under 10 minutes on 2 cores, memory bounded
 by a batch), the same sweep again at a tolerance of 1 nat, which every one of these SAEs
 meets (so that every dictionary is calibrated and counted in the timed run), then two
-transcoders of layer 15's MLP (without and with a linear skip) over the same tokens, and
-SAEBench's MDL quantity beside unweave's for every dictionary.
+transcoders of layer 15's MLP (without and with a linear skip; with them the MLP as one linear
+map of its input, their baseline) over the same tokens, and SAEBench's MDL quantity beside
+unweave's for every dictionary.
 
 Text: Shakespeare's 42 plays split by play, alternately: the dictionaries train on one half,
 the store described is cached from the other. Settings are `unweave mdl`'s defaults (0.05

@@ -230,10 +230,10 @@ def describe(basis: Basis, data: SiteData, tolerance: float) -> Row:
     cal = calibrate(basis, data, tolerance)
     counts = coding.SymbolCounts(basis.width)
     count_code(counts, basis, *nonzero_entries(cal.codes), cal.value_step)
-    return row(cal, data, counts, len(cal.codes))
+    return row(cal, counts, len(cal.codes))
 
 
-def row(cal: Calibration, data: SiteData, counts: coding.SymbolCounts, n: int) -> Row:
+def row(cal: Calibration, counts: coding.SymbolCounts, n: int) -> Row:
     """The Row of a calibrated basis whose sent codes over n examples are in `counts`."""
     basis, search = cal.basis, cal.search
     if basis.codes_sent:

@@ -231,7 +231,7 @@ def describe_store(bases: list[Basis], data: SiteData, source: StoreSource, tole
                 count_code(count, cal.basis, units, values, cal.value_step)
             if id(cal) in bench:  # SAEBench's quantity does not depend on the tolerance
                 bench[id(cal)][0].add_entries(units, values, len(codes))
-    rows = [tables[id(c)].row(n) if id(c) in tables else row(c, data, count, n) for c, count in zip(cals, counts)]
+    rows = [tables[id(c)].row(n) if id(c) in tables else row(c, count, n) for c, count in zip(cals, counts)]
     by_cal = {id(c): r for c, r in zip(cals, rows)}
     side = [_saebench_row(c, by_cal[id(c)], *bench[id(c)]) for c in dictionaries]
     return StoreCounts(rows, n, left_out, side)
