@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from unweave.graph.circuit import find_circuit
 from unweave.graph.command import GraphConfig, carve_target, run_graph
 from unweave.graph.effects import EffectData, Units, centred_logits, effect_gram
 from unweave.graph.modules import carve, separability
@@ -132,6 +133,14 @@ def test_bad_targets_and_inputs_say_what_to_use(tmp_path):
         TwoTasks()(torch.zeros(3, 5))
     with pytest.raises(ValueError, match="examples"):
         GraphConfig("two-tasks", examples=2)
+    # a budget that resampling everything already meets: the pruned circuit would be empty
+    logits = torch.randn(20, 5, generator=torch.Generator().manual_seed(0))
+    labels = torch.randint(0, 5, (20,), generator=torch.Generator().manual_seed(1))
+    noise = torch.randn(20, 5, generator=torch.Generator().manual_seed(2))
+    slightly = lambda kept: logits + 0.1 * (3 - len(kept)) * noise  # noqa: E731
+    with pytest.raises(ValueError, match="would be empty; lower the budget"):
+        find_circuit([0, 1, 2], slightly, logits, labels, budget=1.0)
+    assert find_circuit([0, 1, 2], slightly, logits, labels, budget=0.0).units == [0, 1, 2]
 
 
 def test_per_example_kl_matches_scipy():

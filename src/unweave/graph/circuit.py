@@ -119,6 +119,12 @@ def find_circuit(
             f"{budget:g} nats; raise the budget or include more units"
         )
     hi = within[0]
+    if hi == 0:
+        raise ValueError(
+            f"with all {len(order)} candidate units resampled, the {quantile:.0%} quantile of per-example KL is "
+            f"{cache[0][0].kl_quantile:.3g} nats, within the budget of {budget:g}: the pruned circuit would be empty; "
+            f"lower the budget (--kl-budget) below {cache[0][0].kl_quantile:.3g}"
+        )
     lo = max([s for s in cache if s < hi], default=0)
     while hi - lo > 1:  # the smallest size within the budget, between the last grid size out and the first in
         mid = (lo + hi) // 2
