@@ -121,8 +121,9 @@ def find_circuit(
     hi = within[0]
     if hi == 0:
         raise ValueError(
-            f"with all {len(order)} candidate units resampled, the {quantile:.0%} quantile of per-example KL is "
-            f"{cache[0][0].kl_quantile:.3g} nats, within the budget of {budget:g}: the pruned circuit would be empty; "
+            f"with all {len(order)} candidates (units or edges) resampled, the {quantile:.0%} quantile of "
+            f"per-example KL is {cache[0][0].kl_quantile:.3g} nats, within the budget of {budget:g}: the pruned "
+            "circuit would be empty; "
             f"lower the budget (--kl-budget) below {cache[0][0].kl_quantile:.3g}"
         )
     lo = max([s for s in cache if s < hi], default=0)
