@@ -171,3 +171,10 @@ def test_the_rule_recovers_a_regular_direction_without_eulers_bias():
     assert got.healthy, got.message
     assert abs(got.llc - 0.5) / 0.5 <= 0.05, got.llc
     assert got.band[0] <= 0.5 <= got.band[1]
+
+
+def test_the_rule_text_says_why_lm_runs_have_no_mala_acceptance():
+    from unweave.slt.auto import rule_text
+
+    assert "MALA acceptance is not defined" in rule_text(AutoRule(lm=True))
+    assert "Leimkuhler" not in rule_text(AutoRule())

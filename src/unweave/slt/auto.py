@@ -118,9 +118,15 @@ RULE_TEXT = (
 
 def rule_text(rule: AutoRule) -> str:
     """The rule in words, for reports."""
-    return RULE_TEXT.format(
+    text = RULE_TEXT.format(
         acc=rule.min_acceptance, rhat=rule.max_rhat, se=rule.max_rel_se, factor=rule.factor, agree=rule.agree
     )
+    if rule.lm:
+        text += (
+            " The step is tuned on Euler pilots; the full runs use the Leimkuhler-Matthews scheme, for which MALA "
+            "acceptance is not defined, so the table leaves it blank (nan) for them."
+        )
+    return text
 
 
 @dataclass
