@@ -12,6 +12,7 @@ import warnings
 from pathlib import Path
 
 import torch
+from common import sync
 from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # the same model classes, not the sampler
@@ -63,12 +64,10 @@ def main():
         )
 
     run(5)  # warm-up, as the unweave side does
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
+    sync(device)
     start = time.perf_counter()
     out = run(s["draws"])
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
+    sync(device)
     seconds = time.perf_counter() - start
     per_chain = out["llc/means"].tolist() if "llc/means" in out else None
     print(

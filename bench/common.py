@@ -1,5 +1,5 @@
-"""Shared by the benchmarks: timing with warm-up and repeats, a plain table, --quick, and
-running a peer's side script in its virtualenv."""
+"""Shared by the benchmarks: timing with warm-up and repeats, waiting for a GPU before a
+clock read, a plain table, --quick, and running a peer's side script in its virtualenv."""
 
 from __future__ import annotations
 
@@ -11,6 +11,16 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+
+def sync(device) -> None:
+    """Wait for the device's queued work (a GPU runs kernels asynchronously), so that a clock
+    read after it times the work, not its launch. `device`: a torch.device or its name."""
+    import torch  # here, not at the top: some side scripts use this module without timing a device
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def best_of(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> tuple[float, float]:

@@ -21,18 +21,13 @@ import warnings
 from pathlib import Path
 
 import torch
-from common import table
+from common import sync, table
 
 from unweave.devices import loader_on
 from unweave.dictionaries import SAE, SAEConfig, TrainConfig, train_many
 from unweave.slt import SGLDConfig, estimate_llc
 from unweave.store import write_store
 from unweave.zoo import singular
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def sae_tokens_per_s(device: torch.device, steps: int) -> float:

@@ -29,7 +29,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from common import quick_option, run_side, table
+from common import quick_option, run_side, sync, table
 
 from unweave.devices import loader_on
 from unweave.slt import SGLDConfig, estimate_llc
@@ -94,11 +94,6 @@ def step_flops(model, loss_fn, loader) -> int:
         loss_fn(model(x), y).backward()
     model.zero_grad(set_to_none=True)
     return counter.get_total_flops()
-
-
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def peak_matmul(size: int = 2048, repeats: int = 10, device: str = "cpu") -> float:
