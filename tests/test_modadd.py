@@ -55,3 +55,26 @@ def test_reuse_and_config_clash(tmp_path):
     assert evaluate(run.load(), data) == pytest.approx(
         run.history[-1] | {"step": 40} and {k: v for k, v in run.history[-1].items() if k != "step"}
     )
+
+
+def test_the_embedding_gradient_does_not_depend_on_thread_timing():
+    """W_E[tokens]'s backward accumulated rows in a thread-dependent order on the CPU, so two
+    trainings of one seed with two threads gave different models (and the clock/pizza test
+    failed on one machine and not another)."""
+    from unweave.zoo.transformer import Transformer
+
+    cfg = ModAddConfig(p=31, d_model=64)
+    torch.manual_seed(0)
+    model = Transformer(cfg.transformer())
+    tokens = torch.randint(0, cfg.p, (4000, 3))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        grads = []
+        for _ in range(4):
+            model.zero_grad()
+            model.embed(tokens).pow(2).sum().backward()
+            grads.append(model.W_E.grad.clone())
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(g, grads[0]) for g in grads)

@@ -76,7 +76,7 @@ class EdgeModel:
         model, cfg = self.model, self.model.cfg
         if tokens.dim() != 2 or tokens.shape[1] > cfg.n_ctx:
             raise ValueError(f"tokens must have shape (batch, pos) with pos <= {cfg.n_ctx}, got {tuple(tokens.shape)}")
-        outs = {"embed": model.W_E[tokens] + model.W_pos[: tokens.shape[1]] if embed is None else embed}
+        outs = {"embed": model.embed(tokens) if embed is None else embed}
 
         def read(target: str) -> torch.Tensor:
             total = 0

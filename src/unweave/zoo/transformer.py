@@ -136,12 +136,18 @@ class Transformer(nn.Module):
         self.unembed = nn.Linear(cfg.d_model, d_out, bias=False)
         nn.init.normal_(self.unembed.weight, std=1 / math.sqrt(d_out))
 
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Token plus position embedding. Through F.embedding, not W_E[tokens]: the backward
+        of advanced indexing accumulates in a thread-dependent order on the CPU, so training
+        with two threads gave a different model each run."""
+        return nn.functional.embedding(tokens, self.W_E) + self.W_pos[: tokens.shape[1]]
+
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         if tokens.dim() != 2 or tokens.shape[1] > self.cfg.n_ctx:
             raise ValueError(
                 f"tokens must have shape (batch, pos) with pos <= {self.cfg.n_ctx}, got {tuple(tokens.shape)}"
             )
-        x = self.hook_embed(self.W_E[tokens] + self.W_pos[: tokens.shape[1]])
+        x = self.hook_embed(self.embed(tokens))
         for block in self.blocks:
             x = block(x)
         return self.unembed(x)
