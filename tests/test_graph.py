@@ -171,7 +171,7 @@ def test_circuit_is_the_smallest_prefix_within_the_budget_and_its_areas_are_righ
     assert abs(k.cmd_per_example - trapezoid([p.per_example_gap for p in k.curve], sizes)) < 1e-9
     # the circuit's KL recomputed from scratch: every other unit of the site set to its mean
     data = carving.target.data
-    rest = [u for u in range(data.baseline.shape[0]) if u not in set(k.units)]
+    rest = [u for u in range(data.n_units) if u not in set(k.units)]
     p_full = data.outputs().double().log_softmax(-1)
     p_circ = data.outputs(ablate=rest).double().log_softmax(-1)
     np.testing.assert_allclose(k.kl, (p_full.exp() * (p_full - p_circ)).sum(-1).numpy(), rtol=1e-6, atol=1e-12)

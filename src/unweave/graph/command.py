@@ -22,7 +22,7 @@ from unweave.graph import plots
 from unweave.graph.circuit import KL_BUDGET, KL_QUANTILE, Circuit, find_circuit
 from unweave.graph.effects import EffectData, effect_gram
 from unweave.graph.modules import MERGE, OUTPUT_SIZE, Modules, Separability, carve
-from unweave.graph.targets import CARRIED, PURE, TARGETS, Target, carried_labels, purity, resolve
+from unweave.graph.targets import CARRIED, PURE, TARGETS, UNITS, Target, carried_labels, purity, resolve
 from unweave.report import Report, Section
 from unweave.runs import Run, RunResult
 
@@ -37,6 +37,11 @@ class GraphConfig:
     examples: int = setting(
         4096, "Inputs to judge on: random ones for two-tasks, sequences for induction (at most 256; modadd: all pairs)."
     )
+    units: str = setting(
+        "neurons",
+        "A modular-addition run's units: its MLP 'neurons', or the latents of a 'transcoder' of that MLP trained "
+        "here (TopK, as wide as the MLP, k by a KL rule), with the transcoder's error as one more unit.",
+    )
     seed: int = setting(0, "Seed of the planted network, its inputs, the community detection and the layout.")
     kl_budget: float = setting(KL_BUDGET, "Circuits: the per-example KL (nats) the circuit may cost ...")
     kl_quantile: float = setting(KL_QUANTILE, "... for this share of the examples.")
@@ -46,6 +51,10 @@ class GraphConfig:
             raise ValueError(f"--examples must be at least 16, got {self.examples}")
         if not self.kl_budget > 0:
             raise ValueError(f"--kl-budget must be positive, got {self.kl_budget}")
+        if self.units not in UNITS:
+            raise ValueError(f"--units must be one of {UNITS}, got {self.units!r}")
+        if self.target == "induction" and self.units != "neurons":
+            raise ValueError("induction scores the edges between components, not units: leave out --units")
         if not 0 < self.kl_quantile <= 1:
             raise ValueError(f"--kl-quantile must be in (0, 1], got {self.kl_quantile}")
 
@@ -127,7 +136,7 @@ def add_circuit(c: Carving, budget: float = KL_BUDGET, quantile: float = KL_QUAN
     effect = c.gram.diagonal()
     order = sorted(c.modules.graph.nodes, key=lambda u: -float(effect[u]))
     data = c.target.data
-    every = range(int(data.baseline.shape[0]))
+    every = range(data.n_units)
 
     def keeping(kept: list[int]) -> torch.Tensor:  # every other unit of the site (inactive ones too) set to its mean
         kept = set(kept)
@@ -137,9 +146,8 @@ def add_circuit(c: Carving, budget: float = KL_BUDGET, quantile: float = KL_QUAN
 
 
 def circuit_json(c: Carving) -> dict:
-    site = c.target.data.units.site
     d = c.circuit.to_dict()
-    d["units"] = [{"site": site, "index": u} for u in c.circuit.units]
+    d["units"] = [c.target.data.units.record(u) for u in c.circuit.units]
     return {"target": c.target.name, "active_units": c.modules.graph.number_of_nodes(), **d}
 
 
@@ -175,14 +183,14 @@ def graph_json(c: Carving) -> dict:
 
 
 def modules_json(c: Carving) -> dict:
-    site = c.target.data.units.site
+    record = c.target.data.units.record
     return {
         "target": c.target.name,
         "modules": [
-            {"units": [{"site": site, "index": u} for u in m], "effect_share": s, "output_directions": r}
+            {"units": [record(u) for u in m], "effect_share": s, "output_directions": r}
             for m, s, r in zip(c.modules.modules, c.modules.shares, c.separability.directions)
         ],
-        "inactive": [{"site": site, "index": u} for u in c.modules.inactive],
+        "inactive": [record(u) for u in c.modules.inactive],
         "separability": c.separability.matrix,
         "max_off_diagonal": c.separability.max_off_diagonal,
         "merge_threshold": MERGE,
@@ -201,6 +209,18 @@ def summary_lines(c: Carving) -> list[str]:
         f"the modules' {k['truth']} (share of units) {labels}: " + ("recovered" if k["recovered"] else "NOT recovered"),
         f"single-unit ablations, attributed vs measured: Pearson {c.check['pearson']:.3f}, "
         f"largest relative error {c.check['max_relative_error']:.2g}",
+    ] + _transcoder_lines(c)
+
+
+def _transcoder_lines(c: Carving) -> list[str]:
+    fitted = c.target.context.get("transcoder")
+    if fitted is None:
+        return []
+    effect = c.gram.diagonal()
+    error = int(effect.shape[0]) - 1  # the dictionary's error is its last unit
+    return [
+        f"transcoder: {fitted['rule']}; its error carries {float(effect[error] / effect.sum()):.1%} of the squared "
+        f"effect (module {c.module_of.get(error, 'none: inactive')})"
     ]
 
 
@@ -257,7 +277,7 @@ def run_graph(cfg: GraphConfig) -> RunResult:
     if cfg.target == "induction":
         return run_induction_graph(cfg)
     run = Run(cfg.out, "graph", cfg, inputs=[cfg.target])
-    target = resolve(cfg.target, cfg.examples, cfg.seed)
+    target = resolve(cfg.target, cfg.examples, cfg.seed, cfg.units)
     carving = carve_target(target, cfg.seed)
     add_circuit(carving, cfg.kl_budget, cfg.kl_quantile)
     Path(cfg.out).mkdir(parents=True, exist_ok=True)

@@ -14,6 +14,7 @@ unembedding) the estimate is exact; `ablated_outputs` measures the true change.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -21,13 +22,18 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from unweave.sites import capture, patch
+from unweave.sites import patch
 
 
 @dataclass(frozen=True)
 class Units:
     """The units at one site: the last axis of its activation, at `position` when the
-    activation has a sequence axis (batch, position, ..., units)."""
+    activation has a sequence axis (batch, position, ..., units).
+
+    Every kind of unit (these, a dictionary's latents) is read and edited through one
+    interface: `editing(model, fn)` hands `fn` the units' state, (batch, coordinates), in the
+    forward pass and rebuilds the site from what `fn` returns; `unit_of` says which unit
+    each coordinate belongs to (one coordinate per unit here)."""
 
     site: str
     position: int | None = None
@@ -39,6 +45,35 @@ class Units:
     def names(self, count: int) -> list[str]:
         where = "" if self.position is None else f" @{self.position}"
         return [f"{self.site}[{i}]{where}" for i in range(count)]
+
+    def unit_of(self, coordinates: int) -> torch.Tensor:
+        return torch.arange(coordinates)
+
+    def record(self, unit: int) -> dict:
+        """The unit as modules.json and circuit.json name it."""
+        return {"site": self.site, "index": unit}
+
+    def values(self, state: torch.Tensor) -> torch.Tensor:
+        """(batch, units): what each unit's activity is, for describing it."""
+        return state
+
+    @contextlib.contextmanager
+    def editing(self, model: nn.Module, fn: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
+        def at_site(act: torch.Tensor) -> torch.Tensor:
+            return put(act, self.position, fn(self.of(act)))
+
+        with patch(model, {self.site: at_site}):
+            yield
+
+
+def put(act: torch.Tensor, position: int | None, state: torch.Tensor) -> torch.Tensor:
+    """`act` with its units at `position` (all of it when None) replaced by `state`,
+    differentiably in `state`."""
+    if position is None:
+        return state
+    act = act.clone()
+    act[:, position] = state
+    return act
 
 
 @dataclass
@@ -55,16 +90,37 @@ class EffectData:
         yield from self.inputs.split(self.batch_size)
 
     @functools.cached_property
+    def states(self) -> torch.Tensor:
+        """(examples, coordinates) of the units' state, computed once."""
+        seen = []
+
+        def record(state: torch.Tensor) -> torch.Tensor:
+            seen.append(state.detach())
+            return state
+
+        with torch.no_grad(), self.units.editing(self.model, record):
+            for x in self.batches():
+                self.model(x)
+        return torch.cat(seen)
+
+    @functools.cached_property
+    def unit_of(self) -> torch.Tensor:
+        """The unit each coordinate of the state belongs to."""
+        return self.units.unit_of(self.states.shape[1])
+
+    @property
+    def n_units(self) -> int:
+        return int(self.unit_of.max()) + 1
+
+    @functools.cached_property
     def activations(self) -> torch.Tensor:
-        """(examples, units) at the site, computed once."""
-        site = self.units.site
-        with torch.no_grad():
-            return torch.cat([self.units.of(capture(self.model, site, x)[site]) for x in self.batches()])
+        """(examples, units): each unit's activity, for describing it."""
+        return self.units.values(self.states)
 
     @functools.cached_property
     def baseline(self) -> torch.Tensor:
-        """Each unit's mean over the data: what an ablated unit is set to."""
-        return self.activations.mean(0)
+        """Each coordinate's mean over the data: what an ablated unit is set to."""
+        return self.states.mean(0)
 
     @functools.cached_property
     def clean(self) -> torch.Tensor:
@@ -75,38 +131,40 @@ class EffectData:
     @torch.no_grad()
     def outputs(self, ablate: Sequence[int] = ()) -> torch.Tensor:
         """(examples, outputs), with the units in `ablate` set to their means."""
-        index = torch.as_tensor(list(ablate), dtype=torch.long)
-        if index.numel() == 0:
+        if len(ablate) == 0:
             return self.clean
+        index = torch.isin(self.unit_of, torch.as_tensor(list(ablate), dtype=torch.long)).nonzero().flatten()
         mean = self.baseline[index]
 
-        def ablated(act: torch.Tensor) -> torch.Tensor:
-            act = act.clone()
-            here = self.units.of(act)  # a view into act
-            here[..., index] = mean.to(act.dtype)
-            return act
+        def ablated(state: torch.Tensor) -> torch.Tensor:
+            state = state.clone()
+            state[:, index] = mean.to(state.dtype)
+            return state
 
-        with patch(self.model, {self.units.site: ablated}):
+        with self.units.editing(self.model, ablated):
             return torch.cat([self.output(self.model(x)) for x in self.batches()])
 
     def attributed_effects(self) -> Iterator[torch.Tensor]:
         """Per batch, (examples, outputs, units): the attributed change of each output when
-        each unit is ablated (the negative of gradient x (activation - mean))."""
-        site, mean = self.units.site, self.baseline
+        each unit is ablated (the negative of gradient x (activation - mean), summed over a
+        unit's coordinates)."""
+        mean, unit_of, n_units = self.baseline, self.unit_of, self.n_units
         for x in self.batches():
             leaf = _Leaf()
-            with torch.enable_grad(), patch(self.model, {site: leaf}):
+            with torch.enable_grad(), self.units.editing(self.model, leaf):
                 out = self.output(self.model(x))
                 n_out = out.shape[-1]
                 grads = torch.eye(n_out, dtype=out.dtype).unsqueeze(1).expand(n_out, *out.shape)
                 (jac,) = torch.autograd.grad(out, leaf.act, grads, is_grads_batched=True)
-            jac = self.units.of(jac.movedim(0, 1).flatten(0, 1)).unflatten(0, (len(x), n_out))
-            act = self.units.of(leaf.act.detach())
-            yield -(jac * (act - mean).unsqueeze(1))
+            per_coordinate = -(jac.movedim(0, 1) * (leaf.act.detach() - mean).unsqueeze(1))
+            if len(unit_of) == n_units:  # one coordinate per unit
+                yield per_coordinate
+            else:
+                yield per_coordinate.new_zeros(len(x), n_out, n_units).index_add_(2, unit_of, per_coordinate)
 
 
 class _Leaf:
-    """A patch that makes the site's activation a leaf of the graph, to differentiate against."""
+    """An edit that makes the units' state a leaf of the graph, to differentiate against."""
 
     act: torch.Tensor
 

@@ -1,5 +1,6 @@
 """What `unweave graph` cuts into modules: `two-tasks` (a planted network with two
-independent tasks in shared layers) or a modular-addition run folder (its MLP neurons).
+independent tasks in shared layers) or a modular-addition run folder (its MLP neurons, or
+with `--units transcoder` the latents of a transcoder of that MLP and its error).
 Each resolves to the effect data (model, inputs, units, outputs), a short description of
 each unit for the page, and the known answer, which the method never sees: it is only used
 afterwards to score the modules it found.
@@ -14,6 +15,15 @@ from pathlib import Path
 
 import torch
 
+from unweave.graph.circuit import KL_BUDGET, KL_QUANTILE
+from unweave.graph.dictionary_units import (
+    Budget,
+    DictionaryUnits,
+    FittedTranscoder,
+    fit_transcoder,
+    fvu_budget,
+    kl_budget,
+)
 from unweave.graph.effects import EffectData, Units, centred_logits
 from unweave.zoo import fourier
 from unweave.zoo.modadd import TrainedModAdd, make_data
@@ -42,13 +52,18 @@ class Target:
     labels: torch.Tensor | None = None  # right answers, where the outputs are logits: then a circuit is found
 
 
-def resolve(name: str, examples: int, seed: int) -> Target:
+UNITS = ("neurons", "transcoder")
+
+
+def resolve(name: str, examples: int, seed: int, units: str = "neurons") -> Target:
+    if units not in UNITS:
+        raise ValueError(f"--units must be one of {UNITS}, got {units!r}")
     if name == "two-tasks":
-        return two_tasks_target(examples, seed)
+        return two_tasks_target(examples, seed, units)
     path = Path(name)
     for folder in (path, path / "modadd"):
         if folder.is_dir() and TrainedModAdd.is_run(folder):
-            return modadd_target(folder)
+            return modadd_target(folder, units, seed)
     raise ValueError(f"unknown graph target {name!r}; use {TARGETS}")
 
 
@@ -61,11 +76,18 @@ def _top_inputs(acts: torch.Tensor, label: Callable[[int], str], k: int = 3) -> 
     return describe
 
 
-def two_tasks_target(examples: int, seed: int) -> Target:
+def two_tasks_target(examples: int, seed: int, units: str = "neurons") -> Target:
     cfg = TwoTasksConfig(seed=seed)
     model = TwoTasks(cfg).eval()
     x = sample_inputs(examples, cfg, seed + 1)
     data = EffectData(model, x, Units("mlp.hook_post"), lambda y: y)
+    truth, context, described = model.neuron_task.tolist(), {}, "the MLP neurons"
+    if units == "transcoder":
+        data, fitted = _transcoder(data, "mlp.hook_out", "embed", None, cfg.d_mlp, fvu_budget(TWO_TASKS_FVU), seed)
+        # checked afterwards: the task whose output directions a latent's decoder row writes most onto
+        written = torch.stack([fitted.sae.W_dec.detach() @ model.O[:, model.output_task() == t] for t in (0, 1)])
+        truth = written.norm(dim=2).argmax(0).tolist() + [ERROR_LABEL]
+        context, described = _transcoder_context(fitted), _transcoder_text(fitted)
 
     def label(i: int) -> str:
         a, b = x[i, : cfg.n_in].abs().max(), x[i, cfg.n_in :].abs().max()
@@ -74,42 +96,67 @@ def two_tasks_target(examples: int, seed: int) -> Target:
     note = (
         f"a planted network: two tasks, each a random map from its own {cfg.n_in} inputs to its own {cfg.n_out} "
         f"outputs, through one residual stream of {cfg.d_model} dimensions ({2 * cfg.n_in} input directions in "
-        f"superposition) and one MLP of {cfg.d_mlp} neurons (half per task, interleaved); units: the MLP neurons; "
+        f"superposition) and one MLP of {cfg.d_mlp} neurons (half per task, interleaved); units: {described}; "
         f"{examples} random inputs"
     )
-    return Target(
-        "two-tasks",
-        data,
-        note,
-        _top_inputs(data.activations, label),
-        "task",
-        model.neuron_task.tolist(),
-        {},
-    )
+    name = "two-tasks" + (" (transcoder)" if units == "transcoder" else "")
+    return Target(name, data, note, _top_inputs(data.activations, label), "task", truth, context)
 
 
-def modadd_target(path: Path) -> Target:
+def modadd_target(path: Path, units: str = "neurons", seed: int = 0) -> Target:
     run = TrainedModAdd.open(path)
     model, p = run.load(), run.config.p
     tokens = make_data(run.config).tokens
     data = EffectData(model, tokens, Units("blocks.0.mlp.hook_post", -1), lambda out: centred_logits(out[:, -1]))
+    described, context = f"the {run.config.d_mlp} MLP neurons at the '=' position", {}
+    if units == "transcoder":
+        budget = kl_budget(KL_BUDGET, KL_QUANTILE)
+        site, input_site = "blocks.0.hook_mlp_out", "blocks.0.hook_resid_mid"
+        data, fitted = _transcoder(data, site, input_site, -1, run.config.d_mlp, budget, seed)
+        context, described = _transcoder_context(fitted), _transcoder_text(fitted) + " at the '=' position"
     acts = data.activations
-    # checked afterwards, never given to the method: each neuron's dominant frequency and the
+    # checked afterwards, never given to the method: each unit's dominant frequency and the
     # key frequencies of the embedding
     truth = fourier.neuron_frequencies(acts, p).tolist()
-    keys = fourier.key_frequencies(fourier.embedding_spectrum(model.W_E.detach(), p))
+    if units == "transcoder":
+        truth[-1] = ERROR_LABEL
+    context["embedding key frequencies"] = fourier.key_frequencies(fourier.embedding_spectrum(model.W_E.detach(), p))
 
     def label(i: int) -> str:
         a, b = int(tokens[i, 0]), int(tokens[i, 1])
         return f"{a}+{b}={(a + b) % p}"
 
     note = (
-        f"modular addition mod {p} ({path}); units: the {acts.shape[1]} MLP neurons at the '=' position; outputs: "
-        f"the logits minus their mean; inputs: all {p * p} pairs"
+        f"modular addition mod {p} ({path}); units: {described}; outputs: the logits minus their mean; inputs: all "
+        f"{p * p} pairs"
     )
-    context = {"embedding key frequencies": keys}
     labels = make_data(run.config).labels
-    return Target(f"modadd p={p}", data, note, _top_inputs(acts, label), "frequency", truth, context, labels)
+    name = f"modadd p={p}" + (" (transcoder)" if units == "transcoder" else "")
+    return Target(name, data, note, _top_inputs(acts, label), "frequency", truth, context, labels)
+
+
+ERROR_LABEL = -1  # the planted label of a dictionary's error unit (tasks are 0, 1; frequencies start at 1)
+TWO_TASKS_FVU = 0.05  # two-tasks' outputs are values, not logits: the transcoder alone may leave this unexplained
+
+
+def _transcoder(
+    neurons: EffectData, site: str, input_site: str, position: int | None, width: int, budget: Budget, seed: int
+) -> tuple[EffectData, FittedTranscoder]:
+    """The latents of a transcoder trained here on the MLP whose neurons `neurons` reads, and its error."""
+    model, inputs, output = neurons.model, neurons.inputs, neurons.output
+    fitted = fit_transcoder(model, inputs, site, input_site, position, width, output, budget, seed)
+    return EffectData(model, inputs, DictionaryUnits(site, fitted.sae, input_site, position), output), fitted
+
+
+def _transcoder_context(fitted: FittedTranscoder) -> dict:
+    return {"transcoder": {"k": fitted.k, "distortion": fitted.distortion, "rule": fitted.rule}}
+
+
+def _transcoder_text(fitted: FittedTranscoder) -> str:
+    return (
+        f"the {fitted.sae.cfg.n_latents} latents of a transcoder of the MLP trained here ({fitted.rule}) and its "
+        f"error (label {ERROR_LABEL})"
+    )
 
 
 def purity(modules: list[list[int]], truth: list[int], effect: torch.Tensor) -> list[dict]:

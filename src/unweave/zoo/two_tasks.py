@@ -45,7 +45,8 @@ def _unit_columns(rows: int, cols: int, gen: torch.Generator) -> torch.Tensor:
 
 class TwoTasks(nn.Module):
     """Sites: `embed` (the residual stream), `mlp.hook_pre`, `mlp.hook_post` (the neurons),
-    `resid_post`. `neuron_task[i]` is 0 for task A's neurons, 1 for task B's."""
+    `mlp.hook_out` (what the MLP adds to the stream), `resid_post`. `neuron_task[i]` is 0 for
+    task A's neurons, 1 for task B's."""
 
     def __init__(self, cfg: TwoTasksConfig = TwoTasksConfig()):
         super().__init__()
@@ -70,7 +71,7 @@ class TwoTasks(nn.Module):
         self.O = nn.Parameter(out_dirs)
         self.embed = nn.Identity()
         self.mlp = nn.Module()
-        self.mlp.hook_pre, self.mlp.hook_post = nn.Identity(), nn.Identity()
+        self.mlp.hook_pre, self.mlp.hook_post, self.mlp.hook_out = nn.Identity(), nn.Identity(), nn.Identity()
         self.resid_post = nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -78,7 +79,7 @@ class TwoTasks(nn.Module):
             raise ValueError(f"TwoTasks expects inputs of shape (batch, {2 * self.cfg.n_in}), got {tuple(x.shape)}")
         resid = self.embed(x @ self.E.T)
         h = self.mlp.hook_post(torch.relu(self.mlp.hook_pre(resid @ self.W_in.T + self.b_in)))
-        resid = self.resid_post(resid + h @ self.W_out.T)
+        resid = self.resid_post(resid + self.mlp.hook_out(h @ self.W_out.T))
         return resid @ self.O
 
     def output_task(self) -> torch.Tensor:

@@ -1,0 +1,117 @@
+"""unweave.graph with a dictionary's latents as units: the split y = decode(f) + e is exact,
+attributions equal a closed form through the unembedding, the units (error included) account
+for all of the output, and the transcoder target recovers the frequencies."""
+
+import json
+
+import pytest
+import torch
+
+from unweave.dictionaries.sae import SAE, SAEConfig
+from unweave.graph.command import GraphConfig
+from unweave.graph.dictionary_units import DictionaryUnits
+from unweave.graph.effects import EffectData, centred_logits
+from unweave.sites import SiteError, capture, patch
+from unweave.zoo.modadd import ModAddConfig, make_data
+from unweave.zoo.transformer import Transformer
+
+OUT, IN = "blocks.0.hook_mlp_out", "blocks.0.hook_resid_mid"
+CFG = ModAddConfig(p=11, d_model=16, n_heads=2, d_mlp=32)
+
+
+def _case(skip: bool = False) -> tuple[Transformer, torch.Tensor, SAE]:
+    torch.manual_seed(0)
+    model = Transformer(CFG.transformer()).eval()
+    sae = SAE(SAEConfig(16, 24, "topk", k=3, kind="transcoder", d_out=16, skip=skip), seed=1)
+    with torch.no_grad():  # a random transcoder: the split must be exact whatever it is
+        sae.b_enc.normal_()
+        sae.b_dec.normal_()
+        if skip:
+            sae.W_skip.normal_()
+    return model, make_data(CFG).tokens, sae
+
+
+def _answer(out: torch.Tensor) -> torch.Tensor:
+    return centred_logits(out[:, -1])
+
+
+@pytest.mark.parametrize("skip", [False, True])
+def test_latents_and_error_rebuild_the_site_and_attributions_follow_the_unembedding(skip):
+    model, tokens, sae = _case(skip)
+    data = EffectData(model, tokens, DictionaryUnits(OUT, sae, IN, -1), _answer, batch_size=50)
+    # the split is exact: reading the units changes nothing
+    torch.testing.assert_close(data.outputs(ablate=[]), _answer(model(tokens)).detach())
+    acts = capture(model, [IN, OUT], tokens)
+    x, y = acts[IN][:, -1], acts[OUT][:, -1]
+    f = sae.encode(x).detach()
+    e = (y - sae.decode(f, x)).detach()
+    vectors = ([(x @ sae.W_skip).detach()] if skip else []) + [e]  # the skip path is a unit of its own
+    torch.testing.assert_close(data.states, torch.cat([f, *vectors], 1))
+    # after the MLP, the answer is linear in y: d(answer)/dy = C W_U with C the centring
+    readout = model.unembed.weight.detach()
+    readout = readout - readout.mean(0)  # (p, d): centred logits = readout @ resid
+    latents = -torch.einsum("od,nd,bn->bon", readout, sae.W_dec.detach(), f - f.mean(0))
+    expected = torch.cat([latents, *[-((v - v.mean(0)) @ readout.T).unsqueeze(-1) for v in vectors]], -1)
+    attributed = torch.cat(list(data.attributed_effects()))
+    torch.testing.assert_close(attributed, expected, rtol=1e-4, atol=1e-5)
+    # every unit ablated = the MLP's output at '=' set to its mean: the error keeps the account whole
+    every = data.outputs(ablate=range(data.n_units))
+
+    def at_mean(act: torch.Tensor) -> torch.Tensor:
+        return torch.cat([act[:, :-1], y.mean(0).expand(len(act), 1, -1)], 1)
+
+    with torch.no_grad(), patch(model, {OUT: at_mean}):
+        torch.testing.assert_close(every, _answer(model(tokens)), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(attributed.sum(-1), every - data.clean, rtol=1e-4, atol=1e-5)
+    # a single latent ablated: measured equals attributed (linear downstream)
+    live = int(f.abs().sum(0).argmax())
+    torch.testing.assert_close(data.outputs(ablate=[live]) - data.clean, attributed[..., live], rtol=1e-4, atol=1e-5)
+
+
+def test_an_input_site_after_the_output_site_is_an_error():
+    model, tokens, _ = _case()
+    sae = SAE(SAEConfig(16, 8, "topk", k=2, kind="transcoder", d_out=16))
+    backwards = DictionaryUnits(IN, sae, "blocks.0.hook_resid_post", -1)  # input read after the output
+    with pytest.raises(SiteError, match="was not reached before its output site"):
+        EffectData(model, tokens, backwards, _answer).outputs(ablate=[0])
+    with pytest.raises(ValueError, match="need input_site"):
+        DictionaryUnits(OUT, sae)
+
+
+def test_records_name_latents_and_the_error():
+    _, _, sae = _case()
+    units = DictionaryUnits(OUT, sae, IN, -1)
+    assert units.record(3) == {"site": OUT, "index": 3, "kind": "transcoder latent", "input_site": IN}
+    assert units.record(24)["kind"] == "error"
+    assert units.names(25)[-1] == f"{OUT} error @-1"
+    assert units.unit_of(24 + 16).tolist() == list(range(24)) + [24] * 16
+
+
+def test_graph_cuts_a_transcoders_latents_chosen_by_its_rule(tmp_path):
+    """`--units transcoder` on two-tasks: k is the smallest that meets the output budget (the
+    smaller ones tried missed it), every latent and the error are units of the files, and the
+    attributions match single-unit ablations (the outputs are linear in the MLP's output)."""
+    from test_cli import runner
+
+    from unweave.cli import app
+    from unweave.graph.targets import TWO_TASKS_FVU
+
+    out = tmp_path / "graph"
+    result = runner.invoke(app, ["graph", "two-tasks", "--units", "transcoder", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    modules = json.loads((out / "modules.json").read_text())
+    fitted = modules["known_answer"]["transcoder"]
+    tried = {int(k): v for k, v in fitted["distortion"].items()}
+    assert tried[fitted["k"]] <= TWO_TASKS_FVU and all(v > TWO_TASKS_FVU for k, v in tried.items() if k < fitted["k"])
+    assert sorted(tried) == [k for k in (1, 2, 4, 8, 16, 32) if k <= fitted["k"]]
+    units = [u for m in modules["modules"] for u in m["units"]] + modules["inactive"]
+    width = 64  # TwoTasksConfig.d_mlp: as many latents as neurons
+    assert sorted(u["index"] for u in units) == list(range(width + 1))
+    assert [u["kind"] for u in units if u["index"] == width] == ["error"]
+    check = json.loads((out / "graph.json").read_text())
+    assert len(check["nodes"]) + len(check["inactive"]) == width + 1
+    assert "transcoder:" in result.output and "its error carries" in result.output
+    with pytest.raises(ValueError, match="--units must be one of"):
+        GraphConfig("two-tasks", units="sae")
+    with pytest.raises(ValueError, match="leave out --units"):
+        GraphConfig("induction", units="transcoder")
