@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from unweave.dictionaries.sae import SAE, SAEConfig
-from unweave.graph.command import GraphConfig
+from unweave.graph.command import GraphConfig, run_graph
 from unweave.graph.dictionary_units import DictionaryUnits
 from unweave.graph.effects import EffectData, centred_logits
 from unweave.sites import SiteError, capture, patch
@@ -81,7 +81,7 @@ def test_an_input_site_after_the_output_site_is_an_error():
 def test_records_name_latents_and_the_error():
     _, _, sae = _case()
     units = DictionaryUnits(OUT, sae, IN, -1)
-    assert units.record(3) == {"site": OUT, "index": 3, "kind": "transcoder latent", "input_site": IN}
+    assert units.record(3) == {"site": OUT, "index": 3, "kind": "transcoder latent", "position": -1, "input_site": IN}
     assert units.record(24)["kind"] == "error"
     assert units.names(25)[-1] == f"{OUT} error @-1"
     assert units.unit_of(24 + 16).tolist() == list(range(24)) + [24] * 16
@@ -115,3 +115,82 @@ def test_graph_cuts_a_transcoders_latents_chosen_by_its_rule(tmp_path):
         GraphConfig("two-tasks", units="sae")
     with pytest.raises(ValueError, match="leave out --units"):
         GraphConfig("induction", units="transcoder")
+
+
+def _prompt_transcoder(tiny_model_dir, folder, skip: bool = False):
+    """A random transcoder of the tiny Llama's layer-0 MLP, saved as `unweave sae train` would."""
+    from unweave.dictionaries import io
+
+    model_dir = tiny_model_dir("llama")
+    sae = SAE(SAEConfig(32, 48, "topk", k=4, kind="transcoder", d_out=32, skip=skip), seed=2)
+    with torch.no_grad():
+        sae.b_dec.normal_()
+    meta = {
+        "model_name": str(model_dir),
+        "hook_name": "model.layers.0.mlp:input",
+        "hook_name_out": "model.layers.0.mlp",
+    }
+    return io.save(sae, folder, meta), sae, model_dir
+
+
+PROMPT = "the cat sat on the mat and the cat sat on the"
+
+
+def test_a_prompts_units_are_its_live_latents_and_errors_at_every_position(tiny_model_dir, tmp_path):
+    from unweave.graph.prompt import PROMPT_OUTPUTS, prompt_units
+    from unweave.hf import load_model
+
+    folder, sae, model_dir = _prompt_transcoder(tiny_model_dir, tmp_path / "tc")
+    data, tokenizer, top, _ = prompt_units(folder, PROMPT)
+    model, _ = load_model(str(model_dir))
+    tokens = tokenizer(PROMPT, return_tensors="pt").input_ids
+    T = tokens.shape[1]
+    x = capture(model, "model.layers.0.mlp:input", tokens)["model.layers.0.mlp:input"][0]
+    f = sae.encode(x).detach()  # (T, latents)
+    records = [data.units.record(u) for u in range(data.n_units)]
+    latents = {(r["position"], r["index"]) for r in records if r["kind"] == "transcoder latent"}
+    assert latents == {(t, i) for t, i in zip(*f.nonzero(as_tuple=True)) for t, i in [(int(t), int(i))]}
+    assert sorted(r["position"] for r in records if r["kind"] == "error") == list(range(T))
+    assert top.shape == (PROMPT_OUTPUTS,)
+    # every unit set to zero: the MLP's output is the transcoder's decoder bias at every position
+    every = data.outputs(ablate=range(data.n_units))
+    with torch.no_grad(), patch(model, {"model.layers.0.mlp": lambda act: sae.b_dec.expand_as(act)}):
+        logits = model(tokens).logits[:, -1]
+    torch.testing.assert_close(every, centred_logits(logits)[:, top], rtol=1e-4, atol=1e-5)
+    # one latent switched off: measured by hand with the latent removed from its position's output
+    unit = next(u for u, r in enumerate(records) if r["kind"] == "transcoder latent")
+    t, i = records[unit]["position"], records[unit]["index"]
+
+    def without(act: torch.Tensor) -> torch.Tensor:
+        act = act.clone()
+        act[0, t] -= f[t, i] * sae.W_dec[i].detach()
+        return act
+
+    with torch.no_grad(), patch(model, {"model.layers.0.mlp": without}):
+        logits = model(tokens).logits[:, -1]
+    torch.testing.assert_close(data.outputs(ablate=[unit]), centred_logits(logits)[:, top], rtol=1e-4, atol=1e-5)
+
+
+def test_graph_of_a_prompt_writes_modules_and_the_ablation_check(tiny_model_dir, tmp_path):
+    from test_cli import runner
+
+    from unweave.cli import app
+
+    folder, _, _ = _prompt_transcoder(tiny_model_dir, tmp_path / "tc")
+    out = tmp_path / "graph"
+    result = runner.invoke(app, ["graph", str(folder), "--prompt", PROMPT, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    modules = json.loads((out / "modules.json").read_text())
+    assert modules["known_answer"] is None and modules["modules"]
+    assert {u["kind"] for m in modules["modules"] for u in m["units"]} <= {"transcoder latent", "error"}
+    record = json.loads((out / "record.json").read_text())
+    assert any("single-unit ablations" in line for line in record["summary"])
+    assert "its error carries" in " ".join(result.output.split())
+    # bad input: no prompt, a prompt longer than the model's context (256), a prompt for another target
+    for args, message in (
+        ([str(folder)], "give the text to draw its graph on with --prompt"),
+        ([str(folder), "--prompt", "cat " * 300], "longer than the context"),
+        (["two-tasks", "--prompt", "a b"], "--prompt is for a dictionary folder"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            run_graph(GraphConfig(args[0], out=tmp_path / "bad", prompt=args[2] if len(args) > 2 else None))

@@ -42,6 +42,9 @@ class GraphConfig:
         "A modular-addition run's units: its MLP 'neurons', or the latents of a 'transcoder' of that MLP trained "
         "here (TopK, as wide as the MLP, k by a KL rule), with the transcoder's error as one more unit.",
     )
+    prompt: str | None = setting(
+        None, "With a dictionary folder as TARGET: the text whose graph over the dictionary's latents is drawn."
+    )
     seed: int = setting(0, "Seed of the planted network, its inputs, the community detection and the layout.")
     kl_budget: float = setting(KL_BUDGET, "Circuits: the per-example KL (nats) the circuit may cost ...")
     kl_quantile: float = setting(KL_QUANTILE, "... for this share of the examples.")
@@ -66,7 +69,7 @@ class Carving:
     modules: Modules
     separability: Separability
     check: dict  # single-unit ablations: attributed against measured
-    known: dict
+    known: dict | None  # None where no answer is known (a prompt)
     circuit: Circuit | None = None
 
     @property
@@ -93,7 +96,9 @@ def unit_check(data: EffectData, gram: torch.Tensor, modules: Modules, count: in
     }
 
 
-def known_answer(target: Target, gram: torch.Tensor, modules: Modules) -> dict:
+def known_answer(target: Target, gram: torch.Tensor, modules: Modules) -> dict | None:
+    if target.truth is None:
+        return None
     effect = gram.diagonal()
     rows = purity(modules.modules, target.truth, effect)
     labels = [r["label"] for r in rows]
@@ -199,29 +204,37 @@ def modules_json(c: Carving) -> dict:
 
 
 def summary_lines(c: Carving) -> list[str]:
-    k = c.known
-    labels = ", ".join(f"{r['label']} ({r['purity']:.0%} of {r['units']})" for r in k["modules"])
-    return [
+    lines = [
         f"{c.target.name}: {len(c.modules.modules)} modules of {c.modules.graph.number_of_nodes()} active units "
         f"({len(c.modules.inactive)} inactive); largest cross effect {c.separability.max_off_diagonal:.3f} of a "
-        "module's effect on its own outputs",
-        f"known answer (the planted {k['truth']} of each unit; those carrying the effect: {k['expected']}): "
-        f"the modules' {k['truth']} (share of units) {labels}: " + ("recovered" if k["recovered"] else "NOT recovered"),
-        f"single-unit ablations, attributed vs measured: Pearson {c.check['pearson']:.3f}, "
-        f"largest relative error {c.check['max_relative_error']:.2g}",
-    ] + _transcoder_lines(c)
-
-
-def _transcoder_lines(c: Carving) -> list[str]:
-    fitted = c.target.context.get("transcoder")
-    if fitted is None:
-        return []
-    effect = c.gram.diagonal()
-    error = int(effect.shape[0]) - 1  # the dictionary's error is its last unit
-    return [
-        f"transcoder: {fitted['rule']}; its error carries {float(effect[error] / effect.sum()):.1%} of the squared "
-        f"effect (module {c.module_of.get(error, 'none: inactive')})"
+        "module's effect on its own outputs"
     ]
+    k = c.known
+    if k is not None:
+        labels = ", ".join(f"{r['label']} ({r['purity']:.0%} of {r['units']})" for r in k["modules"])
+        lines.append(
+            f"known answer (the planted {k['truth']} of each unit; those carrying the effect: {k['expected']}): "
+            f"the modules' {k['truth']} (share of units) {labels}: "
+            + ("recovered" if k["recovered"] else "NOT recovered")
+        )
+    lines.append(
+        f"single-unit ablations, attributed vs measured: Pearson {c.check['pearson']:.3f}, "
+        f"Spearman {c.check['spearman']:.3f}, largest relative error {c.check['max_relative_error']:.2g}"
+    )
+    return lines + _dictionary_lines(c)
+
+
+def _dictionary_lines(c: Carving) -> list[str]:
+    """Where the units are a dictionary's: how much of the effect its error carries."""
+    effect = c.gram.diagonal()
+    errors = [u for u in range(len(effect)) if c.target.data.units.record(u).get("kind") == "error"]
+    if not errors:
+        return []
+    share = float(effect[errors].sum() / effect.sum())
+    fitted = c.target.context.get("transcoder")
+    rule = f"transcoder: {fitted['rule']}; " if fitted else ""
+    where = sorted({c.module_of.get(u, "inactive") for u in errors}, key=str)
+    return [f"{rule}its error carries {share:.1%} of the squared effect (modules {where})"]
 
 
 def add_sections(report: Report, summary: Section, c: Carving, seed: int) -> None:
@@ -230,19 +243,21 @@ def add_sections(report: Report, summary: Section, c: Carving, seed: int) -> Non
         {
             "modules": len(c.modules.modules),
             "largest cross effect": f"{c.separability.max_off_diagonal:.3f}",
-            "known answer": "recovered" if c.known["recovered"] else "not recovered",
+            **({"known answer": "recovered" if c.known["recovered"] else "not recovered"} if c.known else {}),
         }
     )
     for line in lines:
         summary.text(line, summary=True)
+    zero = c.target.data.ablate_to == "zero"
+    scored = f" The planted {c.target.truth_name} of each unit is computed afterwards, to score the cut."
     summary.text(
-        f"{c.target.note}. Each unit's effect on the output is its attribution (gradient x (activation - mean)) "
-        "per example and output; two units are joined by how much their effects overlap, and Louvain communities "
-        "of that graph are the modules. Then each module is ablated (set to its mean) and the change measured: "
-        "a module's outputs are the principal directions of the change its own ablation makes, at least "
-        f"{OUTPUT_SIZE:g} times the size of the strongest; modules that move each other's outputs by more than "
-        f"{MERGE:.0%} of what they do to their own are merged. The "
-        f"planted {c.target.truth_name} of each unit is computed afterwards, to score the cut."
+        f"{c.target.note}. Each unit's effect on the output is its attribution (gradient x (activation - "
+        f"{'0' if zero else 'mean'})) per example and output; two units are joined by how much their effects "
+        "overlap, and Louvain communities of that graph are the modules. Then each module is ablated (set to "
+        f"{'zero' if zero else 'its mean'}) and the change measured: a module's outputs are the principal directions "
+        f"of the change its own ablation makes, at least {OUTPUT_SIZE:g} times the size of the strongest; modules "
+        f"that move each other's outputs by more than {MERGE:.0%} of what they do to their own are merged."
+        + (scored if c.known else "")
     )
     names = c.target.data.units.names(c.gram.shape[0])
     hover = {u: c.target.describe_unit(u) for u in c.modules.graph}
@@ -253,12 +268,23 @@ def add_sections(report: Report, summary: Section, c: Carving, seed: int) -> Non
                 "units": len(m),
                 "effect share": s,
                 "output directions": r,
-                f"planted {c.target.truth_name}": k["label"],
-                "purity (units)": k["purity"],
-                "purity (effect)": k["effect_purity"],
+                **(
+                    {
+                        f"planted {c.target.truth_name}": k["label"],
+                        "purity (units)": k["purity"],
+                        "purity (effect)": k["effect_purity"],
+                    }
+                    if k
+                    else {}
+                ),
             }
             for i, (m, s, r, k) in enumerate(
-                zip(c.modules.modules, c.modules.shares, c.separability.directions, c.known["modules"])
+                zip(
+                    c.modules.modules,
+                    c.modules.shares,
+                    c.separability.directions,
+                    c.known["modules"] if c.known else [None] * len(c.modules.modules),
+                )
             )
         ]
     )
@@ -277,7 +303,7 @@ def run_graph(cfg: GraphConfig) -> RunResult:
     if cfg.target == "induction":
         return run_induction_graph(cfg)
     run = Run(cfg.out, "graph", cfg, inputs=[cfg.target])
-    target = resolve(cfg.target, cfg.examples, cfg.seed, cfg.units)
+    target = resolve(cfg.target, cfg.examples, cfg.seed, cfg.units, cfg.prompt)
     carving = carve_target(target, cfg.seed)
     add_circuit(carving, cfg.kl_budget, cfg.kl_quantile)
     Path(cfg.out).mkdir(parents=True, exist_ok=True)

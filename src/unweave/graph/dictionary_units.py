@@ -31,6 +31,10 @@ from unweave.sites import SiteError, capturing, patch
 
 @dataclass(frozen=True, eq=False)
 class DictionaryUnits:
+    """The dictionary's units at `position`; with no position, at every position of a
+    (batch, positions, d) activation, position-major: (position 0's latents and vectors,
+    position 1's, ...). A 2-D activation has no positions."""
+
     site: str  # where the dictionary's output goes (a transcoder: the MLP's output)
     sae: SAE
     input_site: str | None = None  # a transcoder: the MLP input it reads
@@ -49,26 +53,46 @@ class DictionaryUnits:
         """The vector units after the latents: a skip transcoder's linear path x W_skip, then the error."""
         return ["skip", "error"] if self.sae.cfg.skip else ["error"]
 
+    @property
+    def per_position(self) -> int:
+        """Units at one position."""
+        return self.latents + len(self.parts)
+
+    @property
+    def _coordinates(self) -> int:
+        return self.latents + len(self.parts) * self.sae.cfg.width_out
+
+    def _where(self, unit: int) -> tuple[int, int | None]:
+        """(unit within its position, position) of a unit."""
+        t, u = divmod(unit, self.per_position)
+        return u, self.position if self.position is not None else t
+
     def names(self, count: int) -> list[str]:
-        where = "" if self.position is None else f" @{self.position}"
-        return [f"{self.site} latent {i}{where}" for i in range(self.latents)] + [
-            f"{self.site} {part}{where}" for part in self.parts
-        ]
+        names = []
+        for unit in range(count):
+            u, t = self._where(unit)
+            what = f"latent {u}" if u < self.latents else self.parts[u - self.latents]
+            names.append(f"{self.site} {what}" + ("" if t is None else f" @{t}"))
+        return names
 
     def unit_of(self, coordinates: int) -> torch.Tensor:
         width = self.sae.cfg.width_out
-        return torch.cat(
+        one = torch.cat(
             [torch.arange(self.latents), self.latents + torch.arange(len(self.parts)).repeat_interleave(width)]
         )
+        positions = coordinates // self._coordinates
+        return (one + self.per_position * torch.arange(positions)[:, None]).flatten()
 
     def record(self, unit: int) -> dict:
-        kind = self.parts[unit - self.latents] if unit >= self.latents else f"{self.sae.cfg.kind} latent"
-        return {"site": self.site, "index": unit, "kind": kind, "input_site": self.input_site}
+        u, t = self._where(unit)
+        kind = self.parts[u - self.latents] if u >= self.latents else f"{self.sae.cfg.kind} latent"
+        return {"site": self.site, "index": u, "kind": kind, "position": t, "input_site": self.input_site}
 
     def values(self, state: torch.Tensor) -> torch.Tensor:
-        """The latents, and the norm of each vector part."""
-        vectors = state[:, self.latents :].unflatten(1, (len(self.parts), -1)).norm(dim=2)
-        return torch.cat([state[:, : self.latents], vectors], 1)
+        """The latents, and the norm of each vector part, at each position."""
+        rows = state.unflatten(1, (-1, self._coordinates))  # (batch, positions, coordinates)
+        vectors = rows[..., self.latents :].unflatten(-1, (len(self.parts), -1)).norm(dim=-1)
+        return torch.cat([rows[..., : self.latents], vectors], -1).flatten(1)
 
     @contextlib.contextmanager
     def editing(self, model: nn.Module, fn: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
@@ -77,22 +101,32 @@ class DictionaryUnits:
         with capturing(model, reads, detach=True) as acts:
 
             def at_site(act: torch.Tensor) -> torch.Tensor:
-                y = _at(act, self.position)
-                x = y if self.input_site is None else _at(self._read_input(acts), self.position)
+                y = self._rows(act)
+                x = y if self.input_site is None else self._rows(self._read_input(acts))
+                batch = len(act)
                 x = x.to(sae.W_dec.dtype)
                 latents = sae.encode(x)
                 linear = [x @ sae.W_skip] if sae.cfg.skip else []
                 rebuilt = latents @ sae.W_dec + sae.b_dec + sum(linear, torch.zeros(()))
-                state = torch.cat([latents, *linear, y - rebuilt], 1)
+                state = torch.cat([latents, *linear, y - rebuilt], 1).reshape(batch, -1)
                 new = fn(state)
                 if new is state:
                     return act
+                new = new.reshape(len(x), -1)
                 vectors = new[:, self.latents :].unflatten(1, (len(self.parts), -1)).sum(1)
-                rebuilt = new[:, : self.latents] @ sae.W_dec + sae.b_dec + vectors
-                return put(act, self.position, rebuilt.to(act.dtype))
+                rebuilt = (new[:, : self.latents] @ sae.W_dec + sae.b_dec + vectors).to(act.dtype)
+                if self.position is not None:
+                    return put(act, self.position, rebuilt)
+                return rebuilt.reshape(act.shape)
 
             with patch(model, {self.site: at_site}):
                 yield
+
+    def _rows(self, act: torch.Tensor) -> torch.Tensor:
+        """(batch x positions, d): the activation at the units' position(s), one row each."""
+        if self.position is not None:
+            return act[:, self.position]
+        return act.reshape(-1, act.shape[-1])
 
     def _read_input(self, acts: dict[str, torch.Tensor]) -> torch.Tensor:
         # taken, not read: a value left from the last forward pass must never stand in for this one's

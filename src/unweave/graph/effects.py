@@ -76,6 +76,65 @@ def put(act: torch.Tensor, position: int | None, state: torch.Tensor) -> torch.T
     return act
 
 
+@dataclass(frozen=True, eq=False)
+class SelectedUnits:
+    """Some of another set's units, renumbered 0, 1, ...; the rest stay as they are. A
+    prompt's live latents, say, out of every latent at every position: only these enter the
+    graph, whose size grows as the square of its units."""
+
+    inner: Units
+    keep: tuple[int, ...]  # the inner units kept, ascending
+    total: int  # the inner state's coordinates
+    coordinates: torch.Tensor  # the inner coordinates of the kept units
+    kept_unit_of: torch.Tensor  # the kept unit (renumbered) of each of those coordinates
+
+    @classmethod
+    def of(cls, inner: Units, keep: Sequence[int], total: int) -> SelectedUnits:
+        keep = sorted(set(keep))
+        unit_of = inner.unit_of(total)
+        coordinates = torch.isin(unit_of, torch.as_tensor(keep)).nonzero().flatten()
+        renumber = torch.full((int(unit_of.max()) + 1,), -1)
+        renumber[keep] = torch.arange(len(keep))
+        return cls(inner, tuple(keep), total, coordinates, renumber[unit_of[coordinates]])
+
+    @property
+    def site(self) -> str:
+        return self.inner.site
+
+    @property
+    def position(self) -> int | None:
+        return self.inner.position
+
+    def names(self, count: int) -> list[str]:
+        every = self.inner.names(self.keep[-1] + 1)
+        return [every[u] for u in self.keep[:count]]
+
+    def unit_of(self, coordinates: int) -> torch.Tensor:
+        return self.kept_unit_of
+
+    def record(self, unit: int) -> dict:
+        return self.inner.record(self.keep[unit])
+
+    def values(self, state: torch.Tensor) -> torch.Tensor:
+        full = state.new_zeros(len(state), self.total)
+        full[:, self.coordinates] = state
+        return self.inner.values(full)[:, list(self.keep)]
+
+    @contextlib.contextmanager
+    def editing(self, model: nn.Module, fn: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
+        def on_kept(full: torch.Tensor) -> torch.Tensor:
+            kept = full[:, self.coordinates]
+            new = fn(kept)
+            if new is kept:
+                return full
+            full = full.detach().clone()
+            full[:, self.coordinates] = new
+            return full
+
+        with self.inner.editing(model, on_kept):
+            yield
+
+
 @dataclass
 class EffectData:
     """A model, the inputs its units are judged on, and which outputs count."""
@@ -85,6 +144,9 @@ class EffectData:
     units: Units
     output: Callable[[torch.Tensor], torch.Tensor]  # the model's output -> (batch, outputs)
     batch_size: int = 512
+    # what an ablated unit is set to: its mean over the inputs, or zero (a single prompt has no
+    # distribution to average over: its latents are switched off, its error removed)
+    ablate_to: str = "mean"
 
     def batches(self) -> Iterator[torch.Tensor]:
         yield from self.inputs.split(self.batch_size)
@@ -119,8 +181,8 @@ class EffectData:
 
     @functools.cached_property
     def baseline(self) -> torch.Tensor:
-        """Each coordinate's mean over the data: what an ablated unit is set to."""
-        return self.states.mean(0)
+        """Each coordinate's mean over the data, or zero: what an ablated unit is set to."""
+        return torch.zeros_like(self.states[0]) if self.ablate_to == "zero" else self.states.mean(0)
 
     @functools.cached_property
     def clean(self) -> torch.Tensor:

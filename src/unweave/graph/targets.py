@@ -25,13 +25,14 @@ from unweave.graph.dictionary_units import (
     kl_budget,
 )
 from unweave.graph.effects import EffectData, Units, centred_logits
+from unweave.graph.prompt import is_dictionary, prompt_units
 from unweave.zoo import fourier
 from unweave.zoo.modadd import TrainedModAdd, make_data
 from unweave.zoo.two_tasks import TwoTasks, TwoTasksConfig, sample_inputs
 
 TARGETS = (
-    "two-tasks (a planted network), induction (the induction toy's edges), or a modular-addition run folder "
-    "(unweave train modadd, or runs/demo/modadd)"
+    "two-tasks (a planted network), induction (the induction toy's edges), a modular-addition run folder "
+    "(unweave train modadd, or runs/demo/modadd), or a dictionary folder from unweave sae train with --prompt"
 )
 PURE = 0.95  # the known answers: each module at least this share one task's (or one frequency's) units
 # The labels a cut should find: those whose units carry at least this share of the squared
@@ -46,8 +47,8 @@ class Target:
     data: EffectData
     note: str
     describe_unit: Callable[[int], str]  # hover text for a unit: what it responds to
-    truth_name: str  # what the planted labels are ("task", "frequency")
-    truth: list[int]  # the planted label of every unit
+    truth_name: str | None  # what the planted labels are ("task", "frequency"); None: no known answer
+    truth: list[int] | None  # the planted label of every unit
     context: dict  # more of the known answer, for the page (modular addition: the embedding's key frequencies)
     labels: torch.Tensor | None = None  # right answers, where the outputs are logits: then a circuit is found
 
@@ -55,9 +56,13 @@ class Target:
 UNITS = ("neurons", "transcoder")
 
 
-def resolve(name: str, examples: int, seed: int, units: str = "neurons") -> Target:
+def resolve(name: str, examples: int, seed: int, units: str = "neurons", prompt: str | None = None) -> Target:
     if units not in UNITS:
         raise ValueError(f"--units must be one of {UNITS}, got {units!r}")
+    if is_dictionary(Path(name)):
+        return prompt_target(Path(name), prompt)
+    if prompt is not None:
+        raise ValueError("--prompt is for a dictionary folder as TARGET (its graph is drawn on the prompt)")
     if name == "two-tasks":
         return two_tasks_target(examples, seed, units)
     path = Path(name)
@@ -133,6 +138,27 @@ def modadd_target(path: Path, units: str = "neurons", seed: int = 0) -> Target:
     labels = make_data(run.config).labels
     name = f"modadd p={p}" + (" (transcoder)" if units == "transcoder" else "")
     return Target(name, data, note, _top_inputs(acts, label), "frequency", truth, context, labels)
+
+
+def prompt_target(folder: Path, prompt: str | None) -> Target:
+    data, tokenizer, top, meta = prompt_units(folder, prompt)
+    ids = data.inputs[0].tolist()
+    units = data.units
+
+    def describe(unit: int) -> str:
+        record = units.record(unit)
+        t = record["position"]
+        value = float(data.activations[0, unit])
+        what = "norm" if record["kind"] in ("error", "skip") else "activation"
+        return f"{record['kind']} {record['index']} at position {t} ({tokenizer.decode(ids[t])!r}), {what} {value:.3g}"
+
+    answers = ", ".join(repr(tokenizer.decode(int(t))) for t in top)
+    note = (
+        f"one prompt of {len(ids)} tokens through {meta['model_name']}; units: the latents of {folder.name} that fire "
+        f"at any position, and its error at each position ({data.n_units} units); outputs: the logits, minus their "
+        f"mean, of the model's top {len(top)} next tokens ({answers}); an ablated unit is set to zero"
+    )
+    return Target(f"{folder.name} on a prompt", data, note, describe, None, None, {"prompt": prompt, "top": answers})
 
 
 ERROR_LABEL = -1  # the planted label of a dictionary's error unit (tasks are 0, 1; frequencies start at 1)
