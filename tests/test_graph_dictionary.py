@@ -117,19 +117,16 @@ def test_graph_cuts_a_transcoders_latents_chosen_by_its_rule(tmp_path):
         GraphConfig("induction", units="transcoder")
 
 
-def _prompt_transcoder(tiny_model_dir, folder, skip: bool = False):
-    """A random transcoder of the tiny Llama's layer-0 MLP, saved as `unweave sae train` would."""
+def _prompt_transcoder(tiny_model_dir, folder, layer: int = 0, model: str = "llama"):
+    """A random transcoder of a tiny model's MLP, saved as `unweave sae train` would."""
     from unweave.dictionaries import io
 
-    model_dir = tiny_model_dir("llama")
-    sae = SAE(SAEConfig(32, 48, "topk", k=4, kind="transcoder", d_out=32, skip=skip), seed=2)
+    model_dir = tiny_model_dir(model)
+    sae = SAE(SAEConfig(32, 48, "topk", k=4, kind="transcoder", d_out=32), seed=2 + layer)
     with torch.no_grad():
         sae.b_dec.normal_()
-    meta = {
-        "model_name": str(model_dir),
-        "hook_name": "model.layers.0.mlp:input",
-        "hook_name_out": "model.layers.0.mlp",
-    }
+    mlp = f"model.layers.{layer}.mlp" if model != "gpt2" else f"transformer.h.{layer}.mlp"
+    meta = {"model_name": str(model_dir), "hook_name": f"{mlp}:input", "hook_name_out": mlp}
     return io.save(sae, folder, meta), sae, model_dir
 
 
@@ -141,13 +138,13 @@ def test_a_prompts_units_are_its_live_latents_and_errors_at_every_position(tiny_
     from unweave.hf import load_model
 
     folder, sae, model_dir = _prompt_transcoder(tiny_model_dir, tmp_path / "tc")
-    data, tokenizer, top, _ = prompt_units(folder, PROMPT)
+    data, tokenizer, top, _ = prompt_units([folder], PROMPT)
     model, _ = load_model(str(model_dir))
     tokens = tokenizer(PROMPT, return_tensors="pt").input_ids
     T = tokens.shape[1]
     x = capture(model, "model.layers.0.mlp:input", tokens)["model.layers.0.mlp:input"][0]
     f = sae.encode(x).detach()  # (T, latents)
-    records = [data.units.record(u) for u in range(data.n_units)]
+    records = [data.record(u) for u in range(data.n_units)]
     latents = {(r["position"], r["index"]) for r in records if r["kind"] == "transcoder latent"}
     assert latents == {(t, i) for t, i in zip(*f.nonzero(as_tuple=True)) for t, i in [(int(t), int(i))]}
     assert sorted(r["position"] for r in records if r["kind"] == "error") == list(range(T))
@@ -194,3 +191,39 @@ def test_graph_of_a_prompt_writes_modules_and_the_ablation_check(tiny_model_dir,
     ):
         with pytest.raises(ValueError, match=message):
             run_graph(GraphConfig(args[0], out=tmp_path / "bad", prompt=args[2] if len(args) > 2 else None))
+
+
+def test_dictionaries_at_two_layers_are_one_graph_in_the_order_they_run(tiny_model_dir, tmp_path):
+    from unweave.graph.prompt import prompt_units
+    from unweave.hf import load_model
+
+    first, sae0, model_dir = _prompt_transcoder(tiny_model_dir, tmp_path / "l0", layer=0)
+    second, sae1, _ = _prompt_transcoder(tiny_model_dir, tmp_path / "l1", layer=1)
+    data, tokenizer, top, _ = prompt_units([second, first], PROMPT)  # given out of order
+    assert data.units.site == ["model.layers.0.mlp", "model.layers.1.mlp"]
+    records = [data.record(u) for u in range(data.n_units)]
+    assert [r["site"] for r in records] == sorted(r["site"] for r in records)  # layer 0's units first
+    model, _ = load_model(str(model_dir))
+    tokens = tokenizer(PROMPT, return_tensors="pt").input_ids
+    every = data.outputs(ablate=range(data.n_units))
+    at_bias = {
+        "model.layers.0.mlp": lambda a: sae0.b_dec.expand_as(a),
+        "model.layers.1.mlp": lambda a: sae1.b_dec.expand_as(a),
+    }
+    with torch.no_grad(), patch(model, at_bias):
+        logits = model(tokens).logits[:, -1]
+    torch.testing.assert_close(every, centred_logits(logits)[:, top], rtol=1e-4, atol=1e-5)
+    # layer 1's units alone at zero: layer 0 as the model computes it
+    layer1 = [u for u, r in enumerate(records) if r["site"] == "model.layers.1.mlp"]
+    with torch.no_grad(), patch(model, {"model.layers.1.mlp": lambda a: sae1.b_dec.expand_as(a)}):
+        logits = model(tokens).logits[:, -1]
+    torch.testing.assert_close(data.outputs(ablate=layer1), centred_logits(logits)[:, top], rtol=1e-4, atol=1e-5)
+    # the first-order effect of a layer-1 unit: nothing after it is a dictionary, so its
+    # attribution is the usual gradient x activation of the model itself
+    attributed = torch.cat(list(data.attributed_effects()))
+    assert attributed.shape == (1, len(top), data.n_units)
+    other, _, _ = _prompt_transcoder(tiny_model_dir, tmp_path / "gpt2", layer=0, model="gpt2")
+    with pytest.raises(ValueError, match="read different models"):
+        prompt_units([first, other], PROMPT)
+    with pytest.raises(ValueError, match="write the same site"):
+        prompt_units([first, first], PROMPT)

@@ -45,6 +45,9 @@ class GraphConfig:
     prompt: str | None = setting(
         None, "With a dictionary folder as TARGET: the text whose graph over the dictionary's latents is drawn."
     )
+    dictionary: list[Path] = setting(
+        [], "With a dictionary folder as TARGET: more dictionaries of the same model (other layers; repeat)."
+    )
     seed: int = setting(0, "Seed of the planted network, its inputs, the community detection and the layout.")
     kl_budget: float = setting(KL_BUDGET, "Circuits: the per-example KL (nats) the circuit may cost ...")
     kl_quantile: float = setting(KL_QUANTILE, "... for this share of the examples.")
@@ -152,7 +155,7 @@ def add_circuit(c: Carving, budget: float = KL_BUDGET, quantile: float = KL_QUAN
 
 def circuit_json(c: Carving) -> dict:
     d = c.circuit.to_dict()
-    d["units"] = [c.target.data.units.record(u) for u in c.circuit.units]
+    d["units"] = [c.target.data.record(u) for u in c.circuit.units]
     return {"target": c.target.name, "active_units": c.modules.graph.number_of_nodes(), **d}
 
 
@@ -166,7 +169,7 @@ def circuit_line(c: Carving) -> str:
 
 
 def graph_json(c: Carving) -> dict:
-    names = c.target.data.units.names(c.gram.shape[0])
+    names = c.target.data.names()
     heaviest = max((w for _, _, w in c.modules.graph.edges(data="weight")), default=0.0)
     module_of = c.module_of
     return {
@@ -188,7 +191,7 @@ def graph_json(c: Carving) -> dict:
 
 
 def modules_json(c: Carving) -> dict:
-    record = c.target.data.units.record
+    record = c.target.data.record
     return {
         "target": c.target.name,
         "modules": [
@@ -227,7 +230,7 @@ def summary_lines(c: Carving) -> list[str]:
 def _dictionary_lines(c: Carving) -> list[str]:
     """Where the units are a dictionary's: how much of the effect its error carries."""
     effect = c.gram.diagonal()
-    errors = [u for u in range(len(effect)) if c.target.data.units.record(u).get("kind") == "error"]
+    errors = [u for u in range(len(effect)) if c.target.data.record(u).get("kind") == "error"]
     if not errors:
         return []
     share = float(effect[errors].sum() / effect.sum())
@@ -259,7 +262,7 @@ def add_sections(report: Report, summary: Section, c: Carving, seed: int) -> Non
         f"that move each other's outputs by more than {MERGE:.0%} of what they do to their own are merged."
         + (scored if c.known else "")
     )
-    names = c.target.data.units.names(c.gram.shape[0])
+    names = c.target.data.names()
     hover = {u: c.target.describe_unit(u) for u in c.modules.graph}
     report.section("Effect graph").figure(plots.network(c.modules.graph, c.module_of, names, hover, seed)).table(
         [
@@ -302,8 +305,8 @@ def add_sections(report: Report, summary: Section, c: Carving, seed: int) -> Non
 def run_graph(cfg: GraphConfig) -> RunResult:
     if cfg.target == "induction":
         return run_induction_graph(cfg)
-    run = Run(cfg.out, "graph", cfg, inputs=[cfg.target])
-    target = resolve(cfg.target, cfg.examples, cfg.seed, cfg.units, cfg.prompt)
+    run = Run(cfg.out, "graph", cfg, inputs=[cfg.target, *map(str, cfg.dictionary)])
+    target = resolve(cfg.target, cfg.examples, cfg.seed, cfg.units, cfg.prompt, cfg.dictionary)
     carving = carve_target(target, cfg.seed)
     add_circuit(carving, cfg.kl_budget, cfg.kl_quantile)
     Path(cfg.out).mkdir(parents=True, exist_ok=True)

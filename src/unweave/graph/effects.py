@@ -78,9 +78,11 @@ def put(act: torch.Tensor, position: int | None, state: torch.Tensor) -> torch.T
 
 @dataclass(frozen=True, eq=False)
 class SelectedUnits:
-    """Some of another set's units, renumbered 0, 1, ...; the rest stay as they are. A
-    prompt's live latents, say, out of every latent at every position: only these enter the
-    graph, whose size grows as the square of its units."""
+    """Some of another set's units, renumbered 0, 1, ...: a prompt's live latents, say, out
+    of every latent at every position (only these enter the graph, whose size grows as the
+    square of its units). The rest are held at zero whenever the units are edited, as they
+    are in the clean run: a latent that did not fire on the prompt does not start firing
+    when an upstream unit is ablated."""
 
     inner: Units
     keep: tuple[int, ...]  # the inner units kept, ascending
@@ -90,6 +92,8 @@ class SelectedUnits:
 
     @classmethod
     def of(cls, inner: Units, keep: Sequence[int], total: int) -> SelectedUnits:
+        """`inner`'s units `keep`, out of a state of `total` coordinates whose other units are
+        zero in the clean run."""
         keep = sorted(set(keep))
         unit_of = inner.unit_of(total)
         coordinates = torch.isin(unit_of, torch.as_tensor(keep)).nonzero().flatten()
@@ -127,12 +131,28 @@ class SelectedUnits:
             new = fn(kept)
             if new is kept:
                 return full
-            full = full.detach().clone()
-            full[:, self.coordinates] = new
-            return full
+            edited = torch.zeros_like(full)
+            edited[:, self.coordinates] = new
+            return edited
 
         with self.inner.editing(model, on_kept):
             yield
+
+
+@dataclass(frozen=True)
+class SeveralUnits:
+    """The units of several sites together (a dictionary at each of several layers), one
+    after another: member 0's units first. Each member is edited at its own site."""
+
+    members: tuple
+
+    @property
+    def site(self) -> list[str]:
+        return [m.site for m in self.members]
+
+    @property
+    def position(self) -> list[int | None]:
+        return [m.position for m in self.members]
 
 
 @dataclass
@@ -141,43 +161,98 @@ class EffectData:
 
     model: nn.Module
     inputs: torch.Tensor
-    units: Units
+    units: Units | SeveralUnits
     output: Callable[[torch.Tensor], torch.Tensor]  # the model's output -> (batch, outputs)
     batch_size: int = 512
     # what an ablated unit is set to: its mean over the inputs, or zero (a single prompt has no
     # distribution to average over: its latents are switched off, its error removed)
     ablate_to: str = "mean"
 
+    @property
+    def members(self) -> tuple:
+        return self.units.members if isinstance(self.units, SeveralUnits) else (self.units,)
+
     def batches(self) -> Iterator[torch.Tensor]:
         yield from self.inputs.split(self.batch_size)
 
+    @contextlib.contextmanager
+    def _editing(self, fns: Sequence[Callable[[torch.Tensor], torch.Tensor]]) -> Iterator[None]:
+        """Each member edited by its own function."""
+        with contextlib.ExitStack() as stack:
+            for member, fn in zip(self.members, fns):
+                stack.enter_context(member.editing(self.model, fn))
+            yield
+
     @functools.cached_property
-    def states(self) -> torch.Tensor:
-        """(examples, coordinates) of the units' state, computed once."""
-        seen = []
+    def _member_states(self) -> list[torch.Tensor]:
+        """Per member, (examples, its coordinates), computed once."""
+        seen: list[list[torch.Tensor]] = [[] for _ in self.members]
 
-        def record(state: torch.Tensor) -> torch.Tensor:
-            seen.append(state.detach())
-            return state
+        def recorder(k: int) -> Callable[[torch.Tensor], torch.Tensor]:
+            def record(state: torch.Tensor) -> torch.Tensor:
+                seen[k].append(state.detach())
+                return state
 
-        with torch.no_grad(), self.units.editing(self.model, record):
+            return record
+
+        with torch.no_grad(), self._editing([recorder(k) for k in range(len(self.members))]):
             for x in self.batches():
                 self.model(x)
-        return torch.cat(seen)
+        return [torch.cat(s) for s in seen]
+
+    @functools.cached_property
+    def _offsets(self) -> list[tuple[int, int]]:
+        """Per member, (its first coordinate, its first unit) in the whole."""
+        offsets, coordinate, unit = [], 0, 0
+        for member, states in zip(self.members, self._member_states):
+            offsets.append((coordinate, unit))
+            coordinate += states.shape[1]
+            unit += int(member.unit_of(states.shape[1]).max()) + 1
+        return offsets
+
+    @functools.cached_property
+    def states(self) -> torch.Tensor:
+        """(examples, coordinates) of the units' state, members one after another."""
+        return torch.cat(self._member_states, 1)
 
     @functools.cached_property
     def unit_of(self) -> torch.Tensor:
         """The unit each coordinate of the state belongs to."""
-        return self.units.unit_of(self.states.shape[1])
+        return torch.cat(
+            [m.unit_of(s.shape[1]) + u for m, s, (_, u) in zip(self.members, self._member_states, self._offsets)]
+        )
 
     @property
     def n_units(self) -> int:
         return int(self.unit_of.max()) + 1
 
+    def member_span(self, k: int) -> tuple[slice, int]:
+        """Member k's units (a slice of all units) and its number of coordinates."""
+        first = self._offsets[k][1]
+        end = self._offsets[k + 1][1] if k + 1 < len(self.members) else self.n_units
+        return slice(first, end), self._member_states[k].shape[1]
+
+    def _member_of(self, unit: int) -> tuple[int, int]:
+        """(member, its own unit number) of a unit."""
+        k = max(i for i, (_, first) in enumerate(self._offsets) if first <= unit)
+        return k, unit - self._offsets[k][1]
+
+    def names(self) -> list[str]:
+        names = []
+        for k, member in enumerate(self.members):
+            units, _ = self.member_span(k)
+            names += member.names(units.stop - units.start)
+        return names
+
+    def record(self, unit: int) -> dict:
+        """The unit as modules.json and circuit.json name it."""
+        k, own = self._member_of(unit)
+        return self.members[k].record(own)
+
     @functools.cached_property
     def activations(self) -> torch.Tensor:
         """(examples, units): each unit's activity, for describing it."""
-        return self.units.values(self.states)
+        return torch.cat([m.values(s) for m, s in zip(self.members, self._member_states)], 1)
 
     @functools.cached_property
     def baseline(self) -> torch.Tensor:
@@ -192,33 +267,45 @@ class EffectData:
 
     @torch.no_grad()
     def outputs(self, ablate: Sequence[int] = ()) -> torch.Tensor:
-        """(examples, outputs), with the units in `ablate` set to their means."""
+        """(examples, outputs), with the units in `ablate` set to their baseline."""
         if len(ablate) == 0:
             return self.clean
         index = torch.isin(self.unit_of, torch.as_tensor(list(ablate), dtype=torch.long)).nonzero().flatten()
-        mean = self.baseline[index]
 
-        def ablated(state: torch.Tensor) -> torch.Tensor:
-            state = state.clone()
-            state[:, index] = mean.to(state.dtype)
-            return state
+        def ablater(k: int) -> Callable[[torch.Tensor], torch.Tensor]:
+            start, width = self._offsets[k][0], self._member_states[k].shape[1]
+            mine = index[(index >= start) & (index < start + width)]
+            value = self.baseline[mine]
 
-        with self.units.editing(self.model, ablated):
+            def ablated(state: torch.Tensor) -> torch.Tensor:
+                if len(mine) == 0:
+                    return state
+                state = state.clone()
+                state[:, mine - start] = value.to(state.dtype)
+                return state
+
+            return ablated
+
+        with self._editing([ablater(k) for k in range(len(self.members))]):
             return torch.cat([self.output(self.model(x)) for x in self.batches()])
 
     def attributed_effects(self) -> Iterator[torch.Tensor]:
         """Per batch, (examples, outputs, units): the attributed change of each output when
-        each unit is ablated (the negative of gradient x (activation - mean), summed over a
-        unit's coordinates)."""
-        mean, unit_of, n_units = self.baseline, self.unit_of, self.n_units
+        each unit is ablated (the negative of gradient x (activation - baseline), summed over
+        a unit's coordinates). With several members the gradient at one member's units runs
+        through the rest of the network but not through the other members' units (a
+        dictionary reads its input detached): each unit's direct effect, not its total."""
+        baseline, unit_of, n_units = self.baseline, self.unit_of, self.n_units
         for x in self.batches():
-            leaf = _Leaf()
-            with torch.enable_grad(), self.units.editing(self.model, leaf):
+            leaves = [_Leaf() for _ in self.members]
+            with torch.enable_grad(), self._editing(leaves):
                 out = self.output(self.model(x))
                 n_out = out.shape[-1]
                 grads = torch.eye(n_out, dtype=out.dtype).unsqueeze(1).expand(n_out, *out.shape)
-                (jac,) = torch.autograd.grad(out, leaf.act, grads, is_grads_batched=True)
-            per_coordinate = -(jac.movedim(0, 1) * (leaf.act.detach() - mean).unsqueeze(1))
+                jacs = torch.autograd.grad(out, [leaf.act for leaf in leaves], grads, is_grads_batched=True)
+            jac = torch.cat(jacs, -1)
+            act = torch.cat([leaf.act.detach() for leaf in leaves], 1)
+            per_coordinate = -(jac.movedim(0, 1) * (act - baseline).unsqueeze(1))
             if len(unit_of) == n_units:  # one coordinate per unit
                 yield per_coordinate
             else:

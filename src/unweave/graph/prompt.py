@@ -1,13 +1,17 @@
-"""`unweave graph FOLDER --prompt TEXT`: the graph of one prompt over a dictionary's latents.
+"""`unweave graph FOLDER --prompt TEXT [--dictionary FOLDER ...]`: the graph of one prompt
+over the latents of dictionaries at one or several layers.
 
 FOLDER is a dictionary trained by unweave (a transcoder of an MLP, or an SAE), whose
-metadata names the model and the sites. The units are the latents that fire at any
-position of the prompt, and the dictionary's error at every position (so the units account
-for all of the site's output). The outputs are the logits, minus their mean over the
-vocabulary, of the model's top next tokens at the last position. A single prompt has no
-distribution to take means over, so an ablated unit is set to zero: a latent switched off,
-an error removed (the dictionary in place of the model there). No answer is known here: the
-modules and the single-unit ablation check are what the page reports.
+metadata names the model and the sites; more of the same model join with --dictionary. The
+units are the latents that fire at any position of the prompt, and each dictionary's error
+at every position (so the units account for all of each site's output). The outputs are the
+logits, minus their mean over the vocabulary, of the model's top next tokens at the last
+position. A single prompt has no distribution to take means over, so an ablated unit is set
+to zero: a latent switched off, an error removed (the dictionary in place of the model
+there). An edge between units is the overlap of their direct effects on the outputs (each
+dictionary reads its input detached, so a unit's gradient does not run through later
+dictionaries' latents). No answer is known here: the modules and the single-unit ablation
+check are what the page reports.
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ import torch
 
 from unweave.dictionaries import io
 from unweave.graph.dictionary_units import DictionaryUnits
-from unweave.graph.effects import EffectData, SelectedUnits, centred_logits
+from unweave.graph.effects import EffectData, SelectedUnits, SeveralUnits, centred_logits
+from unweave.sites import SiteError, list_sites
 
 PROMPT_OUTPUTS = 8  # the model's top next tokens whose logits are the outputs
 
@@ -38,13 +43,7 @@ class TopLogits:
         return centred_logits(logits[:, -1].float())[:, self.tokens]
 
 
-def prompt_units(folder: Path, prompt: str | None) -> tuple[EffectData, object, torch.Tensor, dict]:
-    """The effect data over the prompt's live units, the tokenizer, the top next tokens (the
-    outputs) and the dictionary's metadata."""
-    from unweave.hf import load_model
-
-    if not prompt:
-        raise ValueError(f"{folder} is a dictionary folder: give the text to draw its graph on with --prompt")
+def _dictionary_units(folder: Path) -> tuple[DictionaryUnits, dict]:
     sae = io.load(folder).eval()
     meta = io.metadata(folder)
     transcoder = sae.cfg.kind == "transcoder"
@@ -54,24 +53,48 @@ def prompt_units(folder: Path, prompt: str | None) -> tuple[EffectData, object, 
             f"{folder}/cfg.json does not say which model and sites the dictionary reads (metadata.model_name, "
             "hook_name and, for a transcoder, hook_name_out): train it with `unweave sae train`, which records them"
         )
+    return DictionaryUnits(site, sae, read if transcoder else None), meta
+
+
+def prompt_units(folders: list[Path], prompt: str | None) -> tuple[EffectData, object, torch.Tensor, str]:
+    """The effect data over the prompt's live units (of every dictionary, in the order their
+    sites run), the tokenizer, the top next tokens (the outputs) and the model's name."""
+    from unweave.hf import load_model
+
+    if not prompt:
+        raise ValueError(f"{folders[0]} is a dictionary folder: give the text to draw its graph on with --prompt")
+    loaded = [_dictionary_units(f) for f in folders]
+    models = {str(f): meta["model_name"] for f, (_, meta) in zip(folders, loaded)}
+    if len(set(models.values())) > 1:
+        raise ValueError(f"the dictionaries read different models ({models}): give dictionaries of one model")
+    sites = [units.site for units, _ in loaded]
+    if len(set(sites)) < len(sites):
+        raise ValueError(f"two dictionaries write the same site ({sites}): give one per site")
+    name = next(iter(models.values()))
     try:
-        model, tokenizer = load_model(meta["model_name"])
+        model, tokenizer = load_model(name)
     except (OSError, ValueError) as err:
-        raise ValueError(f"the model of {folder} ({meta['model_name']!r}) cannot be loaded: {err}") from None
+        raise ValueError(f"the model of {folders[0]} ({name!r}) cannot be loaded: {err}") from None
+    order = {site: i for i, site in enumerate(list_sites(model))}
+    unknown = [s for s in sites if s not in order]
+    if unknown:
+        raise SiteError(f"the dictionaries' sites {unknown} are not sites of {name}")
+    members = sorted((units for units, _ in loaded), key=lambda u: order[u.site])  # the order they run in
     tokens = tokenizer(prompt, return_tensors="pt").input_ids
     context = getattr(model.config, "max_position_embeddings", None)
     if tokens.shape[1] < 2:
         raise ValueError(f"--prompt is {tokens.shape[1]} token long: give at least 2")
     if context is not None and tokens.shape[1] > context:
         raise ValueError(
-            f"--prompt is {tokens.shape[1]} tokens, longer than the context of {meta['model_name']} "
-            f"({context} tokens): shorten it"
+            f"--prompt is {tokens.shape[1]} tokens, longer than the context of {name} ({context} tokens): shorten it"
         )
     with torch.no_grad():
         top = model(tokens).logits[0, -1].topk(PROMPT_OUTPUTS).indices
-    every = DictionaryUnits(site, sae, read if transcoder else None)
     output = TopLogits(top)
-    full = EffectData(model, tokens, every, output, ablate_to="zero")
-    live = (full.activations[0] != 0).nonzero().flatten().tolist()  # latents that fire; every error
-    units = SelectedUnits.of(every, live, full.states.shape[1])
-    return EffectData(model, tokens, units, output, ablate_to="zero"), tokenizer, top, meta
+    full = EffectData(model, tokens, SeveralUnits(tuple(members)), output, ablate_to="zero")
+    live = full.activations[0] != 0  # latents that fire; every error
+    selected = []
+    for k, member in enumerate(members):
+        units, coordinates = full.member_span(k)
+        selected.append(SelectedUnits.of(member, live[units].nonzero().flatten().tolist(), coordinates))
+    return EffectData(model, tokens, SeveralUnits(tuple(selected)), output, ablate_to="zero"), tokenizer, top, name

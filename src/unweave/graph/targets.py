@@ -9,7 +9,7 @@ afterwards to score the modules it found.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,11 +56,20 @@ class Target:
 UNITS = ("neurons", "transcoder")
 
 
-def resolve(name: str, examples: int, seed: int, units: str = "neurons", prompt: str | None = None) -> Target:
+def resolve(
+    name: str,
+    examples: int,
+    seed: int,
+    units: str = "neurons",
+    prompt: str | None = None,
+    dictionaries: Sequence[Path] = (),
+) -> Target:
     if units not in UNITS:
         raise ValueError(f"--units must be one of {UNITS}, got {units!r}")
     if is_dictionary(Path(name)):
-        return prompt_target(Path(name), prompt)
+        return prompt_target([Path(name), *dictionaries], prompt)
+    if dictionaries:
+        raise ValueError("--dictionary adds dictionaries to a dictionary folder as TARGET")
     if prompt is not None:
         raise ValueError("--prompt is for a dictionary folder as TARGET (its graph is drawn on the prompt)")
     if name == "two-tasks":
@@ -140,25 +149,28 @@ def modadd_target(path: Path, units: str = "neurons", seed: int = 0) -> Target:
     return Target(name, data, note, _top_inputs(acts, label), "frequency", truth, context, labels)
 
 
-def prompt_target(folder: Path, prompt: str | None) -> Target:
-    data, tokenizer, top, meta = prompt_units(folder, prompt)
+def prompt_target(folders: list[Path], prompt: str | None) -> Target:
+    data, tokenizer, top, model_name = prompt_units(folders, prompt)
     ids = data.inputs[0].tolist()
-    units = data.units
 
     def describe(unit: int) -> str:
-        record = units.record(unit)
+        record = data.record(unit)
         t = record["position"]
         value = float(data.activations[0, unit])
         what = "norm" if record["kind"] in ("error", "skip") else "activation"
-        return f"{record['kind']} {record['index']} at position {t} ({tokenizer.decode(ids[t])!r}), {what} {value:.3g}"
+        where = f"{record['site']}: {record['kind']} {record['index']}"
+        return f"{where} at position {t} ({tokenizer.decode(ids[t])!r}), {what} {value:.3g}"
 
     answers = ", ".join(repr(tokenizer.decode(int(t))) for t in top)
+    names = ", ".join(f.name for f in folders)
     note = (
-        f"one prompt of {len(ids)} tokens through {meta['model_name']}; units: the latents of {folder.name} that fire "
-        f"at any position, and its error at each position ({data.n_units} units); outputs: the logits, minus their "
-        f"mean, of the model's top {len(top)} next tokens ({answers}); an ablated unit is set to zero"
+        f"one prompt of {len(ids)} tokens through {model_name}; units: the latents of {names} that fire at any "
+        f"position, and each dictionary's error at each position ({data.n_units} units, at sites "
+        f"{', '.join(data.units.site)}); outputs: the logits, minus their mean, of the model's top {len(top)} next "
+        f"tokens ({answers}); an ablated unit is set to zero"
     )
-    return Target(f"{folder.name} on a prompt", data, note, describe, None, None, {"prompt": prompt, "top": answers})
+    context = {"prompt": prompt, "top": answers}
+    return Target(f"{names} on a prompt", data, note, describe, None, None, context)
 
 
 ERROR_LABEL = -1  # the planted label of a dictionary's error unit (tasks are 0, 1; frequencies start at 1)
