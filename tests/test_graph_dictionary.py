@@ -138,7 +138,8 @@ def test_a_prompts_units_are_its_live_latents_and_errors_at_every_position(tiny_
     from unweave.hf import load_model
 
     folder, sae, model_dir = _prompt_transcoder(tiny_model_dir, tmp_path / "tc")
-    data, tokenizer, top, _ = prompt_units([folder], PROMPT)
+    found = prompt_units([folder], PROMPT)
+    data, tokenizer, top = found.data, found.tokenizer, found.top
     model, _ = load_model(str(model_dir))
     tokens = tokenizer(PROMPT, return_tensors="pt").input_ids
     T = tokens.shape[1]
@@ -175,8 +176,12 @@ def test_graph_of_a_prompt_writes_modules_and_the_ablation_check(tiny_model_dir,
 
     folder, _, _ = _prompt_transcoder(tiny_model_dir, tmp_path / "tc")
     out = tmp_path / "graph"
-    result = runner.invoke(app, ["graph", str(folder), "--prompt", PROMPT, "--out", str(out)])
+    # a random tiny model barely moves when its MLP is replaced: a small budget, so the circuit is not empty
+    args = ["graph", str(folder), "--prompt", PROMPT, "--kl-budget", "0.001", "--out", str(out)]
+    result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
+    circuit = json.loads((out / "circuit.json").read_text())
+    assert circuit["units"] and max(circuit["kl"]) <= 0.001
     modules = json.loads((out / "modules.json").read_text())
     assert modules["known_answer"] is None and modules["modules"]
     assert {u["kind"] for m in modules["modules"] for u in m["units"]} <= {"transcoder latent", "error"}
@@ -199,7 +204,8 @@ def test_dictionaries_at_two_layers_are_one_graph_in_the_order_they_run(tiny_mod
 
     first, sae0, model_dir = _prompt_transcoder(tiny_model_dir, tmp_path / "l0", layer=0)
     second, sae1, _ = _prompt_transcoder(tiny_model_dir, tmp_path / "l1", layer=1)
-    data, tokenizer, top, _ = prompt_units([second, first], PROMPT)  # given out of order
+    found = prompt_units([second, first], PROMPT)  # given out of order
+    data, tokenizer, top = found.data, found.tokenizer, found.top
     assert data.units.site == ["model.layers.0.mlp", "model.layers.1.mlp"]
     records = [data.record(u) for u in range(data.n_units)]
     assert [r["site"] for r in records] == sorted(r["site"] for r in records)  # layer 0's units first
@@ -227,3 +233,34 @@ def test_dictionaries_at_two_layers_are_one_graph_in_the_order_they_run(tiny_mod
         prompt_units([first, other], PROMPT)
     with pytest.raises(ValueError, match="write the same site"):
         prompt_units([first, first], PROMPT)
+
+
+def test_positions_outside_the_dictionarys_range_stay_out_at_their_clean_output(tiny_model_dir, tmp_path):
+    from unweave.dictionaries import io
+    from unweave.graph.prompt import prompt_units
+    from unweave.hf import load_model
+
+    folder, sae, model_dir = _prompt_transcoder(tiny_model_dir, tmp_path / "tc")
+    model, tokenizer = load_model(str(model_dir))
+    tokens = tokenizer(PROMPT, return_tensors="pt").input_ids
+    acts = capture(model, ["model.layers.0.mlp:input", "model.layers.0.mlp"], tokens)
+    norms = acts["model.layers.0.mlp:input"][0].norm(dim=1)
+    sae.max_input_norm = float(norms.median())  # about half the positions are out of its range
+    io.save(sae, folder, {**io.metadata(folder), "max_input_norm": sae.max_input_norm})
+    outside = (norms > sae.max_input_norm).nonzero().flatten().tolist()
+    assert outside
+    found = prompt_units([folder], PROMPT)
+    assert found.left_out == {"model.layers.0.mlp": outside}
+    data = found.data
+    assert not {data.record(u)["position"] for u in range(data.n_units)} & set(outside)
+    clean_mlp = acts["model.layers.0.mlp"]
+
+    def at_bias_inside(act: torch.Tensor) -> torch.Tensor:
+        out = sae.b_dec.expand_as(act).clone()
+        out[0, outside] = clean_mlp[0, outside]
+        return out
+
+    with torch.no_grad(), patch(model, {"model.layers.0.mlp": at_bias_inside}):
+        logits = model(tokens).logits[:, -1]
+    expected = centred_logits(logits)[:, found.top]
+    torch.testing.assert_close(data.outputs(ablate=range(data.n_units)), expected, rtol=1e-4, atol=1e-5)

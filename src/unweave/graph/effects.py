@@ -80,26 +80,29 @@ def put(act: torch.Tensor, position: int | None, state: torch.Tensor) -> torch.T
 class SelectedUnits:
     """Some of another set's units, renumbered 0, 1, ...: a prompt's live latents, say, out
     of every latent at every position (only these enter the graph, whose size grows as the
-    square of its units). The rest are held at zero whenever the units are edited, as they
-    are in the clean run: a latent that did not fire on the prompt does not start firing
-    when an upstream unit is ablated."""
+    square of its units). The rest are held at their values in the clean run of the same
+    inputs (`rest`) whenever the units are edited: a latent that did not fire does not start
+    firing when an upstream unit is ablated, and a position left out keeps its output."""
 
     inner: Units
     keep: tuple[int, ...]  # the inner units kept, ascending
-    total: int  # the inner state's coordinates
+    rest: torch.Tensor  # (examples, inner coordinates): the clean state, for the units not kept
     coordinates: torch.Tensor  # the inner coordinates of the kept units
     kept_unit_of: torch.Tensor  # the kept unit (renumbered) of each of those coordinates
 
     @classmethod
-    def of(cls, inner: Units, keep: Sequence[int], total: int) -> SelectedUnits:
-        """`inner`'s units `keep`, out of a state of `total` coordinates whose other units are
-        zero in the clean run."""
+    def of(cls, inner: Units, keep: Sequence[int], clean: torch.Tensor) -> SelectedUnits:
+        """`inner`'s units `keep`, of a state whose clean value on the inputs is `clean`."""
         keep = sorted(set(keep))
-        unit_of = inner.unit_of(total)
+        unit_of = inner.unit_of(clean.shape[1])
         coordinates = torch.isin(unit_of, torch.as_tensor(keep)).nonzero().flatten()
         renumber = torch.full((int(unit_of.max()) + 1,), -1)
         renumber[keep] = torch.arange(len(keep))
-        return cls(inner, tuple(keep), total, coordinates, renumber[unit_of[coordinates]])
+        return cls(inner, tuple(keep), clean, coordinates, renumber[unit_of[coordinates]])
+
+    @property
+    def total(self) -> int:
+        return self.rest.shape[1]
 
     @property
     def site(self) -> str:
@@ -131,7 +134,9 @@ class SelectedUnits:
             new = fn(kept)
             if new is kept:
                 return full
-            edited = torch.zeros_like(full)
+            if len(full) != len(self.rest):
+                raise ValueError(f"these units hold the rest of {len(self.rest)} inputs, run in one batch")
+            edited = self.rest.to(full.dtype).clone()
             edited[:, self.coordinates] = new
             return edited
 
@@ -225,6 +230,10 @@ class EffectData:
     @property
     def n_units(self) -> int:
         return int(self.unit_of.max()) + 1
+
+    def states_of(self, k: int) -> torch.Tensor:
+        """(examples, coordinates) of member k's state."""
+        return self._member_states[k]
 
     def member_span(self, k: int) -> tuple[slice, int]:
         """Member k's units (a slice of all units) and its number of coordinates."""

@@ -16,14 +16,16 @@ check are what the page reports.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from unweave.dictionaries import io
+from unweave.dictionaries.sae import ordinary_rows
 from unweave.graph.dictionary_units import DictionaryUnits
 from unweave.graph.effects import EffectData, SelectedUnits, SeveralUnits, centred_logits
-from unweave.sites import SiteError, list_sites
+from unweave.sites import SiteError, capture, list_sites
 
 PROMPT_OUTPUTS = 8  # the model's top next tokens whose logits are the outputs
 
@@ -56,9 +58,10 @@ def _dictionary_units(folder: Path) -> tuple[DictionaryUnits, dict]:
     return DictionaryUnits(site, sae, read if transcoder else None), meta
 
 
-def prompt_units(folders: list[Path], prompt: str | None) -> tuple[EffectData, object, torch.Tensor, str]:
+def prompt_units(folders: list[Path], prompt: str | None) -> PromptUnits:
     """The effect data over the prompt's live units (of every dictionary, in the order their
-    sites run), the tokenizer, the top next tokens (the outputs) and the model's name."""
+    sites run), the tokenizer, the top next tokens (the outputs), the model's name and the
+    positions left out."""
     from unweave.hf import load_model
 
     if not prompt:
@@ -93,8 +96,32 @@ def prompt_units(folders: list[Path], prompt: str | None) -> tuple[EffectData, o
     output = TopLogits(top)
     full = EffectData(model, tokens, SeveralUnits(tuple(members)), output, ablate_to="zero")
     live = full.activations[0] != 0  # latents that fire; every error
-    selected = []
+    selected, left_out = [], {}
     for k, member in enumerate(members):
-        units, coordinates = full.member_span(k)
-        selected.append(SelectedUnits.of(member, live[units].nonzero().flatten().tolist(), coordinates))
-    return EffectData(model, tokens, SeveralUnits(tuple(selected)), output, ablate_to="zero"), tokenizer, top, name
+        units, _ = full.member_span(k)
+        outside = _outside(model, tokens, member)
+        left_out[member.site] = outside
+        at = torch.arange(units.stop - units.start) // member.per_position  # each unit's position
+        keep = live[units] & ~torch.isin(at, torch.as_tensor(outside, dtype=torch.long))
+        selected.append(SelectedUnits.of(member, keep.nonzero().flatten().tolist(), full.states_of(k)))
+    data = EffectData(model, tokens, SeveralUnits(tuple(selected)), output, ablate_to="zero")
+    return PromptUnits(data, tokenizer, top, name, left_out)
+
+
+@dataclass
+class PromptUnits:
+    data: EffectData
+    tokenizer: object
+    top: torch.Tensor  # the top next tokens: the outputs
+    model_name: str
+    left_out: dict[str, list[int]]  # per site, the positions whose input is outside the dictionary's range
+
+
+@torch.no_grad()
+def _outside(model: torch.nn.Module, tokens: torch.Tensor, units: DictionaryUnits) -> list[int]:
+    """Positions whose input norm is above the dictionary's max_input_norm (massive
+    activations, attention sinks): it was not trained there, so they stay out of the graph,
+    held at their clean output."""
+    site = units.input_site or units.site
+    x = capture(model, site, tokens)[site][0]
+    return (~ordinary_rows(x, units.sae.max_input_norm)).nonzero().flatten().tolist()

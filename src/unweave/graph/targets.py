@@ -150,7 +150,8 @@ def modadd_target(path: Path, units: str = "neurons", seed: int = 0) -> Target:
 
 
 def prompt_target(folders: list[Path], prompt: str | None) -> Target:
-    data, tokenizer, top, model_name = prompt_units(folders, prompt)
+    found = prompt_units(folders, prompt)
+    data, tokenizer = found.data, found.tokenizer
     ids = data.inputs[0].tolist()
 
     def describe(unit: int) -> str:
@@ -161,16 +162,25 @@ def prompt_target(folders: list[Path], prompt: str | None) -> Target:
         where = f"{record['site']}: {record['kind']} {record['index']}"
         return f"{where} at position {t} ({tokenizer.decode(ids[t])!r}), {what} {value:.3g}"
 
-    answers = ", ".join(repr(tokenizer.decode(int(t))) for t in top)
-    names = ", ".join(f.name for f in folders)
+    answers = ", ".join(repr(tokenizer.decode(int(t))) for t in found.top)
+    sites = ", ".join(data.units.site)
+    left_out = "; ".join(f"{site}: {positions}" for site, positions in found.left_out.items() if positions)
     note = (
-        f"one prompt of {len(ids)} tokens through {model_name}; units: the latents of {names} that fire at any "
-        f"position, and each dictionary's error at each position ({data.n_units} units, at sites "
-        f"{', '.join(data.units.site)}); outputs: the logits, minus their mean, of the model's top {len(top)} next "
-        f"tokens ({answers}); an ablated unit is set to zero"
+        f"one prompt of {len(ids)} tokens through {found.model_name}; units: the latents of the dictionaries at "
+        f"{sites} that fire at any position, and each dictionary's error at each position ({data.n_units} units); "
+        f"outputs: the logits, minus their mean, of the model's top {len(found.top)} next tokens ({answers}); an "
+        "ablated unit is set to zero"
+        + (
+            f"; positions whose input is above a dictionary's max_input_norm (attention sinks) are left out, held at "
+            f"their clean output ({left_out})"
+            if left_out
+            else ""
+        )
     )
-    context = {"prompt": prompt, "top": answers}
-    return Target(f"{names} on a prompt", data, note, describe, None, None, context)
+    context = {"prompt": prompt, "top": answers, "left_out_positions": found.left_out}
+    # the circuit keeps the top token (output 0) within the KL budget over these outputs
+    labels = torch.zeros(1, dtype=torch.long)
+    return Target(f"dictionaries at {sites} on a prompt", data, note, describe, None, None, context, labels)
 
 
 ERROR_LABEL = -1  # the planted label of a dictionary's error unit (tasks are 0, 1; frequencies start at 1)
