@@ -138,7 +138,7 @@ def test_a_prompts_units_are_its_live_latents_and_errors_at_every_position(tiny_
     from unweave.hf import load_model
 
     folder, sae, model_dir = _prompt_transcoder(tiny_model_dir, tmp_path / "tc")
-    found = prompt_units([folder], PROMPT)
+    found = prompt_units([folder], PROMPT, skip_first=0)
     data, tokenizer, top = found.data, found.tokenizer, found.top
     model, _ = load_model(str(model_dir))
     tokens = tokenizer(PROMPT, return_tensors="pt").input_ids
@@ -204,7 +204,7 @@ def test_dictionaries_at_two_layers_are_one_graph_in_the_order_they_run(tiny_mod
 
     first, sae0, model_dir = _prompt_transcoder(tiny_model_dir, tmp_path / "l0", layer=0)
     second, sae1, _ = _prompt_transcoder(tiny_model_dir, tmp_path / "l1", layer=1)
-    found = prompt_units([second, first], PROMPT)  # given out of order
+    found = prompt_units([second, first], PROMPT, skip_first=0)  # given out of order
     data, tokenizer, top = found.data, found.tokenizer, found.top
     assert data.units.site == ["model.layers.0.mlp", "model.layers.1.mlp"]
     records = [data.record(u) for u in range(data.n_units)]
@@ -249,8 +249,9 @@ def test_positions_outside_the_dictionarys_range_stay_out_at_their_clean_output(
     io.save(sae, folder, {**io.metadata(folder), "max_input_norm": sae.max_input_norm})
     outside = (norms > sae.max_input_norm).nonzero().flatten().tolist()
     assert outside
-    found = prompt_units([folder], PROMPT)
+    found = prompt_units([folder], PROMPT, skip_first=0)
     assert found.left_out == {"model.layers.0.mlp": outside}
+    assert prompt_units([folder], PROMPT).left_out == {"model.layers.0.mlp": sorted({0, *outside})}  # and the first
     data = found.data
     assert not {data.record(u)["position"] for u in range(data.n_units)} & set(outside)
     clean_mlp = acts["model.layers.0.mlp"]

@@ -48,6 +48,11 @@ class GraphConfig:
     dictionary: list[Path] = setting(
         [], "With a dictionary folder as TARGET: more dictionaries of the same model (other layers; repeat)."
     )
+    skip_first: int = setting(
+        1,
+        "With --prompt: leave the first positions out of the graph, held at their clean output (the first token is "
+        "an attention sink with massive activations in most LMs, which no dictionary reconstructs). 0 keeps them.",
+    )
     seed: int = setting(0, "Seed of the planted network, its inputs, the community detection and the layout.")
     kl_budget: float = setting(KL_BUDGET, "Circuits: the per-example KL (nats) the circuit may cost ...")
     kl_quantile: float = setting(KL_QUANTILE, "... for this share of the examples.")
@@ -57,6 +62,8 @@ class GraphConfig:
             raise ValueError(f"--examples must be at least 16, got {self.examples}")
         if not self.kl_budget > 0:
             raise ValueError(f"--kl-budget must be positive, got {self.kl_budget}")
+        if self.skip_first < 0:
+            raise ValueError(f"--skip-first must be 0 or more, got {self.skip_first}")
         if self.units not in UNITS:
             raise ValueError(f"--units must be one of {UNITS}, got {self.units!r}")
         if self.target == "induction" and self.units != "neurons":
@@ -306,7 +313,7 @@ def run_graph(cfg: GraphConfig) -> RunResult:
     if cfg.target == "induction":
         return run_induction_graph(cfg)
     run = Run(cfg.out, "graph", cfg, inputs=[cfg.target, *map(str, cfg.dictionary)])
-    target = resolve(cfg.target, cfg.examples, cfg.seed, cfg.units, cfg.prompt, cfg.dictionary)
+    target = resolve(cfg.target, cfg.examples, cfg.seed, cfg.units, cfg.prompt, cfg.dictionary, cfg.skip_first)
     carving = carve_target(target, cfg.seed)
     add_circuit(carving, cfg.kl_budget, cfg.kl_quantile)
     Path(cfg.out).mkdir(parents=True, exist_ok=True)

@@ -58,10 +58,10 @@ def _dictionary_units(folder: Path) -> tuple[DictionaryUnits, dict]:
     return DictionaryUnits(site, sae, read if transcoder else None), meta
 
 
-def prompt_units(folders: list[Path], prompt: str | None) -> PromptUnits:
+def prompt_units(folders: list[Path], prompt: str | None, skip_first: int = 1) -> PromptUnits:
     """The effect data over the prompt's live units (of every dictionary, in the order their
     sites run), the tokenizer, the top next tokens (the outputs), the model's name and the
-    positions left out."""
+    positions left out: the first `skip_first`, and those outside a dictionary's range."""
     from unweave.hf import load_model
 
     if not prompt:
@@ -99,7 +99,7 @@ def prompt_units(folders: list[Path], prompt: str | None) -> PromptUnits:
     selected, left_out = [], {}
     for k, member in enumerate(members):
         units, _ = full.member_span(k)
-        outside = _outside(model, tokens, member)
+        outside = sorted(set(range(min(skip_first, tokens.shape[1] - 1))) | set(_outside(model, tokens, member)))
         left_out[member.site] = outside
         at = torch.arange(units.stop - units.start) // member.per_position  # each unit's position
         keep = live[units] & ~torch.isin(at, torch.as_tensor(outside, dtype=torch.long))
@@ -114,7 +114,7 @@ class PromptUnits:
     tokenizer: object
     top: torch.Tensor  # the top next tokens: the outputs
     model_name: str
-    left_out: dict[str, list[int]]  # per site, the positions whose input is outside the dictionary's range
+    left_out: dict[str, list[int]]  # per site, the positions left out of the graph (held at their clean output)
 
 
 @torch.no_grad()

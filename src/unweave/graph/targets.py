@@ -63,11 +63,12 @@ def resolve(
     units: str = "neurons",
     prompt: str | None = None,
     dictionaries: Sequence[Path] = (),
+    skip_first: int = 1,
 ) -> Target:
     if units not in UNITS:
         raise ValueError(f"--units must be one of {UNITS}, got {units!r}")
     if is_dictionary(Path(name)):
-        return prompt_target([Path(name), *dictionaries], prompt)
+        return prompt_target([Path(name), *dictionaries], prompt, skip_first)
     if dictionaries:
         raise ValueError("--dictionary adds dictionaries to a dictionary folder as TARGET")
     if prompt is not None:
@@ -149,8 +150,8 @@ def modadd_target(path: Path, units: str = "neurons", seed: int = 0) -> Target:
     return Target(name, data, note, _top_inputs(acts, label), "frequency", truth, context, labels)
 
 
-def prompt_target(folders: list[Path], prompt: str | None) -> Target:
-    found = prompt_units(folders, prompt)
+def prompt_target(folders: list[Path], prompt: str | None, skip_first: int = 1) -> Target:
+    found = prompt_units(folders, prompt, skip_first)
     data, tokenizer = found.data, found.tokenizer
     ids = data.inputs[0].tolist()
 
@@ -171,8 +172,8 @@ def prompt_target(folders: list[Path], prompt: str | None) -> Target:
         f"outputs: the logits, minus their mean, of the model's top {len(found.top)} next tokens ({answers}); an "
         "ablated unit is set to zero"
         + (
-            f"; positions whose input is above a dictionary's max_input_norm (attention sinks) are left out, held at "
-            f"their clean output ({left_out})"
+            f"; left out of the graph, held at their clean output: the first {skip_first} position(s) (an attention "
+            f"sink in most LMs) and those whose input is above a dictionary's max_input_norm ({left_out})"
             if left_out
             else ""
         )
