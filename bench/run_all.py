@@ -107,6 +107,10 @@ BENCHES = {
             quick_artifact=Artifact("modadd-quick", ("train", "modadd", "--steps", "600"), "--modadd-run"),
             what="Graph, modules and circuit of the modular-addition model",
         ),
+        Bench(
+            "graph_smollm2",
+            what="A SmolLM2 prompt graph over transcoders at 4 layers: time, memory, modules, ablation check",
+        ),
         Bench("edges_vs_autocircuit", peer="autocircuit", what="Edge attribution patching vs auto-circuit"),
         Bench("fingerprint_modadd", what="Clock and pizza runs told apart on held-out moduli, against two baselines"),
         Bench("mdl_tms", what="The toy of superposition's known answer at sizes no test uses, N = 8M among them"),

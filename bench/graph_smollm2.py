@@ -1,0 +1,104 @@
+"""A SmolLM2-135M prompt graph over transcoders at 4 layers (`unweave graph FOLDER --prompt
+TEXT --dictionary ...`): time, memory and what was found, for an induction prompt and a
+prompt of another kind. The target is under 5 minutes on 2 cores.
+
+    make bench BENCH_ARGS="--only graph_smollm2"
+
+By hand, from bench/: ../.venv/bin/python graph_smollm2.py [--quick]
+
+Transcoders (TopK, k 32, 2,304 latents) of the MLPs at layers 3, 6, 9 and 12 are trained
+first with `unweave sae train --live` on the packaged Shakespeare (skipped when their folders
+exist under data/graph-smollm2). No peer installs here that computes this graph on a CPU
+(circuit-tracer needs a GPU and hub weights), so there is no side by side: the edge
+attribution step is compared with auto-circuit in edges_vs_autocircuit.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from common import quick_option, table
+
+HERE = Path(__file__).resolve().parent
+UNWEAVE = [sys.executable, "-m", "unweave"]
+PROMPTS = {
+    "induction (made-up words repeated)": "Kettle harbor violin Morgan plum seven. Kettle harbor violin Morgan plum",
+    "a fact": "The capital of France is the city of",
+}
+KL_BUDGET = "0.01"  # nats: the circuit of one prompt (a tighter budget than the default 0.1)
+
+
+def transcoder(data: Path, layer: int, tokens: int) -> Path:
+    out = data / f"tc-L{layer}-{tokens}"
+    if not (out / "record.json").exists():
+        print(f"training a transcoder of layer {layer}'s MLP on {tokens:,} tokens", flush=True)
+        mlp = f"model.layers.{layer}.mlp"
+        subprocess.run(
+            [*UNWEAVE, "sae", "train", "--live", "--site", f"{mlp}:input", "--target-site", mlp, "--k", "32",
+             "--width", "2304", "--tokens", str(tokens), "--out", str(out)],
+            check=True, stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+    return out / "transcoder-topk-k32-w2304"
+
+
+def graph(folders: list[Path], prompt: str, out: Path) -> tuple[dict, float, float]:
+    """`unweave graph` in its own process: its record, seconds and peak resident memory (GiB)."""
+    start = time.perf_counter()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    extra = [a for f in folders[1:] for a in ("--dictionary", str(f))]
+    subprocess.run(
+        [*UNWEAVE, "graph", str(folders[0]), *extra, "--prompt", prompt, "--kl-budget", KL_BUDGET, "--out", str(out)],
+        check=True, stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    if peak <= before:
+        print("(peak memory: an earlier child process was larger; the figure is an upper bound)")
+    return json.loads((out / "record.json").read_text()), seconds, peak / 2**20
+
+
+def row(name: str, out: Path, seconds: float, peak: float) -> dict:
+    graph_json = json.loads((out / "graph.json").read_text())
+    modules = json.loads((out / "modules.json").read_text())
+    circuit = json.loads((out / "circuit.json").read_text())
+    record = json.loads((out / "record.json").read_text())
+    check = next(line for line in record["summary"] if line.startswith("single-unit"))
+    error = next(line for line in record["summary"] if "its error carries" in line)
+    return {
+        "prompt": name,
+        "active units": len(graph_json["nodes"]),
+        "modules": len(modules["modules"]),
+        "largest cross effect": modules["max_off_diagonal"],
+        "ablation check (32 units)": check.split(": ", 1)[1].split(", largest")[0],
+        "errors' share of squared effect": error.split("carries ")[1].split(" of")[0],
+        f"circuit within {KL_BUDGET} nats": f"{len(circuit['units'])} units",
+        "seconds": seconds,
+        "peak GiB": peak,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--data", type=Path, default=HERE / "data" / "graph-smollm2")
+    parser.add_argument("--layers", type=int, nargs="+", default=[3, 6, 9, 12])
+    parser.add_argument("--tokens", type=int, default=262_144, help="training tokens per transcoder")
+    quick_option(parser, layers=[3, 9], tokens=65_536)
+    args = parser.parse_args()
+    folders = [transcoder(args.data, layer, args.tokens) for layer in args.layers]
+    rows = []
+    for i, (name, prompt) in enumerate(PROMPTS.items()):
+        out = args.data / f"graph-{i}"
+        _, seconds, peak = graph(folders, prompt, out)
+        rows.append(row(name, out, seconds, peak))
+    print(f"transcoders at layers {args.layers}, {args.tokens:,} training tokens each; outputs: the top 8 next tokens")
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()
