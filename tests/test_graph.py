@@ -10,9 +10,10 @@ from torch import nn
 
 from unweave.graph.circuit import find_circuit
 from unweave.graph.command import GraphConfig, carve_target, run_graph
-from unweave.graph.effects import EffectData, Units, centred_logits, effect_gram
+from unweave.graph.effects import EffectData, centred_logits, effect_gram
 from unweave.graph.modules import carve, separability
 from unweave.graph.targets import modadd_target, resolve
+from unweave.graph.units import Units
 from unweave.zoo.modadd import make_data
 from unweave.zoo.two_tasks import TwoTasks, TwoTasksConfig, sample_inputs
 

@@ -25,7 +25,7 @@ from torch import nn
 from unweave import progress
 from unweave.dictionaries.sae import SAE, SAEConfig
 from unweave.dictionaries.train import TrainConfig, train_many
-from unweave.graph.effects import put
+from unweave.graph.units import put
 from unweave.sites import SiteError, capturing, patch
 
 

@@ -1,15 +1,15 @@
 """Each unit's effect on the output, per example: by attribution (gradient x activation, one
 backward pass per output for all units at once) and exactly (by ablation).
 
-A unit is one coordinate of the activation at a site, at one sequence position (or the
-activation's last axis when it has no position axis). Ablating a unit sets it to its mean
-over the data (the baseline); its attributed effect on output o for example x is
+A unit (`units.py`) is a neuron, or a dictionary's latent or error, at a site. Ablating a
+unit sets its coordinates to their mean over the data, or to zero (the baseline); its
+attributed effect on output o for example x is
 
-    dout_o / dh_i (x) * (h_i(x) - mean h_i),
+    sum over its coordinates i of  dout_o / dh_i (x) * (h_i(x) - baseline_i),
 
-the first-order estimate of what mean-ablating it changes. Where everything after the site
-is linear in the units (modular addition's MLP neurons, whose only reader is the
-unembedding) the estimate is exact; `ablated_outputs` measures the true change.
+the first-order estimate of what ablating it changes. Where everything after the site is
+linear in the units (modular addition's MLP neurons, whose only reader is the unembedding)
+the estimate is exact; `EffectData.outputs` measures the true change.
 """
 
 from __future__ import annotations
@@ -22,142 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from unweave.sites import patch
-
-
-@dataclass(frozen=True)
-class Units:
-    """The units at one site: the last axis of its activation, at `position` when the
-    activation has a sequence axis (batch, position, ..., units).
-
-    Every kind of unit (these, a dictionary's latents) is read and edited through one
-    interface: `editing(model, fn)` hands `fn` the units' state, (batch, coordinates), in the
-    forward pass and rebuilds the site from what `fn` returns; `unit_of` says which unit
-    each coordinate belongs to (one coordinate per unit here)."""
-
-    site: str
-    position: int | None = None
-
-    def of(self, act: torch.Tensor) -> torch.Tensor:
-        """(batch, units) from the site's activation."""
-        return act if self.position is None else act[:, self.position]
-
-    def names(self, count: int) -> list[str]:
-        where = "" if self.position is None else f" @{self.position}"
-        return [f"{self.site}[{i}]{where}" for i in range(count)]
-
-    def unit_of(self, coordinates: int) -> torch.Tensor:
-        return torch.arange(coordinates)
-
-    def record(self, unit: int) -> dict:
-        """The unit as modules.json and circuit.json name it."""
-        return {"site": self.site, "index": unit}
-
-    def values(self, state: torch.Tensor) -> torch.Tensor:
-        """(batch, units): what each unit's activity is, for describing it."""
-        return state
-
-    @contextlib.contextmanager
-    def editing(self, model: nn.Module, fn: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
-        def at_site(act: torch.Tensor) -> torch.Tensor:
-            return put(act, self.position, fn(self.of(act)))
-
-        with patch(model, {self.site: at_site}):
-            yield
-
-
-def put(act: torch.Tensor, position: int | None, state: torch.Tensor) -> torch.Tensor:
-    """`act` with its units at `position` (all of it when None) replaced by `state`,
-    differentiably in `state`."""
-    if position is None:
-        return state
-    act = act.clone()
-    act[:, position] = state
-    return act
-
-
-@dataclass(frozen=True, eq=False)
-class SelectedUnits:
-    """Some of another set's units, renumbered 0, 1, ...: a prompt's live latents, say, out
-    of every latent at every position (only these enter the graph, whose size grows as the
-    square of its units). The rest are held at their values in the clean run of the same
-    inputs (`rest`) whenever the units are edited: a latent that did not fire does not start
-    firing when an upstream unit is ablated, and a position left out keeps its output."""
-
-    inner: Units
-    keep: tuple[int, ...]  # the inner units kept, ascending
-    rest: torch.Tensor  # (examples, inner coordinates): the clean state, for the units not kept
-    coordinates: torch.Tensor  # the inner coordinates of the kept units
-    kept_unit_of: torch.Tensor  # the kept unit (renumbered) of each of those coordinates
-
-    @classmethod
-    def of(cls, inner: Units, keep: Sequence[int], clean: torch.Tensor) -> SelectedUnits:
-        """`inner`'s units `keep`, of a state whose clean value on the inputs is `clean`."""
-        keep = sorted(set(keep))
-        unit_of = inner.unit_of(clean.shape[1])
-        coordinates = torch.isin(unit_of, torch.as_tensor(keep)).nonzero().flatten()
-        renumber = torch.full((int(unit_of.max()) + 1,), -1)
-        renumber[keep] = torch.arange(len(keep))
-        return cls(inner, tuple(keep), clean, coordinates, renumber[unit_of[coordinates]])
-
-    @property
-    def total(self) -> int:
-        return self.rest.shape[1]
-
-    @property
-    def site(self) -> str:
-        return self.inner.site
-
-    @property
-    def position(self) -> int | None:
-        return self.inner.position
-
-    def names(self, count: int) -> list[str]:
-        every = self.inner.names(self.keep[-1] + 1)
-        return [every[u] for u in self.keep[:count]]
-
-    def unit_of(self, coordinates: int) -> torch.Tensor:
-        return self.kept_unit_of
-
-    def record(self, unit: int) -> dict:
-        return self.inner.record(self.keep[unit])
-
-    def values(self, state: torch.Tensor) -> torch.Tensor:
-        full = state.new_zeros(len(state), self.total)
-        full[:, self.coordinates] = state
-        return self.inner.values(full)[:, list(self.keep)]
-
-    @contextlib.contextmanager
-    def editing(self, model: nn.Module, fn: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
-        def on_kept(full: torch.Tensor) -> torch.Tensor:
-            kept = full[:, self.coordinates]
-            new = fn(kept)
-            if new is kept:
-                return full
-            if len(full) != len(self.rest):
-                raise ValueError(f"these units hold the rest of {len(self.rest)} inputs, run in one batch")
-            edited = self.rest.to(full.dtype).clone()
-            edited[:, self.coordinates] = new
-            return edited
-
-        with self.inner.editing(model, on_kept):
-            yield
-
-
-@dataclass(frozen=True)
-class SeveralUnits:
-    """The units of several sites together (a dictionary at each of several layers), one
-    after another: member 0's units first. Each member is edited at its own site."""
-
-    members: tuple
-
-    @property
-    def site(self) -> list[str]:
-        return [m.site for m in self.members]
-
-    @property
-    def position(self) -> list[int | None]:
-        return [m.position for m in self.members]
+from unweave.graph.units import SeveralUnits, Units
 
 
 @dataclass

@@ -24,7 +24,8 @@ import torch
 from unweave.dictionaries import io
 from unweave.dictionaries.sae import ordinary_rows
 from unweave.graph.dictionary_units import DictionaryUnits
-from unweave.graph.effects import EffectData, SelectedUnits, SeveralUnits, centred_logits
+from unweave.graph.effects import EffectData, centred_logits
+from unweave.graph.units import SelectedUnits, SeveralUnits
 from unweave.sites import SiteError, capture, list_sites
 
 PROMPT_OUTPUTS = 8  # the model's top next tokens whose logits are the outputs

@@ -24,8 +24,9 @@ from unweave.graph.dictionary_units import (
     fvu_budget,
     kl_budget,
 )
-from unweave.graph.effects import EffectData, Units, centred_logits
+from unweave.graph.effects import EffectData, centred_logits
 from unweave.graph.prompt import is_dictionary, prompt_units
+from unweave.graph.units import Units
 from unweave.zoo import fourier
 from unweave.zoo.modadd import TrainedModAdd, make_data
 from unweave.zoo.two_tasks import TwoTasks, TwoTasksConfig, sample_inputs
