@@ -23,8 +23,10 @@ import torch
 from torch import nn
 
 from unweave import progress
+from unweave.dictionaries.metrics import fvu
 from unweave.dictionaries.sae import SAE, SAEConfig
 from unweave.dictionaries.train import TrainConfig, train_many
+from unweave.graph.circuit import per_example_kl
 from unweave.graph.units import put
 from unweave.sites import SiteError, capturing, patch
 
@@ -164,8 +166,7 @@ def kl_budget(limit: float, quantile: float) -> Budget:
     """Outputs that are logits: the `quantile` of per-example KL(model || spliced) in nats."""
 
     def measure(clean: torch.Tensor, spliced: torch.Tensor) -> float:
-        clean, spliced = clean.log_softmax(-1), spliced.log_softmax(-1)
-        return float((clean.exp() * (clean - spliced)).sum(-1).quantile(quantile))
+        return float(per_example_kl(clean, spliced).quantile(quantile))
 
     return Budget(measure, limit, f"keeps {quantile:.0%} of examples within {limit:g} nats of KL")
 
@@ -173,10 +174,7 @@ def kl_budget(limit: float, quantile: float) -> Budget:
 def fvu_budget(limit: float) -> Budget:
     """Outputs that are values: the fraction of their variance the splice leaves unexplained."""
 
-    def measure(clean: torch.Tensor, spliced: torch.Tensor) -> float:
-        return float((clean - spliced).pow(2).sum() / (clean - clean.mean(0)).pow(2).sum())
-
-    return Budget(measure, limit, f"leaves at most {limit:.0%} of the output's variance unexplained")
+    return Budget(fvu, limit, f"leaves at most {limit:.0%} of the output's variance unexplained")
 
 
 def fit_transcoder(
