@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from common import quick_option, table
 
-from unweave.graph.command import Carving, add_circuit, known_answer, unit_check
+from unweave.graph.carving import Carving, add_circuit, known_answer, unit_check
 from unweave.graph.effects import effect_gram
 from unweave.graph.modules import carve
 from unweave.graph.targets import modadd_target

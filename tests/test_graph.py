@@ -8,8 +8,9 @@ import pytest
 import torch
 from torch import nn
 
+from unweave.graph.carving import carve_target
 from unweave.graph.circuit import find_circuit
-from unweave.graph.command import GraphConfig, carve_target, run_graph
+from unweave.graph.command import GraphConfig, run_graph
 from unweave.graph.effects import EffectData, centred_logits, effect_gram
 from unweave.graph.modules import carve, separability
 from unweave.graph.targets import modadd_target, resolve
@@ -158,7 +159,7 @@ def test_per_example_kl_matches_scipy():
 def test_circuit_is_the_smallest_prefix_within_the_budget_and_its_areas_are_right(small_modadd, tmp_path):
     from scipy.integrate import trapezoid
 
-    from unweave.graph.command import add_circuit
+    from unweave.graph.carving import add_circuit
 
     carving = carve_target(modadd_target(small_modadd.dir), seed=0)
     add_circuit(carving, budget=0.1, quantile=0.9)

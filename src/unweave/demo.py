@@ -15,6 +15,7 @@ from unweave import progress
 from unweave.configs import setting
 from unweave.devices import DeviceConfig, loader_on
 from unweave.graph import command as graph
+from unweave.graph.carving import carve_target, modules_json
 from unweave.graph.targets import modadd_target as graph_target
 from unweave.mdl.command import add_sections, description_lengths
 from unweave.mdl.targets import modadd_target
@@ -200,7 +201,7 @@ def run_demo(cfg: DemoConfig | None = None) -> RunResult:
         mdl,
         mdl_lines,
     )
-    carving = graph.carve_target(graph_target(out_dir / "modadd"), seed=0)
+    carving = carve_target(graph_target(out_dir / "modadd"), seed=0)
     graph.add_sections(
         report,
         report.section("Modules").text(
@@ -214,7 +215,7 @@ def run_demo(cfg: DemoConfig | None = None) -> RunResult:
     results = {
         "config": asdict(cfg.modadd),
         "mdl": mdl,
-        "modules": graph.modules_json(carving),
+        "modules": modules_json(carving),
         "fourier": analysis.to_dict(),
         "progress_measures": measures,
         "llc": [
