@@ -18,8 +18,9 @@ from typer.testing import CliRunner
 from unweave.cli import app
 from unweave.mdl import coding
 from unweave.mdl.bases import LookupTable, Neurons, pursuit
-from unweave.mdl.describe import SiteData, describe
+from unweave.mdl.describe import SiteData, _lagrange_ratio, describe
 from unweave.mdl.quantise import DELTA_RANGE, PRECISION, coarsest_delta
+from unweave.zoo.superposition import mean_max_cosine
 
 
 def test_sequence_code_counts_every_sequence_with_the_histogram():
@@ -59,6 +60,48 @@ def test_per_unit_histograms_merge_across_batches_like_numpy():
     assert coding.activity_bits(torch.tensor([5]), 40).item() == pytest.approx(
         math.log2(41) + math.log2(comb(40, 5, exact=True))
     )
+
+
+def test_the_categorical_index_code_counts_every_sequence_and_is_never_longer():
+    """When no example has two units active, which unit (or none) each example uses is one
+    categorical symbol: brute-force count of the orderings, exact integers for the whole code,
+    and never longer than the per-unit Bernoulli code; SymbolCounts notices a second unit."""
+    choices = [0, 2, 0, 1, 2, 2, 0, 0]  # 0: none, else unit - 1
+    counts = [choices.count(u) for u in (1, 2)]
+    orderings = len(set(itertools.permutations(choices)))
+    histogram = math.log2(comb(len(choices) + 2, 2, exact=True))
+    assert coding.choice_bits(torch.tensor(counts), 8) == pytest.approx(math.log2(orderings) + histogram, rel=1e-12)
+    gen = torch.Generator().manual_seed(1)
+    unit = torch.randint(0, 9, (500,), generator=gen)  # 8 units, 8 meaning none
+    symbols = torch.zeros(500, 8, dtype=torch.long)
+    active = unit < 8
+    symbols[active.nonzero().squeeze(1), unit[active]] = torch.randint(1, 5, (int(active.sum()),), generator=gen)
+    tally = coding.SymbolCounts(8)
+    for batch, first in zip(symbols.split(128), range(0, 500, 128)):
+        rows, units = batch.nonzero(as_tuple=True)
+        tally.add_code(rows + first, units, batch[rows, units])
+    assert tally.exclusive
+    index, _ = numpy_code_bits(symbols.numpy())
+    assert coding.index_bits(tally.active(), 500, tally.exclusive) == pytest.approx(index, rel=1e-9)
+    assert index < 1 + coding.activity_bits(tally.active(), 500).sum().item()
+    tally.add_code(torch.tensor([3, 3]), torch.tensor([0, 1]), torch.tensor([1, -2]))  # two units on one example
+    assert not tally.exclusive
+
+
+def test_the_split_of_steps_meets_the_lagrange_condition():
+    """For distortion floor + a dp^2 + b dv^2, the fewest bits -Np log dp - Nv log dv at a fixed
+    distortion have dp / dv = sqrt(Np b / (Nv a)): the ratio read off the distortion is that."""
+    a, b, floor = 3.0, 0.2, 1e-3
+    ratio = _lagrange_ratio(lambda dp, dv: floor + a * dp**2 + b * dv**2, 0.1, 40, 9000.0)
+    assert ratio == pytest.approx(math.sqrt(40 * b / (9000 * a)), rel=1e-6)
+    # on that line the bits at the distortion budget are the fewest of any split (numerically)
+    budget = floor + (a + b) * 0.01
+
+    def bits(r: float) -> float:
+        dv = math.sqrt((budget - floor) / (a * r**2 + b))
+        return -40 * math.log2(r * dv) - 9000 * math.log2(dv)
+
+    assert bits(ratio) <= min(bits(ratio * f) for f in (0.5, 0.8, 1.25, 2.0))
 
 
 def test_elias_gamma_lengths():
@@ -130,6 +173,41 @@ def test_neuron_bits_equal_an_independent_count_and_the_tolerance_holds():
     index, value = numpy_code_bits(np.round(data.rows().double().numpy() / step).astype(np.int64))
     assert row.index_bits == pytest.approx(index, rel=1e-9)
     assert row.value_bits == pytest.approx(value + coding.FLOAT_BITS, rel=1e-9)
+
+
+def test_in_one_dimension_the_neurons_are_the_two_atom_dictionary():
+    """Activations +m e or -m e: a dictionary with atoms +e and -e sends which atom per example
+    (categorical: no bits paid twice for atoms that exclude each other) and a magnitude, the
+    neuron a signed value. Their codes cost the same up to the per-unit headers and step; the
+    dictionary pays its parameters on top. So the neurons are that dictionary, parameter-free,
+    and their atoms +e, -e recover the two directions."""
+    from unweave.dictionaries.sae import SAE, SAEConfig
+    from unweave.mdl.bases import Dictionary
+
+    class OneDim(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.site, self.out = nn.Identity(), nn.Linear(1, 5)
+
+        def forward(self, x):
+            return self.out(self.site(x))
+
+    gen = torch.Generator().manual_seed(3)
+    sign = torch.where(torch.rand(3000, 1, generator=gen) < 0.5, -1.0, 1.0)
+    x = sign * torch.rand(3000, 1, generator=gen) * (torch.rand(3000, 1, generator=gen) < 0.3)
+    torch.manual_seed(0)
+    data = SiteData(OneDim(), x, "site", lambda m, x: m(x) * 3, measure="kl")
+    sae = SAE(SAEConfig(d_in=1, n_latents=2, k=1))
+    with torch.no_grad():
+        sae.W_dec.copy_(torch.tensor([[1.0], [-1.0]]))
+        sae.b_dec.zero_()
+    neurons = describe(Neurons(1), data, 0.001)
+    pair = describe(Dictionary(sae, codes="pursuit"), data, 0.001)
+    codes = {r.basis: r.index_bits + r.value_bits for r in (neurons, pair)}
+    # 7 bits apart here (the second unit's header); per-unit Bernoulli indices would pay ~90 more
+    assert abs(codes[pair.basis] - codes["neurons"]) < 30
+    assert pair.total_bits == pytest.approx(codes[pair.basis] + pair.param_bits) and pair.param_bits > 0
+    assert mean_max_cosine(torch.tensor([[2.0], [-0.5]], dtype=torch.float64), Neurons(1).atoms()) == 1.0
 
 
 def test_the_lookup_table_costs_more_than_neurons_and_grows_with_the_dataset():

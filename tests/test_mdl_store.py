@@ -4,14 +4,13 @@ covariance equals PCA of the rows, SAEBench's quantity equals numpy/scipy histog
 entropies, and every mismatch between dictionaries and store is a one-line error."""
 
 import json
-import math
 import random
 import shutil
 
 import numpy as np
 import pytest
 import torch
-from code_counts import numpy_code_bits, numpy_sequence_bits
+from code_counts import numpy_choice_bits, numpy_code_bits, numpy_sequence_bits
 from scipy.stats import entropy
 from typer.testing import CliRunner
 
@@ -88,11 +87,11 @@ def test_bits_over_a_store_equal_an_independent_count(setup, tmp_path):
     # delta * rms) and coded as one sequence, plus which row each token is (each used once)
     lookup = next(r for r in data["rows"] if r["basis"] == "lookup table")
     n = len(x)
-    step = lookup["delta"] * calibration.pow(2).mean().sqrt().item()
+    step = lookup["param_delta"] * calibration.pow(2).mean().sqrt().item()
     table = numpy_sequence_bits(np.round(x.numpy() / step).astype(np.int64))
     assert lookup["width"] == n and lookup["value_bits"] == 0
     assert lookup["param_bits"] == pytest.approx(table + coding.FLOAT_BITS, rel=1e-6)
-    assert lookup["index_bits"] == pytest.approx(n * (math.log2(n + 1) + math.log2(n)), rel=1e-9)
+    assert lookup["index_bits"] == pytest.approx(1 + numpy_choice_bits([1] * n, n), rel=1e-9)
     assert lookup["total_bits"] > neurons["total_bits"]  # the rows themselves, and which one each token is
     # SAEBench's quantity beside ours, for each dictionary
     assert [r["basis"] for r in data["saebench"]] == ["topk-k2-w64 (sae-topk)", "topk-k4-w64 (sae-topk)"]
@@ -150,7 +149,7 @@ def test_a_skip_transcoder_sends_its_skip_and_decodes_from_the_mlps_input(setup,
     sent = [sae.W_dec, sae.b_dec, sae.W_skip]
     expected = 0.0
     for t in (t.detach().double().numpy() for t in sent):
-        step = skip["delta"] * np.sqrt(np.mean(t**2))
+        step = skip["param_delta"] * np.sqrt(np.mean(t**2))
         expected += numpy_sequence_bits(np.round(t / step).astype(np.int64)) + coding.FLOAT_BITS
     assert skip["param_bits"] == pytest.approx(expected, rel=1e-6)
     # the decoder, on a skip transcoder whose skip is far from zero

@@ -26,6 +26,10 @@ class Basis:
     def params(self) -> dict[str, torch.Tensor]:
         return {}
 
+    def atoms(self) -> torch.Tensor | None:
+        """The directions the basis writes with, one per row (None: not a set of atoms)."""
+        return None
+
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
@@ -50,6 +54,11 @@ class Neurons(Basis):
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return x
+
+    def atoms(self) -> torch.Tensor:
+        """A signed coordinate writes +e_j or -e_j, its sign saying which: 2d atoms."""
+        eye = torch.eye(self.width, dtype=torch.float64)
+        return torch.cat([eye, -eye])
 
     def decode(
         self, codes: torch.Tensor, params: dict[str, torch.Tensor], inputs: torch.Tensor | None = None
@@ -146,6 +155,9 @@ class Dictionary(Basis):
     def params(self) -> dict[str, torch.Tensor]:
         sent = {"W_dec": self.sae.W_dec.detach(), "b_dec": self.sae.b_dec.detach()}
         return {**sent, "W_skip": self.sae.W_skip.detach()} if self.sae.cfg.skip else sent
+
+    def atoms(self) -> torch.Tensor:
+        return self.sae.W_dec.detach()
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> torch.Tensor:

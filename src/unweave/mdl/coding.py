@@ -6,8 +6,13 @@ with that histogram this one is). It is never shorter than the ideal `n * H(empi
 more than the histogram's own cost, and it pays for every distinct symbol it uses, so a
 wide dictionary or a fine quantisation step costs what it should.
 
-- `activity_bits`: which of n examples a unit is active on: the count (uniform over
-  0..n), then which subset, log2 C(n, count). Bernoulli per unit at its own frequency.
+- `index_bits`: which units are active on each of n examples. One bit says which of two
+  codes follows. When no example has two units active, each example sends one categorical
+  symbol, none or which unit (`choice_bits`: the histogram, then the multinomial); that is
+  never longer than the other code, and it does not pay twice for units that exclude each
+  other. Otherwise, per unit, which examples it is active on (`activity_bits`): the count
+  (uniform over 0..n), then which subset, log2 C(n, count), Bernoulli per unit at its own
+  frequency.
 - `sequence_bits`: a sequence of m integers: the range [lo, hi] (Elias gamma), the
   histogram over it (a composition of m into hi - lo + 1 parts, log2 C(m + K - 1, K - 1)),
   then the sequence given the histogram (log2 of the multinomial m! / prod c_j!).
@@ -24,6 +29,7 @@ import torch
 
 LN2 = math.log(2)
 FLOAT_BITS = 32  # a step size or other real number sent as a float32
+CODE_CHOICE_BITS = 1  # says whether the index code is categorical or per unit
 
 
 def gamma_bits(n: torch.Tensor | int) -> torch.Tensor:
@@ -51,6 +57,29 @@ def activity_bits(counts: torch.Tensor, n: int) -> torch.Tensor:
     return math.log2(n + 1) + log2_binomial(torch.full_like(counts, float(n)), counts)
 
 
+def choice_bits(counts: torch.Tensor, n: int) -> float:
+    """Bits of n categorical symbols, each "none" or one of the units, the units chosen
+    counts[i] times: the histogram (a composition of n into width + 1 parts), then which
+    sequence has it (log2 of the multinomial n! / (none! prod counts_i!))."""
+    counts = torch.as_tensor(counts, dtype=torch.float64)
+    none = n - counts.sum()
+    if none < 0:
+        raise ValueError(f"the units are chosen {int(counts.sum())} times in all, more than the {n} examples")
+    width = torch.tensor(float(len(counts)), dtype=torch.float64)
+    histogram = log2_binomial(n + width, width)
+    sequence = (math.lgamma(n + 1) - torch.lgamma(none + 1) - torch.lgamma(counts + 1).sum()) / LN2
+    return float(histogram + sequence)
+
+
+def index_bits(counts: torch.Tensor, n: int, exclusive: bool) -> float:
+    """Bits saying which units are active on each of n examples, unit i on counts[i] of
+    them: the code choice, then categorical symbols if no example has two units active
+    (`exclusive`), else Bernoulli per unit."""
+    if exclusive:
+        return CODE_CHOICE_BITS + choice_bits(counts, n)
+    return CODE_CHOICE_BITS + float(activity_bits(counts, n).sum())
+
+
 class SymbolCounts:
     """Histograms of integer symbols, one per unit, merged batch by batch. A (unit, symbol)
     pair is held as one int64 key, unit * 2^40 + symbol + 2^39, so merging is a 1-d unique."""
@@ -60,6 +89,7 @@ class SymbolCounts:
 
     def __init__(self, n_units: int):
         self.n_units = n_units
+        self.exclusive = True  # no example seen so far has two units with nonzero symbols
         self._keys = torch.zeros(0, dtype=torch.long)
         self.counts = torch.zeros(0, dtype=torch.long)
 
@@ -79,11 +109,12 @@ class SymbolCounts:
         counts = torch.cat([self.counts, new_counts])
         self.counts = torch.zeros(len(self._keys), dtype=torch.long).index_add_(0, inverse, counts)
 
-    def add_quantised(self, units: torch.Tensor, values: torch.Tensor, step: float) -> None:
-        """Count round(value / step) for each (unit, value) entry of a sparse code; entries that
-        round to zero are inactive and not counted."""
-        symbols = torch.round(values.double() / step).long()
+    def add_code(self, rows: torch.Tensor, units: torch.Tensor, symbols: torch.Tensor) -> None:
+        """Count the entries (rows[i], units[i]) -> symbols[i] of a sparse code; symbols of zero
+        are inactive and not counted."""
         kept = symbols != 0
+        rows = rows[kept]
+        self.exclusive &= not bool(rows.numel()) or int(torch.bincount(rows).max()) <= 1
         self.add(units[kept], symbols[kept])
 
     def active(self) -> torch.Tensor:

@@ -10,7 +10,6 @@ from pathlib import Path
 from unweave import progress
 from unweave.configs import setting
 from unweave.mdl import plots
-from unweave.mdl.bases import Dictionary
 from unweave.mdl.describe import Row, describe, weight_bits
 from unweave.mdl.program import program_bits
 from unweave.mdl.streamed import CALIBRATION_TOKENS, describe_store
@@ -62,23 +61,24 @@ def best_row(rows: list[Row]) -> Row:
 
 
 def known_answer(target: Target, rows: list[Row], best: Row) -> dict:
-    """The toy's check: the best description is the dictionary as wide as the features the
-    toy represents, and its decoder holds their directions."""
+    """The toy's check: the best description writes with as many atoms as the toy represents
+    features, and they are the features' directions. A dictionary's atoms are its decoder
+    rows; the neurons' are +e_j and -e_j (in one dimension the two features a toy
+    represents are +e and -e, and the neuron basis is exactly that dictionary)."""
     known = target.known
     if "true_directions" not in known:
         return {}
-    chosen = target.bases[rows.index(best)]
-    cosine = (
-        mean_max_cosine(known["true_directions"], chosen.sae.W_dec.detach()) if isinstance(chosen, Dictionary) else None
-    )
+    atoms = target.bases[rows.index(best)].atoms()
+    cosine = mean_max_cosine(known["true_directions"].double(), atoms.double()) if atoms is not None else None
     return {
         "rule": known["rule"],
         "n_features": known["n_features"],
         "represented_features": known["represented_features"],
         "best_basis": best.basis,
         "best_width": best.width,
+        "best_atoms": len(atoms) if atoms is not None else None,
         "mean_max_cosine": cosine,
-        "recovered": isinstance(chosen, Dictionary) and best.width == known["represented_features"] and cosine >= 0.99,
+        "recovered": atoms is not None and len(atoms) == known["represented_features"] and cosine >= 0.99,
     }
 
 
@@ -146,7 +146,8 @@ def description_lengths(target: Target, tolerance: float | None = None) -> tuple
     if known:
         lines.append(
             f"known answer: the toy represents {known['represented_features']} of {known['n_features']} features; "
-            f"shortest width {best.width}; mean max cosine {known['mean_max_cosine'] or float('nan'):.4f} "
+            f"shortest: {best.basis}, width {best.width}, {known['best_atoms']} atoms; "
+            f"mean max cosine {known['mean_max_cosine'] or float('nan'):.4f} "
             f"({'recovered' if known['recovered'] else 'NOT recovered'})"
         )
     return results, lines

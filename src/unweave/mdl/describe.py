@@ -11,6 +11,7 @@ counts the bits; `weight_bits` does the same for the network's own weights.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
@@ -21,6 +22,7 @@ from torch.func import functional_call
 from unweave.mdl import coding
 from unweave.mdl.bases import Basis
 from unweave.mdl.quantise import (
+    DELTA_RANGE,
     Search,
     coarsest_delta,
     quantised,
@@ -153,10 +155,11 @@ class Row:
     bits_per_token: float | None
     kl: float  # the distortion at the chosen step (KL in nats, or output FVU)
     meets_tolerance: bool
-    delta: float  # the relative quantisation step
+    delta: float  # the values' relative quantisation step
     mean_active: float  # nonzero code entries per example
     ce_recovered: float | None = None
     n: int = 0
+    param_delta: float | None = None  # the parameters' relative step
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -167,65 +170,127 @@ class Calibration:
     """A basis's coarsest quantisation within the tolerance, found on `SiteData`."""
 
     basis: Basis
-    search: Search
+    search: Search  # the search that chose the steps (its distortion, and whether any step met the tolerance)
     params: dict[str, torch.Tensor]  # unquantised, float64
-    value_step: float  # the codes' step: delta * rms of the nonzero codes
+    param_delta: float  # each parameter tensor's step is param_delta * its rms
+    value_step: float  # the codes' step: value_delta * rms of the nonzero codes
+    value_delta: float
     codes: torch.Tensor  # unquantised codes of data.rows()
     ce_recovered: float | None  # with the quantised description spliced in (kl measure with labels)
 
 
-def calibrate(basis: Basis, data: SiteData, tolerance: float) -> Calibration:
-    """The coarsest relative step delta at which `basis`'s quantised description of
-    data.rows() keeps the output within `tolerance`."""
+def calibrate(basis: Basis, data: SiteData, tolerance: float, n_counted: int | None = None) -> Calibration:
+    """The coarsest quantisation at which `basis`'s description of data.rows() keeps the
+    output within `tolerance`, its codes to be counted over `n_counted` examples (default
+    the rows').
+
+    First one relative step delta for the parameters and the values. When the basis sends
+    both, the split between them is then set by the Lagrange condition for the fewest bits:
+    with bits ~ -N log(step) per part (N symbols) and distortion ~ a dp^2 + b dv^2, the
+    optimum has a dp^2 / (b dv^2) = N_params / N_values. a and b are read off the
+    distortion with one part quantised at delta and the other exact, and the coarsest
+    steps on that ratio are searched again. The split is kept if it codes in fewer bits.
+    """
     x = data.rows() if basis.reads is None else data.rows_at(basis.reads)
     codes = basis.encode(x).double()
     params = {k: v.double() for k, v in basis.params().items()}
     value_scale = rms(codes[codes != 0])
+    values_quantised = basis.codes_sent and not basis.binary
+    n_counted = n_counted or len(codes)
 
-    def rebuild(delta: float) -> torch.Tensor:
-        q_params = quantised_tensors(params, delta)
-        q_codes = codes if basis.binary or not basis.codes_sent else quantised(codes, delta * value_scale)
+    def rebuild(param_delta: float, value_delta: float) -> torch.Tensor:
+        q_params = quantised_tensors(params, param_delta)
+        q_codes = quantised(codes, value_delta * value_scale) if values_quantised else codes
         return basis.decode(q_codes, q_params, x)
 
-    # the outputs of the last evaluation and of the last one within tolerance: the search ends
-    # on one of them, so the chosen step's output (for CE recovered) needs no forward pass of its own
-    seen: dict[str, tuple[float, torch.Tensor]] = {}
+    # distortions by (param delta, value delta), and the outputs of the last evaluation and of the
+    # last one within tolerance: the search ends on one of them, so the chosen steps' output (for
+    # CE recovered) needs no forward pass of its own
+    evaluated: dict[tuple[float, float], float] = {}
+    seen: dict[str, tuple[tuple[float, float], torch.Tensor]] = {}
 
-    def distortion(delta: float) -> float:
-        output = data.spliced(rebuild(delta))
-        value = data.distortion(output)
-        seen["last"] = (delta, output)
-        if value <= tolerance:
-            seen["within"] = (delta, output)
-        return value
+    def distortion(param_delta: float, value_delta: float) -> float:
+        key = (param_delta, value_delta)
+        if key not in evaluated:
+            output = data.spliced(rebuild(*key))
+            evaluated[key] = data.distortion(output)
+            seen["last"] = (key, output)
+            if evaluated[key] <= tolerance:
+                seen["within"] = (key, output)
+        return evaluated[key]
 
-    search: Search = coarsest_delta(distortion, tolerance)
+    search = coarsest_delta(lambda d: distortion(d, d), tolerance)
+    steps = (search.delta, search.delta)
+    n_params = sum(t.numel() for t in params.values())
+    n_values = int((codes != 0).sum()) * n_counted / len(codes) if values_quantised else 0
+    if search.met and n_params and n_values:
+        ratio = _lagrange_ratio(distortion, search.delta, n_params, n_values)
+        split = coarsest_delta(lambda d: distortion(ratio * d, d), tolerance)
+        split_steps = (ratio * split.delta, split.delta)
+        if split.met:
+            bits = [_bits_at(basis, params, codes, value_scale, s, n_counted) for s in (steps, split_steps)]
+            if bits[1] < bits[0]:
+                search, steps = split, split_steps
     ce = None
     if data.labels is not None:
-        chosen = next((out for d, out in seen.values() if d == search.delta), None)
-        ce = data.ce_recovered(chosen if chosen is not None else data.spliced(rebuild(search.delta)))
-    return Calibration(basis, search, params, search.delta * value_scale, codes, ce)
+        chosen = next((out for key, out in seen.values() if key == steps), None)
+        ce = data.ce_recovered(chosen if chosen is not None else data.spliced(rebuild(*steps)))
+    return Calibration(basis, search, params, steps[0], steps[1] * value_scale, steps[1], codes, ce)
 
 
-def nonzero_entries(codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(units, values) of the nonzero entries of an (n, units) code: all a code sends."""
+LAGRANGE_RATIO_RANGE = (1e-4, 1e4)  # param step / value step: kept within these (rounding, symbol ranges)
+
+
+def _lagrange_ratio(distortion: Callable[[float, float], float], delta: float, n_params: int, n_values: float) -> float:
+    """dp / dv at the fewest bits for a given distortion, a dp^2 / (b dv^2) = n_params / n_values,
+    with a and b measured at `delta` (each part alone quantised, over the unquantised floor)."""
+    exact = DELTA_RANGE[0]
+    floor = distortion(exact, exact)
+    tiny = 1e-12 * max(abs(floor), 1e-12)
+    a = max(distortion(delta, exact) - floor, tiny)
+    b = max(distortion(exact, delta) - floor, tiny)
+    low, high = LAGRANGE_RATIO_RANGE
+    return min(max(math.sqrt(n_params * b / (n_values * a)), low), high)
+
+
+def _bits_at(
+    basis: Basis,
+    params: dict[str, torch.Tensor],
+    codes: torch.Tensor,
+    value_scale: float,
+    steps: tuple[float, float],
+    n_counted: int,
+) -> float:
+    """The bits of the description at (param delta, value delta), its codes' bits scaled from
+    these rows to `n_counted` examples: what the choice between steps compares."""
+    counts = coding.SymbolCounts(basis.width)
+    count_code(counts, basis, *nonzero_entries(codes), steps[1] * value_scale)
+    index, values = code_bits(basis, counts, len(codes))
+    return tensor_bits(params, steps[0]) + (index + values) * n_counted / len(codes)
+
+
+def nonzero_entries(codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(rows, units, values) of the nonzero entries of an (n, units) code: all a code sends."""
     rows, units = codes.nonzero(as_tuple=True)
-    return units, codes[rows, units]
+    return rows, units, codes[rows, units]
 
 
 def count_code(
-    counts: coding.SymbolCounts, basis: Basis, units: torch.Tensor, values: torch.Tensor, step: float
+    counts: coding.SymbolCounts,
+    basis: Basis,
+    rows: torch.Tensor,
+    units: torch.Tensor,
+    values: torch.Tensor,
+    step: float,
 ) -> None:
     """Add a code's nonzero entries to `counts` as the symbols sent: 1 each for a binary basis,
     round(value / step) otherwise (entries rounding to zero are inactive)."""
-    if basis.binary:
-        counts.add(units, torch.ones_like(units))
-    else:
-        counts.add_quantised(units, values, step)
+    symbols = torch.ones_like(units) if basis.binary else torch.round(values.double() / step).long()
+    counts.add_code(rows, units, symbols)
 
 
 def describe(basis: Basis, data: SiteData, tolerance: float) -> Row:
-    """Quantise `basis`'s description of data.rows() at the coarsest relative step within
+    """Quantise `basis`'s description of data.rows() at the coarsest steps within
     `tolerance`, and count its bits."""
     cal = calibrate(basis, data, tolerance)
     counts = coding.SymbolCounts(basis.width)
@@ -242,7 +307,7 @@ def row(cal: Calibration, counts: coding.SymbolCounts, n: int) -> Row:
         mean_active = (cal.codes != 0).sum(1).double().mean().item()
     if not search.met:
         return measured_row(cal, n, basis.width, mean_active, None)
-    param_bits = basis.spec_bits + tensor_bits(cal.params, search.delta)
+    param_bits = basis.spec_bits + tensor_bits(cal.params, cal.param_delta)
     index_bits, value_bits = code_bits(basis, counts, n) if basis.codes_sent else (0.0, 0.0)
     return measured_row(cal, n, basis.width, mean_active, (param_bits, index_bits, value_bits))
 
@@ -265,7 +330,8 @@ def measured_row(
         bits_per_token=total / n if total is not None else None,
         kl=search.distortion,
         meets_tolerance=search.met,
-        delta=search.delta,
+        delta=cal.value_delta,
+        param_delta=cal.param_delta,
         mean_active=mean_active,
         ce_recovered=cal.ce_recovered,
         n=n,
@@ -273,9 +339,10 @@ def measured_row(
 
 
 def code_bits(basis: Basis, counts: coding.SymbolCounts, n: int) -> tuple[float, float]:
-    """(index bits, value bits) of the codes counted in `counts` over n examples: per unit,
-    which examples it is active on, then its values (none for a binary basis), plus the step."""
-    index_bits = float(coding.activity_bits(counts.active(), n).sum())
+    """(index bits, value bits) of the codes counted in `counts` over n examples: which units
+    are active on each example (`coding.index_bits`), then per unit its values (none for a
+    binary basis), plus the step."""
+    index_bits = coding.index_bits(counts.active(), n, counts.exclusive)
     value_bits = 0.0 if basis.binary else float(counts.bits().sum()) + coding.FLOAT_BITS
     return index_bits, value_bits
 

@@ -211,7 +211,9 @@ class StoreCounts:
 
 def describe_store(bases: list[Basis], data: SiteData, source: StoreSource, tolerance: float) -> StoreCounts:
     """Calibrate every basis on `data`, then count its codes' bits over the whole store."""
-    cals = [calibrate(b, data, tolerance) for b in progress.track(bases, "calibrating on the model")]
+    # the steps are chosen for codes counted over the whole store, not the calibration rows alone
+    n_counted = source.store.n_tokens
+    cals = [calibrate(b, data, tolerance, n_counted) for b in progress.track(bases, "calibrating on the model")]
     dictionaries = [c for c in cals if isinstance(c.basis, Dictionary) and c.basis.codes == "encoder"]
     bench = _saebench_bins(dictionaries, source)
     counts = [coding.SymbolCounts(c.basis.width) for c in cals]
@@ -226,9 +228,9 @@ def describe_store(bases: list[Basis], data: SiteData, source: StoreSource, tole
             if not counted and id(cal) not in bench:
                 continue
             codes = cal.basis.encode(acts[cal.basis.reads or source.site])
-            units, values = nonzero_entries(codes)
+            rows, units, values = nonzero_entries(codes)
             if counted:
-                count_code(count, cal.basis, units, values, cal.value_step)
+                count_code(count, cal.basis, rows, units, values, cal.value_step)
             if id(cal) in bench:  # SAEBench's quantity does not depend on the tolerance
                 bench[id(cal)][0].add_entries(units, values, len(codes))
     rows = [tables[id(c)].row(n) if id(c) in tables else row(c, count, n) for c, count in zip(cals, counts)]
@@ -245,7 +247,7 @@ class StoreLookup:
 
     def __init__(self, cal: Calibration):
         self.cal, self.table = cal, coding.SymbolCounts(1)
-        self.step = cal.search.delta * rms(cal.params["rows"])
+        self.step = cal.param_delta * rms(cal.params["rows"])
 
     def add(self, rows: torch.Tensor) -> None:
         flat = symbols(rows, self.step).flatten()
@@ -253,7 +255,7 @@ class StoreLookup:
 
     def row(self, n: int) -> Row:
         param_bits = float(self.table.bits().sum()) + coding.FLOAT_BITS
-        index_bits = n * float(coding.activity_bits(torch.ones(1), n))  # n units, each active on one token
+        index_bits = coding.index_bits(torch.ones(n), n, exclusive=True)  # n units, each chosen by one token
         return measured_row(self.cal, n, n, 1.0, (param_bits, index_bits, 0.0))
 
 
