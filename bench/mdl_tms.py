@@ -2,7 +2,9 @@
 dictionary widths (a rule of N and M alone), the shortest description should be the dictionary as
 wide as the features the toy represents, holding their directions (mean max cosine >= 0.99),
 with neurons and the lookup table longer. Issue 11 asks for it at every N <= 8M at the toy's
-default sparsity; the cases include N = 8M at four sizes and N below 2M. Defaults of `unweave mdl`
+default sparsity; the cases include N = 8M at four sizes and N below 2M. In one dimension the
+two represented features are +e and -e, and the neuron basis is that very dictionary (atoms +e
+and -e, the sign saying which), so there the neurons count as recovering them. Defaults of `unweave mdl`
 throughout (3 restarts per width, 4096 examples, tolerance 0.01 output FVU).
 
     cd bench && ../.venv/bin/python mdl_tms.py [--quick]
@@ -20,7 +22,7 @@ from common import table
 from unweave.mdl.command import description_lengths
 from unweave.mdl.targets import resolve
 
-CASES = ["tms:24,3", "tms:32,4", "tms:16,2", "tms:20,5", "tms:12,6", "tms:8,1", "tms:40,5"]
+CASES = ["tms:24,3", "tms:32,4", "tms:16,2", "tms:20,5", "tms:12,6", "tms:8,1", "tms:40,5", "tms:5,1"]
 
 
 def fewest_bits(rows: Iterable[dict]) -> float:
@@ -47,6 +49,9 @@ def main() -> None:
                 "represented": width,
                 "shortest": f"{known['best_basis'].split(' ')[0]} width {known['best_width']}",
                 "bits (shortest)": results["best"]["total_bits"],
+                "dictionary as wide": fewest_bits(
+                    r for r in described if r["basis"].startswith("sae") and r["width"] == width
+                ),
                 "next shortest": fewest_bits(others),
                 "neurons": fewest_bits(r for r in described if r["basis"] == "neurons"),
                 "lookup table": fewest_bits(r for r in described if r["basis"] == "lookup table"),

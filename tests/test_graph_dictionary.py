@@ -188,6 +188,10 @@ def test_graph_of_a_prompt_writes_modules_and_the_ablation_check(tiny_model_dir,
     record = json.loads((out / "record.json").read_text())
     assert any("single-unit ablations" in line for line in record["summary"])
     assert "its error carries" in " ".join(result.output.split())
+    # the hover of each latent: its top snippets of the default text
+    nodes = json.loads((out / "graph.json").read_text())["nodes"]
+    latent = next(n for n in nodes if "latent" in n["name"] or "top on" in n["hover"])
+    assert "top on 8,192 tokens of" in latent["hover"] and "[" in latent["hover"].split("<br>")[2]
     # bad input: no prompt, a prompt longer than the model's context (256), a prompt for another target
     for args, message in (
         ([str(folder)], "give the text to draw its graph on with --prompt"),
@@ -265,3 +269,37 @@ def test_positions_outside_the_dictionarys_range_stay_out_at_their_clean_output(
         logits = model(tokens).logits[:, -1]
     expected = centred_logits(logits)[:, found.top]
     torch.testing.assert_close(data.outputs(ablate=range(data.n_units)), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_a_latents_hover_shows_its_top_snippets_of_the_text(tiny_model_dir, tmp_path):
+    """The hover of a latent in a prompt's graph lists its top-activating contexts on a text:
+    the first one's activation is the latent's largest on that text, computed here by hand,
+    and its token is the one in brackets."""
+    from unweave.graph.snippets import SNIPPET_CTX
+    from unweave.graph.targets import prompt_target
+    from unweave.hf import load_model
+    from unweave.text import TextConfig, token_rows
+
+    folder, sae, model_dir = _prompt_transcoder(tiny_model_dir, tmp_path / "tc")
+    text = tmp_path / "words.txt"
+    words = "the cat sat on a mat while a dog ran to the park and back again".split()
+    gen = torch.Generator().manual_seed(0)
+    text.write_text(" ".join(words[int(i)] for i in torch.randint(len(words), (900,), generator=gen)))
+    target = prompt_target([folder], PROMPT, skip_first=0, text=TextConfig(str(text)), snippet_tokens=512)
+    data = target.data
+    unit = next(u for u in range(data.n_units) if data.record(u)["kind"] == "transcoder latent")
+    latent = data.record(unit)["index"]
+    hover = target.describe_unit(unit).split("<br>")
+    assert hover[1].startswith("top on 512 tokens of") and 1 <= len(hover) - 2 <= 3
+    model, tokenizer = load_model(str(model_dir))
+    rows = token_rows(TextConfig(str(text)), tokenizer, SNIPPET_CTX, max_tokens=512)
+    x = capture(model, "model.layers.0.mlp:input", rows)["model.layers.0.mlp:input"]
+    acts = sae.encode(x.reshape(-1, x.shape[-1])).detach()[:, latent]
+    best = int(acts.argmax())
+    assert hover[2].endswith(f"({acts[best].item():.3g})")
+    assert f"[{tokenizer.decode([int(rows.flatten()[best])])}]" in hover[2]
+    # the graph's nodes carry the same hover in graph.json; without --snippet-tokens there is none
+    plain = prompt_target([folder], PROMPT, skip_first=0)
+    assert plain.describe_unit(unit) == hover[0]
+    with pytest.raises(ValueError, match="--snippet-tokens must be 0"):
+        GraphConfig(str(folder), prompt=PROMPT, snippet_tokens=-1)

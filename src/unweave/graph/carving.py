@@ -135,7 +135,13 @@ def graph_json(c: Carving) -> dict:
         "edge_weight": "|<effect_i, effect_j>|: overlap of two units' attributed effects on the output, summed over "
         f"examples and outputs; edges below {EDGE_SHARE:g} of the heaviest are left out",
         "nodes": [
-            {"id": u, "name": names[u], "module": module_of[u], "effect": d["effect"]}
+            {
+                "id": u,
+                "name": names[u],
+                "module": module_of[u],
+                "effect": d["effect"],
+                "hover": c.target.describe_unit(u),
+            }
             for u, d in c.modules.graph.nodes(data=True)
         ],
         "inactive": c.modules.inactive,

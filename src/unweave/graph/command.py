@@ -28,6 +28,7 @@ from unweave.graph.modules import MERGE, OUTPUT_SIZE
 from unweave.graph.targets import TARGETS, UNITS, resolve
 from unweave.report import Report, Section
 from unweave.runs import Run, RunResult
+from unweave.text import TextConfig, input_files
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,10 @@ class GraphConfig:
         "With --prompt: leave the first positions out of the graph, held at their clean output (the first token is "
         "an attention sink with massive activations in most LMs, which no dictionary reconstructs). 0 keeps them.",
     )
+    text: TextConfig = setting(TextConfig(), "With --prompt: the text each latent's top snippets (on hover) come from.")
+    snippet_tokens: int = setting(
+        8192, "With --prompt: tokens of --text read for each latent's top snippets, shown on hover; 0 reads none."
+    )
     seed: int = setting(0, "Seed of the planted network, its inputs, the community detection and the layout.")
     kl_budget: float = setting(KL_BUDGET, "Circuits: the per-example KL (nats) the circuit may cost ...")
     kl_quantile: float = setting(KL_QUANTILE, "... for this share of the examples.")
@@ -64,6 +69,8 @@ class GraphConfig:
             raise ValueError(f"--kl-budget must be positive, got {self.kl_budget}")
         if self.skip_first < 0:
             raise ValueError(f"--skip-first must be 0 or more, got {self.skip_first}")
+        if self.snippet_tokens < 0:
+            raise ValueError(f"--snippet-tokens must be 0 (no snippets) or more, got {self.snippet_tokens}")
         if self.units not in UNITS:
             raise ValueError(f"--units must be one of {UNITS}, got {self.units!r}")
         if self.target == "induction" and self.units != "neurons":
@@ -171,8 +178,20 @@ def add_sections(report: Report, summary: Section, c: Carving, seed: int) -> Non
 def run_graph(cfg: GraphConfig) -> RunResult:
     if cfg.target == "induction":
         return run_induction_graph(cfg)
-    run = Run(cfg.out, "graph", cfg, inputs=[cfg.target, *map(str, cfg.dictionary)])
-    target = resolve(cfg.target, cfg.examples, cfg.seed, cfg.units, cfg.prompt, cfg.dictionary, cfg.skip_first)
+    snippets = cfg.prompt is not None and cfg.snippet_tokens > 0
+    texts = input_files(cfg.text) if snippets else []
+    run = Run(cfg.out, "graph", cfg, inputs=[cfg.target, *map(str, cfg.dictionary), *texts])
+    target = resolve(
+        cfg.target,
+        cfg.examples,
+        cfg.seed,
+        cfg.units,
+        cfg.prompt,
+        cfg.dictionary,
+        cfg.skip_first,
+        cfg.text,
+        cfg.snippet_tokens if snippets else 0,
+    )
     carving = carve_target(target, cfg.seed)
     add_circuit(carving, cfg.kl_budget, cfg.kl_quantile)
     Path(cfg.out).mkdir(parents=True, exist_ok=True)

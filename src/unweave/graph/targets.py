@@ -26,7 +26,9 @@ from unweave.graph.dictionary_units import (
 )
 from unweave.graph.effects import EffectData, centred_logits
 from unweave.graph.prompt import is_dictionary, prompt_units
+from unweave.graph.snippets import Snippets
 from unweave.graph.units import Units
+from unweave.text import TextConfig
 from unweave.zoo import fourier
 from unweave.zoo.modadd import TrainedModAdd, make_data
 from unweave.zoo.two_tasks import TwoTasks, TwoTasksConfig, sample_inputs
@@ -65,11 +67,13 @@ def resolve(
     prompt: str | None = None,
     dictionaries: Sequence[Path] = (),
     skip_first: int = 1,
+    text: TextConfig | None = None,
+    snippet_tokens: int = 0,
 ) -> Target:
     if units not in UNITS:
         raise ValueError(f"--units must be one of {UNITS}, got {units!r}")
     if is_dictionary(Path(name)):
-        return prompt_target([Path(name), *dictionaries], prompt, skip_first)
+        return prompt_target([Path(name), *dictionaries], prompt, skip_first, text, snippet_tokens)
     if dictionaries:
         raise ValueError("--dictionary adds dictionaries to a dictionary folder as TARGET")
     if prompt is not None:
@@ -151,18 +155,35 @@ def modadd_target(path: Path, units: str = "neurons", seed: int = 0) -> Target:
     return Target(name, data, note, _top_inputs(acts, label), "frequency", truth, context, labels)
 
 
-def prompt_target(folders: list[Path], prompt: str | None, skip_first: int = 1) -> Target:
+def prompt_target(
+    folders: list[Path],
+    prompt: str | None,
+    skip_first: int = 1,
+    text: TextConfig | None = None,
+    snippet_tokens: int = 0,
+) -> Target:
     found = prompt_units(folders, prompt, skip_first)
     data, tokenizer = found.data, found.tokenizer
     ids = data.inputs[0].tolist()
+    snippets = None
+    if snippet_tokens:
+        dictionaries = [member.inner for member in data.units.members]
+        snippets = Snippets(data.model, tokenizer, dictionaries, text or TextConfig(), snippet_tokens)
 
     def describe(unit: int) -> str:
         record = data.record(unit)
         t = record["position"]
         value = float(data.activations[0, unit])
-        what = "norm" if record["kind"] in ("error", "skip") else "activation"
+        vector = record["kind"] in ("error", "skip")
         where = f"{record['site']}: {record['kind']} {record['index']}"
-        return f"{where} at position {t} ({tokenizer.decode(ids[t])!r}), {what} {value:.3g}"
+        what = "norm" if vector else "activation"
+        line = f"{where} at position {t} ({tokenizer.decode(ids[t])!r}), {what} {value:.3g}"
+        if snippets is None or vector:
+            return line
+        return "<br>".join(
+            [line, f"top on {snippets.n_tokens:,} tokens of {snippets.text}:"]
+            + snippets.of(record["site"], record["index"])
+        )
 
     answers = ", ".join(repr(tokenizer.decode(int(t))) for t in found.top)
     sites = ", ".join(data.units.site)
@@ -180,6 +201,8 @@ def prompt_target(folders: list[Path], prompt: str | None, skip_first: int = 1) 
         )
     )
     context = {"prompt": prompt, "top": answers, "left_out_positions": found.left_out}
+    if snippets is not None:
+        context["snippets"] = {"text": snippets.text, "tokens": snippets.n_tokens}
     # the circuit keeps the top token (output 0) within the KL budget over these outputs
     labels = torch.zeros(1, dtype=torch.long)
     return Target(f"dictionaries at {sites} on a prompt", data, note, describe, None, None, context, labels)

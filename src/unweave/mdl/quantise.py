@@ -1,10 +1,10 @@
 """Uniform quantisation, and the search for the coarsest step a tolerance allows.
 
-A description's parameters and per-example values are all quantised with one relative
-step delta: a tensor t gets the step delta * rms(t), the values the step delta * rms(their
-nonzero entries). For a dictionary with unit-norm decoder rows this spends the error
-budget about equally on the two. The coarsest delta whose distortion stays within the
-tolerance is found by bisection on log(delta), not by a grid.
+A description's parameters and per-example values are quantised with relative steps: a
+tensor t gets the step delta * rms(t), the values the step delta * rms(their nonzero
+entries) (`describe.calibrate` then splits delta between the two). The coarsest delta
+whose distortion stays within the tolerance is found by a safeguarded secant search on
+log(delta), not by a grid.
 """
 
 from __future__ import annotations
