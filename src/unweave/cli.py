@@ -20,6 +20,7 @@ from unweave.anomaly.command import DetectConfig, run_detect
 from unweave.cache import CacheConfig, run_cache
 from unweave.configs import MISSING, default_of, field_types
 from unweave.demo import DemoConfig, run_demo
+from unweave.dictionaries.clt_command import CLTTrainConfig, run_clt_train
 from unweave.dictionaries.command import SAEEvalConfig, SAETrainConfig, run_sae_eval, run_sae_train
 from unweave.distributed import world
 from unweave.features.command import FeaturesConfig, run_features
@@ -218,6 +219,16 @@ COMMANDS = [
         "Examples: unweave sae train --store runs/cache-l15 --site model.layers.15 --k 16 --k 32 --width 4608 "
         "--out runs/sae;  unweave sae train --live --site model.layers.5.mlp:input --target-site "
         "model.layers.5.mlp --tokens 200000",
+    ),
+    (
+        sae_app,
+        "train-clt",
+        CLTTrainConfig,
+        run_clt_train,
+        "Train a cross-layer transcoder: one encoder per layer's MLP input, decoders to that MLP's output and "
+        "every later one's (live from the model on text).",
+        "Example: unweave sae train-clt --model smollm2-135m --layers 3 --layers 6 --layers 9 --layers 12 "
+        "--tokens 262144 --out runs/clt;  then unweave graph runs/clt --prompt '...'",
     ),
     (
         app,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -53,18 +54,35 @@ def latents_on_text(
 ) -> tuple[LatentStats, int]:
     """One pass over the text: the statistics of every latent, and how many tokens were left
     out as massive activations (outside the dictionary's max_input_norm; zero latents there)."""
-    stats = LatentStats(sae.cfg.n_latents, settings.top, settings.samples, settings.window, settings.seed)
-    site, device = meta["hook_name"], model_device(model)
+
+    def encode(x: torch.Tensor) -> torch.Tensor:
+        return sae.encode(x.to(sae.W_dec.device, torch.float32))
+
+    return encoded_on_text(encode, sae.cfg.n_latents, sae.max_input_norm, meta["hook_name"], model, rows, settings)
+
+
+def encoded_on_text(
+    encode: Callable[[torch.Tensor], torch.Tensor],
+    n_latents: int,
+    max_input_norm: float | None,
+    site: str,
+    model: nn.Module,
+    rows: torch.Tensor,
+    settings: BrowserSettings,
+) -> tuple[LatentStats, int]:
+    """`latents_on_text` for any encoder of `n_latents` latents reading `site` (rows, d)."""
+    stats = LatentStats(n_latents, settings.top, settings.samples, settings.window, settings.seed)
+    device = model_device(model)
     per_batch = max(1, settings.batch_tokens // rows.shape[1])
     task = progress.Task("reading latents", total=rows.numel(), unit="tokens")
     massive = 0
     for start in range(0, len(rows), per_batch):
         batch = rows[start : start + per_batch]
         x = capture(model, site, batch.to(device), stop_early=True)[site]
-        x = x.reshape(-1, x.shape[-1]).to(sae.W_dec.device, torch.float32)
+        x = x.reshape(-1, x.shape[-1]).float()
         with torch.no_grad():
-            z = sae.encode(x)
-        keep = ordinary_rows(x, sae.max_input_norm)
+            z = encode(x)
+        keep = ordinary_rows(x, max_input_norm).to(z.device)
         massive += int((~keep).sum())
         z = z.masked_fill(~keep[:, None], 0.0)
         stats.update(batch, z.reshape(*batch.shape, -1))

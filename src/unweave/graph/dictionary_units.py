@@ -31,8 +31,87 @@ from unweave.graph.units import put
 from unweave.sites import SiteError, capturing, patch
 
 
+class LatentLayout:
+    """Where a dictionary's units sit in the state a graph edits: at each position its
+    latents (one coordinate each), then its vector parts (`parts`, `width_out` coordinates
+    each), position-major. Shared by a dictionary at one site (`DictionaryUnits`) and by one
+    layer of a cross-layer transcoder (`clt_units.CLTLayerUnits`), which set `site`,
+    `input_site`, `position`, `latents`, `parts`, `width_out` and `latent_kind`."""
+
+    site: str
+    input_site: str | None
+    position: int | None
+
+    @property
+    def per_position(self) -> int:
+        """Units at one position."""
+        return self.latents + len(self.parts)
+
+    @property
+    def read_site(self) -> str:
+        """The site the latents are encoded from."""
+        return self.input_site or self.site
+
+    @property
+    def _coordinates(self) -> int:
+        return self.latents + len(self.parts) * self.width_out
+
+    def _where(self, unit: int) -> tuple[int, int | None]:
+        """(unit within its position, position) of a unit."""
+        t, u = divmod(unit, self.per_position)
+        return u, self.position if self.position is not None else t
+
+    def names(self, count: int) -> list[str]:
+        names = []
+        for unit in range(count):
+            u, t = self._where(unit)
+            what = f"latent {u}" if u < self.latents else self.parts[u - self.latents]
+            names.append(f"{self.site} {what}" + ("" if t is None else f" @{t}"))
+        return names
+
+    def unit_of(self, coordinates: int) -> torch.Tensor:
+        one = torch.cat(
+            [torch.arange(self.latents), self.latents + torch.arange(len(self.parts)).repeat_interleave(self.width_out)]
+        )
+        positions = coordinates // self._coordinates
+        return (one + self.per_position * torch.arange(positions)[:, None]).flatten()
+
+    def record(self, unit: int) -> dict:
+        u, t = self._where(unit)
+        kind = self.parts[u - self.latents] if u >= self.latents else self.latent_kind
+        return {"site": self.site, "index": u, "kind": kind, "position": t, "input_site": self.input_site}
+
+    def values(self, state: torch.Tensor) -> torch.Tensor:
+        """The latents, and the norm of each vector part, at each position."""
+        rows = state.unflatten(1, (-1, self._coordinates))  # (batch, positions, coordinates)
+        vectors = rows[..., self.latents :].unflatten(-1, (len(self.parts), -1)).norm(dim=-1)
+        return torch.cat([rows[..., : self.latents], vectors], -1).flatten(1)
+
+    def _rows(self, act: torch.Tensor) -> torch.Tensor:
+        """(batch x positions, d): the activation at the units' position(s), one row each."""
+        if self.position is not None:
+            return act[:, self.position]
+        return act.reshape(-1, act.shape[-1])
+
+    def _read_input(self, acts: dict[str, torch.Tensor]) -> torch.Tensor:
+        # taken, not read: a value left from the last forward pass must never stand in for this one's
+        x = acts.pop(self.input_site, None)
+        if x is None:
+            raise SiteError(
+                f"the transcoder's input site {self.input_site!r} was not reached before its output site "
+                f"{self.site!r} in the forward pass: give the MLP's input as the input site and its output as the site"
+            )
+        return x
+
+    def _put_rows(self, act: torch.Tensor, rebuilt: torch.Tensor) -> torch.Tensor:
+        """`act` with the units' rows replaced by `rebuilt`."""
+        if self.position is not None:
+            return put(act, self.position, rebuilt.to(act.dtype))
+        return rebuilt.to(act.dtype).reshape(act.shape)
+
+
 @dataclass(frozen=True, eq=False)
-class DictionaryUnits:
+class DictionaryUnits(LatentLayout):
     """The dictionary's units at `position`; with no position, at every position of a
     (batch, positions, d) activation, position-major: (position 0's latents and vectors,
     position 1's, ...). A 2-D activation has no positions."""
@@ -56,45 +135,20 @@ class DictionaryUnits:
         return ["skip", "error"] if self.sae.cfg.skip else ["error"]
 
     @property
-    def per_position(self) -> int:
-        """Units at one position."""
-        return self.latents + len(self.parts)
+    def width_out(self) -> int:
+        return self.sae.cfg.width_out
 
     @property
-    def _coordinates(self) -> int:
-        return self.latents + len(self.parts) * self.sae.cfg.width_out
+    def latent_kind(self) -> str:
+        return f"{self.sae.cfg.kind} latent"
 
-    def _where(self, unit: int) -> tuple[int, int | None]:
-        """(unit within its position, position) of a unit."""
-        t, u = divmod(unit, self.per_position)
-        return u, self.position if self.position is not None else t
+    @property
+    def max_input_norm(self) -> float | None:
+        return self.sae.max_input_norm
 
-    def names(self, count: int) -> list[str]:
-        names = []
-        for unit in range(count):
-            u, t = self._where(unit)
-            what = f"latent {u}" if u < self.latents else self.parts[u - self.latents]
-            names.append(f"{self.site} {what}" + ("" if t is None else f" @{t}"))
-        return names
-
-    def unit_of(self, coordinates: int) -> torch.Tensor:
-        width = self.sae.cfg.width_out
-        one = torch.cat(
-            [torch.arange(self.latents), self.latents + torch.arange(len(self.parts)).repeat_interleave(width)]
-        )
-        positions = coordinates // self._coordinates
-        return (one + self.per_position * torch.arange(positions)[:, None]).flatten()
-
-    def record(self, unit: int) -> dict:
-        u, t = self._where(unit)
-        kind = self.parts[u - self.latents] if u >= self.latents else f"{self.sae.cfg.kind} latent"
-        return {"site": self.site, "index": u, "kind": kind, "position": t, "input_site": self.input_site}
-
-    def values(self, state: torch.Tensor) -> torch.Tensor:
-        """The latents, and the norm of each vector part, at each position."""
-        rows = state.unflatten(1, (-1, self._coordinates))  # (batch, positions, coordinates)
-        vectors = rows[..., self.latents :].unflatten(-1, (len(self.parts), -1)).norm(dim=-1)
-        return torch.cat([rows[..., : self.latents], vectors], -1).flatten(1)
+    def encode_rows(self, x: torch.Tensor) -> torch.Tensor:
+        """(rows, latents) from rows of the site the latents are read from."""
+        return self.sae.encode(x.to(self.sae.W_dec.dtype))
 
     @contextlib.contextmanager
     def editing(self, model: nn.Module, fn: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
@@ -116,29 +170,10 @@ class DictionaryUnits:
                     return act
                 new = new.reshape(len(x), -1)
                 vectors = new[:, self.latents :].unflatten(1, (len(self.parts), -1)).sum(1)
-                rebuilt = (new[:, : self.latents] @ sae.W_dec + sae.b_dec + vectors).to(act.dtype)
-                if self.position is not None:
-                    return put(act, self.position, rebuilt)
-                return rebuilt.reshape(act.shape)
+                return self._put_rows(act, new[:, : self.latents] @ sae.W_dec + sae.b_dec + vectors)
 
             with patch(model, {self.site: at_site}):
                 yield
-
-    def _rows(self, act: torch.Tensor) -> torch.Tensor:
-        """(batch x positions, d): the activation at the units' position(s), one row each."""
-        if self.position is not None:
-            return act[:, self.position]
-        return act.reshape(-1, act.shape[-1])
-
-    def _read_input(self, acts: dict[str, torch.Tensor]) -> torch.Tensor:
-        # taken, not read: a value left from the last forward pass must never stand in for this one's
-        x = acts.pop(self.input_site, None)
-        if x is None:
-            raise SiteError(
-                f"the transcoder's input site {self.input_site!r} was not reached before its output site "
-                f"{self.site!r} in the forward pass: give the MLP's input as the input site and its output as the site"
-            )
-        return x
 
 
 def _at(act: torch.Tensor, position: int | None) -> torch.Tensor:

@@ -1,8 +1,10 @@
 """`unweave graph FOLDER --prompt TEXT [--dictionary FOLDER ...]`: the graph of one prompt
 over the latents of dictionaries at one or several layers.
 
-FOLDER is a dictionary trained by unweave (a transcoder of an MLP, or an SAE), whose
-metadata names the model and the sites; more of the same model join with --dictionary. The
+FOLDER is a dictionary trained by unweave (a transcoder of an MLP, an SAE, or a cross-layer
+transcoder of several MLPs: one member per layer, its latents writing to every later
+layer), whose metadata names the model and the sites; more of the same model join with
+--dictionary. The
 units are the latents that fire at any position of the prompt, and each dictionary's error
 at every position (so the units account for all of each site's output). The outputs are the
 logits, minus their mean over the vocabulary, of the model's top next tokens at the last
@@ -22,8 +24,10 @@ from pathlib import Path
 import torch
 
 from unweave.dictionaries import io
+from unweave.dictionaries.clt import is_clt, load_clt
 from unweave.dictionaries.sae import ordinary_rows
-from unweave.graph.dictionary_units import DictionaryUnits
+from unweave.graph.clt_units import clt_members
+from unweave.graph.dictionary_units import DictionaryUnits, LatentLayout
 from unweave.graph.effects import EffectData, centred_logits
 from unweave.graph.units import SelectedUnits, SeveralUnits
 from unweave.sites import SiteError, capture, list_sites
@@ -32,7 +36,8 @@ PROMPT_OUTPUTS = 8  # the model's top next tokens whose logits are the outputs
 
 
 def is_dictionary(path: Path) -> bool:
-    return (path / io.CFG).exists() and (path / io.WEIGHTS).exists()
+    """A dictionary folder of `sae train`, or a cross-layer transcoder of `sae train-clt`."""
+    return ((path / io.CFG).exists() and (path / io.WEIGHTS).exists()) or is_clt(path)
 
 
 class TopLogits:
@@ -46,7 +51,16 @@ class TopLogits:
         return centred_logits(logits[:, -1].float())[:, self.tokens]
 
 
-def _dictionary_units(folder: Path) -> tuple[DictionaryUnits, dict]:
+def _dictionary_units(folder: Path) -> list[tuple[LatentLayout, dict]]:
+    """The units a folder's dictionary edits: one site, or a cross-layer transcoder's layers."""
+    if is_clt(folder):
+        clt, meta = load_clt(folder)
+        if not meta.get("model_name") or not meta.get("input_sites") or not meta.get("output_sites"):
+            raise ValueError(
+                f"{folder}/clt.json does not say which model and sites the transcoder reads (metadata.model_name, "
+                "input_sites, output_sites): train it with `unweave sae train-clt`, which records them"
+            )
+        return [(member, meta) for member in clt_members(clt, meta["input_sites"], meta["output_sites"])]
     sae = io.load(folder).eval()
     meta = io.metadata(folder)
     transcoder = sae.cfg.kind == "transcoder"
@@ -56,7 +70,7 @@ def _dictionary_units(folder: Path) -> tuple[DictionaryUnits, dict]:
             f"{folder}/cfg.json does not say which model and sites the dictionary reads (metadata.model_name, "
             "hook_name and, for a transcoder, hook_name_out): train it with `unweave sae train`, which records them"
         )
-    return DictionaryUnits(site, sae, read if transcoder else None), meta
+    return [(DictionaryUnits(site, sae, read if transcoder else None), meta)]
 
 
 def prompt_units(folders: list[Path], prompt: str | None, skip_first: int = 1) -> PromptUnits:
@@ -67,8 +81,9 @@ def prompt_units(folders: list[Path], prompt: str | None, skip_first: int = 1) -
 
     if not prompt:
         raise ValueError(f"{folders[0]} is a dictionary folder: give the text to draw its graph on with --prompt")
-    loaded = [_dictionary_units(f) for f in folders]
-    models = {str(f): meta["model_name"] for f, (_, meta) in zip(folders, loaded)}
+    per_folder = [_dictionary_units(f) for f in folders]
+    models = {str(f): found[0][1]["model_name"] for f, found in zip(folders, per_folder)}
+    loaded = [pair for found in per_folder for pair in found]
     if len(set(models.values())) > 1:
         raise ValueError(f"the dictionaries read different models ({models}): give dictionaries of one model")
     sites = [units.site for units, _ in loaded]
@@ -119,10 +134,10 @@ class PromptUnits:
 
 
 @torch.no_grad()
-def _outside(model: torch.nn.Module, tokens: torch.Tensor, units: DictionaryUnits) -> list[int]:
+def _outside(model: torch.nn.Module, tokens: torch.Tensor, units: LatentLayout) -> list[int]:
     """Positions whose input norm is above the dictionary's max_input_norm (massive
     activations, attention sinks): it was not trained there, so they stay out of the graph,
     held at their clean output."""
-    site = units.input_site or units.site
+    site = units.read_site
     x = capture(model, site, tokens)[site][0]
-    return (~ordinary_rows(x, units.sae.max_input_norm)).nonzero().flatten().tolist()
+    return (~ordinary_rows(x, units.max_input_norm)).nonzero().flatten().tolist()

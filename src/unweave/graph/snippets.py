@@ -1,6 +1,6 @@
 """Each dictionary latent's top-activating snippets of a text, for the hover of a prompt's
 graph: what the latent responds to beyond the one prompt. One pass of the text per
-dictionary (`features.browser.latents_on_text`, the feature browser's own reader), keeping
+dictionary (`features.browser.encoded_on_text`, the feature browser's own reader), keeping
 only the top few contexts of every latent."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from unweave.features.browser import BrowserSettings, latents_on_text
+from unweave.features.browser import BrowserSettings, encoded_on_text
 from unweave.features.collect import LatentStats, Window
-from unweave.graph.dictionary_units import DictionaryUnits
+from unweave.graph.dictionary_units import LatentLayout
 from unweave.text import TextConfig, describe, token_rows
 
 SNIPPET_CTX = 128  # tokens per row of text read
@@ -27,7 +27,7 @@ class Snippets:
         self,
         model: nn.Module,
         tokenizer: Any,
-        dictionaries: list[DictionaryUnits],
+        dictionaries: list[LatentLayout],
         text: TextConfig,
         tokens: int,
         top: int = 3,
@@ -37,8 +37,8 @@ class Snippets:
         self.tokenizer, self.text, self.n_tokens = tokenizer, describe(text), rows.numel()
         self.stats: dict[str, LatentStats] = {}
         for units in dictionaries:
-            meta = {"hook_name": units.input_site or units.site}
-            self.stats[units.site], _ = latents_on_text(units.sae, meta, model, rows, settings)
+            read = (units.encode_rows, units.latents, units.max_input_norm, units.read_site)
+            self.stats[units.site], _ = encoded_on_text(*read, model, rows, settings)
         self._stream = {site: stats.tokens() for site, stats in self.stats.items()}
 
     def of(self, site: str, latent: int) -> list[str]:

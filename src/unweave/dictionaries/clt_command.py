@@ -1,0 +1,136 @@
+"""`unweave sae train-clt`: a cross-layer transcoder of a model's MLPs at several layers,
+trained live from the model on text (no store), written as a folder (clt.json,
+clt_weights.safetensors) that `unweave graph FOLDER --prompt TEXT` draws graphs over. The
+run folder is the transcoder's folder; an interrupted run resumes from its checkpoint."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from unweave import progress
+from unweave.configs import setting, to_dict
+from unweave.devices import DeviceConfig
+from unweave.dictionaries.clt import CLTConfig, CrossLayerTranscoder, save_clt, train_clt
+from unweave.dictionaries.plots import loss_curves
+from unweave.dictionaries.sae import ordinary_rows
+from unweave.dictionaries.streams import live_batches
+from unweave.dictionaries.train import TrainConfig
+from unweave.report import Report
+from unweave.runs import Run, RunResult
+from unweave.sites import SiteError, capture
+from unweave.text import TextConfig, describe, input_files, token_rows
+
+HELD_OUT_ROWS = 16  # rows of text after the training text, for the held-out FVU per layer
+
+
+@dataclass(frozen=True)
+class CLTTrainConfig:
+    model: str = setting("smollm2-135m", "Known model name or local Hugging Face folder.")
+    layers: list[int] = setting([3, 6, 9, 12], "Layers whose MLPs the transcoder replaces (repeat; in order).")
+    mlp: str = setting(
+        "model.layers.{}.mlp", "A layer's MLP site, {} standing for the layer; the encoder reads '<site>:input'."
+    )
+    out: Path = setting(Path("runs/clt"), "The transcoder's folder (and run folder); an interrupted run resumes.")
+    width: int = setting(4608, "Latents per layer.")
+    k: int = setting(32, "Latents kept per layer and token.")
+    tokens: int = setting(262_144, "Training tokens.")
+    text: TextConfig = setting(TextConfig(), "Text the activations are computed on.")
+    text_tokens: int = setting(262_144, "Tokens of text cycled through.")
+    ctx_len: int = setting(128, "Tokens per row of text.")
+    batch_size: int = setting(4096, "Tokens per step.")
+    lr: float = setting(1e-3, "Adam learning rate (with warm-up and a final decay).")
+    max_norm_ratio: float = setting(
+        10.0, "Leave out tokens whose input norm at any layer exceeds this multiple of the median; 0 keeps all."
+    )
+    seed: int = setting(0, "Seed for initialisation and batch order.")
+    device: DeviceConfig = setting(DeviceConfig(), "Where the model and the training run.")
+
+    def __post_init__(self):
+        if not self.layers or list(self.layers) != sorted(set(self.layers)):
+            raise ValueError(f"--layers must be distinct and in increasing order, got {list(self.layers)}")
+        if "{}" not in self.mlp:
+            raise ValueError(f"--mlp must hold {{}} where the layer goes, e.g. model.layers.{{}}.mlp; got {self.mlp!r}")
+        if min(self.width, self.k, self.tokens, self.batch_size) < 1 or self.k > self.width:
+            raise ValueError("--width, --k, --tokens and --batch-size must be positive, and --k at most --width")
+
+
+def sites(cfg: CLTTrainConfig) -> tuple[list[str], list[str]]:
+    """(each layer's MLP input, each layer's MLP output)."""
+    outputs = [cfg.mlp.format(layer) for layer in cfg.layers]
+    return [f"{site}:input" for site in outputs], outputs
+
+
+def run_clt_train(cfg: CLTTrainConfig) -> RunResult:
+    from unweave.hf import load_model
+
+    run = Run(cfg.out, "sae train-clt", cfg, inputs=[cfg.model, *input_files(cfg.text)])
+    device = cfg.device.torch_device
+    model, tokenizer = load_model(cfg.model, device=device, dtype=cfg.device.torch_dtype)
+    rows = token_rows(cfg.text, tokenizer, cfg.ctx_len, max_tokens=cfg.text_tokens + HELD_OUT_ROWS * cfg.ctx_len)
+    train_rows, held = rows[:-HELD_OUT_ROWS], rows[-HELD_OUT_ROWS:]
+    ins, outs = sites(cfg)
+    interleaved = [s for pair in zip(ins, outs) for s in pair]
+    try:
+        first = capture(model, interleaved, train_rows[:1].to(device), stop_early=True)
+    except SiteError as err:
+        raise SiteError(f"{err} (--mlp {cfg.mlp!r} with --layers {list(cfg.layers)})") from None
+    clt_cfg = CLTConfig(len(cfg.layers), first[ins[0]].shape[-1], first[outs[0]].shape[-1], cfg.width, cfg.k)
+    clt = CrossLayerTranscoder(clt_cfg, seed=cfg.seed).to(device)
+    steps = max(1, cfg.tokens // cfg.batch_size)
+    stream = live_batches(model, interleaved, train_rows, cfg.batch_size, seed=cfg.seed)
+    task = progress.Task(f"training a cross-layer transcoder over {len(cfg.layers)} layers", total=steps)
+    train_cfg = TrainConfig(steps, lr=cfg.lr, max_norm_ratio=cfg.max_norm_ratio or None)
+    losses = train_clt(clt, _counted(stream, task), train_cfg, checkpoint_dir=Path(cfg.out) / ".checkpoint")
+    task.close()
+    clt = clt.cpu()
+    meta = {
+        "model_name": cfg.model,
+        "layers": list(cfg.layers),
+        "input_sites": ins,
+        "output_sites": outs,
+        "training_tokens": steps * cfg.batch_size,
+        "ctx_len": cfg.ctx_len,
+        "text": to_dict(cfg.text),
+    }
+    save_clt(clt, cfg.out, meta)
+    per_layer = held_out_fvu(clt, model, held, ins, outs)
+    dead = (clt.since_fired >= steps * cfg.batch_size).double().mean(1) if steps else None
+    table = [
+        {"layer": layer, "site": out, "held-out FVU": fvu, "dead latents": float(dead[i]) if dead is not None else None}
+        for i, (layer, out, fvu) in enumerate(zip(cfg.layers, outs, per_layer))
+    ]
+    report = Report(f"unweave sae train-clt: {cfg.model}, layers {list(cfg.layers)}")
+    report.summary().text(
+        f"A cross-layer transcoder of {cfg.model}'s MLPs at layers {list(cfg.layers)}: {cfg.width} latents per layer, "
+        f"k = {cfg.k}, each writing to its own layer and every later one; {steps} steps of {cfg.batch_size} tokens of "
+        f"{describe(cfg.text)}. Held out: {held.numel()} tokens after the training text.",
+        summary=True,
+    ).table(table)
+    report.section("Training").figure(loss_curves({"sum over layers of the output's FVU": losses}))
+    results = {"folder": str(cfg.out), "per_layer": table, "final_loss": losses[-1] if losses else None, **meta}
+    lines = [f"layer {r['layer']}: held-out FVU {r['held-out FVU']:.3f}" for r in table] + [f"saved {cfg.out}"]
+    return run.finish(results, report, lines)
+
+
+def _counted(stream: Iterator, task: progress.Task) -> Iterator:
+    for batch in stream:
+        task.advance()
+        yield batch
+
+
+@torch.no_grad()
+def held_out_fvu(
+    clt: CrossLayerTranscoder, model: torch.nn.Module, rows: torch.Tensor, ins: list[str], outs: list[str]
+) -> list[float]:
+    """Each layer's fraction of its MLP output's variance the transcoder leaves unexplained,
+    on `rows` (tokens with a massive input at any layer left out, as in training)."""
+    acts = capture(model, ins + outs, rows.to(next(model.parameters()).device))
+    xs = [acts[s].reshape(-1, acts[s].shape[-1]).float().cpu() for s in ins]
+    ys = [acts[s].reshape(-1, acts[s].shape[-1]).float().cpu() for s in outs]
+    keep = torch.stack([ordinary_rows(x, limit) for x, limit in zip(xs, clt.max_input_norms)]).all(0)
+    _, rebuilt = clt([x[keep] for x in xs])
+    return [float((r - y[keep]).pow(2).sum() / (y[keep] - y[keep].mean(0)).pow(2).sum()) for r, y in zip(rebuilt, ys)]
