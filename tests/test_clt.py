@@ -206,38 +206,13 @@ def test_train_clt_on_a_tiny_llama_and_draw_a_prompts_graph_over_it(tiny_model_d
     gen = torch.Generator().manual_seed(0)
     text.write_text(" ".join(words[int(i)] for i in torch.randint(len(words), (3000,), generator=gen)))
     out = tmp_path / "clt"
-    args = [
-        "sae",
-        "train-clt",
-        "--model",
-        str(model_dir),
-        "--layers",
-        "0",
-        "--layers",
-        "1",
-        "--width",
-        "24",
-        "--k",
-        "3",
-    ]
-    args += [
-        "--tokens",
-        "51200",
-        "--batch-size",
-        "256",
-        "--ctx-len",
-        "32",
-        "--text",
-        str(text),
-        "--text-tokens",
-        "2048",
-    ]
+    args = "sae train-clt --layers 0 --layers 1 --width 24 --k 3 --tokens 51200 --batch-size 256 --ctx-len 32"
+    args = [*args.split(), "--model", str(model_dir), "--text", str(text), "--text-tokens", "2048"]
     result = runner.invoke(app, [*args, "--out", str(out)])
     assert result.exit_code == 0, result.output
     saved = json.loads((out / "sae_train_clt.json").read_text())
-    assert [r["layer"] for r in saved["per_layer"]] == [0, 1] and all(
-        r["held-out FVU"] < 1.0 for r in saved["per_layer"]
-    )
+    assert [r["layer"] for r in saved["per_layer"]] == [0, 1]
+    assert all(r["held-out FVU"] < 0.8 for r in saved["per_layer"])  # 0.42 and 0.35 here
     assert (out / "clt.json").exists() and not (out / ".checkpoint").exists()
     prompt = "the cat sat on the mat and the cat sat on the"
     found = prompt_units([out], prompt, skip_first=0)
