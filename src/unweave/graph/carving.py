@@ -125,6 +125,17 @@ def circuit_line(c: Carving) -> str:
     )
 
 
+def error_share(c: Carving) -> tuple[float, list[int]] | None:
+    """Where the units include dictionary errors: the errors' share of the summed squared
+    attributed effect (1 minus it is the replacement score: the share through latents), and
+    the error units. None for units without errors."""
+    effect = c.gram.diagonal()
+    errors = [u for u in range(len(effect)) if c.target.data.record(u).get("kind") == "error"]
+    if not errors:
+        return None
+    return float(effect[errors].sum() / effect.sum()), errors
+
+
 def graph_json(c: Carving) -> dict:
     names = c.target.data.names()
     heaviest = max((w for _, _, w in c.modules.graph.edges(data="weight")), default=0.0)
@@ -145,6 +156,7 @@ def graph_json(c: Carving) -> dict:
             for u, d in c.modules.graph.nodes(data=True)
         ],
         "inactive": c.modules.inactive,
+        "replacement_score": 1 - error_share(c)[0] if error_share(c) is not None else None,
         "edges": [
             {"source": a, "target": b, "weight": w}
             for a, b, w in c.modules.graph.edges(data="weight")

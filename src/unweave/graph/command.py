@@ -20,6 +20,7 @@ from unweave.graph.carving import (
     carve_target,
     circuit_json,
     circuit_line,
+    error_share,
     graph_json,
     modules_json,
 )
@@ -102,15 +103,17 @@ def summary_lines(c: Carving) -> list[str]:
 
 def _dictionary_lines(c: Carving) -> list[str]:
     """Where the units are a dictionary's: how much of the effect its error carries."""
-    effect = c.gram.diagonal()
-    errors = [u for u in range(len(effect)) if c.target.data.record(u).get("kind") == "error"]
-    if not errors:
+    found = error_share(c)
+    if found is None:
         return []
-    share = float(effect[errors].sum() / effect.sum())
+    share, errors = found
     fitted = c.target.context.get("transcoder")
     rule = f"transcoder: {fitted['rule']}; " if fitted else ""
     where = sorted({c.module_of.get(u, "inactive") for u in errors}, key=str)
-    return [f"{rule}its error carries {share:.1%} of the squared effect (modules {where})"]
+    return [
+        f"{rule}its error carries {share:.1%} of the squared effect (modules {where}): replacement score "
+        f"{1 - share:.1%}, the share through latents"
+    ]
 
 
 def add_sections(report: Report, summary: Section, c: Carving, seed: int) -> None:
