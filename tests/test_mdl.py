@@ -288,3 +288,21 @@ def test_dln_family_weight_bits_and_llc():
     found = rank_agreement(fake)
     d = [0, -1, 1, 0]  # rank differences of weight_bits against llc: rho = 1 - 6 sum d^2 / (n (n^2 - 1))
     assert found["weight_bits"]["rho"] == pytest.approx(1 - 6 * sum(x * x for x in d) / (4 * 15))
+
+
+def test_counts_by_bincount_and_by_sorting_agree():
+    """A batch on a small (unit, symbol) grid is counted by bincount, a wide one by sorting:
+    the same histograms and bits either way, batch after batch."""
+    gen = torch.Generator().manual_seed(4)
+    units = torch.randint(0, 5, (4000,), generator=gen)
+    symbols = torch.randint(-30, 30, (4000,), generator=gen)
+    symbols[::194] *= 10**6  # a few far symbols, at even places: the wide grid
+    dense, sparse = coding.SymbolCounts(5), coding.SymbolCounts(5)
+    sparse.DENSE_BINS = 0  # always by sorting
+    for part in range(4):
+        chunk = slice(part * 1000, (part + 1) * 1000)
+        for counts in (dense, sparse):
+            counts.add(units[chunk][1::2], symbols[chunk][1::2])  # small symbols only: the grid path (dense)
+            counts.add(units[chunk][::2], symbols[chunk][::2])  # with far ones: the sorting path
+    assert torch.equal(dense.keys, sparse.keys) and torch.equal(dense.counts, sparse.counts)
+    assert torch.equal(dense.bits(), sparse.bits())
