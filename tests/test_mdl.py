@@ -130,9 +130,10 @@ def test_the_search_finds_the_boundary_of_a_monotone_distortion(name, distortion
 
 
 def test_the_search_reports_a_tolerance_no_step_meets():
-    assert not coarsest_delta(lambda d: 2.0, 1.0).met
+    missed = coarsest_delta(lambda d: 2.0, 1.0)
+    assert not missed.met and missed.evaluations == 1  # unquantised already outside: one evaluation
     whole = coarsest_delta(lambda d: 0.5, 1.0)
-    assert whole.met and whole.delta == DELTA_RANGE[1] and whole.evaluations == 1
+    assert whole.met and whole.delta == DELTA_RANGE[1] and whole.evaluations == 2
 
 
 def test_pursuit_recovers_planted_sparse_codes():

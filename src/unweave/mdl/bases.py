@@ -128,6 +128,7 @@ class Analytic(Linear):
 
 
 CODES = ("encoder", "pursuit")
+SPARSE_BELOW = 0.05  # codes with fewer nonzero entries than this are decoded as a sparse matrix
 
 
 class Dictionary(Basis):
@@ -168,7 +169,11 @@ class Dictionary(Basis):
     def decode(
         self, codes: torch.Tensor, params: dict[str, torch.Tensor], inputs: torch.Tensor | None = None
     ) -> torch.Tensor:
-        decoded = codes.to(params["W_dec"].dtype) @ params["W_dec"] + params["b_dec"]
+        codes = codes.to(params["W_dec"].dtype)
+        if codes.dim() == 2 and (codes != 0).double().mean() < SPARSE_BELOW:  # k of thousands: gather, not multiply
+            decoded = torch.sparse.mm(codes.to_sparse(), params["W_dec"]) + params["b_dec"]
+        else:
+            decoded = codes @ params["W_dec"] + params["b_dec"]
         if "W_skip" not in params:
             return decoded
         if inputs is None:

@@ -71,12 +71,12 @@ def coarsest_delta(distortion: Callable[[float], float], tolerance: float, preci
     precision takes 12.
     """
     lo, hi = DELTA_RANGE
+    d_lo = distortion(lo)  # first: a description not within the tolerance even unquantised costs one evaluation
+    if not d_lo <= tolerance:
+        return Search(lo, d_lo, False, 1)
     d_hi = distortion(hi)
     if d_hi <= tolerance:
-        return Search(hi, d_hi, True, 1)
-    d_lo = distortion(lo)
-    if not d_lo <= tolerance:
-        return Search(lo, d_lo, False, 2)
+        return Search(hi, d_hi, True, 2)
     evaluations, floor, margin = 2, d_lo, math.log(precision) * 0.45
     u_lo, u_hi = math.log(lo), math.log(hi)
     points = [(u_hi, _log_excess(d_hi, floor, tolerance))]  # (log delta, <= 0 within); lo's is log 0

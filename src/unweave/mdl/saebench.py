@@ -95,7 +95,7 @@ def viability(
     x: torch.Tensor, codes: torch.Tensor, top: torch.Tensor, decode: Callable[[torch.Tensor], torch.Tensor]
 ) -> dict[int, float]:
     """SAEBench's reconstruction metric at each bin count, on rows x with codes `codes`."""
-    return {b: reconstruction_metric(x, decode(midpoints(codes.double(), top.double(), b))) for b in NUM_BINS}
+    return {b: reconstruction_metric(x, decode(midpoints(codes, top.to(codes.dtype), b))) for b in NUM_BINS}
 
 
 def chosen(bits: dict[int, float], metric: dict[int, float]) -> tuple[int, bool]:

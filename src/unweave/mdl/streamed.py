@@ -278,8 +278,9 @@ def _saebench_bins(
     out = {}
     for c in dictionaries:
         inputs, codes = first[id(c)]
-        decode = lambda q, b=c.basis, p=c.params, i=inputs: b.decode(q, p, i)  # noqa: E731
-        metric = saebench.viability(x, codes, tops[id(c)], decode)
+        single = {k: v.float() for k, v in c.params.items()}  # SAEBench decodes in float32 too
+        decode = lambda q, b=c.basis, p=single, i=inputs: b.decode(q, p, i)  # noqa: E731
+        metric = saebench.viability(x, codes.float(), tops[id(c)].float(), decode)
         out[id(c)] = (saebench.Histograms(tops[id(c)]), metric)
     return out
 
