@@ -87,13 +87,14 @@ class CrossLayerTranscoder(nn.Module):
         return latents, [self.decode(layer, latents) for layer in range(self.cfg.n_layers)]
 
     def loss(self, xs: Sequence[torch.Tensor], ys: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Sum over layers of the output's fraction of variance unexplained."""
-        _, outs = self(xs)
+        """Sum over layers of the output's fraction of variance unexplained. In training, the
+        latents that fired count as alive (as `SAE.loss` counts them)."""
+        latents, outs = self(xs)
+        if self.training:
+            with torch.no_grad():
+                fired = torch.stack([(f > 0).any(0) for f in latents])
+                self.since_fired.add_(len(xs[0])).masked_fill_(fired, 0)
         return sum(((o - y).pow(2).sum() / (y - y.mean(0)).pow(2).sum().clamp(min=1e-12)) for o, y in zip(outs, ys))
-
-    def decoder_norms(self) -> torch.Tensor:
-        """(layers, latents): the norm of each latent's decoders to all the layers it writes."""
-        return torch.stack([w.detach().flatten(1).norm(dim=1) for w in self.W_dec])
 
     @torch.no_grad()
     def fold_scales(self, scale_in: Sequence[float], scale_out: Sequence[float]) -> None:
@@ -104,6 +105,11 @@ class CrossLayerTranscoder(nn.Module):
         for layer, w in enumerate(self.W_dec):
             w.div_(into[layer:, None])
         self.b_dec.div_(into[:, None])
+
+
+def ordinary_everywhere(xs: Sequence[torch.Tensor], limits: Sequence[float | None]) -> torch.Tensor:
+    """The rows whose input is within its layer's norm limit at every layer (no massive activation)."""
+    return torch.stack([ordinary_rows(x, limit) for x, limit in zip(xs, limits)]).all(0)
 
 
 def _rows(batch: Sequence[torch.Tensor], layers: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -139,7 +145,7 @@ def train_clt(
         xs, ys = _rows(next(stream), L)
         if limits is None:
             limits = [norm_limit(x, cfg.max_norm_ratio) if cfg.max_norm_ratio else None for x in xs]
-        keep = torch.stack([ordinary_rows(x, limit) for x, limit in zip(xs, limits)]).all(0)
+        keep = ordinary_everywhere(xs, limits)
         xs, ys = [x[keep] for x in xs], [y[keep] for y in ys]
         if scale is None:  # per layer: MLP outputs can be far smaller than their inputs, and grow with depth
             scale = [[norm_scale(t) if cfg.normalise else 1.0 for t in ts] for ts in (xs, ys)]
@@ -153,9 +159,6 @@ def train_clt(
         loss = clt.loss(xs, ys)
         loss.backward()
         opt.step()
-        with torch.no_grad():
-            fired = torch.stack([(clt.encode(layer, x) > 0).any(0) for layer, x in enumerate(xs)])
-            clt.since_fired.add_(len(xs[0])).masked_fill_(fired, 0)
         losses.append(loss.item())
         if checkpoint_dir is not None and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
             ckpt.save([clt], [opt], {"step": step + 1, "scales": scale, "losses": [losses], "max_norm": limits})

@@ -14,9 +14,9 @@ import torch
 from unweave import progress
 from unweave.configs import setting, to_dict
 from unweave.devices import DeviceConfig
-from unweave.dictionaries.clt import CLTConfig, CrossLayerTranscoder, save_clt, train_clt
+from unweave.dictionaries.clt import CLTConfig, CrossLayerTranscoder, ordinary_everywhere, save_clt, train_clt
+from unweave.dictionaries.metrics import fvu
 from unweave.dictionaries.plots import loss_curves
-from unweave.dictionaries.sae import ordinary_rows
 from unweave.dictionaries.streams import live_batches
 from unweave.dictionaries.train import TrainConfig
 from unweave.report import Report
@@ -131,6 +131,6 @@ def held_out_fvu(
     acts = capture(model, ins + outs, rows.to(next(model.parameters()).device))
     xs = [acts[s].reshape(-1, acts[s].shape[-1]).float().cpu() for s in ins]
     ys = [acts[s].reshape(-1, acts[s].shape[-1]).float().cpu() for s in outs]
-    keep = torch.stack([ordinary_rows(x, limit) for x, limit in zip(xs, clt.max_input_norms)]).all(0)
+    keep = ordinary_everywhere(xs, clt.max_input_norms)
     _, rebuilt = clt([x[keep] for x in xs])
-    return [float((r - y[keep]).pow(2).sum() / (y[keep] - y[keep].mean(0)).pow(2).sum()) for r, y in zip(rebuilt, ys)]
+    return [fvu(y[keep], r) for r, y in zip(rebuilt, ys)]

@@ -139,7 +139,7 @@ def error_share(c: Carving) -> tuple[float, list[int]] | None:
 def graph_json(c: Carving) -> dict:
     names = c.target.data.names()
     heaviest = max((w for _, _, w in c.modules.graph.edges(data="weight")), default=0.0)
-    module_of = c.module_of
+    module_of, errors = c.module_of, error_share(c)
     return {
         "target": c.target.name,
         "units": {"site": c.target.data.units.site, "position": c.target.data.units.position},
@@ -156,7 +156,7 @@ def graph_json(c: Carving) -> dict:
             for u, d in c.modules.graph.nodes(data=True)
         ],
         "inactive": c.modules.inactive,
-        "replacement_score": 1 - error_share(c)[0] if error_share(c) is not None else None,
+        "replacement_score": 1 - errors[0] if errors is not None else None,
         "edges": [
             {"source": a, "target": b, "weight": w}
             for a, b, w in c.modules.graph.edges(data="weight")

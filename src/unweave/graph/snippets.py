@@ -35,16 +35,16 @@ class Snippets:
         rows = token_rows(text, tokenizer, SNIPPET_CTX, max_tokens=max(tokens, SNIPPET_CTX))
         settings = BrowserSettings(top=top, samples=1, window=SNIPPET_WINDOW)
         self.tokenizer, self.text, self.n_tokens = tokenizer, describe(text), rows.numel()
+        self._stream = rows.flatten()  # LatentStats positions index this: every dictionary reads the same rows
         self.stats: dict[str, LatentStats] = {}
         for units in dictionaries:
             read = (units.encode_rows, units.latents, units.max_input_norm, units.read_site)
             self.stats[units.site], _ = encoded_on_text(*read, model, rows, settings)
-        self._stream = {site: stats.tokens() for site, stats in self.stats.items()}
 
     def of(self, site: str, latent: int) -> list[str]:
         """The latent's top snippets, strongest first: the text around the activating token,
         which is in [brackets], then the activation (HTML-escaped, for a hover)."""
-        stats, stream = self.stats[site], self._stream[site]
+        stats, stream = self.stats[site], self._stream
         found = []
         for value, pos in zip(stats.top_value[latent].tolist(), stats.top_pos[latent].tolist()):
             if pos < 0 or value == float("-inf"):
