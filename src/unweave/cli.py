@@ -311,8 +311,10 @@ for row in COMMANDS:
 
 def main() -> None:
     """Entry point: user errors (bad names, values, missing packages) print one line, not a traceback."""
+    from unweave.allocator import keep_freed_memory
     from unweave.hf import MissingPackageError
 
+    keep_freed_memory()
     try:
         app()
     except (ValueError, FileNotFoundError, MissingPackageError) as err:  # LLCError, SiteError, StoreError too
