@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from unweave.cli import app
 from unweave.mdl import coding
 from unweave.mdl.bases import LookupTable, Neurons, pursuit
-from unweave.mdl.describe import SiteData, _lagrange_ratio, describe
+from unweave.mdl.describe import SiteData, _lagrange_split, describe
 from unweave.mdl.quantise import DELTA_RANGE, PRECISION, coarsest_delta
 from unweave.zoo.superposition import mean_max_cosine
 
@@ -92,8 +92,11 @@ def test_the_split_of_steps_meets_the_lagrange_condition():
     """For distortion floor + a dp^2 + b dv^2, the fewest bits -Np log dp - Nv log dv at a fixed
     distortion have dp / dv = sqrt(Np b / (Nv a)): the ratio read off the distortion is that."""
     a, b, floor = 3.0, 0.2, 1e-3
-    ratio = _lagrange_ratio(lambda dp, dv: floor + a * dp**2 + b * dv**2, 0.1, 40, 9000.0)
+    split = _lagrange_split(lambda dp, dv: floor + a * dp**2 + b * dv**2, 0.1, 40, 9000.0)
+    ratio = split.ratio
     assert ratio == pytest.approx(math.sqrt(40 * b / (9000 * a)), rel=1e-6)
+    # the first guess on that line has the joint step's distortion, floor + (a + b) 0.1^2, exactly here
+    assert a * (ratio * split.start) ** 2 + b * split.start**2 == pytest.approx((a + b) * 0.01, rel=1e-9)
     # on that line the bits at the distortion budget are the fewest of any split (numerically)
     budget = floor + (a + b) * 0.01
 
@@ -128,6 +131,38 @@ def test_the_search_finds_the_boundary_of_a_monotone_distortion(name, distortion
     smooth = name in ("quadratic", "a floor, then quadratic")
     assert search.evaluations <= (7 if smooth else 22 if name == "a step" else 12)
 
+
+
+@pytest.mark.parametrize("start", [0.3, 0.42, 1e-9, 100.0])
+def test_a_search_from_a_guess_with_a_known_floor_finds_the_same_boundary(start):
+    """The split search starts from a predicted step and knows the unquantised floor: it still
+    finds the boundary (a guess out of range is clamped into it), in fewer evaluations when
+    the guess is near."""
+    calls = []
+
+    def distortion(d: float) -> float:
+        calls.append(d)
+        return 0.2 + 0.8 * (d / 0.37) ** 2
+
+    search = coarsest_delta(distortion, 1.0, start=start, floor=0.2)
+    assert search.met and 0.37 / PRECISION < search.delta <= 0.37 and search.distortion <= 1.0
+    assert DELTA_RANGE[0] not in calls and search.evaluations == len(calls)
+    assert search.evaluations <= (4 if start in (0.3, 0.42) else 8)
+    assert not coarsest_delta(distortion, 0.1, start=0.3, floor=0.2).met  # a floor outside: nothing evaluated
+
+
+def test_the_search_does_not_creep_along_a_flat_stretch_above_the_tolerance():
+    """Rounding noise can leave the distortion barely above the tolerance over a stretch of
+    steps (a real SmolLM2 PCA calibration did): the secant then creeps down it from above, a
+    margin at a time. Runs on one side step away by doubling distances instead."""
+
+    def distortion(d: float) -> float:
+        flat = 2.18 < d <= 2.31
+        return 1.001 + 0.05 * (d - 2.18) if flat else 0.0035 + 0.2 * d * d
+
+    search = coarsest_delta(distortion, 1.0)
+    assert search.met and search.distortion <= 1.0 and 2.18 / PRECISION < search.delta <= 2.18
+    assert search.evaluations <= 7  # the secant alone, bisecting every other step, took 11
 
 def test_the_search_reports_a_tolerance_no_step_meets():
     missed = coarsest_delta(lambda d: 2.0, 1.0)

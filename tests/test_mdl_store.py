@@ -208,6 +208,38 @@ def test_saebench_quantity_equals_numpy_histograms_and_scipy_entropy():
     assert saebench.chosen({4: 3.0, 8: 2.0}, {4: 0.001, 8: 0.5}) == (4, True)
 
 
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        SAEConfig(d_in=12, n_latents=40, k=5),
+        SAEConfig(d_in=12, n_latents=40, architecture="relu"),
+        SAEConfig(d_in=12, n_latents=40, k=3, kind="transcoder", d_out=7, skip=True),
+    ],
+    ids=["topk", "relu", "skip-transcoder"],
+)
+def test_code_entries_and_saebench_viability_equal_the_dense_computation(cfg):
+    torch.manual_seed(0)
+    sae = SAE(cfg)
+    with torch.no_grad():  # biases off zero, so the centred encoder and b_dec count
+        for b in (sae.b_enc, sae.b_dec):
+            b.normal_(0, 0.3)
+    basis = Dictionary(sae, reads="mlp-in" if cfg.kind == "transcoder" else None)
+    x = torch.randn(50, 12)
+    dense = basis.encode(x)
+    rows, units, values = basis.entries(x)
+    got = torch.zeros_like(dense).index_put_((rows, units), values)
+    assert torch.equal(got, dense) and bool((values != 0).all())
+    # SAEBench's metric: every latent quantised to its bin's midpoint (zeros too), decoded densely
+    target = torch.randn(50, cfg.width_out)
+    top = dense.max(0).values
+    params = {k: v.float() for k, v in basis.params().items()}
+    metric = saebench.viability(target, (rows, units, values), top, lambda q: basis.decode(q, params, x), params["W_dec"])
+    for b, m in metric.items():
+        q = saebench.midpoints(dense, top, b)
+        assert (q != 0).any(1).all()  # a zero goes to the first bin's midpoint, not to zero
+        assert m == pytest.approx(saebench.reconstruction_metric(target, basis.decode(q, params, x)), rel=1e-5)
+
 def test_mdl_over_a_store_bad_input(setup, tiny_llama_dir, tmp_path):
     root = setup
     sae = root / "sae" / "topk-k2-w64"

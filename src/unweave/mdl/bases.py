@@ -33,6 +33,10 @@ class Basis:
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def entries(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The nonzero entries (rows, units, values) of encode(x): all a code sends."""
+        return nonzero_entries(self.encode(x))
+
     def decode(
         self, codes: torch.Tensor, params: dict[str, torch.Tensor], inputs: torch.Tensor | None = None
     ) -> torch.Tensor:
@@ -42,6 +46,12 @@ class Basis:
 
     def label(self) -> str:
         return self.name
+
+
+def nonzero_entries(codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(rows, units, values) of the nonzero entries of an (n, units) code."""
+    rows, units = codes.nonzero(as_tuple=True)
+    return rows, units, codes[rows, units]
 
 
 class Neurons(Basis):
@@ -166,12 +176,25 @@ class Dictionary(Basis):
             return pursuit(x.double() - self.sae.b_dec.double(), self.sae.W_dec.detach().double())
         return self.sae.encode(x.to(self.sae.W_dec.dtype))
 
+    @torch.no_grad()
+    def entries(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        top = getattr(self.sae.arch, "top", None)
+        if self.codes != "encoder" or top is None:
+            return super().entries(x)
+        # a TopK encoder names each example's k latents: no (n, width) code to build and search
+        indices, values = top(self.sae, self.sae.pre_activations(x.to(self.sae.W_dec.dtype)))
+        rows = torch.arange(len(x)).unsqueeze(1).expand_as(indices)
+        active = values != 0
+        return rows[active], indices[active], values[active]
+
     def decode(
         self, codes: torch.Tensor, params: dict[str, torch.Tensor], inputs: torch.Tensor | None = None
     ) -> torch.Tensor:
         codes = codes.to(params["W_dec"].dtype)
-        if codes.dim() == 2 and (codes != 0).double().mean() < SPARSE_BELOW:  # k of thousands: gather, not multiply
-            decoded = torch.sparse.mm(codes.to_sparse(), params["W_dec"]) + params["b_dec"]
+        if codes.is_sparse or (codes.dim() == 2 and (codes != 0).double().mean() < SPARSE_BELOW):
+            # k of thousands: gather, not multiply
+            sparse = codes if codes.is_sparse else codes.to_sparse()
+            decoded = torch.sparse.mm(sparse, params["W_dec"]) + params["b_dec"]
         else:
             decoded = codes @ params["W_dec"] + params["b_dec"]
         if "W_skip" not in params:

@@ -20,7 +20,7 @@ from torch import nn
 from torch.func import functional_call
 
 from unweave.mdl import coding
-from unweave.mdl.bases import Basis
+from unweave.mdl.bases import Basis, nonzero_entries
 from unweave.mdl.quantise import (
     DELTA_RANGE,
     Search,
@@ -189,7 +189,8 @@ def calibrate(basis: Basis, data: SiteData, tolerance: float, n_counted: int | N
     with bits ~ -N log(step) per part (N symbols) and distortion ~ a dp^2 + b dv^2, the
     optimum has a dp^2 / (b dv^2) = N_params / N_values. a and b are read off the
     distortion with one part quantised at delta and the other exact, and the coarsest
-    steps on that ratio are searched again. The split is kept if it codes in fewer bits.
+    steps on that ratio are searched again, from where the same model puts the joint
+    search's distortion on it. The split is kept if it codes in fewer bits.
     """
     x = data.rows() if basis.reads is None else data.rows_at(basis.reads)
     codes = basis.encode(x).double()
@@ -224,8 +225,11 @@ def calibrate(basis: Basis, data: SiteData, tolerance: float, n_counted: int | N
     n_params = sum(t.numel() for t in params.values())
     n_values = int((codes != 0).sum()) * n_counted / len(codes) if values_quantised else 0
     if search.met and n_params and n_values:
-        ratio = _lagrange_ratio(distortion, search.delta, n_params, n_values)
-        split = coarsest_delta(lambda d: distortion(ratio * d, d), tolerance)
+        split_at = _lagrange_split(distortion, search.delta, n_params, n_values)
+        ratio = split_at.ratio
+        # the unquantised floor is known, unless the line's finest point quantises the parameters more coarsely
+        floor = evaluated[(DELTA_RANGE[0],) * 2] if ratio <= 1 else None
+        split = coarsest_delta(lambda d: distortion(ratio * d, d), tolerance, start=split_at.start, floor=floor)
         split_steps = (ratio * split.delta, split.delta)
         if split.met:
             bits = [_bits_at(basis, params, codes, value_scale, s, n_counted) for s in (steps, split_steps)]
@@ -241,16 +245,27 @@ def calibrate(basis: Basis, data: SiteData, tolerance: float, n_counted: int | N
 LAGRANGE_RATIO_RANGE = (1e-4, 1e4)  # param step / value step: kept within these (rounding, symbol ranges)
 
 
-def _lagrange_ratio(distortion: Callable[[float, float], float], delta: float, n_params: int, n_values: float) -> float:
+@dataclass(frozen=True)
+class LagrangeSplit:
+    ratio: float  # param step / value step at the fewest bits
+    start: float  # the value step on that line predicted to give the joint search's distortion
+
+
+def _lagrange_split(
+    distortion: Callable[[float, float], float], delta: float, n_params: int, n_values: float
+) -> LagrangeSplit:
     """dp / dv at the fewest bits for a given distortion, a dp^2 / (b dv^2) = n_params / n_values,
-    with a and b measured at `delta` (each part alone quantised, over the unquantised floor)."""
+    with a and b measured at `delta` (each part alone quantised, over the unquantised floor);
+    and where that line meets the joint search's distortion under the same model,
+    a (r dv)^2 + b dv^2 = (a + b) delta^2, as the split search's first guess."""
     exact = DELTA_RANGE[0]
     floor = distortion(exact, exact)
     tiny = 1e-12 * max(abs(floor), 1e-12)
     a = max(distortion(delta, exact) - floor, tiny)
     b = max(distortion(exact, delta) - floor, tiny)
     low, high = LAGRANGE_RATIO_RANGE
-    return min(max(math.sqrt(n_params * b / (n_values * a)), low), high)
+    ratio = min(max(math.sqrt(n_params * b / (n_values * a)), low), high)
+    return LagrangeSplit(ratio, delta * math.sqrt((a + b) / (a * ratio**2 + b)))
 
 
 def _bits_at(
@@ -267,12 +282,6 @@ def _bits_at(
     count_code(counts, basis, *nonzero_entries(codes), steps[1] * value_scale)
     index, values = code_bits(basis, counts, len(codes))
     return tensor_bits(params, steps[0]) + (index + values) * n_counted / len(codes)
-
-
-def nonzero_entries(codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(rows, units, values) of the nonzero entries of an (n, units) code: all a code sends."""
-    rows, units = codes.nonzero(as_tuple=True)
-    return rows, units, codes[rows, units]
 
 
 def count_code(

@@ -56,7 +56,13 @@ class Search:
     evaluations: int
 
 
-def coarsest_delta(distortion: Callable[[float], float], tolerance: float, precision: float = PRECISION) -> Search:
+def coarsest_delta(
+    distortion: Callable[[float], float],
+    tolerance: float,
+    precision: float = PRECISION,
+    start: float | None = None,
+    floor: float | None = None,
+) -> Search:
     """The largest delta in DELTA_RANGE with distortion(delta) <= tolerance, to within a
     factor `precision`. Assumes distortion grows with delta (true up to rounding noise); the
     result always satisfies the tolerance when `met`.
@@ -65,41 +71,57 @@ def coarsest_delta(distortion: Callable[[float], float], tolerance: float, preci
     log(distortion - floor) against log delta, the floor being the distortion at the finest
     step (what the description loses unquantised): quantisation noise adds about delta
     squared to it, so that line is nearly straight, and the first guess takes its slope as
-    2. Each guess is kept a fraction of `precision` inside the bracket; one that falls
-    outside it, or that follows a guess which failed to halve the bracket, is replaced by
-    a bisection. 4-7 evaluations on smooth distortions where bisection to the same
-    precision takes 12.
+    2. Each guess is kept a fraction of `precision` inside the bracket (one that falls
+    outside it is replaced by the bracket's middle), and after a run of evaluations on one
+    side of the boundary, at least a step from that side's end that doubles with the run,
+    up to the middle: rounding noise near the boundary flattens the secant, which would
+    otherwise creep towards it from one side. 4-7 evaluations on smooth distortions where
+    bisection to the same precision takes 12.
+
+    `floor`: the distortion at the finest step, when the caller has it (a search along
+    another line through the same unquantised description); `start`: a guess of the
+    boundary (from an earlier search), evaluated first in place of the coarsest step.
     """
     lo, hi = DELTA_RANGE
-    d_lo = distortion(lo)  # first: a description not within the tolerance even unquantised costs one evaluation
-    if not d_lo <= tolerance:
-        return Search(lo, d_lo, False, 1)
-    d_hi = distortion(hi)
-    if d_hi <= tolerance:
-        return Search(hi, d_hi, True, 2)
-    evaluations, floor, margin = 2, d_lo, math.log(precision) * 0.45
-    u_lo, u_hi = math.log(lo), math.log(hi)
-    points = [(u_hi, _log_excess(d_hi, floor, tolerance))]  # (log delta, <= 0 within); lo's is log 0
-    bisect = False
+    evaluations = 0
+    if floor is None:  # first: a description not within the tolerance even unquantised costs one evaluation
+        floor, evaluations = distortion(lo), 1
+    if not floor <= tolerance:
+        return Search(lo, floor, False, evaluations)
+    u_lo, d_lo, u_hi = math.log(lo), floor, math.log(hi)
+    first = u_hi if start is None else min(max(math.log(start), u_lo), u_hi)
+    d = distortion(math.exp(first))
+    evaluations += 1
+    if d <= tolerance and first == u_hi:
+        return Search(hi, d, True, evaluations)
+    if d <= tolerance:  # a start within: the bracket's top is DELTA_RANGE's, not yet evaluated
+        u_lo, d_lo = first, d
+    else:
+        u_hi = first
+    margin = math.log(precision) * 0.45
+    points = [(first, _log_excess(d, floor, tolerance))]  # (log delta, <= 0 within); lo's is log 0
+    within_last, streak = d <= tolerance, 1  # the last evaluation's side, and how many in a row were on it
     while u_hi - u_lo > math.log(precision):
-        width = u_hi - u_lo
-        u = (u_lo + u_hi) / 2
-        if not bisect:
-            if len(points) == 1:
-                guess = points[0][0] - points[0][1] / 2
-            else:
-                (u1, g1), (u2, g2) = points[-2:]
-                guess = u2 - g2 * (u2 - u1) / (g2 - g1) if g2 != g1 else math.nan
-            if u_lo < guess < u_hi:
-                u = min(max(guess, u_lo + margin), u_hi - margin)
+        middle = (u_lo + u_hi) / 2
+        if len(points) == 1:
+            guess = points[0][0] - points[0][1] / 2
+        else:
+            (u1, g1), (u2, g2) = points[-2:]
+            guess = u2 - g2 * (u2 - u1) / (g2 - g1) if g2 != g1 else math.nan
+        # rounding noise flattens the secant near the boundary: after a run on one side, step away
+        # from that side's end by a distance doubling with the run, up to the middle of the bracket
+        step = min(margin * 2**streak, u_hi - middle)
+        u = min(max(guess, u_lo + margin), u_hi - margin) if u_lo <= guess <= u_hi else middle
+        u = max(u, u_lo + step) if within_last else min(u, u_hi - step)
         d = distortion(math.exp(u))
         evaluations += 1
         points.append((u, _log_excess(d, floor, tolerance)))
-        if d <= tolerance:
+        streak = streak + 1 if (d <= tolerance) == within_last else 1
+        within_last = d <= tolerance
+        if within_last:
             u_lo, d_lo = u, d
         else:
             u_hi = u
-        bisect = not bisect and u_hi - u_lo > width / 2
     return Search(math.exp(u_lo), d_lo, True, evaluations)
 
 

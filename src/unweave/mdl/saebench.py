@@ -37,11 +37,11 @@ def bin_index(values: torch.Tensor, top: torch.Tensor, num_bins: int) -> torch.T
 
 def midpoints(codes: torch.Tensor, top: torch.Tensor, num_bins: int) -> torch.Tensor:
     """Codes replaced by the midpoint of their bin (SAEBench's quantisation: a value in
-    (edge_j, edge_j+1] goes to bin j, and zero to the first bin's midpoint)."""
-    edges = top[:, None] * torch.linspace(0, 1, num_bins + 1, dtype=codes.dtype)  # (latents, bins + 1)
-    index = torch.ceil(codes / (top / num_bins).clamp(min=1e-30)).long().clamp(1, num_bins) - 1
-    mids = (edges[:, :-1] + edges[:, 1:]) / 2
-    return mids[torch.arange(codes.shape[1])[None, :], index]
+    (edge_j, edge_j+1] goes to bin j, and zero to the first bin's midpoint). `top` is each
+    code's latent's largest value, broadcast against `codes` (per latent: (latents,))."""
+    width = top / num_bins
+    index = torch.ceil(codes / width.clamp(min=1e-30)).clamp(1, num_bins) - 1
+    return (index + 0.5) * width
 
 
 def reconstruction_metric(x: torch.Tensor, decoded: torch.Tensor) -> float:
@@ -92,10 +92,25 @@ class Histograms:
 
 
 def viability(
-    x: torch.Tensor, codes: torch.Tensor, top: torch.Tensor, decode: Callable[[torch.Tensor], torch.Tensor]
+    x: torch.Tensor,
+    entries: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    top: torch.Tensor,
+    decode: Callable[[torch.Tensor], torch.Tensor],
+    atoms: torch.Tensor,
 ) -> dict[int, float]:
-    """SAEBench's reconstruction metric at each bin count, on rows x with codes `codes`."""
-    return {b: reconstruction_metric(x, decode(midpoints(codes, top.to(codes.dtype), b))) for b in NUM_BINS}
+    """SAEBench's reconstruction metric at each bin count, on rows x whose codes have the
+    nonzero entries (rows, latents, values). Its quantisation sends a zero to the first bin's
+    midpoint, so the quantised code is that row of midpoints plus, at the entries, each
+    value's midpoint less it: decoded as decode(those differences, a sparse code) + the
+    row @ atoms (the decoder is linear in the code), with no (rows x latents) code built."""
+    rows, latents, values = entries
+    out = {}
+    for b in NUM_BINS:
+        zero = top / (2 * b)
+        moved = midpoints(values, top[latents], b) - zero[latents]
+        sparse = torch.sparse_coo_tensor(torch.stack([rows, latents]), moved, (len(x), len(top)), check_invariants=False)
+        out[b] = reconstruction_metric(x, decode(sparse) + zero @ atoms)
+    return out
 
 
 def chosen(bits: dict[int, float], metric: dict[int, float]) -> tuple[int, bool]:

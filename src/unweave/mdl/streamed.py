@@ -37,7 +37,6 @@ from unweave.mdl.describe import (
     calibrate,
     count_code,
     measured_row,
-    nonzero_entries,
     row,
 )
 from unweave.mdl.quantise import rms, symbols
@@ -227,12 +226,12 @@ def describe_store(bases: list[Basis], data: SiteData, source: StoreSource, tole
             counted = cal.search.met and cal.basis.codes_sent and id(cal) not in tables
             if not counted and id(cal) not in bench:
                 continue
-            codes = cal.basis.encode(acts[cal.basis.reads or source.site])
-            rows, units, values = nonzero_entries(codes)
+            x = acts[cal.basis.reads or source.site]
+            rows, units, values = cal.basis.entries(x)
             if counted:
                 count_code(count, cal.basis, rows, units, values, cal.value_step)
             if id(cal) in bench:  # SAEBench's quantity does not depend on the tolerance
-                bench[id(cal)][0].add_entries(units, values, len(codes))
+                bench[id(cal)][0].add_entries(units, values, len(x))
     rows = [tables[id(c)].row(n) if id(c) in tables else row(c, count, n) for c, count in zip(cals, counts)]
     by_cal = {id(c): r for c, r in zip(cals, rows)}
     side = [_saebench_row(c, by_cal[id(c)], *bench[id(c)]) for c in dictionaries]
@@ -267,20 +266,20 @@ def _saebench_bins(
     if not dictionaries:
         return {}
     tops = {id(c): torch.zeros(c.basis.width, dtype=torch.float64) for c in dictionaries}
-    x, first = None, {}  # the first batch's activations, and each dictionary's inputs and codes of it
+    x, first = None, {}  # the first batch's activations, and each dictionary's inputs and code entries there
     for acts, _ in source.batches(SAEBENCH_TOKENS):
         x = acts[source.site] if x is None else x
         for c in dictionaries:
             inputs = acts[c.basis.reads or source.site]
-            codes = c.basis.encode(inputs).double()
-            first.setdefault(id(c), (inputs, codes))
-            tops[id(c)] = torch.maximum(tops[id(c)], codes.max(0).values)
+            rows, units, values = c.basis.entries(inputs)
+            first.setdefault(id(c), (inputs, (rows, units, values.float())))
+            tops[id(c)].scatter_reduce_(0, units, values.double(), "amax")
     out = {}
     for c in dictionaries:
-        inputs, codes = first[id(c)]
+        inputs, entries = first[id(c)]
         single = {k: v.float() for k, v in c.params.items()}  # SAEBench decodes in float32 too
         decode = lambda q, b=c.basis, p=single, i=inputs: b.decode(q, p, i)  # noqa: E731
-        metric = saebench.viability(x, codes.float(), tops[id(c)].float(), decode)
+        metric = saebench.viability(x, entries, tops[id(c)].float(), decode, single["W_dec"])
         out[id(c)] = (saebench.Histograms(tops[id(c)]), metric)
     return out
 
