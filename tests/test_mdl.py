@@ -132,7 +132,6 @@ def test_the_search_finds_the_boundary_of_a_monotone_distortion(name, distortion
     assert search.evaluations <= (7 if smooth else 22 if name == "a step" else 12)
 
 
-
 @pytest.mark.parametrize("start", [0.3, 0.42, 1e-9, 100.0])
 def test_a_search_from_a_guess_with_a_known_floor_finds_the_same_boundary(start):
     """The split search starts from a predicted step and knows the unquantised floor: it still
@@ -163,6 +162,7 @@ def test_the_search_does_not_creep_along_a_flat_stretch_above_the_tolerance():
     search = coarsest_delta(distortion, 1.0)
     assert search.met and search.distortion <= 1.0 and 2.18 / PRECISION < search.delta <= 2.18
     assert search.evaluations <= 7  # the secant alone, bisecting every other step, took 11
+
 
 def test_the_search_reports_a_tolerance_no_step_meets():
     missed = coarsest_delta(lambda d: 2.0, 1.0)

@@ -208,7 +208,6 @@ def test_saebench_quantity_equals_numpy_histograms_and_scipy_entropy():
     assert saebench.chosen({4: 3.0, 8: 2.0}, {4: 0.001, 8: 0.5}) == (4, True)
 
 
-
 @pytest.mark.parametrize(
     "cfg",
     [
@@ -234,11 +233,13 @@ def test_code_entries_and_saebench_viability_equal_the_dense_computation(cfg):
     target = torch.randn(50, cfg.width_out)
     top = dense.max(0).values
     params = {k: v.float() for k, v in basis.params().items()}
-    metric = saebench.viability(target, (rows, units, values), top, lambda q: basis.decode(q, params, x), params["W_dec"])
+    decode = lambda q: basis.decode(q, params, x)  # noqa: E731
+    metric = saebench.viability(target, (rows, units, values), top, decode, params["W_dec"])
     for b, m in metric.items():
         q = saebench.midpoints(dense, top, b)
         assert (q != 0).any(1).all()  # a zero goes to the first bin's midpoint, not to zero
         assert m == pytest.approx(saebench.reconstruction_metric(target, basis.decode(q, params, x)), rel=1e-5)
+
 
 def test_mdl_over_a_store_bad_input(setup, tiny_llama_dir, tmp_path):
     root = setup

@@ -108,7 +108,8 @@ def viability(
     for b in NUM_BINS:
         zero = top / (2 * b)
         moved = midpoints(values, top[latents], b) - zero[latents]
-        sparse = torch.sparse_coo_tensor(torch.stack([rows, latents]), moved, (len(x), len(top)), check_invariants=False)
+        index = torch.stack([rows, latents])
+        sparse = torch.sparse_coo_tensor(index, moved, (len(x), len(top)), check_invariants=False)
         out[b] = reconstruction_metric(x, decode(sparse) + zero @ atoms)
     return out
 
