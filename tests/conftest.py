@@ -1,7 +1,10 @@
 import pytest
 import torch
 
+from unweave.allocator import keep_freed_memory
 from unweave.zoo.modadd import ModAddConfig, train
+
+keep_freed_memory()  # as the `unweave` command does at start: the tests run its code under the same allocator
 
 # A small modular-addition model that groks in ~15 s on 2 cores (the demo uses p=59).
 SMALL_MODADD = ModAddConfig(p=31, frac_train=0.5, lr=1e-2, d_model=64, d_mlp=256, steps=1500, checkpoint_every=500)
