@@ -24,6 +24,8 @@ from collections.abc import Callable
 
 import torch
 
+from unweave.mdl.bases import nonzero_entries
+
 NUM_BINS = (4, 6, 8, 12, 16, 32)
 MSE_EPSILON = 0.01
 
@@ -68,8 +70,8 @@ class Histograms:
 
     def add(self, codes: torch.Tensor) -> None:
         """A batch of codes, (tokens, latents)."""
-        rows, latents = codes.nonzero(as_tuple=True)
-        self.add_entries(latents, codes[rows, latents], len(codes))
+        _, latents, values = nonzero_entries(codes)
+        self.add_entries(latents, values, len(codes))
 
     def add_entries(self, latents: torch.Tensor, values: torch.Tensor, n: int) -> None:
         """A batch of n tokens given by its nonzero entries (latent, value)."""
@@ -106,7 +108,7 @@ def viability(
     rows, latents, values = entries
     out = {}
     for b in NUM_BINS:
-        zero = top / (2 * b)
+        zero = midpoints(torch.zeros_like(top), top, b)  # where a zero goes
         moved = midpoints(values, top[latents], b) - zero[latents]
         index = torch.stack([rows, latents])
         sparse = torch.sparse_coo_tensor(index, moved, (len(x), len(top)), check_invariants=False)
