@@ -143,6 +143,22 @@ def eap_ig_scores(
     return total / steps
 
 
+def eap_ig_per_input_scores(
+    em: EdgeModel, tokens: torch.Tensor, corrupt: dict[str, torch.Tensor], metric: Metric, steps: int = IG_STEPS
+) -> torch.Tensor:
+    """Integrated gradients per downstream input: its edges move from corrupted to clean
+    together, every other edge held clean. One path per input, `steps` points each."""
+    out = torch.zeros(len(em.edges))
+    for into in em.into.values():
+        for t in (torch.arange(steps) + 0.5) / steps:
+            alpha = torch.ones(len(em.edges))
+            alpha[into] = float(t)
+            alpha.requires_grad_(True)
+            (grad,) = torch.autograd.grad(metric(em.forward(tokens, alpha, corrupt)[0]), alpha)
+            out[into] += grad[into] / steps
+    return out
+
+
 def eap_ig_input_scores(
     em: EdgeModel,
     tokens: torch.Tensor,

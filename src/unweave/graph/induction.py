@@ -30,6 +30,7 @@ from unweave.graph.edges import (
     EdgeModel,
     corrupted_outputs,
     eap_ig_input_scores,
+    eap_ig_per_input_scores,
     eap_ig_scores,
     eap_scores,
     exact_scores,
@@ -38,7 +39,7 @@ from unweave.zoo.induction import InductionConfig, model_head_scores, repeated_s
 from unweave.zoo.transformer import Transformer
 
 HEAD_SCORE = 0.3  # an induction (or, broadly, previous-token) head attends this much to its target
-METHODS = ("exact", "EAP", "EAP-IG (activations)", "EAP-IG (inputs)")
+METHODS = ("exact", "EAP", "EAP-IG (activations)", "EAP-IG (inputs)", "EAP-IG (per input)")
 
 
 @dataclass
@@ -109,6 +110,7 @@ def score_edges(case: EdgeCase) -> dict[str, torch.Tensor]:
         "EAP": eap_scores(em, case.tokens, corrupt, case.metric),
         "EAP-IG (activations)": eap_ig_scores(em, case.tokens, corrupt, case.metric),
         "EAP-IG (inputs)": eap_ig_input_scores(em, case.tokens, case.corrupted, case.metric),
+        "EAP-IG (per input)": eap_ig_per_input_scores(em, case.tokens, corrupt, case.metric),
     }
 
 
