@@ -3,6 +3,8 @@ the tokens and the outputs. On a model that is linear outside its dictionaries t
 equal measured direct effects and add up to each target's whole change; the scores and the
 influence match closed forms computed another way."""
 
+from collections import defaultdict
+
 import numpy as np
 import pytest
 import torch
@@ -23,8 +25,10 @@ from unweave.graph.attribution import (
     whole_changes,
 )
 from unweave.graph.clt_units import clt_members
+from unweave.graph.dataset_attribution import aggregate, attribute_prompts, node_names
 from unweave.graph.dictionary_units import DictionaryUnits
 from unweave.graph.effects import EffectData, centred_logits
+from unweave.graph.prompt import PromptUnits
 from unweave.graph.units import SelectedUnits, SeveralUnits
 from unweave.sites import patch
 
@@ -90,9 +94,11 @@ def _cross_layer() -> tuple:
     return clt_members(clt, ["mlp0:input", "mlp1:input"], ["mlp0", "mlp1"])
 
 
-def _case(members: tuple | None = None, curved: bool = False) -> tuple[EffectData, torch.Tensor]:
+def _case(
+    members: tuple | None = None, curved: bool = False, tokens: list[int] = (1, 4, 2, 9, 4, 3)
+) -> tuple[EffectData, torch.Tensor]:
     model = _LinearOutsideMLPs(curved).eval()
-    tokens = torch.tensor([[1, 4, 2, 9, 4, 3]])
+    tokens = torch.tensor([list(tokens)])
     members = members or _transcoders()
     output = lambda out: centred_logits(out[:, -1])[:, OUTPUTS]  # noqa: E731
     full = EffectData(model, tokens, SeveralUnits(members), output, ablate_to="zero")
@@ -244,8 +250,8 @@ def test_pruning_keeps_the_influential_nodes_and_the_ends():
         prune(graph, node_share=1.5)
     # only the token and the output left: no unit, an error that says what to raise
     with pytest.raises(ValueError, match="no latent or error survives pruning to 0.4.*raise --node-share"):
-        require_units(prune(graph, node_share=0.4), 2, 0.4)
-    require_units(prune(graph, node_share=0.5), 2, 0.5)
+        require_units(prune(graph, node_share=0.4), graph, 0.4)
+    require_units(prune(graph, node_share=0.5), graph, 0.5)
 
 
 def test_a_graph_needs_one_prompt_and_dictionary_units():
@@ -253,6 +259,59 @@ def test_a_graph_needs_one_prompt_and_dictionary_units():
     two = EffectData(data.model, data.inputs.repeat(2, 1), data.units, data.output)
     with pytest.raises(ValueError, match="one prompt"):
         _graph(two, probabilities)
+
+
+# -- aggregated over prompts --------------------------------------------------------------
+class _Tokenizer:
+    def decode(self, i: int) -> str:
+        return f"t{i}"
+
+
+def _prompt(tokens: list[int]) -> PromptUnits:
+    data, probabilities = _case(_transcoders(), tokens=tokens)
+    return PromptUnits(data, _Tokenizer(), OUTPUTS, "linear", {}, probabilities, "embed")
+
+
+PROMPTS = [[1, 4, 2, 9, 4, 3], [7, 4, 0, 9, 2], [3, 3, 8, 1, 4, 6, 5]]
+
+
+def test_aggregated_edges_are_the_measured_change_of_removing_a_latent_everywhere():
+    found = [_prompt(p) for p in PROMPTS]
+    result = attribute_prompts(found, [str(p) for p in PROMPTS], ["mlp0", "mlp1"], node_share=1.0, checked=1000)
+    g = result.graph
+    assert len(result.check.sources) == int((g.of_kind("latent", "error") & (g.adjacency != 0).any(0)).sum())
+    assert len(result.check.predicted) > 50
+    assert result.check.max_relative_error < 1e-4 and result.check.pearson > 0.99999
+    assert all(" latent " in n for n in result.latent_check.sources) and result.latent_check.max_relative_error < 1e-4
+    assert result.sums_error < 1e-4  # linear outside the dictionaries: the units' edges add up
+    assert [r["tokens"] for r in result.per_prompt] == [6, 5, 7]
+    # every node is named without a position, once
+    assert len(set(g.names)) == g.n_nodes and not any("@" in n for n in g.names)
+    assert {"mlp0 error", "mlp1 error", "token 't4'", "logit 't2'"} <= set(g.names)
+    assert float(g.output_weights.sum()) == pytest.approx(sum(float(f.probabilities.sum()) for f in found) / 3)
+
+
+def test_joining_is_a_mean_over_prompts_of_sums_over_positions():
+    found = [_prompt(p) for p in PROMPTS[:2]]
+    graphs, names = [], []
+    for f in found:
+        n = f.data.inputs.shape[1]
+        graph = attribution_graph(f.data, "embed", f.probabilities, [f"@{t}" for t in range(n)], ["o"] * 3)
+        graphs.append(graph)
+        names.append(node_names(f, graph))
+    joined, maps = aggregate(graphs, names)
+    expected: dict[tuple[str, str], float] = defaultdict(float)
+    for graph, named in zip(graphs, names):
+        for t, s in graph.adjacency.nonzero().tolist():
+            expected[named[t], named[s]] += float(graph.adjacency[t, s]) / 2
+    where = {name: i for i, name in enumerate(joined.names)}
+    for (t, s), value in expected.items():
+        assert float(joined.adjacency[where[t], where[s]]) == pytest.approx(value, rel=1e-9, abs=1e-12)
+    assert int((joined.adjacency != 0).sum()) == len([v for v in expected.values() if v != 0])
+    # a latent at two positions of one prompt is one node
+    latent_names = [n for n in names[0] if " latent " in n]
+    assert len(set(latent_names)) < len(latent_names)
+    assert all(joined.names[int(i)] == n for i, n in zip(maps[0], names[0]))
 
 
 @pytest.mark.slow

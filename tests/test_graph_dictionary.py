@@ -200,6 +200,7 @@ def test_graph_of_a_prompt_writes_modules_and_the_ablation_check(tiny_model_dir,
     assert {n["kind"] for n in drawn["nodes"]} >= {"token", "output"}
     assert 0 <= drawn["replacement_score"] <= 1 and 0 <= drawn["completeness"] <= 1
     assert len(drawn["edge_check"]["sources"]) == 16 and np.isfinite(drawn["edge_check"]["pearson"])
+    assert len(drawn["latent_edge_check"]["sources"]) == 16 and np.isfinite(drawn["latent_edge_check"]["spearman"])
     assert drawn["sums_error"] >= 0 and drawn["integration_steps"] == 0
     assert any(line.startswith("attribution graph:") for line in record["summary"])
     assert "Attribution graph" in (out / "graph.html").read_text()
@@ -328,3 +329,40 @@ def test_a_latents_hover_shows_its_top_snippets_of_the_text(tiny_model_dir, tmp_
     assert plain.describe_unit(unit) == hover[0]
     with pytest.raises(ValueError, match="--snippet-tokens must be 0"):
         GraphConfig(str(folder), prompt=PROMPT, snippet_tokens=-1)
+
+
+def test_graph_over_prompts_joins_their_attribution_graphs(tiny_model_dir, tmp_path):
+    from test_cli import runner
+
+    from unweave.cli import app
+
+    first, _, _ = _prompt_transcoder(tiny_model_dir, tmp_path / "l0", layer=0)
+    second, _, _ = _prompt_transcoder(tiny_model_dir, tmp_path / "l1", layer=1)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text(f"{PROMPT}\n\nthe dog ran to the park and the dog ran to\none two three one two\n")
+    out = tmp_path / "graph"
+    args = ["graph", str(first), "--dictionary", str(second), "--prompts", str(prompts), "--out", str(out)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    drawn = json.loads((out / "graph.json").read_text())["attribution"]
+    assert drawn["prompts"] == 3 and [p["prompt"] for p in drawn["per_prompt"]][1].startswith("the dog")
+    names = [n["name"] for n in drawn["nodes"]]
+    assert len(names) == len(set(names)) and not any("@" in n for n in names)  # one node whatever the position
+    assert {n["kind"] for n in drawn["nodes"]} >= {"latent", "token", "output"}
+    assert len(drawn["edge_check"]["sources"]) == 16 and np.isfinite(drawn["edge_check"]["pearson"])
+    assert all(" latent " in s for s in drawn["latent_edge_check"]["sources"])
+    assert 0 <= drawn["replacement_score"] <= 1 and drawn["sums_error"] >= 0
+    assert "over 3 prompts" in (out / "graph.html").read_text()
+    assert not (out / "modules.json").exists()
+    for kwargs, message in (
+        ({"prompt": PROMPT}, "give one of --prompt"),
+        ({"prompts": tmp_path / "missing.txt"}, "is not a file"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            run_graph(GraphConfig(str(first), out=tmp_path / "bad", **{"prompts": prompts, **kwargs}))
+    with pytest.raises(ValueError, match="--prompts is for a dictionary folder"):
+        run_graph(GraphConfig("two-tasks", out=tmp_path / "bad", prompts=prompts))
+    one = tmp_path / "one.txt"
+    one.write_text(PROMPT + "\n")
+    with pytest.raises(ValueError, match="at least 2 prompts"):
+        run_graph(GraphConfig(str(first), out=tmp_path / "bad", prompts=one))

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from scipy.stats import spearmanr
 
 from unweave.graph.effects import EffectData
 from unweave.sites import capturing, patch
@@ -270,10 +271,10 @@ def prune(graph: AttributionGraph, node_share: float = NODE_SHARE, edge_share: f
         keep = new
 
 
-def require_units(pruned: Pruned, n_units: int, node_share: float) -> None:
+def require_units(pruned: Pruned, graph: AttributionGraph, node_share: float) -> None:
     """An error when no unit (latent, error) survives pruning: the graph would be the tokens
     straight to the outputs."""
-    if not pruned.nodes[:n_units].any():
+    if not pruned.nodes[graph.of_kind("latent", "error", "skip")].any():
         raise ValueError(
             f"no latent or error survives pruning to {node_share:g} of the influence (the tokens carry it all "
             "straight to the outputs): raise --node-share"
@@ -282,10 +283,11 @@ def require_units(pruned: Pruned, n_units: int, node_share: float) -> None:
 
 @dataclass
 class EdgeCheck:
-    sources: list[int]  # the units ablated, one at a time
+    sources: list  # the units ablated, one at a time (or, aggregated, the nodes' names)
     predicted: list[float]  # -A[t, s] for every target t downstream of each source
     measured: list[float]  # the change of t when s alone is set to its baseline, every other member held
     pearson: float
+    spearman: float  # the ranks': Pearson alone can be carried by a few large edges
     max_relative_error: float  # of the largest changes: |predicted - measured| / max |measured|
 
 
@@ -305,20 +307,31 @@ def _measure(data: EffectData, fns: list, sites: dict | None = None) -> torch.Te
     return torch.cat([pre, out.double()])
 
 
-def check_edges(data: EffectData, graph: AttributionGraph, sources: list[int]) -> EdgeCheck:
-    """Set each source unit alone to its baseline with every member's other units held at
-    their clean state (so only direct paths carry the change), and measure every latent's
-    pre-activation and every output: the edges are first-order estimates of these changes."""
+def ablated_changes(data: EffectData, groups: list[list[int]]) -> torch.Tensor:
+    """(groups, nodes): the change of every latent's pre-activation and every output when the
+    units of one group are set to their baseline together, every member's other units held at
+    their clean state (so only direct paths carry the change); 0 at the sources."""
     _check(data)
     members = range(len(data.members))
-    clean = _measure(data, [_held(data, k, None) for k in members])
-    predicted, measured = [], []
+    clean = _measure(data, [_held(data, k, ()) for k in members])
+    return torch.stack([_measure(data, [_held(data, k, group) for k in members]) - clean for group in groups])
+
+
+def check_edges(data: EffectData, graph: AttributionGraph, sources: list[int]) -> EdgeCheck:
+    """Set each source unit alone to its baseline (`ablated_changes`) and measure every
+    latent's pre-activation and every output: the edges are first-order estimates of these
+    changes."""
+    changes = ablated_changes(data, [[s] for s in sources]) if sources else torch.zeros(0, graph.n_nodes)
     downstream = graph.of_kind("latent", "output")
-    for s in sources:
-        change = _measure(data, [_held(data, k, s) for k in members]) - clean
+    predicted, measured = [], []
+    for s, change in zip(sources, changes):
         into = downstream & (graph.adjacency[:, s] != 0)
         predicted += (-graph.adjacency[into, s]).tolist()
         measured += change[into].tolist()
+    return edge_check(sources, predicted, measured)
+
+
+def edge_check(sources: list, predicted: list[float], measured: list[float]) -> EdgeCheck:
     p, m = np.array(predicted), np.array(measured)
     top = max(float(np.abs(m).max()), 1e-300) if len(m) else 1.0
     return EdgeCheck(
@@ -326,6 +339,7 @@ def check_edges(data: EffectData, graph: AttributionGraph, sources: list[int]) -
         predicted,
         measured,
         float(np.corrcoef(p, m)[0, 1]) if len(p) > 2 else float("nan"),
+        float(spearmanr(p, m).statistic) if len(p) > 2 else float("nan"),
         float(np.abs(p - m).max() / top) if len(p) else 0.0,
     )
 
@@ -336,7 +350,7 @@ def whole_changes(data: EffectData) -> torch.Tensor:
     latents and errors; their other coordinates held clean, the tokens as they are)."""
     _check(data)
     members = range(len(data.members))
-    clean = _measure(data, [_held(data, k, None) for k in members])
+    clean = _measure(data, [_held(data, k, ()) for k in members])
     baseline = [data.baseline[data.coordinates_of(k)] for k in members]
     return clean - _measure(data, [(lambda s, b=b: b.to(s.dtype).expand_as(s).clone()) for b in baseline])
 
@@ -351,13 +365,15 @@ def sums_error(graph: AttributionGraph, changes: torch.Tensor) -> float:
     return float((summed - changes[targets]).norm() / changes[targets].norm().clamp_min(1e-300))
 
 
-def _held(data: EffectData, k: int, source: int | None):
-    """Member k's edit: its clean state, with `source` (a unit of all) at its baseline if it is k's."""
+def _held(data: EffectData, k: int, sources: list[int] | tuple[int, ...]):
+    """Member k's edit: its clean state, with those of `sources` (units of all) that are k's
+    at their baseline."""
     state = data.states_of(k).clone()
     units, _ = data.member_span(k)
-    if source is not None and units.start <= source < units.stop:
+    own_sources = [s for s in sources if units.start <= s < units.stop]
+    if own_sources:
         coordinates = data.coordinates_of(k)
-        own = (data.unit_of[coordinates] == source).nonzero().flatten()
+        own = torch.isin(data.unit_of[coordinates], torch.tensor(own_sources)).nonzero().flatten()
         state[:, own] = data.baseline[coordinates][own]
 
     def held(current: torch.Tensor) -> torch.Tensor:

@@ -74,14 +74,53 @@ def _dictionary_units(folder: Path) -> list[tuple[LatentLayout, dict]]:
     return [(DictionaryUnits(site, sae, read if transcoder else None), meta)]
 
 
-def prompt_units(folders: list[Path], prompt: str | None, skip_first: int = 1) -> PromptUnits:
-    """The effect data over the prompt's live units (of every dictionary, in the order their
-    sites run), the tokenizer, the top next tokens (the outputs), the model's name and the
-    positions left out: the first `skip_first`, and those outside a dictionary's range."""
+@dataclass
+class LoadedDictionaries:
+    """Dictionaries of one model, loaded with it: `on(prompt)` draws their units on a prompt."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    members: list[LatentLayout]  # in the order their sites run
+    name: str  # the model's
+    source: Path  # the first folder, for messages
+
+    def on(self, prompt: str | None, skip_first: int = 1) -> PromptUnits:
+        """The effect data over the prompt's live units (of every dictionary), the top next
+        tokens (the outputs) and the positions left out: the first `skip_first`, and those
+        outside a dictionary's range."""
+        if not prompt:
+            raise ValueError(f"{self.source} is a dictionary folder: give the text to draw its graph on with --prompt")
+        model, members, name = self.model, self.members, self.name
+        tokens = self.tokenizer(prompt, return_tensors="pt").input_ids
+        context = getattr(model.config, "max_position_embeddings", None)
+        if tokens.shape[1] < 2:
+            raise ValueError(f"the prompt {prompt!r} is {tokens.shape[1]} token long: give at least 2")
+        if context is not None and tokens.shape[1] > context:
+            raise ValueError(
+                f"the prompt is {tokens.shape[1]} tokens, longer than the context of {name} ({context} tokens): "
+                "shorten it"
+            )
+        with torch.no_grad():
+            probabilities, top = model(tokens).logits[0, -1].float().softmax(-1).topk(PROMPT_OUTPUTS)
+        output = TopLogits(top)
+        full = EffectData(model, tokens, SeveralUnits(tuple(members)), output, ablate_to="zero")
+        live = full.activations[0] != 0  # latents that fire; every error
+        selected, left_out = [], {}
+        for k, member in enumerate(members):
+            units, _ = full.member_span(k)
+            outside = sorted(set(range(min(skip_first, tokens.shape[1] - 1))) | set(_outside(model, tokens, member)))
+            left_out[member.site] = outside
+            at = torch.arange(units.stop - units.start) // member.per_position  # each unit's position
+            keep = live[units] & ~torch.isin(at, torch.as_tensor(outside, dtype=torch.long))
+            selected.append(SelectedUnits.of(member, keep.nonzero().flatten().tolist(), full.states_of(k)))
+        data = EffectData(model, tokens, SeveralUnits(tuple(selected)), output, ablate_to="zero")
+        return PromptUnits(data, self.tokenizer, top, name, left_out, probabilities, _embedding_site(model))
+
+
+def load_dictionaries(folders: list[Path]) -> LoadedDictionaries:
+    """The dictionaries in `folders` (one model; one dictionary per site) and their model."""
     from unweave.hf import load_model
 
-    if not prompt:
-        raise ValueError(f"{folders[0]} is a dictionary folder: give the text to draw its graph on with --prompt")
     per_folder = [_dictionary_units(f) for f in folders]
     models = {str(f): found[0][1]["model_name"] for f, found in zip(folders, per_folder)}
     loaded = [pair for found in per_folder for pair in found]
@@ -100,29 +139,14 @@ def prompt_units(folders: list[Path], prompt: str | None, skip_first: int = 1) -
     if unknown:
         raise SiteError(f"the dictionaries' sites {unknown} are not sites of {name}")
     members = sorted((units for units, _ in loaded), key=lambda u: order[u.site])  # the order they run in
-    tokens = tokenizer(prompt, return_tensors="pt").input_ids
-    context = getattr(model.config, "max_position_embeddings", None)
-    if tokens.shape[1] < 2:
-        raise ValueError(f"--prompt is {tokens.shape[1]} token long: give at least 2")
-    if context is not None and tokens.shape[1] > context:
-        raise ValueError(
-            f"--prompt is {tokens.shape[1]} tokens, longer than the context of {name} ({context} tokens): shorten it"
-        )
-    with torch.no_grad():
-        probabilities, top = model(tokens).logits[0, -1].float().softmax(-1).topk(PROMPT_OUTPUTS)
-    output = TopLogits(top)
-    full = EffectData(model, tokens, SeveralUnits(tuple(members)), output, ablate_to="zero")
-    live = full.activations[0] != 0  # latents that fire; every error
-    selected, left_out = [], {}
-    for k, member in enumerate(members):
-        units, _ = full.member_span(k)
-        outside = sorted(set(range(min(skip_first, tokens.shape[1] - 1))) | set(_outside(model, tokens, member)))
-        left_out[member.site] = outside
-        at = torch.arange(units.stop - units.start) // member.per_position  # each unit's position
-        keep = live[units] & ~torch.isin(at, torch.as_tensor(outside, dtype=torch.long))
-        selected.append(SelectedUnits.of(member, keep.nonzero().flatten().tolist(), full.states_of(k)))
-    data = EffectData(model, tokens, SeveralUnits(tuple(selected)), output, ablate_to="zero")
-    return PromptUnits(data, tokenizer, top, name, left_out, probabilities, _embedding_site(model))
+    return LoadedDictionaries(model, tokenizer, members, name, folders[0])
+
+
+def prompt_units(folders: list[Path], prompt: str | None, skip_first: int = 1) -> PromptUnits:
+    """The dictionaries in `folders` drawn on one prompt (`LoadedDictionaries.on`)."""
+    if not prompt:
+        raise ValueError(f"{folders[0]} is a dictionary folder: give the text to draw its graph on with --prompt")
+    return load_dictionaries(folders).on(prompt, skip_first)
 
 
 @dataclass

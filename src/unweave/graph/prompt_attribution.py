@@ -50,7 +50,8 @@ class PromptAttribution:
     graph: AttributionGraph
     pruned: Pruned
     scores: dict[str, float]
-    check: EdgeCheck
+    check: EdgeCheck  # the most influential units (mostly errors, on SmolLM2)
+    latent_check: EdgeCheck  # the most influential latents
     sums_error: float  # |units' edges summed into each node - its measured change with every unit at zero| / |change|
     positions: list[int]  # each node's position in the prompt (outputs: the last)
     rows: list[int]  # each node's row in the figure: 0 the tokens, then each site, then the outputs
@@ -70,10 +71,12 @@ def attribute_prompt(
     graph = attribution_graph(data, found.embedding, found.probabilities, tokens, outputs, steps)
     pruned = prune(graph, node_share, edge_share)
     n_units = data.n_units
-    require_units(pruned, n_units, node_share)
+    require_units(pruned, graph, node_share)
     writes = (graph.adjacency[:, :n_units] != 0).any(0)
     ranked = sorted((u for u in range(n_units) if writes[u]), key=lambda u: -float(pruned.influence[u]))
     check = check_edges(data, graph, ranked[:CHECKED_SOURCES])
+    latents = [u for u in ranked if graph.kinds[u] == "latent"][:CHECKED_SOURCES]
+    latent_check = check_edges(data, graph, latents)
     sums = sums_error(graph, whole_changes(data))
     sites = data.units.site
     records = [data.record(u) for u in range(n_units)]
@@ -84,6 +87,7 @@ def attribute_prompt(
         pruned,
         scores(graph),
         check,
+        latent_check,
         sums,
         positions,
         rows,
@@ -120,14 +124,28 @@ def attribution_json(a: PromptAttribution) -> dict:
             {"source": s, "target": t, "weight": float(g.adjacency[t, s])}
             for t, s in zip(targets.tolist(), sources.tolist())
         ],
-        "edge_check": {
-            "sources": a.check.sources,
-            "edges": len(a.check.predicted),
-            "pearson": a.check.pearson,
-            "max_relative_error": a.check.max_relative_error,
-        },
+        "edge_check": check_json(a.check),
+        "latent_edge_check": check_json(a.latent_check),
         "sums_error": a.sums_error,
     }
+
+
+def check_json(c: EdgeCheck) -> dict:
+    return {
+        "sources": c.sources,
+        "edges": len(c.predicted),
+        "pearson": c.pearson,
+        "spearman": c.spearman,
+        "max_relative_error": c.max_relative_error,
+    }
+
+
+def latent_line(c: EdgeCheck) -> str:
+    """The check of the latents' edges alone: an error is a large vector, and its edges are
+    further from linear than a latent's."""
+    return (
+        f"of the {len(c.sources)} most influential latents alone: Pearson {c.pearson:.3f} over {len(c.predicted)} edges"
+    )
 
 
 def attribution_lines(a: PromptAttribution) -> list[str]:
@@ -143,23 +161,50 @@ def attribution_lines(a: PromptAttribution) -> list[str]:
         f"{a.scores['completeness']:.3f} (circuit-tracer's definitions); edges "
         + (f"integrated over {a.steps} points of the path from zero" if a.steps else "to first order"),
         f"edges checked by ablation ({len(c.sources)} most influential units, each alone, the other dictionaries' "
-        f"units held): Pearson {c.pearson:.3f} over {len(c.predicted)} edges, largest error "
-        f"{c.max_relative_error:.2g} of the largest change; the units' edges into each latent and output add up to "
-        f"its measured change with every unit at zero within {a.sums_error:.1%} (relative, over all of them)",
+        f"units held): Pearson {c.pearson:.3f} (Spearman {c.spearman:.3f}) over {len(c.predicted)} edges, largest "
+        f"error {c.max_relative_error:.2g} of the largest change; {latent_line(a.latent_check)}; the units' edges "
+        f"into each latent and output add up to its measured change with every unit at zero within "
+        f"{a.sums_error:.1%} (relative, over all of them)",
         *hint,
     ]
 
 
 def figure(a: PromptAttribution, hover: dict[int, str], module_of: dict[int, int]) -> go.Figure:
     """The pruned graph: a column per position, a row per site (tokens at the bottom, the
-    outputs at the top); the `FIGURE_EDGES` edges of most influence (graph.json has them
-    all), blue where they push up, red where they push down, wider for a larger |weight| (by
-    tercile); units coloured by module (`module_of`), shaped by kind, sized by influence."""
-    g, kept = a.graph, a.pruned
+    outputs at the top); units coloured by module (`module_of`; `graph_figure`)."""
+    return graph_figure(
+        a.graph,
+        a.pruned,
+        a.positions,
+        a.rows,
+        a.row_names,
+        hover,
+        module_of,
+        "Attribution graph, pruned: direct effects between latents, errors, tokens and the top next tokens",
+        "position",
+    )
+
+
+def graph_figure(
+    g: AttributionGraph,
+    kept: Pruned,
+    positions: list[int],
+    rows: list[int],
+    row_names: list[str],
+    hover: dict[int, str],
+    module_of: dict[int, int],
+    title: str,
+    x_title: str,
+) -> go.Figure:
+    """A pruned attribution graph: a column per position, a row per site; the
+    `FIGURE_EDGES` edges of most influence (graph.json has them all), blue where they push
+    up, red where they push down, wider for a larger |weight| (by tercile); units coloured by
+    module (`module_of`, or all one colour when it is empty), shaped by kind, sized by
+    influence."""
     nodes = kept.nodes.nonzero().flatten().tolist()
     cell: dict[tuple[int, int], list[int]] = {}
     for i in nodes:
-        cell.setdefault((a.positions[i], a.rows[i]), []).append(i)
+        cell.setdefault((positions[i], rows[i]), []).append(i)
     xy = {}
     for (t, row), members in cell.items():
         for j, i in enumerate(sorted(members, key=lambda i: -float(kept.influence[i]))):
@@ -206,6 +251,9 @@ def figure(a: PromptAttribution, hover: dict[int, str], module_of: dict[int, int
         if g.kinds[i] in UNIT_SYMBOLS:
             groups.setdefault((module_of.get(i, -1), g.kinds[i]), []).append(i)
     for (module, kind), chosen in sorted(groups.items()):
+        if not module_of:
+            draw(chosen, kind, qualitative.Plotly[0], UNIT_SYMBOLS[kind])
+            continue
         colour = qualitative.Plotly[module % len(qualitative.Plotly)] if module >= 0 else "#c7c7c7"
         draw(chosen, f"{f'module {module}' if module >= 0 else 'inactive'}: {kind}", colour, UNIT_SYMBOLS[kind])
     outputs = [i for i in nodes if g.kinds[i] == "output"]
@@ -219,9 +267,9 @@ def figure(a: PromptAttribution, hover: dict[int, str], module_of: dict[int, int
         hoverinfo="text",
     )
     fig.update_layout(
-        title="Attribution graph, pruned: direct effects between latents, errors, tokens and the top next tokens",
-        xaxis={"title": "position"},
-        yaxis={"tickvals": list(range(len(a.row_names))), "ticktext": a.row_names},
+        title=title,
+        xaxis={"title": x_title},
+        yaxis={"tickvals": list(range(len(row_names))), "ticktext": row_names},
         height=620,
     )
     return fig

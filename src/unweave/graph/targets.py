@@ -79,12 +79,10 @@ def resolve(
         raise ValueError(f"--units must be one of {UNITS}, got {units!r}")
     if (units == "basis") != (basis is not None):
         raise ValueError("--units basis needs --basis FILE (the directions), and --basis needs --units basis")
-    if is_dictionary(Path(name)):
-        return prompt_target([Path(name), *dictionaries], prompt, skip_first, text, snippet_tokens)
-    if dictionaries:
-        raise ValueError("--dictionary adds dictionaries to a dictionary folder as TARGET")
-    if name == "smollm2-induction":
-        return prompt_target([builtin_clt()], prompt or SMOLLM2_INDUCTION, skip_first, text, snippet_tokens)
+    folders = dictionary_folders(name, dictionaries)
+    if folders is not None:
+        default = SMOLLM2_INDUCTION if name == "smollm2-induction" else None
+        return prompt_target(folders, prompt or default, skip_first, text, snippet_tokens)
     if prompt is not None:
         raise ValueError("--prompt is for a dictionary folder as TARGET (its graph is drawn on the prompt)")
     if name == "two-tasks":
@@ -94,6 +92,17 @@ def resolve(
         if folder.is_dir() and TrainedModAdd.is_run(folder):
             return modadd_target(folder, units, seed, basis)
     raise ValueError(f"unknown graph target {name!r}; use {TARGETS}")
+
+
+def dictionary_folders(name: str, dictionaries: Sequence[Path] = ()) -> list[Path] | None:
+    """The dictionaries a target draws its prompt graphs over: a dictionary folder and the
+    --dictionary ones, or smollm2-induction's cross-layer transcoder (trained on first use);
+    None for the other targets."""
+    if is_dictionary(Path(name)):
+        return [Path(name), *dictionaries]
+    if dictionaries:
+        raise ValueError("--dictionary adds dictionaries to a dictionary folder as TARGET")
+    return [builtin_clt()] if name == "smollm2-induction" else None
 
 
 def _top_inputs(acts: torch.Tensor, label: Callable[[int], str], k: int = 3) -> Callable[[int], str]:

@@ -1,0 +1,291 @@
+"""Attribution graphs aggregated over a set of prompts (`unweave graph FOLDER --prompts FILE`).
+
+Each prompt has its own graph (`attribution.py`), over its live latents at each position.
+The aggregate joins them by what a node is, not where: a latent is one node whatever its
+position (site, latent), a dictionary's error is one node per site, a token one node per
+token text, an output one node per next-token text. The aggregated edge s -> t is the sum
+of every per-prompt edge from a node named s to one named t, averaged over the prompts:
+
+    A[t, s] = mean over prompts of  sum over positions p, q of  A_prompt[(t, p), (s, q)]
+
+so it is the first-order change of t summed over its positions when s is removed at every
+position of every prompt. The outputs are weighed by each token's mean probability over the
+prompts (0 on prompts where it is not among the top next tokens). The check is the same
+claim measured: each of the most influential units (latents, errors) is set to zero at
+every position on every prompt, the other units held, and the changes, summed over positions and averaged,
+are compared with its aggregated edges. On a model that is linear outside its dictionaries
+they are equal (a test).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import plotly.graph_objects as go
+import torch
+
+from unweave.graph.attribution import (
+    EDGE_SHARE,
+    NODE_SHARE,
+    AttributionGraph,
+    EdgeCheck,
+    Pruned,
+    ablated_changes,
+    attribution_graph,
+    edge_check,
+    prune,
+    require_units,
+    scores,
+    sums_error,
+    whole_changes,
+)
+from unweave.graph.prompt import LoadedDictionaries, PromptUnits
+from unweave.graph.prompt_attribution import check_json, graph_figure, latent_line
+from unweave.progress import Task
+
+CHECKED_SOURCES = 16  # the most influential units, each removed everywhere to check its edges
+
+
+@dataclass
+class DatasetAttribution:
+    graph: AttributionGraph  # the aggregate, nodes named by what they are
+    pruned: Pruned
+    scores: dict[str, float]
+    check: EdgeCheck  # the most influential units (sources: their names)
+    latent_check: EdgeCheck  # the most influential latents
+    sums_error: float  # the units' aggregated edges into each node against its mean change with every unit at zero
+    per_prompt: list[dict]  # each prompt's own graph: its size and scores
+    prompt_names: list[set[str]]  # the names of each prompt's nodes
+    sites: list[str]
+    steps: int
+    node_share: float
+    edge_share: float
+
+    @property
+    def rows(self) -> list[int]:
+        """Each node's row in the figure: 0 the tokens, then each site, then the outputs."""
+        return [_row(self.graph, i, self.sites) for i in range(self.graph.n_nodes)]
+
+    @property
+    def row_names(self) -> list[str]:
+        return ["tokens", *self.sites, "next tokens"]
+
+
+def _row(graph: AttributionGraph, i: int, sites: list[str]) -> int:
+    kind = graph.kinds[i]
+    if kind == "token":
+        return 0
+    if kind == "output":
+        return len(sites) + 1
+    return 1 + sites.index(graph.names[i].split(" ")[0])
+
+
+def node_names(found: PromptUnits, graph: AttributionGraph) -> list[str]:
+    """Each node of a prompt's graph named by what it is, without its position."""
+    data, decode = found.data, found.tokenizer.decode
+    names = []
+    for u in range(data.n_units):
+        r = data.record(u)
+        kind = r["kind"] if r["kind"] in ("error", "skip") else "latent"
+        names.append(f"{r['site']} {kind}" if kind != "latent" else f"{r['site']} latent {r['index']}")
+    names += [f"token {decode(i)!r}" for i in data.inputs[0].tolist()]
+    names += [f"logit {decode(int(i))!r}" for i in found.top]
+    assert len(names) == graph.n_nodes
+    return names
+
+
+class _Index:
+    """Names to aggregated node numbers, in the order first seen, with their kinds."""
+
+    def __init__(self) -> None:
+        self.of: dict[str, int] = {}
+        self.kinds: list[str] = []
+
+    def add(self, names: list[str], kinds: list[str]) -> torch.Tensor:
+        for name, kind in zip(names, kinds):
+            if name not in self.of:
+                self.of[name] = len(self.kinds)
+                self.kinds.append(kind)
+        return torch.tensor([self.of[n] for n in names], dtype=torch.long)
+
+
+def aggregate(graphs: list[AttributionGraph], names: list[list[str]]) -> tuple[AttributionGraph, list[torch.Tensor]]:
+    """The graphs joined by node name (module text), and each graph's node -> aggregated node map."""
+    index = _Index()
+    maps = [index.add(n, g.kinds) for g, n in zip(graphs, names)]
+    size = len(index.kinds)
+    adjacency = torch.zeros(size, size, dtype=torch.float64)
+    weights = torch.zeros(size, dtype=torch.float64)
+    for g, to in zip(graphs, maps):
+        adjacency.index_put_((to[:, None], to[None, :]), g.adjacency, accumulate=True)
+        weights.index_add_(0, to, g.output_weights)
+    adjacency /= len(graphs)
+    weights /= len(graphs)
+    ordered = sorted(index.of, key=index.of.get)
+    return AttributionGraph(adjacency, index.kinds, ordered, weights), maps
+
+
+def _pooled(values: torch.Tensor, to: torch.Tensor, size: int) -> torch.Tensor:
+    """(..., nodes of a prompt) summed into (..., aggregated nodes)."""
+    return values.new_zeros(*values.shape[:-1], size).index_add_(-1, to, values)
+
+
+def _check(joined: AttributionGraph, sources: list[int], changes_of: dict[int, torch.Tensor]) -> EdgeCheck:
+    downstream = joined.of_kind("latent", "output")
+    predicted, observed = [], []
+    for s in sources:
+        into = downstream & (joined.adjacency[:, s] != 0)
+        predicted += (-joined.adjacency[into, s]).tolist()
+        observed += changes_of[s][into].tolist()
+    return edge_check([joined.names[s] for s in sources], predicted, observed)
+
+
+def dataset_attribution(
+    loaded: LoadedDictionaries,
+    prompts: list[str],
+    skip_first: int = 1,
+    steps: int = 0,
+    node_share: float = NODE_SHARE,
+    edge_share: float = EDGE_SHARE,
+) -> DatasetAttribution:
+    """The aggregated attribution graph of `loaded`'s dictionaries over `prompts`."""
+    if len(prompts) < 2:
+        raise ValueError(f"--prompts needs at least 2 prompts (one per line), got {len(prompts)}: use --prompt for one")
+    found = [loaded.on(prompt, skip_first) for prompt in prompts]
+    return attribute_prompts(found, prompts, [m.site for m in loaded.members], steps, node_share, edge_share)
+
+
+def attribute_prompts(
+    found: list[PromptUnits],
+    prompts: list[str],
+    sites: list[str],
+    steps: int = 0,
+    node_share: float = NODE_SHARE,
+    edge_share: float = EDGE_SHARE,
+    checked: int = CHECKED_SOURCES,
+) -> DatasetAttribution:
+    """Each prompt's graph, joined (`aggregate`), pruned, scored and checked by removing each
+    of the `checked` most influential units at every position of every prompt."""
+    task = Task("attribution graphs of the prompts, then the check", total=2 * len(prompts), unit="prompts")
+    try:
+        graphs, names = [], []
+        for f in found:
+            decode = f.tokenizer.decode
+            tokens = [f"token {decode(i)!r} @{t}" for t, i in enumerate(f.data.inputs[0].tolist())]
+            outputs = [f"logit {decode(int(i))!r}" for i in f.top]
+            graph = attribution_graph(f.data, f.embedding, f.probabilities, tokens, outputs, steps)
+            graphs.append(graph)
+            names.append(node_names(f, graph))
+            task.advance()
+        joined, maps = aggregate(graphs, names)
+        pruned = prune(joined, node_share, edge_share)
+        require_units(pruned, joined, node_share)
+        units = joined.of_kind("latent", "error", "skip") & (joined.adjacency != 0).any(0)
+        ranked = sorted(units.nonzero().flatten().tolist(), key=lambda u: -float(pruned.influence[u]))
+        latents = [u for u in ranked if joined.kinds[u] == "latent"][:checked]
+        sources = list(dict.fromkeys(ranked[:checked] + latents))
+        size = joined.n_nodes
+        measured = torch.zeros(len(sources), size, dtype=torch.float64)
+        changes = torch.zeros(size, dtype=torch.float64)
+        per_prompt = []
+        for prompt, f, graph, to in zip(prompts, found, graphs, maps):
+            groups = [(to[: f.data.n_units] == s).nonzero().flatten().tolist() for s in sources]
+            present = [i for i, g in enumerate(groups) if g]  # a latent silent on this prompt changes nothing
+            if present:
+                changed = ablated_changes(f.data, [groups[i] for i in present])
+                measured[present] += _pooled(changed, to, size) / len(prompts)
+            whole = whole_changes(f.data)
+            changes += _pooled(whole, to, size) / len(prompts)
+            per_prompt.append(
+                {
+                    "prompt": prompt,
+                    "tokens": int(f.data.inputs.shape[1]),
+                    "nodes": graph.n_nodes,
+                    **scores(graph),
+                    "sums_error": sums_error(graph, whole),
+                }
+            )
+            task.advance()
+    finally:
+        task.close()
+    changes_of = dict(zip(sources, measured))
+    check = _check(joined, ranked[:checked], changes_of)
+    latent_check = _check(joined, latents, changes_of)
+    return DatasetAttribution(
+        joined,
+        pruned,
+        scores(joined),
+        check,
+        latent_check,
+        sums_error(joined, changes),
+        per_prompt,
+        [set(n) for n in names],
+        sites,
+        steps,
+        node_share,
+        edge_share,
+    )
+
+
+def dataset_json(d: DatasetAttribution) -> dict:
+    g, kept = d.graph, d.pruned
+    nodes = kept.nodes.nonzero().flatten().tolist()
+    targets, sources = kept.edges.nonzero(as_tuple=True)
+    return {
+        "edge_weight": "A[target, source]: the per-prompt direct effects of the source (at any position) on the "
+        "target (summed over its positions), averaged over the prompts",
+        "prompts": len(d.per_prompt),
+        "integration_steps": d.steps,
+        "pruning": {"node_share": d.node_share, "edge_share": d.edge_share},
+        **d.scores,
+        "nodes_before_pruning": g.n_nodes,
+        "nodes": [
+            {"id": i, "name": g.names[i], "kind": g.kinds[i], "influence": float(kept.influence[i])} for i in nodes
+        ],
+        "links": [
+            {"source": s, "target": t, "weight": float(g.adjacency[t, s])}
+            for t, s in zip(targets.tolist(), sources.tolist())
+        ],
+        "edge_check": check_json(d.check),
+        "latent_edge_check": check_json(d.latent_check),
+        "sums_error": d.sums_error,
+        "per_prompt": d.per_prompt,
+    }
+
+
+def dataset_lines(d: DatasetAttribution) -> list[str]:
+    kept, c = d.pruned, d.check
+    per = d.per_prompt
+    low, high = min(p["replacement_score"] for p in per), max(p["replacement_score"] for p in per)
+    return [
+        f"attribution graph over {len(per)} prompts, nodes joined by what they are (a latent, a site's error, a "
+        f"token, a next token) whatever their position: {d.graph.n_nodes} nodes, pruned to {int(kept.nodes.sum())} "
+        f"nodes and {int(kept.edges.sum())} edges; replacement score {d.scores['replacement_score']:.3f}, "
+        f"completeness {d.scores['completeness']:.3f} (per prompt: replacement {low:.3f}-{high:.3f}); edges "
+        + (f"integrated over {d.steps} points" if d.steps else "to first order"),
+        f"aggregated edges checked by ablation ({len(c.sources)} most influential units, each removed at every "
+        f"position of every prompt, the other units held): Pearson {c.pearson:.3f} (Spearman {c.spearman:.3f}) "
+        f"over {len(c.predicted)} edges, largest error {c.max_relative_error:.2g} of the largest change; "
+        f"{latent_line(d.latent_check)}; the units' edges into each node add up to its mean change with every unit "
+        f"at zero within {d.sums_error:.1%}",
+    ]
+
+
+def dataset_figure(d: DatasetAttribution) -> go.Figure:
+    """The pruned aggregated graph: a row per site, its nodes most influential first."""
+    hover = {
+        i: f"in {sum(1 for p in d.prompt_names if d.graph.names[i] in p)} of {len(d.per_prompt)} prompts"
+        for i in range(d.graph.n_nodes)
+    }
+    return graph_figure(
+        d.graph,
+        d.pruned,
+        [0] * d.graph.n_nodes,
+        d.rows,
+        d.row_names,
+        hover,
+        {},
+        f"Attribution graph over {len(d.per_prompt)} prompts, pruned: latents, errors, tokens and next tokens, "
+        "each one node whatever its position",
+        "each site's nodes, most influential first",
+    )
