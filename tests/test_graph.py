@@ -270,7 +270,14 @@ def test_edges_need_a_zoo_transformer():
         EdgeModel(_zoo_transformer(d_mlp=0)).forward(torch.zeros(2, 9, dtype=torch.long))
 
 
-def test_graph_induction_writes_scored_edges_and_a_circuit_of_edges(tmp_path):
+def test_graph_induction_writes_scored_edges_and_a_circuit_of_edges(tmp_path, monkeypatch, induction_model):
+    from unweave.graph import induction
+
+    def trained(cfg):  # the session's model is seed 0's: training is tested elsewhere, and takes 20 s
+        assert cfg.seed == 0
+        return induction_model
+
+    monkeypatch.setattr(induction, "train", trained)
     result = run_graph(GraphConfig("induction", out=tmp_path, examples=48))
     graph = json.loads((tmp_path / "graph.json").read_text())
     circuit = json.loads((tmp_path / "circuit.json").read_text())

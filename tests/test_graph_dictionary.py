@@ -357,6 +357,7 @@ def test_graph_over_prompts_joins_their_attribution_graphs(tiny_model_dir, tmp_p
     for kwargs, message in (
         ({"prompt": PROMPT}, "give one of --prompt"),
         ({"prompts": tmp_path / "missing.txt"}, "is not a file"),
+        ({"kl_budget": 0.01}, "leave out --kl-budget"),
     ):
         with pytest.raises(ValueError, match=message):
             run_graph(GraphConfig(str(first), out=tmp_path / "bad", **{"prompts": prompts, **kwargs}))

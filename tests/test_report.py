@@ -163,9 +163,11 @@ def test_prompt_graph_page_draws_the_attribution_graph_with_hover(tiny_model_dir
 
 @browser
 @pytest.mark.browser
-def test_induction_graph_page_renders_its_edges(tmp_path):
+def test_induction_graph_page_renders_its_edges(tmp_path, monkeypatch, induction_model):
+    from unweave.graph import induction
     from unweave.graph.command import GraphConfig, run_graph
 
+    monkeypatch.setattr(induction, "train", lambda cfg: induction_model)  # seed 0's, trained once per session
     result = run_graph(GraphConfig("induction", out=tmp_path, examples=48))
     n_plots, errors, page_errors = render(result.report)
     assert n_plots == 4, "component graph, methods against exact, circuit curve, KL histogram"

@@ -273,6 +273,11 @@ def run_dataset_graph(cfg: GraphConfig) -> RunResult:
 
     if cfg.prompt is not None:
         raise ValueError("give one of --prompt (one prompt's graph and modules) and --prompts (a graph over many)")
+    if cfg.kl_budget is not None or cfg.units != "neurons":
+        raise ValueError(
+            "--prompts draws the attribution graph over a dictionary's latents, with no modules or circuit: leave out "
+            "--kl-budget and --units (or give one --prompt for them)"
+        )
     path = Path(cfg.prompts)
     if not path.is_file():
         raise ValueError(f"--prompts {path} is not a file: give a text file with one prompt per line")

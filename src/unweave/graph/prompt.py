@@ -97,8 +97,8 @@ class LoadedDictionaries:
             raise ValueError(f"the prompt {prompt!r} is {tokens.shape[1]} token long: give at least 2")
         if context is not None and tokens.shape[1] > context:
             raise ValueError(
-                f"the prompt is {tokens.shape[1]} tokens, longer than the context of {name} ({context} tokens): "
-                "shorten it"
+                f"the prompt {prompt[:40]!r}... is {tokens.shape[1]} tokens, longer than the context of {name} "
+                f"({context} tokens): shorten it"
             )
         with torch.no_grad():
             probabilities, top = model(tokens).logits[0, -1].float().softmax(-1).topk(PROMPT_OUTPUTS)
