@@ -352,7 +352,8 @@ def test_graph_over_prompts_joins_their_attribution_graphs(tiny_model_dir, tmp_p
     assert len(drawn["edge_check"]["sources"]) == 16 and np.isfinite(drawn["edge_check"]["pearson"])
     assert all(" latent " in s for s in drawn["latent_edge_check"]["sources"])
     assert 0 <= drawn["replacement_score"] <= 1 and drawn["sums_error"] >= 0
-    assert "over 3 prompts" in (out / "graph.html").read_text()
+    page = (out / "graph.html").read_text()
+    assert "over 3 prompts" in page and "of 3 prompts" in page and "top on 8,192 tokens of" in page  # hovers
     assert not (out / "modules.json").exists()
     for kwargs, message in (
         ({"prompt": PROMPT}, "give one of --prompt"),

@@ -29,6 +29,7 @@ from unweave.graph.circuit import KL_BUDGET, KL_QUANTILE, PROMPT_KL_BUDGET, Circ
 from unweave.graph.modules import MERGE, OUTPUT_SIZE
 from unweave.graph.prompt import load_dictionaries
 from unweave.graph.prompt_attribution import attribute_prompt, attribution_json, attribution_lines
+from unweave.graph.snippets import Snippets
 from unweave.graph.targets import TARGETS, UNITS, dictionary_folders, resolve
 from unweave.report import Report, Section
 from unweave.runs import Run, RunResult
@@ -72,9 +73,12 @@ class GraphConfig:
         "With --prompt: leave the first positions out of the graph, held at their clean output (the first token is "
         "an attention sink with massive activations in most LMs, which no dictionary reconstructs). 0 keeps them.",
     )
-    text: TextConfig = setting(TextConfig(), "With --prompt: the text each latent's top snippets (on hover) come from.")
+    text: TextConfig = setting(
+        TextConfig(), "With --prompt or --prompts: the text each latent's top snippets (on hover) come from."
+    )
     snippet_tokens: int = setting(
-        8192, "With --prompt: tokens of --text read for each latent's top snippets, shown on hover; 0 reads none."
+        8192,
+        "With --prompt or --prompts: tokens of --text read for each latent's top snippets, on hover; 0 reads none.",
     )
     ig_steps: int = setting(
         0,
@@ -288,8 +292,12 @@ def run_dataset_graph(cfg: GraphConfig) -> RunResult:
             f"--prompts is for a dictionary folder as TARGET or smollm2-induction, not {cfg.target!r}: its graph is "
             "drawn over a dictionary's latents"
         )
-    run = Run(cfg.out, "graph", cfg, inputs=[cfg.target, *map(str, cfg.dictionary), str(path)])
+    texts = input_files(cfg.text) if cfg.snippet_tokens else []
+    run = Run(cfg.out, "graph", cfg, inputs=[cfg.target, *map(str, cfg.dictionary), str(path), *texts])
     loaded = load_dictionaries(folders)
+    snippets = None
+    if cfg.snippet_tokens:
+        snippets = Snippets(loaded.model, loaded.tokenizer, loaded.members, cfg.text, cfg.snippet_tokens)
     found = dataset.dataset_attribution(loaded, prompts, cfg.skip_first, cfg.ig_steps, cfg.node_share, cfg.edge_share)
     lines = dataset.dataset_lines(found)
     report = Report(f"unweave graph: {loaded.name} over {len(prompts)} prompts")
@@ -304,7 +312,9 @@ def run_dataset_graph(cfg: GraphConfig) -> RunResult:
     for line in lines:
         summary.text(line, summary=True)
     summary.text(dataset.__doc__.split("\n\n", 1)[1].replace("\n", " "))
-    report.section("Attribution graph over the prompts").figure(dataset.dataset_figure(found)).table(found.per_prompt)
+    report.section("Attribution graph over the prompts").figure(dataset.dataset_figure(found, snippets)).table(
+        found.per_prompt
+    )
     results = {"target": cfg.target, "model": loaded.name, "attribution": dataset.dataset_json(found)}
     return run.finish(results, report, lines)
 

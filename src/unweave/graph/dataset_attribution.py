@@ -40,7 +40,8 @@ from unweave.graph.attribution import (
     whole_changes,
 )
 from unweave.graph.prompt import LoadedDictionaries, PromptUnits
-from unweave.graph.prompt_attribution import check_json, graph_figure, latent_line
+from unweave.graph.prompt_attribution import check_json, graph_figure, latent_line, pruned_json
+from unweave.graph.snippets import Snippets
 from unweave.progress import Task
 
 CHECKED_SOURCES = 16  # the most influential units, each removed everywhere to check its edges
@@ -228,9 +229,6 @@ def attribute_prompts(
 
 
 def dataset_json(d: DatasetAttribution) -> dict:
-    g, kept = d.graph, d.pruned
-    nodes = kept.nodes.nonzero().flatten().tolist()
-    targets, sources = kept.edges.nonzero(as_tuple=True)
     return {
         "edge_weight": "A[target, source]: the per-prompt direct effects of the source (at any position) on the "
         "target (summed over its positions), averaged over the prompts",
@@ -238,14 +236,7 @@ def dataset_json(d: DatasetAttribution) -> dict:
         "integration_steps": d.steps,
         "pruning": {"node_share": d.node_share, "edge_share": d.edge_share},
         **d.scores,
-        "nodes_before_pruning": g.n_nodes,
-        "nodes": [
-            {"id": i, "name": g.names[i], "kind": g.kinds[i], "influence": float(kept.influence[i])} for i in nodes
-        ],
-        "links": [
-            {"source": s, "target": t, "weight": float(g.adjacency[t, s])}
-            for t, s in zip(targets.tolist(), sources.tolist())
-        ],
+        **pruned_json(d.graph, d.pruned),
         "edge_check": check_json(d.check),
         "latent_edge_check": check_json(d.latent_check),
         "sums_error": d.sums_error,
@@ -271,12 +262,19 @@ def dataset_lines(d: DatasetAttribution) -> list[str]:
     ]
 
 
-def dataset_figure(d: DatasetAttribution) -> go.Figure:
-    """The pruned aggregated graph: a row per site, its nodes most influential first."""
-    hover = {
-        i: f"in {sum(1 for p in d.prompt_names if d.graph.names[i] in p)} of {len(d.per_prompt)} prompts"
-        for i in range(d.graph.n_nodes)
-    }
+def dataset_figure(d: DatasetAttribution, snippets: Snippets | None = None) -> go.Figure:
+    """The pruned aggregated graph: a row per site, its nodes most influential first; a
+    node's hover says on how many prompts it appears, and a latent's its top snippets of a
+    text (`snippets`)."""
+    kept = d.pruned.nodes.nonzero().flatten().tolist()
+    hover = {}
+    for i in kept:
+        name = d.graph.names[i]
+        lines = [f"in {sum(1 for p in d.prompt_names if name in p)} of {len(d.per_prompt)} prompts"]
+        if snippets is not None and d.graph.kinds[i] == "latent":
+            site, _, index = name.split(" ")
+            lines += [f"top on {snippets.n_tokens:,} tokens of {snippets.text}:", *snippets.of(site, int(index))]
+        hover[i] = "<br>".join(lines)
     return graph_figure(
         d.graph,
         d.pruned,

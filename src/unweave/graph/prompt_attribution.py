@@ -98,10 +98,25 @@ def attribute_prompt(
     )
 
 
-def attribution_json(a: PromptAttribution) -> dict:
-    g, kept = a.graph, a.pruned
+def pruned_json(g: AttributionGraph, kept: Pruned, positions: list[int] | None = None) -> dict:
+    """The pruned graph's nodes (with their positions, when given) and edges, for graph.json."""
     nodes = kept.nodes.nonzero().flatten().tolist()
     targets, sources = kept.edges.nonzero(as_tuple=True)
+    where = (lambda i: {"position": positions[i]}) if positions is not None else (lambda i: {})
+    return {
+        "nodes_before_pruning": g.n_nodes,
+        "nodes": [
+            {"id": i, "name": g.names[i], "kind": g.kinds[i], **where(i), "influence": float(kept.influence[i])}
+            for i in nodes
+        ],
+        "links": [
+            {"source": s, "target": t, "weight": float(g.adjacency[t, s])}
+            for t, s in zip(targets.tolist(), sources.tolist())
+        ],
+    }
+
+
+def attribution_json(a: PromptAttribution) -> dict:
     return {
         "edge_weight": "A[target, source]: the first-order direct effect of the source on the target (a latent's "
         "pre-activation, or an output logit minus the mean), gradient x (state - 0) at the clean run, every other "
@@ -109,21 +124,7 @@ def attribution_json(a: PromptAttribution) -> dict:
         "integration_steps": a.steps,
         "pruning": {"node_share": a.node_share, "edge_share": a.edge_share},
         **a.scores,
-        "nodes_before_pruning": g.n_nodes,
-        "nodes": [
-            {
-                "id": i,
-                "name": g.names[i],
-                "kind": g.kinds[i],
-                "position": a.positions[i],
-                "influence": float(kept.influence[i]),
-            }
-            for i in nodes
-        ],
-        "links": [
-            {"source": s, "target": t, "weight": float(g.adjacency[t, s])}
-            for t, s in zip(targets.tolist(), sources.tolist())
-        ],
+        **pruned_json(a.graph, a.pruned, a.positions),
         "edge_check": check_json(a.check),
         "latent_edge_check": check_json(a.latent_check),
         "sums_error": a.sums_error,
