@@ -298,7 +298,8 @@ def test_joining_is_a_mean_over_prompts_of_sums_over_positions():
         n = f.data.inputs.shape[1]
         graph = attribution_graph(f.data, "embed", f.probabilities, [f"@{t}" for t in range(n)], ["o"] * 3)
         graphs.append(graph)
-        names.append(node_names(f, graph))
+        names.append(node_names(f)[0])
+        assert node_names(f)[1] == graph.kinds
     joined, maps = aggregate(graphs, names)
     expected: dict[tuple[str, str], float] = defaultdict(float)
     for graph, named in zip(graphs, names):

@@ -81,49 +81,55 @@ def _row(graph: AttributionGraph, i: int, sites: list[str]) -> int:
     return 1 + sites.index(graph.names[i].split(" ")[0])
 
 
-def node_names(found: PromptUnits, graph: AttributionGraph) -> list[str]:
-    """Each node of a prompt's graph named by what it is, without its position."""
+def node_names(found: PromptUnits) -> tuple[list[str], list[str]]:
+    """Each node of a prompt's graph named by what it is, without its position, and its kind
+    (in `attribution_graph`'s order: units, tokens, outputs)."""
     data, decode = found.data, found.tokenizer.decode
-    names = []
+    names, kinds = [], []
     for u in range(data.n_units):
         r = data.record(u)
         kind = r["kind"] if r["kind"] in ("error", "skip") else "latent"
         names.append(f"{r['site']} {kind}" if kind != "latent" else f"{r['site']} latent {r['index']}")
-    names += [f"token {decode(i)!r}" for i in data.inputs[0].tolist()]
-    names += [f"logit {decode(int(i))!r}" for i in found.top]
-    assert len(names) == graph.n_nodes
-    return names
+        kinds.append(kind)
+    tokens = [f"token {decode(i)!r}" for i in data.inputs[0].tolist()]
+    outputs = [f"logit {decode(int(i))!r}" for i in found.top]
+    return names + tokens + outputs, kinds + ["token"] * len(tokens) + ["output"] * len(outputs)
 
 
-class _Index:
-    """Names to aggregated node numbers, in the order first seen, with their kinds."""
+class Joiner:
+    """Per-prompt graphs summed into one, node by name, one graph at a time (so that only one
+    prompt's graph is held): `maps[k]` takes prompt k's nodes to the joined ones."""
 
-    def __init__(self) -> None:
-        self.of: dict[str, int] = {}
+    def __init__(self, names: list[list[str]], kinds: list[list[str]]):
+        of: dict[str, int] = {}
         self.kinds: list[str] = []
+        for these, their_kinds in zip(names, kinds):
+            for name, kind in zip(these, their_kinds):
+                if name not in of:
+                    of[name] = len(self.kinds)
+                    self.kinds.append(kind)
+        self.names = list(of)  # in the order first seen, as numbered
+        self.maps = [torch.tensor([of[n] for n in these], dtype=torch.long) for these in names]
+        self.adjacency = torch.zeros(len(of), len(of), dtype=torch.float64)
+        self.weights = torch.zeros(len(of), dtype=torch.float64)
 
-    def add(self, names: list[str], kinds: list[str]) -> torch.Tensor:
-        for name, kind in zip(names, kinds):
-            if name not in self.of:
-                self.of[name] = len(self.kinds)
-                self.kinds.append(kind)
-        return torch.tensor([self.of[n] for n in names], dtype=torch.long)
+    def add(self, k: int, graph: AttributionGraph) -> None:
+        to = self.maps[k]
+        self.adjacency.index_put_((to[:, None], to[None, :]), graph.adjacency, accumulate=True)
+        self.weights.index_add_(0, to, graph.output_weights)
+
+    def joined(self) -> AttributionGraph:
+        """The mean over the prompts of the summed graphs."""
+        n = len(self.maps)
+        return AttributionGraph(self.adjacency / n, self.kinds, self.names, self.weights / n)
 
 
 def aggregate(graphs: list[AttributionGraph], names: list[list[str]]) -> tuple[AttributionGraph, list[torch.Tensor]]:
-    """The graphs joined by node name (module text), and each graph's node -> aggregated node map."""
-    index = _Index()
-    maps = [index.add(n, g.kinds) for g, n in zip(graphs, names)]
-    size = len(index.kinds)
-    adjacency = torch.zeros(size, size, dtype=torch.float64)
-    weights = torch.zeros(size, dtype=torch.float64)
-    for g, to in zip(graphs, maps):
-        adjacency.index_put_((to[:, None], to[None, :]), g.adjacency, accumulate=True)
-        weights.index_add_(0, to, g.output_weights)
-    adjacency /= len(graphs)
-    weights /= len(graphs)
-    ordered = sorted(index.of, key=index.of.get)
-    return AttributionGraph(adjacency, index.kinds, ordered, weights), maps
+    """The graphs joined by node name (`Joiner`), and each graph's node -> joined node map."""
+    joiner = Joiner(names, [g.kinds for g in graphs])
+    for k, graph in enumerate(graphs):
+        joiner.add(k, graph)
+    return joiner.joined(), joiner.maps
 
 
 def _pooled(values: torch.Tensor, to: torch.Tensor, size: int) -> torch.Tensor:
@@ -169,34 +175,19 @@ def attribute_prompts(
     of the `checked` most influential units at every position of every prompt."""
     task = Task("attribution graphs of the prompts, then the check", total=2 * len(prompts), unit="prompts")
     try:
-        graphs, names = [], []
-        for f in found:
+        named = [node_names(f) for f in found]
+        joiner = Joiner([n for n, _ in named], [k for _, k in named])
+        size = len(joiner.names)
+        changes = torch.zeros(size, dtype=torch.float64)
+        per_prompt = []
+        for k, (prompt, f) in enumerate(zip(prompts, found)):
             decode = f.tokenizer.decode
             tokens = [f"token {decode(i)!r} @{t}" for t, i in enumerate(f.data.inputs[0].tolist())]
             outputs = [f"logit {decode(int(i))!r}" for i in f.top]
             graph = attribution_graph(f.data, f.embedding, f.probabilities, tokens, outputs, steps)
-            graphs.append(graph)
-            names.append(node_names(f, graph))
-            task.advance()
-        joined, maps = aggregate(graphs, names)
-        pruned = prune(joined, node_share, edge_share)
-        require_units(pruned, joined, node_share)
-        units = joined.of_kind("latent", "error", "skip") & (joined.adjacency != 0).any(0)
-        ranked = sorted(units.nonzero().flatten().tolist(), key=lambda u: -float(pruned.influence[u]))
-        latents = [u for u in ranked if joined.kinds[u] == "latent"][:checked]
-        sources = list(dict.fromkeys(ranked[:checked] + latents))
-        size = joined.n_nodes
-        measured = torch.zeros(len(sources), size, dtype=torch.float64)
-        changes = torch.zeros(size, dtype=torch.float64)
-        per_prompt = []
-        for prompt, f, graph, to in zip(prompts, found, graphs, maps):
-            groups = [(to[: f.data.n_units] == s).nonzero().flatten().tolist() for s in sources]
-            present = [i for i, g in enumerate(groups) if g]  # a latent silent on this prompt changes nothing
-            if present:
-                changed = ablated_changes(f.data, [groups[i] for i in present])
-                measured[present] += _pooled(changed, to, size) / len(prompts)
+            joiner.add(k, graph)
             whole = whole_changes(f.data)
-            changes += _pooled(whole, to, size) / len(prompts)
+            changes += _pooled(whole, joiner.maps[k], size) / len(prompts)
             per_prompt.append(
                 {
                     "prompt": prompt,
@@ -206,6 +197,21 @@ def attribute_prompts(
                     "sums_error": sums_error(graph, whole),
                 }
             )
+            task.advance()
+        joined = joiner.joined()
+        pruned = prune(joined, node_share, edge_share)
+        require_units(pruned, joined, node_share)
+        units = joined.of_kind("latent", "error", "skip") & (joined.adjacency != 0).any(0)
+        ranked = sorted(units.nonzero().flatten().tolist(), key=lambda u: -float(pruned.influence[u]))
+        latents = [u for u in ranked if joined.kinds[u] == "latent"][:checked]
+        sources = list(dict.fromkeys(ranked[:checked] + latents))
+        measured = torch.zeros(len(sources), size, dtype=torch.float64)
+        for f, to in zip(found, joiner.maps):
+            groups = [(to[: f.data.n_units] == s).nonzero().flatten().tolist() for s in sources]
+            present = [i for i, g in enumerate(groups) if g]  # a latent silent on this prompt changes nothing
+            if present:
+                changed = ablated_changes(f.data, [groups[i] for i in present])
+                measured[present] += _pooled(changed, to, size) / len(prompts)
             task.advance()
     finally:
         task.close()
@@ -220,7 +226,7 @@ def attribute_prompts(
         latent_check,
         sums_error(joined, changes),
         per_prompt,
-        [set(n) for n in names],
+        [set(n) for n, _ in named],
         sites,
         steps,
         node_share,
