@@ -147,6 +147,11 @@ def attribution_graph(
     steps grew: 94% off to first order, 188% at 8 steps, 257% at 32.)"""
     _check(data)
     n_units, n_tokens, n_out = data.n_units, data.inputs.shape[1], len(probabilities)
+    if (len(token_names), len(output_names)) != (n_tokens, n_out):
+        raise ValueError(
+            f"{len(token_names)} token names and {len(output_names)} output names for {n_tokens} tokens and "
+            f"{n_out} outputs: give one name each"
+        )
     nodes = n_units + n_tokens + n_out
     adjacency = torch.zeros(nodes, nodes, dtype=torch.float64)
     points = path_points(steps)
@@ -220,7 +225,8 @@ def influence(adjacency: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
 
 
 def scores(graph: AttributionGraph) -> dict[str, float]:
-    """circuit-tracer's replacement score and completeness (see the module's text)."""
+    """circuit-tracer's replacement score and completeness (see the module's text), and the
+    latents' fan-in (`fan_in`)."""
     b = normalised(graph.adjacency)
     node = influence(graph.adjacency, graph.output_weights)
     errors, tokens = graph.of_kind("error", "skip"), graph.of_kind("token")
@@ -230,7 +236,25 @@ def scores(graph: AttributionGraph) -> dict[str, float]:
     return {
         "replacement_score": through_tokens / max(through_tokens + through_errors, 1e-300),
         "completeness": float((not_from_errors * weight).sum() / weight.sum()),
+        "fan_in": fan_in(graph),
     }
+
+
+FAN_IN_SHARE = 0.9
+
+
+def fan_in(graph: AttributionGraph, share: float = FAN_IN_SHARE) -> float:
+    """How many upstream latents carry `share` of a latent's |edges| from latents, on average
+    over the latents that have any: how sparsely the latents are wired (what a connection
+    penalty between dictionaries is meant to lower)."""
+    latents = graph.of_kind("latent")
+    inputs = graph.adjacency[latents][:, latents].abs()
+    inputs = inputs[inputs.sum(1) > 0]
+    if not len(inputs):
+        return 0.0
+    ordered = inputs.sort(1, descending=True).values
+    carried = ordered.cumsum(1) / ordered.sum(1, keepdim=True)
+    return float(((carried < share).sum(1) + 1).double().mean())
 
 
 def _threshold(values: torch.Tensor, share: float) -> float:

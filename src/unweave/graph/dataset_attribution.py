@@ -26,6 +26,7 @@ import torch
 
 from unweave.graph.attribution import (
     EDGE_SHARE,
+    FAN_IN_SHARE,
     NODE_SHARE,
     AttributionGraph,
     EdgeCheck,
@@ -258,7 +259,8 @@ def dataset_lines(d: DatasetAttribution) -> list[str]:
         f"attribution graph over {len(per)} prompts, nodes joined by what they are (a latent, a site's error, a "
         f"token, a next token) whatever their position: {d.graph.n_nodes} nodes, pruned to {int(kept.nodes.sum())} "
         f"nodes and {int(kept.edges.sum())} edges; replacement score {d.scores['replacement_score']:.3f}, "
-        f"completeness {d.scores['completeness']:.3f} (per prompt: replacement {low:.3f}-{high:.3f}); edges "
+        f"completeness {d.scores['completeness']:.3f} (per prompt: replacement {low:.3f}-{high:.3f}); a latent's "
+        f"input from latents is {d.scores['fan_in']:.1f} of them for {FAN_IN_SHARE:.0%}; edges "
         + (f"integrated over {d.steps} points" if d.steps else "to first order"),
         f"aggregated edges checked by ablation ({len(c.sources)} most influential units, each removed at every "
         f"position of every prompt, the other units held): Pearson {c.pearson:.3f} (Spearman {c.spearman:.3f}) "

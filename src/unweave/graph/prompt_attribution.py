@@ -11,6 +11,7 @@ from plotly.colors import qualitative
 
 from unweave.graph.attribution import (
     EDGE_SHARE,
+    FAN_IN_SHARE,
     NODE_SHARE,
     AttributionGraph,
     EdgeCheck,
@@ -159,7 +160,8 @@ def attribution_lines(a: PromptAttribution) -> list[str]:
     return [
         f"attribution graph: {a.graph.n_nodes} nodes, pruned to {int(kept.nodes.sum())} nodes and "
         f"{int(kept.edges.sum())} edges; replacement score {a.scores['replacement_score']:.3f}, completeness "
-        f"{a.scores['completeness']:.3f} (circuit-tracer's definitions); edges "
+        f"{a.scores['completeness']:.3f} (circuit-tracer's definitions); a latent's input from latents is "
+        f"{a.scores['fan_in']:.1f} of them for {FAN_IN_SHARE:.0%}; edges "
         + (f"integrated over {a.steps} points of the path from zero" if a.steps else "to first order"),
         f"edges checked by ablation ({len(c.sources)} most influential units, each alone, the other dictionaries' "
         f"units held): Pearson {c.pearson:.3f} (Spearman {c.spearman:.3f}) over {len(c.predicted)} edges, largest "
