@@ -17,19 +17,17 @@ from unweave.dictionaries.train import TrainConfig
 from unweave.graph.attribution import (
     AttributionGraph,
     attribution_graph,
-    check_edges,
     fan_in,
     influence,
     normalised,
     prune,
     require_units,
     scores,
-    sums_error,
-    whole_changes,
 )
 from unweave.graph.clt_units import clt_members
 from unweave.graph.dataset_attribution import aggregate, attribute_prompts, node_names
 from unweave.graph.dictionary_units import DictionaryUnits
+from unweave.graph.edge_checks import check_edges, sums_error, whole_changes
 from unweave.graph.effects import EffectData, centred_logits
 from unweave.graph.prompt import PromptUnits
 from unweave.graph.units import SelectedUnits, SeveralUnits

@@ -17,9 +17,10 @@ every member's state is a leaf, so no path from s to t runs through another memb
 through everything in the model that is not a member (attention, MLPs without a dictionary,
 norms). Where all of that is linear the edges are exact: the units' edges into t sum to t's
 change when every unit is set to its baseline, and all its edges to its change when the
-embeddings are zero too (tests); integrated edges have the first sum on any model. Errors and tokens are sources
-only: nothing in the graph explains them; so is a skip transcoder's linear path, which is
-neither (the scores count it as neither).
+embeddings are zero too (tests; `edge_checks.py` measures both on any model); integrated
+edges have the first sum on any model. Errors and tokens are sources only: nothing in the
+graph explains them; so is a skip transcoder's linear path, which is neither (the scores
+count it as neither).
 
 Scores, as circuit-tracer defines them (rows of |A| normalised to sum to 1, influence
 summed over paths of every length, outputs weighted by their probabilities):
@@ -34,9 +35,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
-from scipy.stats import spearmanr
 
 from unweave.graph.effects import EffectData
 from unweave.sites import capturing, patch
@@ -62,7 +61,7 @@ class AttributionGraph:
 
 
 @dataclass(frozen=True)
-class _Targets:
+class LatentTargets:
     """A member's latent nodes: their node numbers, latents and positions."""
 
     nodes: torch.Tensor
@@ -70,7 +69,8 @@ class _Targets:
     positions: torch.Tensor
 
 
-def _latent_targets(data: EffectData, k: int) -> _Targets:
+def latent_targets(data: EffectData, k: int) -> LatentTargets:
+    """Member k's latents among the graph's nodes (its errors are sources only)."""
     member = data.members[k]
     units, _ = data.member_span(k)
     nodes, latents, positions = [], [], []
@@ -80,12 +80,13 @@ def _latent_targets(data: EffectData, k: int) -> _Targets:
             nodes.append(units.start + own)
             latents.append(u)
             positions.append(t)
-    return _Targets(
+    return LatentTargets(
         torch.tensor(nodes, dtype=torch.long), torch.tensor(latents, dtype=torch.long), torch.tensor(positions)
     )
 
 
-def _check(data: EffectData) -> None:
+def check_data(data: EffectData) -> None:
+    """An error unless `data` is one prompt over dictionaries with encoders."""
     if len(data.inputs) != 1:
         raise ValueError(f"an attribution graph is drawn on one prompt: got {len(data.inputs)} inputs")
     missing = [m.site for m in data.members if not hasattr(getattr(m, "inner", None), "encoder_columns")]
@@ -145,7 +146,7 @@ def attribution_graph(
     layers' singular point: with the residual stream near zero an RMSNorm's output jumps
     from 0 to full scale within its epsilon, and on SmolLM2 the sums then diverged as the
     steps grew: 94% off to first order, 188% at 8 steps, 257% at 32.)"""
-    _check(data)
+    check_data(data)
     n_units, n_tokens, n_out = data.n_units, data.inputs.shape[1], len(probabilities)
     if (len(token_names), len(output_names)) != (n_tokens, n_out):
         raise ValueError(
@@ -193,7 +194,7 @@ def _edges_at(data: EffectData, embedding: str, alpha: float, nodes: int) -> tor
 
     adjacency = torch.zeros(nodes, nodes, dtype=torch.float64)
     for k, member in enumerate(members):
-        targets = _latent_targets(data, k)
+        targets = latent_targets(data, k)
         x = acts[member.inner.read_site]
         for chunk in torch.arange(len(targets.nodes)).split(TARGET_CHUNK):
             columns = member.inner.encoder_columns(targets.latents[chunk]).detach()
@@ -303,104 +304,3 @@ def require_units(pruned: Pruned, graph: AttributionGraph, node_share: float) ->
             f"no latent or error survives pruning to {node_share:g} of the influence (the tokens carry it all "
             "straight to the outputs): raise --node-share"
         )
-
-
-@dataclass
-class EdgeCheck:
-    sources: list  # the units ablated, one at a time (or, aggregated, the nodes' names)
-    predicted: list[float]  # -A[t, s] for every target t downstream of each source
-    measured: list[float]  # the change of t when s alone is set to its baseline, every other member held
-    pearson: float
-    spearman: float  # the ranks': Pearson alone can be carried by a few large edges
-    max_relative_error: float  # of the largest changes: |predicted - measured| / max |measured|
-
-
-def _measure(data: EffectData, fns: list, sites: dict | None = None) -> torch.Tensor:
-    """Per node: each latent's pre-activation (less its constants) and each output, with
-    member k edited by fns[k] and `sites` patched; 0 for the sources."""
-    model, members = data.model, data.members
-    reads = [m.inner.read_site for m in members]
-    pre = torch.zeros(data.n_units + data.inputs.shape[1], dtype=torch.float64)
-    with torch.no_grad(), capturing(model, reads) as acts, patch(model, sites or {}), data.editing(fns):
-        out = data.output(model(data.inputs))[0]
-    for k, m in enumerate(members):
-        t = _latent_targets(data, k)
-        column = m.inner.encoder_columns(t.latents).detach()
-        rows = acts[m.inner.read_site][0, t.positions].to(column.dtype)
-        pre[t.nodes] = (rows * column.T).sum(-1).double()
-    return torch.cat([pre, out.double()])
-
-
-def ablated_changes(data: EffectData, groups: list[list[int]]) -> torch.Tensor:
-    """(groups, nodes): the change of every latent's pre-activation and every output when the
-    units of one group are set to their baseline together, every member's other units held at
-    their clean state (so only direct paths carry the change); 0 at the sources."""
-    _check(data)
-    members = range(len(data.members))
-    clean = _measure(data, [_held(data, k, ()) for k in members])
-    return torch.stack([_measure(data, [_held(data, k, group) for k in members]) - clean for group in groups])
-
-
-def check_edges(data: EffectData, graph: AttributionGraph, sources: list[int]) -> EdgeCheck:
-    """Set each source unit alone to its baseline (`ablated_changes`) and measure every
-    latent's pre-activation and every output: the edges are first-order estimates of these
-    changes."""
-    changes = ablated_changes(data, [[s] for s in sources]) if sources else torch.zeros(0, graph.n_nodes)
-    downstream = graph.of_kind("latent", "output")
-    predicted, measured = [], []
-    for s, change in zip(sources, changes):
-        into = downstream & (graph.adjacency[:, s] != 0)
-        predicted += (-graph.adjacency[into, s]).tolist()
-        measured += change[into].tolist()
-    return edge_check(sources, predicted, measured)
-
-
-def edge_check(sources: list, predicted: list[float], measured: list[float]) -> EdgeCheck:
-    p, m = np.array(predicted), np.array(measured)
-    top = max(float(np.abs(m).max()), 1e-300) if len(m) else 1.0
-    return EdgeCheck(
-        sources,
-        predicted,
-        measured,
-        float(np.corrcoef(p, m)[0, 1]) if len(p) > 2 else float("nan"),
-        float(spearmanr(p, m).statistic) if len(p) > 2 else float("nan"),
-        float(np.abs(p - m).max() / top) if len(p) else 0.0,
-    )
-
-
-def whole_changes(data: EffectData) -> torch.Tensor:
-    """Per node, measured: its value (a latent's pre-activation less constants, an output)
-    in the clean run minus its value with every unit at its baseline (every member's
-    latents and errors; their other coordinates held clean, the tokens as they are)."""
-    _check(data)
-    members = range(len(data.members))
-    clean = _measure(data, [_held(data, k, ()) for k in members])
-    baseline = [data.baseline[data.coordinates_of(k)] for k in members]
-    return clean - _measure(data, [(lambda s, b=b: b.to(s.dtype).expand_as(s).clone()) for b in baseline])
-
-
-def sums_error(graph: AttributionGraph, changes: torch.Tensor) -> float:
-    """How far the units' edges into the latents and outputs add up from their measured
-    whole changes (`whole_changes`): |sums - changes| / |changes| over those nodes (0 where
-    the model is linear outside its dictionaries, or with integrated edges as the steps
-    grow)."""
-    targets, units = graph.of_kind("latent", "output"), graph.of_kind("latent", "error", "skip")
-    summed = graph.adjacency[targets][:, units].sum(1)
-    return float((summed - changes[targets]).norm() / changes[targets].norm().clamp_min(1e-300))
-
-
-def _held(data: EffectData, k: int, sources: list[int] | tuple[int, ...]):
-    """Member k's edit: its clean state, with those of `sources` (units of all) that are k's
-    at their baseline."""
-    state = data.states_of(k).clone()
-    units, _ = data.member_span(k)
-    own_sources = [s for s in sources if units.start <= s < units.stop]
-    if own_sources:
-        coordinates = data.coordinates_of(k)
-        own = torch.isin(data.unit_of[coordinates], torch.tensor(own_sources)).nonzero().flatten()
-        state[:, own] = data.baseline[coordinates][own]
-
-    def held(current: torch.Tensor) -> torch.Tensor:
-        return state.to(current.dtype)
-
-    return held

@@ -27,10 +27,8 @@ from unweave.graph.carving import (
 )
 from unweave.graph.circuit import KL_BUDGET, KL_QUANTILE, PROMPT_KL_BUDGET, Circuit
 from unweave.graph.modules import MERGE, OUTPUT_SIZE
-from unweave.graph.prompt import load_dictionaries
 from unweave.graph.prompt_attribution import attribute_prompt, attribution_json, attribution_lines
-from unweave.graph.snippets import Snippets
-from unweave.graph.targets import TARGETS, UNITS, dictionary_folders, resolve
+from unweave.graph.targets import TARGETS, UNITS, resolve
 from unweave.report import Report, Section
 from unweave.runs import Run, RunResult
 from unweave.text import TextConfig, input_files
@@ -223,6 +221,8 @@ def run_graph(cfg: GraphConfig) -> RunResult:
     if cfg.target == "induction":
         return run_induction_graph(cfg)
     if cfg.prompts is not None:
+        from unweave.graph.dataset_attribution import run_dataset_graph
+
         return run_dataset_graph(cfg)
     snippets = (cfg.prompt is not None or cfg.target == "smollm2-induction") and cfg.snippet_tokens > 0
     texts = input_files(cfg.text) if snippets else []
@@ -268,54 +268,6 @@ def run_graph(cfg: GraphConfig) -> RunResult:
         for line in found_lines:
             section.text(line)
         section.text(prompt_attribution.EXPLAINED)
-    return run.finish(results, report, lines)
-
-
-def run_dataset_graph(cfg: GraphConfig) -> RunResult:
-    """`--prompts FILE`: the attribution graph aggregated over the file's prompts."""
-    from unweave.graph import dataset_attribution as dataset
-
-    if cfg.prompt is not None:
-        raise ValueError("give one of --prompt (one prompt's graph and modules) and --prompts (a graph over many)")
-    if cfg.kl_budget is not None or cfg.units != "neurons":
-        raise ValueError(
-            "--prompts draws the attribution graph over a dictionary's latents, with no modules or circuit: leave out "
-            "--kl-budget and --units (or give one --prompt for them)"
-        )
-    path = Path(cfg.prompts)
-    if not path.is_file():
-        raise ValueError(f"--prompts {path} is not a file: give a text file with one prompt per line")
-    prompts = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-    folders = dictionary_folders(cfg.target, cfg.dictionary)
-    if folders is None:
-        raise ValueError(
-            f"--prompts is for a dictionary folder as TARGET or smollm2-induction, not {cfg.target!r}: its graph is "
-            "drawn over a dictionary's latents"
-        )
-    texts = input_files(cfg.text) if cfg.snippet_tokens else []
-    run = Run(cfg.out, "graph", cfg, inputs=[cfg.target, *map(str, cfg.dictionary), str(path), *texts])
-    loaded = load_dictionaries(folders)
-    snippets = None
-    if cfg.snippet_tokens:
-        snippets = Snippets(loaded.model, loaded.tokenizer, loaded.members, cfg.text, cfg.snippet_tokens)
-    found = dataset.dataset_attribution(loaded, prompts, cfg.skip_first, cfg.ig_steps, cfg.node_share, cfg.edge_share)
-    lines = dataset.dataset_lines(found)
-    report = Report(f"unweave graph: {loaded.name} over {len(prompts)} prompts")
-    summary = report.summary()
-    summary.headline(
-        {
-            "prompts": len(prompts),
-            "replacement score": f"{found.scores['replacement_score']:.3f}",
-            "edge check (Pearson)": f"{found.check.pearson:.3f}",
-        }
-    )
-    for line in lines:
-        summary.text(line, summary=True)
-    summary.text(dataset.__doc__.split("\n\n", 1)[1].replace("\n", " "))
-    report.section("Attribution graph over the prompts").figure(dataset.dataset_figure(found, snippets)).table(
-        found.per_prompt
-    )
-    results = {"target": cfg.target, "model": loaded.name, "attribution": dataset.dataset_json(found)}
     return run.finish(results, report, lines)
 
 

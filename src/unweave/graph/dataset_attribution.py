@@ -20,6 +20,8 @@ they are equal (a test).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import plotly.graph_objects as go
 import torch
@@ -29,21 +31,30 @@ from unweave.graph.attribution import (
     FAN_IN_SHARE,
     NODE_SHARE,
     AttributionGraph,
-    EdgeCheck,
     Pruned,
-    ablated_changes,
-    attribution_graph,
-    edge_check,
     prune,
     require_units,
     scores,
+)
+from unweave.graph.edge_checks import (
+    EdgeCheck,
+    ablated_changes,
+    checked_sources,
+    edge_check,
     sums_error,
     whole_changes,
 )
-from unweave.graph.prompt import LoadedDictionaries, PromptUnits
-from unweave.graph.prompt_attribution import check_json, graph_figure, latent_line, pruned_json
+from unweave.graph.prompt import LoadedDictionaries, PromptUnits, load_dictionaries
+from unweave.graph.prompt_attribution import check_json, graph_figure, latent_line, prompt_graph, pruned_json
 from unweave.graph.snippets import Snippets
+from unweave.graph.targets import dictionary_folders
 from unweave.progress import Task
+from unweave.report import Report
+from unweave.runs import Run, RunResult
+from unweave.text import input_files
+
+if TYPE_CHECKING:
+    from unweave.graph.command import GraphConfig
 
 CHECKED_SOURCES = 16  # the most influential units, each removed everywhere to check its edges
 
@@ -138,16 +149,6 @@ def _pooled(values: torch.Tensor, to: torch.Tensor, size: int) -> torch.Tensor:
     return values.new_zeros(*values.shape[:-1], size).index_add_(-1, to, values)
 
 
-def _check(joined: AttributionGraph, sources: list[int], changes_of: dict[int, torch.Tensor]) -> EdgeCheck:
-    downstream = joined.of_kind("latent", "output")
-    predicted, observed = [], []
-    for s in sources:
-        into = downstream & (joined.adjacency[:, s] != 0)
-        predicted += (-joined.adjacency[into, s]).tolist()
-        observed += changes_of[s][into].tolist()
-    return edge_check([joined.names[s] for s in sources], predicted, observed)
-
-
 def dataset_attribution(
     loaded: LoadedDictionaries,
     prompts: list[str],
@@ -182,10 +183,7 @@ def attribute_prompts(
         changes = torch.zeros(size, dtype=torch.float64)
         per_prompt = []
         for k, (prompt, f) in enumerate(zip(prompts, found)):
-            decode = f.tokenizer.decode
-            tokens = [f"token {decode(i)!r} @{t}" for t, i in enumerate(f.data.inputs[0].tolist())]
-            outputs = [f"logit {decode(int(i))!r}" for i in f.top]
-            graph = attribution_graph(f.data, f.embedding, f.probabilities, tokens, outputs, steps)
+            graph = prompt_graph(f, steps)
             joiner.add(k, graph)
             whole = whole_changes(f.data)
             changes += _pooled(whole, joiner.maps[k], size) / len(prompts)
@@ -202,10 +200,8 @@ def attribute_prompts(
         joined = joiner.joined()
         pruned = prune(joined, node_share, edge_share)
         require_units(pruned, joined, node_share)
-        units = joined.of_kind("latent", "error", "skip") & (joined.adjacency != 0).any(0)
-        ranked = sorted(units.nonzero().flatten().tolist(), key=lambda u: -float(pruned.influence[u]))
-        latents = [u for u in ranked if joined.kinds[u] == "latent"][:checked]
-        sources = list(dict.fromkeys(ranked[:checked] + latents))
+        units, latents = checked_sources(joined, pruned, checked)
+        sources = list(dict.fromkeys(units + latents))
         measured = torch.zeros(len(sources), size, dtype=torch.float64)
         for f, to in zip(found, joiner.maps):
             groups = [(to[: f.data.n_units] == s).nonzero().flatten().tolist() for s in sources]
@@ -216,9 +212,9 @@ def attribute_prompts(
             task.advance()
     finally:
         task.close()
-    changes_of = dict(zip(sources, measured))
-    check = _check(joined, ranked[:checked], changes_of)
-    latent_check = _check(joined, latents, changes_of)
+    row = {s: i for i, s in enumerate(sources)}
+    check = edge_check(joined, units, measured[[row[s] for s in units]], names=True)
+    latent_check = edge_check(joined, latents, measured[[row[s] for s in latents]], names=True)
     return DatasetAttribution(
         joined,
         pruned,
@@ -295,3 +291,48 @@ def dataset_figure(d: DatasetAttribution, snippets: Snippets | None = None) -> g
         "each one node whatever its position",
         "each site's nodes, most influential first",
     )
+
+
+def run_dataset_graph(cfg: GraphConfig) -> RunResult:
+    """`unweave graph TARGET --prompts FILE`: the attribution graph aggregated over the file's
+    prompts, written as graph.json and graph.html."""
+    if cfg.prompt is not None:
+        raise ValueError("give one of --prompt (one prompt's graph and modules) and --prompts (a graph over many)")
+    if cfg.kl_budget is not None or cfg.units != "neurons":
+        raise ValueError(
+            "--prompts draws the attribution graph over a dictionary's latents, with no modules or circuit: leave out "
+            "--kl-budget and --units (or give one --prompt for them)"
+        )
+    path = Path(cfg.prompts)
+    if not path.is_file():
+        raise ValueError(f"--prompts {path} is not a file: give a text file with one prompt per line")
+    prompts = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    folders = dictionary_folders(cfg.target, cfg.dictionary)
+    if folders is None:
+        raise ValueError(
+            f"--prompts is for a dictionary folder as TARGET or smollm2-induction, not {cfg.target!r}: its graph is "
+            "drawn over a dictionary's latents"
+        )
+    texts = input_files(cfg.text) if cfg.snippet_tokens else []
+    run = Run(cfg.out, "graph", cfg, inputs=[cfg.target, *map(str, cfg.dictionary), str(path), *texts])
+    loaded = load_dictionaries(folders)
+    snippets = None
+    if cfg.snippet_tokens:
+        snippets = Snippets(loaded.model, loaded.tokenizer, loaded.members, cfg.text, cfg.snippet_tokens)
+    found = dataset_attribution(loaded, prompts, cfg.skip_first, cfg.ig_steps, cfg.node_share, cfg.edge_share)
+    lines = dataset_lines(found)
+    report = Report(f"unweave graph: {loaded.name} over {len(prompts)} prompts")
+    summary = report.summary()
+    summary.headline(
+        {
+            "prompts": len(prompts),
+            "replacement score": f"{found.scores['replacement_score']:.3f}",
+            "edge check (Pearson)": f"{found.check.pearson:.3f}",
+        }
+    )
+    for line in lines:
+        summary.text(line, summary=True)
+    summary.text(__doc__.split("\n\n", 1)[1].replace("\n", " "))
+    report.section("Attribution graph over the prompts").figure(dataset_figure(found, snippets)).table(found.per_prompt)
+    results = {"target": cfg.target, "model": loaded.name, "attribution": dataset_json(found)}
+    return run.finish(results, report, lines)

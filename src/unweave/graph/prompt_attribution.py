@@ -14,16 +14,13 @@ from unweave.graph.attribution import (
     FAN_IN_SHARE,
     NODE_SHARE,
     AttributionGraph,
-    EdgeCheck,
     Pruned,
     attribution_graph,
-    check_edges,
     prune,
     require_units,
     scores,
-    sums_error,
-    whole_changes,
 )
+from unweave.graph.edge_checks import EdgeCheck, check_edges, checked_sources, sums_error, whole_changes
 from unweave.graph.plots import WIDTHS
 from unweave.graph.prompt import PromptUnits
 
@@ -62,27 +59,32 @@ class PromptAttribution:
     edge_share: float
 
 
+def prompt_graph(found: PromptUnits, steps: int = 0) -> AttributionGraph:
+    """The attribution graph of `found`'s prompt, its tokens and outputs named by their text
+    (the tokens with their positions)."""
+    decode = found.tokenizer.decode
+    tokens = [f"token {decode(i)!r} @{t}" for t, i in enumerate(found.data.inputs[0].tolist())]
+    outputs = [f"logit {decode(int(i))!r}" for i in found.top]
+    return attribution_graph(found.data, found.embedding, found.probabilities, tokens, outputs, steps)
+
+
 def attribute_prompt(
     found: PromptUnits, steps: int = 0, node_share: float = NODE_SHARE, edge_share: float = EDGE_SHARE
 ) -> PromptAttribution:
-    data, decode = found.data, found.tokenizer.decode
+    data = found.data
     ids = data.inputs[0].tolist()
-    tokens = [f"token {decode(i)!r} @{t}" for t, i in enumerate(ids)]
-    outputs = [f"logit {decode(int(i))!r}" for i in found.top]
-    graph = attribution_graph(data, found.embedding, found.probabilities, tokens, outputs, steps)
+    graph = prompt_graph(found, steps)
     pruned = prune(graph, node_share, edge_share)
     n_units = data.n_units
     require_units(pruned, graph, node_share)
-    writes = (graph.adjacency[:, :n_units] != 0).any(0)
-    ranked = sorted((u for u in range(n_units) if writes[u]), key=lambda u: -float(pruned.influence[u]))
-    check = check_edges(data, graph, ranked[:CHECKED_SOURCES])
-    latents = [u for u in ranked if graph.kinds[u] == "latent"][:CHECKED_SOURCES]
+    units, latents = checked_sources(graph, pruned, CHECKED_SOURCES)
+    check = check_edges(data, graph, units)
     latent_check = check_edges(data, graph, latents)
     sums = sums_error(graph, whole_changes(data))
     sites = data.units.site
     records = [data.record(u) for u in range(n_units)]
-    positions = [r["position"] for r in records] + list(range(len(ids))) + [len(ids) - 1] * len(outputs)
-    rows = [1 + sites.index(r["site"]) for r in records] + [0] * len(ids) + [len(sites) + 1] * len(outputs)
+    positions = [r["position"] for r in records] + list(range(len(ids))) + [len(ids) - 1] * len(found.top)
+    rows = [1 + sites.index(r["site"]) for r in records] + [0] * len(ids) + [len(sites) + 1] * len(found.top)
     return PromptAttribution(
         graph,
         pruned,
