@@ -22,6 +22,7 @@ from unweave.configs import MISSING, default_of, field_types
 from unweave.demo import DemoConfig, run_demo
 from unweave.dictionaries.clt_command import CLTTrainConfig, run_clt_train
 from unweave.dictionaries.command import SAEEvalConfig, SAETrainConfig, run_sae_eval, run_sae_train
+from unweave.dictionaries.connected_command import ConnectedTrainConfig, run_connected_train
 from unweave.distributed import world
 from unweave.features.command import FeaturesConfig, run_features
 from unweave.fingerprint.command import FingerprintConfig, run_fingerprint
@@ -229,6 +230,16 @@ COMMANDS = [
         "every later one's (live from the model on text).",
         "Example: unweave sae train-clt --model smollm2-135m --layers 3 --layers 6 --layers 9 --layers 12 "
         "--tokens 262144 --out runs/clt;  then unweave graph runs/clt --prompt '...'",
+    ),
+    (
+        sae_app,
+        "train-connected",
+        ConnectedTrainConfig,
+        run_connected_train,
+        "Train sparse MLPs at several layers together with a penalty on the connections between consecutive "
+        "layers' latents (live from the model on text).",
+        "Example: unweave sae train-connected --model smollm2-135m --layers 3 --layers 6 --layers 9 --layers 12 "
+        "--penalty 1 --out runs/connected;  then unweave graph runs/connected --prompt '...'",
     ),
     (
         app,

@@ -112,7 +112,8 @@ def ordinary_everywhere(xs: Sequence[torch.Tensor], limits: Sequence[float | Non
     return torch.stack([ordinary_rows(x, limit) for x, limit in zip(xs, limits)]).all(0)
 
 
-def _rows(batch: Sequence[torch.Tensor], layers: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+def layer_rows(batch: Sequence[torch.Tensor], layers: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """A batch (x_0, y_0, x_1, y_1, ...) split into the layers' inputs and outputs."""
     if len(batch) != 2 * layers:
         raise ValueError(
             f"each batch must hold (input, output) for {layers} layers: {2 * layers} tensors, got {len(batch)}"
@@ -142,7 +143,7 @@ def train_clt(
             pass
     clt.train()
     for step in range(start, cfg.steps):
-        xs, ys = _rows(next(stream), L)
+        xs, ys = layer_rows(next(stream), L)
         if limits is None:
             limits = [norm_limit(x, cfg.max_norm_ratio) if cfg.max_norm_ratio else None for x in xs]
         keep = ordinary_everywhere(xs, limits)

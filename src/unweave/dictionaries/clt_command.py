@@ -28,13 +28,15 @@ HELD_OUT_ROWS = 16  # rows of text after the training text, for the held-out FVU
 
 
 @dataclass(frozen=True)
-class CLTTrainConfig:
+class LayersTrainConfig:
+    """What a dictionary of a model's MLPs at several layers is trained on, live from the model."""
+
     model: str = setting("smollm2-135m", "Known model name or local Hugging Face folder.")
-    layers: list[int] = setting([3, 6, 9, 12], "Layers whose MLPs the transcoder replaces (repeat; in order).")
+    layers: list[int] = setting([3, 6, 9, 12], "Layers whose MLPs are replaced (repeat; in order).")
     mlp: str = setting(
         "model.layers.{}.mlp", "A layer's MLP site, {} standing for the layer; the encoder reads '<site>:input'."
     )
-    out: Path = setting(Path("runs/clt"), "The transcoder's folder (and run folder); an interrupted run resumes.")
+    out: Path = setting(Path("runs/clt"), "The dictionaries' folder (and run folder); an interrupted run resumes.")
     width: int = setting(4608, "Latents per layer.")
     k: int = setting(32, "Latents kept per layer and token.")
     tokens: int = setting(262_144, "Training tokens.")
@@ -58,56 +60,101 @@ class CLTTrainConfig:
             raise ValueError("--width, --k, --tokens and --batch-size must be positive, and --k at most --width")
 
 
-def sites(cfg: CLTTrainConfig) -> tuple[list[str], list[str]]:
+@dataclass(frozen=True)
+class CLTTrainConfig(LayersTrainConfig):
+    out: Path = setting(Path("runs/clt"), "The transcoder's folder (and run folder); an interrupted run resumes.")
+
+
+@dataclass
+class LayerData:
+    """The model, its text (training rows and held-out rows) and the MLP sites at each layer."""
+
+    model: torch.nn.Module
+    train_rows: torch.Tensor
+    held: torch.Tensor
+    ins: list[str]  # each layer's MLP input
+    outs: list[str]  # each layer's MLP output
+    widths: tuple[int, int]  # the MLPs' input and output widths
+
+    @property
+    def interleaved(self) -> list[str]:
+        return interleaved(self.ins, self.outs)
+
+    def stream(self, cfg: LayersTrainConfig) -> Iterator:
+        return live_batches(self.model, self.interleaved, self.train_rows, cfg.batch_size, seed=cfg.seed)
+
+    @torch.no_grad()
+    def held_out(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Each layer's MLP inputs and outputs on the held-out rows, (tokens, width) on the CPU."""
+        acts = capture(self.model, self.ins + self.outs, self.held.to(next(self.model.parameters()).device))
+        rows = {s: a.reshape(-1, a.shape[-1]).float().cpu() for s, a in acts.items()}
+        return [rows[s] for s in self.ins], [rows[s] for s in self.outs]
+
+
+def interleaved(ins: list[str], outs: list[str]) -> list[str]:
+    """The sites as a batch holds them: (x_0, y_0, x_1, y_1, ...)."""
+    return [s for pair in zip(ins, outs) for s in pair]
+
+
+def layer_data(cfg: LayersTrainConfig) -> LayerData:
+    """Load the model and its text, and check the sites exist (a clear error naming --mlp if not)."""
+    from unweave.hf import load_model
+
+    device = cfg.device.torch_device
+    model, tokenizer = load_model(cfg.model, device=device, dtype=cfg.device.torch_dtype)
+    rows = token_rows(cfg.text, tokenizer, cfg.ctx_len, max_tokens=cfg.text_tokens + HELD_OUT_ROWS * cfg.ctx_len)
+    ins, outs = sites(cfg)
+    try:
+        first = capture(model, interleaved(ins, outs), rows[:1].to(device), stop_early=True)
+    except SiteError as err:
+        raise SiteError(f"{err} (--mlp {cfg.mlp!r} with --layers {list(cfg.layers)})") from None
+    widths = (first[ins[0]].shape[-1], first[outs[0]].shape[-1])
+    return LayerData(model, rows[:-HELD_OUT_ROWS], rows[-HELD_OUT_ROWS:], ins, outs, widths)
+
+
+def training_meta(cfg: LayersTrainConfig, data: LayerData, steps: int) -> dict:
+    """What a folder of dictionaries over several layers records of its training."""
+    return {
+        "model_name": cfg.model,
+        "layers": list(cfg.layers),
+        "input_sites": data.ins,
+        "output_sites": data.outs,
+        "training_tokens": steps * cfg.batch_size,
+        "ctx_len": cfg.ctx_len,
+        "text": to_dict(cfg.text),
+    }
+
+
+def sites(cfg: LayersTrainConfig) -> tuple[list[str], list[str]]:
     """(each layer's MLP input, each layer's MLP output)."""
     outputs = [cfg.mlp.format(layer) for layer in cfg.layers]
     return [f"{site}:input" for site in outputs], outputs
 
 
 def run_clt_train(cfg: CLTTrainConfig) -> RunResult:
-    from unweave.hf import load_model
-
     run = Run(cfg.out, "sae train-clt", cfg, inputs=[cfg.model, *input_files(cfg.text)])
-    device = cfg.device.torch_device
-    model, tokenizer = load_model(cfg.model, device=device, dtype=cfg.device.torch_dtype)
-    rows = token_rows(cfg.text, tokenizer, cfg.ctx_len, max_tokens=cfg.text_tokens + HELD_OUT_ROWS * cfg.ctx_len)
-    train_rows, held = rows[:-HELD_OUT_ROWS], rows[-HELD_OUT_ROWS:]
-    ins, outs = sites(cfg)
-    interleaved = [s for pair in zip(ins, outs) for s in pair]
-    try:
-        first = capture(model, interleaved, train_rows[:1].to(device), stop_early=True)
-    except SiteError as err:
-        raise SiteError(f"{err} (--mlp {cfg.mlp!r} with --layers {list(cfg.layers)})") from None
-    clt_cfg = CLTConfig(len(cfg.layers), first[ins[0]].shape[-1], first[outs[0]].shape[-1], cfg.width, cfg.k)
-    clt = CrossLayerTranscoder(clt_cfg, seed=cfg.seed).to(device)
+    data = layer_data(cfg)
+    clt_cfg = CLTConfig(len(cfg.layers), *data.widths, cfg.width, cfg.k)
+    clt = CrossLayerTranscoder(clt_cfg, seed=cfg.seed).to(cfg.device.torch_device)
     steps = max(1, cfg.tokens // cfg.batch_size)
-    stream = live_batches(model, interleaved, train_rows, cfg.batch_size, seed=cfg.seed)
     task = progress.Task(f"training a cross-layer transcoder over {len(cfg.layers)} layers", total=steps)
     train_cfg = TrainConfig(steps, lr=cfg.lr, max_norm_ratio=cfg.max_norm_ratio or None)
-    losses = train_clt(clt, _counted(stream, task), train_cfg, checkpoint_dir=Path(cfg.out) / ".checkpoint")
+    losses = train_clt(clt, _counted(data.stream(cfg), task), train_cfg, checkpoint_dir=Path(cfg.out) / ".checkpoint")
     task.close()
     clt = clt.cpu()
-    meta = {
-        "model_name": cfg.model,
-        "layers": list(cfg.layers),
-        "input_sites": ins,
-        "output_sites": outs,
-        "training_tokens": steps * cfg.batch_size,
-        "ctx_len": cfg.ctx_len,
-        "text": to_dict(cfg.text),
-    }
+    meta = training_meta(cfg, data, steps)
     save_clt(clt, cfg.out, meta)
-    per_layer = held_out_fvu(clt, model, held, ins, outs)
+    per_layer = held_out_fvu(clt, *data.held_out())
     dead = (clt.since_fired >= steps * cfg.batch_size).double().mean(1) if steps else None
     table = [
         {"layer": layer, "site": out, "held-out FVU": fvu, "dead latents": float(dead[i]) if dead is not None else None}
-        for i, (layer, out, fvu) in enumerate(zip(cfg.layers, outs, per_layer))
+        for i, (layer, out, fvu) in enumerate(zip(cfg.layers, data.outs, per_layer))
     ]
     report = Report(f"unweave sae train-clt: {cfg.model}, layers {list(cfg.layers)}")
     report.summary().text(
         f"A cross-layer transcoder of {cfg.model}'s MLPs at layers {list(cfg.layers)}: {cfg.width} latents per layer, "
         f"k = {cfg.k}, each writing to its own layer and every later one; {steps} steps of {cfg.batch_size} tokens of "
-        f"{describe(cfg.text)}. Held out: {held.numel()} tokens after the training text.",
+        f"{describe(cfg.text)}. Held out: {data.held.numel()} tokens after the training text.",
         summary=True,
     ).table(table)
     report.section("Training").figure(loss_curves({"sum over layers of the output's FVU": losses}))
@@ -123,14 +170,10 @@ def _counted(stream: Iterator, task: progress.Task) -> Iterator:
 
 
 @torch.no_grad()
-def held_out_fvu(
-    clt: CrossLayerTranscoder, model: torch.nn.Module, rows: torch.Tensor, ins: list[str], outs: list[str]
-) -> list[float]:
+def held_out_fvu(clt: CrossLayerTranscoder, xs: list[torch.Tensor], ys: list[torch.Tensor]) -> list[float]:
     """Each layer's fraction of its MLP output's variance the transcoder leaves unexplained,
-    on `rows` (tokens with a massive input at any layer left out, as in training)."""
-    acts = capture(model, ins + outs, rows.to(next(model.parameters()).device))
-    xs = [acts[s].reshape(-1, acts[s].shape[-1]).float().cpu() for s in ins]
-    ys = [acts[s].reshape(-1, acts[s].shape[-1]).float().cpu() for s in outs]
+    on held-out inputs `xs` and outputs `ys` (tokens with a massive input at any layer left
+    out, as in training)."""
     keep = ordinary_everywhere(xs, clt.max_input_norms)
     _, rebuilt = clt([x[keep] for x in xs])
     return [fvu(y[keep], r) for r, y in zip(rebuilt, ys)]

@@ -14,14 +14,19 @@ RMSNorm) are not modelled: the direct path is taken as the identity.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
 
 import torch
 
+from unweave.artifacts import read_json, write_json
+from unweave.dictionaries import io
 from unweave.dictionaries.architectures.topk import TopK
-from unweave.dictionaries.sae import SAE
-from unweave.dictionaries.train import TrainConfig, norm_scale, optimiser_step
+from unweave.dictionaries.clt import layer_rows, ordinary_everywhere
+from unweave.dictionaries.sae import SAE, norm_limit
+from unweave.dictionaries.train import Checkpoint, TrainConfig, norm_scale, optimiser_step
 
 Top = tuple[torch.Tensor, torch.Tensor]  # (batch, k) indices and values of a TopK dictionary's active latents
 
@@ -73,31 +78,51 @@ def connection_stats(up: SAE, down: SAE, x_up: torch.Tensor, x_down: torch.Tenso
     return ConnectionStats(fan_in, connections, mass)
 
 
-def train_connected(layers: Sequence[SAE], batches: Iterable, cfg: TrainConfig, penalty: float) -> list[float]:
+def train_connected(
+    layers: Sequence[SAE],
+    batches: Iterable,
+    cfg: TrainConfig,
+    penalty: float,
+    checkpoint_dir: Path | None = None,
+    on_step: Callable[[int], object] | None = None,
+) -> list[float]:
     """Train TopK transcoders at consecutive layers on batches (x_0, y_0, x_1, y_1, ...) of each
     MLP's input and output, minimising the sum of reconstruction errors plus `penalty` times
     the connection penalty between each consecutive pair. Returns the total losses.
 
-    Each layer's input and output are normalised by one shared scale (consecutive layers
-    live in the same residual space), folded back into the weights at the end."""
-    params = [p for sae in layers for p in sae.parameters()]
-    opt = torch.optim.Adam(params, lr=cfg.lr)
-    stream, scale, losses = iter(batches), None, []
+    Each layer's input and output are normalised by their own scale (MLP outputs can be far
+    smaller than their inputs and grow with depth; one shared scale would let the deepest
+    layer's error dominate), folded back into the weights at the end. The penalty is
+    therefore taken in normalised units: per pair of layers, the raw attributions times one
+    constant, which leaves each latent's fan-in unchanged. With `cfg.max_norm_ratio`, tokens
+    with a massive input at any layer are left out, as for a cross-layer transcoder. With
+    `checkpoint_dir`, state is saved every `cfg.checkpoint_every` steps and a later call with
+    the same arguments resumes with the same result as an uninterrupted run."""
+    layers = list(layers)
+    # one Adam per layer (Adam is per parameter: the same steps as one over all) so that the
+    # checkpoint stores each layer as train_many's do
+    opts = [torch.optim.Adam(sae.parameters(), lr=cfg.lr) for sae in layers]
+    ckpt = Checkpoint(checkpoint_dir)
+    state = ckpt.load(layers, opts)
+    stream, start, scales, limits, losses = iter(batches), 0, None, None, []
+    if state is not None:
+        start, scales, limits, losses = state["step"], state["scales"], state["max_norm"], state["losses"][0]
+        for _ in islice(stream, start):  # the stream is deterministic: skip what was consumed
+            pass
     for sae in layers:
         sae.train()
-    for step in range(cfg.steps):
-        batch = next(stream)
-        if len(batch) != 2 * len(layers):
-            raise ValueError(
-                f"each batch must hold (input, output) for {len(layers)} layers: {2 * len(layers)} "
-                f"tensors, got {len(batch)}"
-            )
-        if scale is None:
-            scale = norm_scale(batch[0]) if cfg.normalise else 1.0
-            for i, sae in enumerate(layers):
-                sae.init_decoder_bias(batch[2 * i + 1] * scale, cfg.b_dec_init)
-        xs = [t * scale for t in batch[0::2]]
-        ys = [t * scale for t in batch[1::2]]
+    for step in range(start, cfg.steps):
+        xs, ys = layer_rows(next(stream), len(layers))
+        if limits is None:
+            limits = [norm_limit(x, cfg.max_norm_ratio) if cfg.max_norm_ratio else None for x in xs]
+        keep = ordinary_everywhere(xs, limits)
+        xs, ys = [x[keep] for x in xs], [y[keep] for y in ys]
+        if scales is None:
+            scales = [[norm_scale(t) if cfg.normalise else 1.0 for t in ts] for ts in (xs, ys)]
+            for sae, y, s in zip(layers, ys, scales[1]):
+                sae.init_decoder_bias(y * s, cfg.b_dec_init)
+        xs = [x * s for x, s in zip(xs, scales[0])]
+        ys = [y * s for y, s in zip(ys, scales[1])]
         pres = [sae.pre_activations(x) for sae, x in zip(layers, xs)]  # the encoders run once per layer
         tops = [_top(sae, x, pre) for sae, x, pre in zip(layers, xs, pres)]
         loss = sum(sae.loss(x, y, pre) for sae, x, y, pre in zip(layers, xs, ys, pres))
@@ -105,9 +130,49 @@ def train_connected(layers: Sequence[SAE], batches: Iterable, cfg: TrainConfig, 
             loss = loss + penalty * sum(
                 connection_penalty(layers[i], layers[i + 1], tops[i], tops[i + 1]) for i in range(len(layers) - 1)
             )
-        optimiser_step(opt, loss, cfg.lr_at(step), list(layers))
+        optimiser_step(opts, loss, cfg.lr_at(step), layers)
         losses.append(loss.item())
-    for sae in layers:
+        if on_step is not None:
+            on_step(step)
+        if checkpoint_dir is not None and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
+            ckpt.save(layers, opts, {"step": step + 1, "scales": scales, "losses": [losses], "max_norm": limits})
+    for i, sae in enumerate(layers):
         sae.eval()
-        sae.fold_scales(scale, scale)
+        sae.max_input_norm = limits[i] if limits is not None else None
+        if scales is not None:
+            sae.fold_scales(scales[0][i], scales[1][i])
+    ckpt.remove()
     return losses
+
+
+MANIFEST = "connected.json"  # in a folder of connected sparse MLPs: the layers and their folders
+
+
+def save_connected(layers: Sequence[SAE], folder: Path, metadata: dict, penalty: float) -> Path:
+    """Each layer as a transcoder folder of its own (`layer-<L>`, which `unweave features` and
+    `unweave sae eval` read like any transcoder) and connected.json naming them, which
+    `unweave graph FOLDER --prompt` reads as one dictionary over every layer. `metadata`
+    holds model_name, layers, input_sites and output_sites (one per layer)."""
+    folder = Path(folder)
+    names = [f"layer-{layer}" for layer in metadata["layers"]]
+    shared = {k: v for k, v in metadata.items() if k not in ("input_sites", "output_sites", "layers")}
+    for sae, name, read, write in zip(layers, names, metadata["input_sites"], metadata["output_sites"]):
+        io.save(sae, folder / name, {**shared, "hook_name": read, "hook_name_out": write})
+    write_json(folder / MANIFEST, {**metadata, "penalty": penalty, "folders": names})
+    return folder
+
+
+def is_connected(folder: Path) -> bool:
+    return (Path(folder) / MANIFEST).exists()
+
+
+def connected_folders(folder: Path) -> list[Path]:
+    """The transcoder folders of a folder of connected sparse MLPs, in layer order."""
+    folder = Path(folder)
+    if not is_connected(folder):
+        raise FileNotFoundError(f"{folder} is not a folder of connected sparse MLPs: it needs {MANIFEST}")
+    names = read_json(folder / MANIFEST)["folders"]
+    missing = [name for name in names if not (folder / name).is_dir()]
+    if missing:
+        raise FileNotFoundError(f"{folder}/{MANIFEST} names layer folders that are not there: {missing}")
+    return [folder / name for name in names]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -127,16 +127,22 @@ def _untuple(group: dict) -> dict:
     return {k: tuple(v) if isinstance(v, list) and k != "params" else v for k, v in group.items()}
 
 
-def optimiser_step(opt: torch.optim.Optimizer, loss: torch.Tensor, lr: float, saes: list[SAE]) -> None:
-    """One Adam step that keeps every decoder row at unit norm: the gradient's component
-    along each row is removed before the step and the rows are renormalised after it."""
-    for group in opt.param_groups:
-        group["lr"] = lr
-    opt.zero_grad(set_to_none=True)
+def optimiser_step(
+    opt: torch.optim.Optimizer | Sequence[torch.optim.Optimizer], loss: torch.Tensor, lr: float, saes: list[SAE]
+) -> None:
+    """One Adam step (of one optimiser, or of several after one backward pass) that keeps
+    every decoder row at unit norm: the gradient's component along each row is removed
+    before the step and the rows are renormalised after it."""
+    opts = [opt] if isinstance(opt, torch.optim.Optimizer) else list(opt)
+    for o in opts:
+        for group in o.param_groups:
+            group["lr"] = lr
+        o.zero_grad(set_to_none=True)
     loss.backward()
     for sae in saes:
         sae.remove_parallel_gradient()
-    opt.step()
+    for o in opts:
+        o.step()
     for sae in saes:
         sae.normalise_decoder()
 

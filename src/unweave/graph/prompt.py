@@ -1,10 +1,10 @@
 """`unweave graph FOLDER --prompt TEXT [--dictionary FOLDER ...]`: the graph of one prompt
 over the latents of dictionaries at one or several layers.
 
-FOLDER is a dictionary trained by unweave (a transcoder of an MLP, an SAE, or a cross-layer
+FOLDER is a dictionary trained by unweave (a transcoder of an MLP, an SAE, a cross-layer
 transcoder of several MLPs: one member per layer, its latents writing to every later
-layer), whose metadata names the model and the sites; more of the same model join with
---dictionary. The
+layer, or connected sparse MLPs: a transcoder per layer, trained together), whose
+metadata names the model and the sites; more of the same model join with --dictionary. The
 units are the latents that fire at any position of the prompt, and each dictionary's error
 at every position (so the units account for all of each site's output). The outputs are the
 logits, minus their mean over the vocabulary, of the model's top next tokens at the last
@@ -26,6 +26,7 @@ import torch
 
 from unweave.dictionaries import io
 from unweave.dictionaries.clt import is_clt, load_clt
+from unweave.dictionaries.connected import connected_folders, is_connected
 from unweave.dictionaries.sae import ordinary_rows
 from unweave.graph.clt_units import clt_members
 from unweave.graph.dictionary_units import DictionaryUnits, LatentLayout
@@ -37,8 +38,9 @@ PROMPT_OUTPUTS = 8  # the model's top next tokens whose logits are the outputs
 
 
 def is_dictionary(path: Path) -> bool:
-    """A dictionary folder of `sae train`, or a cross-layer transcoder of `sae train-clt`."""
-    return ((path / io.CFG).exists() and (path / io.WEIGHTS).exists()) or is_clt(path)
+    """A dictionary folder of `sae train`, a cross-layer transcoder of `sae train-clt`, or
+    connected sparse MLPs of `sae train-connected`."""
+    return ((path / io.CFG).exists() and (path / io.WEIGHTS).exists()) or is_clt(path) or is_connected(path)
 
 
 class TopLogits:
@@ -53,7 +55,10 @@ class TopLogits:
 
 
 def _dictionary_units(folder: Path) -> list[tuple[LatentLayout, dict]]:
-    """The units a folder's dictionary edits: one site, or a cross-layer transcoder's layers."""
+    """The units a folder's dictionary edits: one site, or a cross-layer transcoder's or
+    connected sparse MLPs' layers."""
+    if is_connected(folder):
+        return [pair for layer in connected_folders(folder) for pair in _dictionary_units(layer)]
     if is_clt(folder):
         clt, meta = load_clt(folder)
         if not meta.get("model_name") or not meta.get("input_sites") or not meta.get("output_sites"):
