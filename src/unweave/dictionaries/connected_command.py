@@ -22,7 +22,7 @@ from unweave.dictionaries.clt_command import LayersTrainConfig, layer_data, trai
 from unweave.dictionaries.connected import connection_stats, save_connected, train_connected
 from unweave.dictionaries.metrics import fvu
 from unweave.dictionaries.plots import loss_curves
-from unweave.dictionaries.sae import SAE, SAEConfig
+from unweave.dictionaries.sae import DEAD_AFTER, SAE, SAEConfig
 from unweave.dictionaries.train import TrainConfig
 from unweave.report import Report
 from unweave.runs import Run, RunResult
@@ -71,7 +71,7 @@ def run_connected_train(cfg: ConnectedTrainConfig) -> RunResult:
     meta = training_meta(cfg, data, steps)
     save_connected(layers, cfg.out, meta, cfg.penalty)
     per_layer, pairs = held_out_figures(layers, *data.held_out())
-    dead = [float(sae.since_fired.ge(steps * cfg.batch_size).double().mean()) for sae in layers]
+    dead = [float(sae.dead_mask().double().mean()) for sae in layers]  # as AuxK counts them
     table = [
         {"layer": layer, "site": out, "held-out FVU": f, "dead latents": d}
         for layer, out, f, d in zip(cfg.layers, data.outs, per_layer, dead)
@@ -82,7 +82,8 @@ def run_connected_train(cfg: ConnectedTrainConfig) -> RunResult:
     summary.text(
         f"Sparse MLPs of {cfg.model}'s MLPs at layers {list(cfg.layers)}: {cfg.width} latents per layer, k = {cfg.k}, "
         f"trained together with connection penalty {cfg.penalty:g}; {steps} steps of {cfg.batch_size} tokens of "
-        f"{describe(cfg.text)}. Held out: {data.held.numel()} tokens after the training text.",
+        f"{describe(cfg.text)}. Held out: {data.held.numel()} tokens after the training text. "
+        f"Dead latents: none fired in the last {DEAD_AFTER:,} training tokens.",
         summary=True,
     ).table(table)
     if links:

@@ -22,6 +22,9 @@ from unweave.dictionaries.architectures import Architecture, get
 KINDS = ("sae", "transcoder")
 
 
+DEAD_AFTER = 100_000  # training tokens without firing after which a latent counts as dead
+
+
 @dataclass(frozen=True)
 class SAEConfig:
     d_in: int
@@ -32,7 +35,7 @@ class SAEConfig:
     bandwidth: float = 1e-3  # jumprelu: width of the straight-through window around the threshold
     aux_k: int = 256  # topk, batchtopk: dead latents asked to explain the residual (AuxK, Gao et al. 2024)
     aux_coef: float = 1 / 32  # weight of that auxiliary loss; 0 turns it off
-    dead_after: int = 100_000  # training tokens without firing after which a latent counts as dead
+    dead_after: int = DEAD_AFTER
     kind: str = "sae"  # or "transcoder": reads d_in, writes d_out
     d_out: int | None = None  # transcoder output width (default d_in)
     skip: bool = False  # transcoder: add a linear skip x @ W_skip
