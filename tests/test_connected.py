@@ -123,5 +123,12 @@ def test_train_connected_on_a_tiny_llama_and_draw_a_prompts_graph_over_it(tiny_m
     assert result.exit_code == 0, result.output
     drawn = json.loads((graph / "graph.json").read_text())
     assert {n["name"].split(" ")[0] for n in drawn["nodes"]} == {"model.layers.0.mlp", "model.layers.1.mlp"}
+    # a layer is a transcoder of its own: `sae eval` reads it and holds out the text after its training text
+    evaluated = tmp_path / "eval"
+    eval_args = ["sae", "eval", str(folders[1]), "--text", str(text), "--max-tokens", "512", "--spliced-tokens", "256"]
+    eval_args.append("--no-features")
+    result = runner.invoke(app, [*eval_args, "--out", str(evaluated)])
+    assert result.exit_code == 0, result.output
+    assert "after the 2048 training tokens" in (evaluated / "sae_eval.html").read_text()
     bad = runner.invoke(app, [*args, "--penalty", "-1", "--out", str(tmp_path / "bad")])
     assert bad.exit_code != 0 and "--penalty must be at least 0" in str(bad.exception)

@@ -123,6 +123,7 @@ def training_meta(cfg: LayersTrainConfig, data: LayerData, steps: int) -> dict:
         "training_tokens": steps * cfg.batch_size,
         "ctx_len": cfg.ctx_len,
         "text": to_dict(cfg.text),
+        "text_tokens": cfg.text_tokens,  # `sae eval` holds out the text after these
     }
 
 
