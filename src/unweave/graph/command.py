@@ -45,7 +45,9 @@ class GraphConfig:
         "neurons",
         "A modular-addition run's units: its MLP 'neurons', or the latents of a 'transcoder' of that MLP trained "
         "here (TopK, as wide as the MLP, k by a KL rule), with the transcoder's error as one more unit, or the "
-        "coordinates of the neurons on the directions of a 'basis' (--basis), with the rest as one more unit.",
+        "coordinates of the neurons on the directions of a 'basis' (--basis), with the rest as one more unit. "
+        "induction's: its attention 'heads' (judged by their total effects), cut into modules instead of its "
+        "edges scored.",
     )
     basis: Path | None = setting(
         None,
@@ -113,8 +115,13 @@ class GraphConfig:
             raise ValueError(f"--snippet-tokens must be 0 (no snippets) or more, got {self.snippet_tokens}")
         if self.units not in UNITS:
             raise ValueError(f"--units must be one of {UNITS}, got {self.units!r}")
-        if self.target == "induction" and self.units != "neurons":
-            raise ValueError("induction scores the edges between components, not units: leave out --units")
+        if self.target == "induction" and self.units not in ("neurons", "heads"):
+            raise ValueError(
+                "induction scores the edges between components (no --units), or cuts its heads into modules "
+                f"(--units heads); got --units {self.units}"
+            )
+        if self.units == "heads" and self.target != "induction":
+            raise ValueError("--units heads is for the induction toy: unweave graph induction --units heads")
         if not 0 < self.kl_quantile <= 1:
             raise ValueError(f"--kl-quantile must be in (0, 1], got {self.kl_quantile}")
 
@@ -218,7 +225,7 @@ def add_sections(report: Report, summary: Section, c: Carving, seed: int) -> Non
 
 
 def run_graph(cfg: GraphConfig) -> RunResult:
-    if cfg.target == "induction":
+    if cfg.target == "induction" and cfg.units != "heads":
         return run_induction_graph(cfg)
     if cfg.prompts is not None:
         from unweave.graph.dataset_attribution import run_dataset_graph

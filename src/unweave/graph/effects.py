@@ -37,6 +37,9 @@ class EffectData:
     # what an ablated unit is set to: its mean over the inputs, or zero (a single prompt has no
     # distribution to average over: its latents are switched off, its error removed)
     ablate_to: str = "mean"
+    # attribute each unit's total effect (the gradient runs through the other members' units,
+    # e.g. a layer-0 head acting through a layer-1 head) instead of its direct effect
+    total: bool = False
 
     @property
     def members(self) -> tuple:
@@ -173,18 +176,19 @@ class EffectData:
         """Per batch, (examples, outputs, units): the attributed change of each output when
         each unit is ablated (the negative of gradient x (activation - baseline), summed over
         a unit's coordinates). With several members the gradient at one member's units runs
-        through the rest of the network but not through the other members' units (a
-        dictionary reads its input detached): each unit's direct effect, not its total."""
+        through the rest of the network but, unless `total`, not through the other members'
+        units (a dictionary reads its input detached in any case): each unit's direct effect.
+        With `total` it runs through them too: each unit's total effect."""
         baseline, unit_of, n_units = self.baseline, self.unit_of, self.n_units
         for x in self.batches():
-            leaves = [_Leaf() for _ in self.members]
+            leaves = [_Tap() if self.total else _Leaf() for _ in self.members]
             with torch.enable_grad(), self.editing(leaves):
                 out = self.output(self.model(x))
                 n_out = out.shape[-1]
                 grads = torch.eye(n_out, dtype=out.dtype).unsqueeze(1).expand(n_out, *out.shape)
                 jacs = torch.autograd.grad(out, [leaf.act for leaf in leaves], grads, is_grads_batched=True)
             jac = torch.cat(jacs, -1)
-            act = torch.cat([leaf.act.detach() for leaf in leaves], 1)
+            act = torch.cat([leaf.value for leaf in leaves], 1)
             per_coordinate = -(jac.movedim(0, 1) * (act - baseline).unsqueeze(1))
             if len(unit_of) == n_units:  # one coordinate per unit
                 yield per_coordinate
@@ -193,13 +197,32 @@ class EffectData:
 
 
 class _Leaf:
-    """An edit that makes the units' state a leaf of the graph, to differentiate against."""
+    """An edit that makes the units' state a leaf of the graph, to differentiate against:
+    what comes after it sees no path back to earlier units (direct effects)."""
 
     act: torch.Tensor
 
     def __call__(self, act: torch.Tensor) -> torch.Tensor:
         self.act = act.detach().requires_grad_(True)
         return self.act
+
+    @property
+    def value(self) -> torch.Tensor:
+        return self.act.detach()
+
+
+class _Tap:
+    """An edit that adds a zero leaf to the units' state, leaving the graph whole: the
+    gradient at the leaf is the output's total derivative in the state, through every later
+    unit."""
+
+    act: torch.Tensor  # the zero leaf
+    value: torch.Tensor  # the state
+
+    def __call__(self, state: torch.Tensor) -> torch.Tensor:
+        self.value = state.detach()
+        self.act = torch.zeros_like(self.value, requires_grad=True)
+        return state + self.act
 
 
 def centred_logits(logits: torch.Tensor) -> torch.Tensor:

@@ -26,9 +26,10 @@ from unweave.graph.dictionary_units import (
     kl_budget,
 )
 from unweave.graph.effects import EffectData, centred_logits
+from unweave.graph.head_units import transformer_heads
 from unweave.graph.prompt import PromptUnits, is_dictionary, prompt_units
 from unweave.graph.snippets import Snippets
-from unweave.graph.units import Units
+from unweave.graph.units import SeveralUnits, Units
 from unweave.text import TextConfig
 from unweave.zoo import fourier
 from unweave.zoo.modadd import TrainedModAdd, make_data
@@ -60,7 +61,7 @@ class Target:
     prompt: PromptUnits | None = None  # a prompt's graph: its attribution graph is drawn too
 
 
-UNITS = ("neurons", "transcoder", "basis")
+UNITS = ("neurons", "transcoder", "basis", "heads")
 
 
 def resolve(
@@ -85,6 +86,13 @@ def resolve(
         return prompt_target(folders, prompt or default, skip_first, text, snippet_tokens)
     if prompt is not None:
         raise ValueError("--prompt is for a dictionary folder as TARGET (its graph is drawn on the prompt)")
+    if (name == "induction") != (units == "heads"):
+        raise ValueError(
+            "--units heads is the induction toy's units, and induction takes no other: "
+            "use `unweave graph induction --units heads` (without --units: its edges)"
+        )
+    if name == "induction":
+        return induction_heads_target(examples, seed)
     if name == "two-tasks":
         return two_tasks_target(examples, seed, units, basis)
     path = Path(name)
@@ -146,6 +154,40 @@ def two_tasks_target(examples: int, seed: int, units: str = "neurons", basis: Pa
     )
     name = "two-tasks" + (f" ({units})" if units != "neurons" else "")
     return Target(name, data, note, _top_inputs(data.activations, label), "task", truth, context)
+
+
+def induction_heads_target(examples: int, seed: int) -> Target:
+    """The induction toy's attention heads as units, judged by their total effects on the
+    centred logits at the positions the repeat makes predictable. No answer is scored on the
+    page; each head's previous-token and induction scores (from its attention pattern) are
+    in its hover text, and the test checks that the circuit's heads share a module."""
+    from unweave.graph import induction
+
+    case = induction.induction_case(min(examples, 256), seed)
+    positions = case.positions
+
+    def output(logits: torch.Tensor) -> torch.Tensor:
+        return centred_logits(logits[:, positions]).flatten(1)
+
+    data = EffectData(case.model, case.tokens, SeveralUnits(transformer_heads(case.model)), output, total=True)
+    scores = case.heads
+    heads = case.model.cfg.n_heads
+
+    def describe(unit: int) -> str:
+        layer, head = divmod(unit, heads)
+        return (
+            f"L{layer}.H{head}: previous-token score {float(scores['previous_token'][layer, head]):.2f}, "
+            f"induction score {float(scores['induction'][layer, head]):.2f} (attention to the token after the "
+            "current token's earlier copy)"
+        )
+
+    note = (
+        f"the induction toy (a two-layer attention-only transformer, seed {seed}): its {data.n_units} attention "
+        f"heads as units, each head's output at every position, ablated to its mean; total effects (the gradient "
+        f"runs through later heads) on the centred logits at the {len(positions)} positions the repeat makes "
+        f"predictable; {len(case.tokens)} sequences whose second half repeats the first"
+    )
+    return Target("induction (heads)", data, note, describe, None, None, {})
 
 
 def modadd_target(path: Path, units: str = "neurons", seed: int = 0, basis: Path | None = None) -> Target:
