@@ -5,6 +5,7 @@ previous-token head acts through the induction heads (K-composition): by direct 
 looks idle, by total effects its attribution matches its ablation, and it shares a module
 with the induction heads."""
 
+import pytest
 import torch
 from torch import nn
 
@@ -93,3 +94,13 @@ def test_the_induction_toys_previous_token_head_acts_through_the_induction_heads
     direct = EffectData(data.model, data.inputs, data.units, data.output)
     shares = [float(_attributed(d)[..., previous].pow(2).sum()) / measured for d in (direct, data)]
     assert shares[0] < 0.1 and shares[1] > max(0.3, 10 * shares[0]), shares
+
+
+def test_heads_are_the_induction_toys_units_only():
+    from unweave.graph.command import GraphConfig
+
+    with pytest.raises(ValueError, match="--units heads is for the induction toy"):
+        GraphConfig("two-tasks", units="heads")
+    with pytest.raises(ValueError, match=r"\(--units heads\); got --units transcoder"):
+        GraphConfig("induction", units="transcoder")
+    GraphConfig("induction", units="heads")

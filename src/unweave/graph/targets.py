@@ -36,9 +36,10 @@ from unweave.zoo.modadd import TrainedModAdd, make_data
 from unweave.zoo.two_tasks import TwoTasks, TwoTasksConfig, sample_inputs
 
 TARGETS = (
-    "two-tasks (a planted network), induction (the induction toy's edges), smollm2-induction (SmolLM2-135M on an "
-    "induction prompt, or --prompt, over a cross-layer transcoder trained on first use), a modular-addition run "
-    "folder (unweave train modadd, or runs/demo/modadd), or a dictionary folder from unweave sae train with --prompt"
+    "two-tasks (a planted network), induction (the induction toy's edges; its heads with --units heads), "
+    "smollm2-induction (SmolLM2-135M on an induction prompt, or --prompt, over a cross-layer transcoder trained on "
+    "first use), a modular-addition run folder (unweave train modadd, or runs/demo/modadd), or a dictionary folder "
+    "(unweave sae train, train-clt or train-connected) with --prompt"
 )
 SMOLLM2_INDUCTION = "Kettle harbor violin Morgan plum seven. Kettle harbor violin Morgan plum"
 PURE = 0.95  # the known answers: each module at least this share one task's (or one frequency's) units
