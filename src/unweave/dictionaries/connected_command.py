@@ -33,10 +33,11 @@ from unweave.text import describe, input_files
 class ConnectedTrainConfig(LayersTrainConfig):
     out: Path = setting(Path("runs/connected"), "The layers' folder (and run folder); an interrupted run resumes.")
     penalty: float = setting(
-        1.0,
+        10.0,
         "Weight of the connection penalty (mean over tokens of the summed |attribution| between consecutive "
         "layers' active latents, in normalised units) against the summed squared errors; 0 trains the layers "
-        "as independent transcoders.",
+        "as independent transcoders. On SmolLM2-135M (layers 3-12, k 32) 1 changed nothing and 10 cut the "
+        "fan-in 2-6x at a cost in FVU.",
     )
 
     def __post_init__(self):
