@@ -239,7 +239,7 @@ COMMANDS = [
         "Train sparse MLPs at several layers together with a penalty on the connections between consecutive "
         "layers' latents (live from the model on text).",
         "Example: unweave sae train-connected --model smollm2-135m --layers 3 --layers 6 --layers 9 --layers 12 "
-        "--penalty 1 --out runs/connected;  then unweave graph runs/connected --prompt '...'",
+        "--tokens 1048576 --out runs/connected;  then unweave graph runs/connected --prompt '...'",
     ),
     (
         app,
