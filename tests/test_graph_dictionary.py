@@ -114,7 +114,7 @@ def test_graph_cuts_a_transcoders_latents_chosen_by_its_rule(tmp_path):
     assert "transcoder:" in result.output and "its error carries" in result.output
     with pytest.raises(ValueError, match="--units must be one of"):
         GraphConfig("two-tasks", units="sae")
-    with pytest.raises(ValueError, match="leave out --units"):
+    with pytest.raises(ValueError, match=r"scores the edges between components \(no --units\)"):
         GraphConfig("induction", units="transcoder")
 
 
