@@ -6,6 +6,8 @@ direct effects computed by hand."""
 
 import pytest
 import torch
+from interrupted import Interrupt, stopping
+from tiny_models import word_text
 
 from unweave.dictionaries.clt import CLTConfig, CrossLayerTranscoder, load_clt, save_clt, train_clt
 from unweave.dictionaries.train import TrainConfig
@@ -77,15 +79,6 @@ def test_training_resumes_exactly_and_the_folder_round_trips(tmp_path):
 
     whole = CrossLayerTranscoder(CLTConfig(2, 16, 16, 32, 3), seed=4)
     expected = train_clt(whole, data(), cfg)
-
-    class Interrupt(Exception):
-        pass
-
-    def stopping(stream, after):
-        for i, b in enumerate(stream):
-            if i == after:
-                raise Interrupt
-            yield b
 
     part = CrossLayerTranscoder(CLTConfig(2, 16, 16, 32, 3), seed=4)
     with pytest.raises(Interrupt):
@@ -201,10 +194,7 @@ def test_train_clt_on_a_tiny_llama_and_draw_a_prompts_graph_over_it(tiny_model_d
     from unweave.hf import load_model
 
     model_dir = tiny_model_dir("llama")
-    text = tmp_path / "words.txt"
-    words = "the cat sat on a mat while a dog ran to the park and back again".split()
-    gen = torch.Generator().manual_seed(0)
-    text.write_text(" ".join(words[int(i)] for i in torch.randint(len(words), (3000,), generator=gen)))
+    text = word_text(tmp_path / "words.txt")
     out = tmp_path / "clt"
     args = "sae train-clt --layers 0 --layers 1 --width 24 --k 3 --tokens 51200 --batch-size 256 --ctx-len 32"
     args = [*args.split(), "--model", str(model_dir), "--text", str(text), "--text-tokens", "2048"]

@@ -7,6 +7,8 @@ import json
 
 import pytest
 import torch
+from interrupted import Interrupt, stopping
+from tiny_models import word_text
 
 from unweave.dictionaries import io
 from unweave.dictionaries.connected import connected_folders, connection_stats, train_connected
@@ -37,15 +39,6 @@ def test_training_resumes_exactly(tmp_path):
     cfg = TrainConfig(steps=60, lr=3e-3, warmup=5, checkpoint_every=20, max_norm_ratio=10.0)
     whole = _layers()
     expected = train_connected(whole, _stream(massive=True), cfg, penalty=0.5)
-
-    class Interrupt(Exception):
-        pass
-
-    def stopping(stream, after):
-        for i, b in enumerate(stream):
-            if i == after:
-                raise Interrupt
-            yield b
 
     with pytest.raises(Interrupt):
         train_connected(_layers(), stopping(_stream(massive=True), 45), cfg, 0.5, tmp_path / "ckpt")
@@ -84,10 +77,7 @@ def test_train_connected_on_a_tiny_llama_and_draw_a_prompts_graph_over_it(tiny_m
     from unweave.text import TextConfig, token_rows
 
     model_dir = tiny_model_dir("llama")
-    text = tmp_path / "words.txt"
-    words = "the cat sat on a mat while a dog ran to the park and back again".split()
-    gen = torch.Generator().manual_seed(0)
-    text.write_text(" ".join(words[int(i)] for i in torch.randint(len(words), (3000,), generator=gen)))
+    text = word_text(tmp_path / "words.txt")
     out = tmp_path / "connected"
     args = "sae train-connected --layers 0 --layers 1 --width 24 --k 3 --tokens 51200 --batch-size 256 --ctx-len 32"
     args = [*args.split(), "--model", str(model_dir), "--text", str(text), "--text-tokens", "2048"]

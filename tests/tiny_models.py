@@ -85,3 +85,11 @@ def build_tiny(model_type: str, folder: Path, seed: int = 0) -> Path:
     tokenizer().save_pretrained(folder)
     tiny_model(model_type, seed).save_pretrained(folder)
     return folder
+
+
+def word_text(path: Path, words: int = 3000) -> Path:
+    """A text file of random words from a 14-word vocabulary (seeded): training text for a tiny model."""
+    vocabulary = "the cat sat on a mat while a dog ran to the park and back again".split()
+    drawn = torch.randint(len(vocabulary), (words,), generator=torch.Generator().manual_seed(0))
+    path.write_text(" ".join(vocabulary[int(i)] for i in drawn))
+    return path
