@@ -121,6 +121,29 @@ def layer_rows(batch: Sequence[torch.Tensor], layers: int) -> tuple[list[torch.T
     return list(batch[0::2]), list(batch[1::2])
 
 
+@dataclass
+class LayerScaling:
+    """Per layer, set on the first batch and kept in the checkpoint: the massive-input limit
+    (tokens above it at any layer are left out) and the scales of input and output (an MLP's
+    output can be far smaller than its input, and grows with depth), folded back at the end."""
+
+    limits: list[float | None] | None = None
+    scales: list[list[float]] | None = None  # [the inputs' scales, the outputs' scales]
+
+    def __call__(self, batch: Sequence[torch.Tensor], layers: int, cfg: TrainConfig) -> tuple[list, list, bool]:
+        """The batch's inputs and outputs, massive tokens left out and scaled, and whether the
+        scales were set on it (the first batch: initialise decoder biases from it)."""
+        xs, ys = layer_rows(batch, layers)
+        if self.limits is None:
+            self.limits = [norm_limit(x, cfg.max_norm_ratio) if cfg.max_norm_ratio else None for x in xs]
+        keep = ordinary_everywhere(xs, self.limits)
+        xs, ys = [x[keep] for x in xs], [y[keep] for y in ys]
+        first = self.scales is None
+        if first:
+            self.scales = [[norm_scale(t) if cfg.normalise else 1.0 for t in ts] for ts in (xs, ys)]
+        return [x * s for x, s in zip(xs, self.scales[0])], [y * s for y, s in zip(ys, self.scales[1])], first
+
+
 def train_clt(
     clt: CrossLayerTranscoder,
     batches: Iterable,
@@ -136,24 +159,18 @@ def train_clt(
     opt = torch.optim.Adam(clt.parameters(), lr=cfg.lr)
     ckpt = Checkpoint(checkpoint_dir)
     state = ckpt.load([clt], [opt])
-    stream, start, scale, limits, losses = iter(batches), 0, None, None, []
+    stream, start, scaling, losses = iter(batches), 0, LayerScaling(), []
     if state is not None:
-        start, scale, limits, losses = state["step"], state["scales"], state["max_norm"], state["losses"][0]
+        start, losses = state["step"], state["losses"][0]
+        scaling = LayerScaling(state["max_norm"], state["scales"])
         for _ in islice(stream, start):
             pass
     clt.train()
     for step in range(start, cfg.steps):
-        xs, ys = layer_rows(next(stream), L)
-        if limits is None:
-            limits = [norm_limit(x, cfg.max_norm_ratio) if cfg.max_norm_ratio else None for x in xs]
-        keep = ordinary_everywhere(xs, limits)
-        xs, ys = [x[keep] for x in xs], [y[keep] for y in ys]
-        if scale is None:  # per layer: MLP outputs can be far smaller than their inputs, and grow with depth
-            scale = [[norm_scale(t) if cfg.normalise else 1.0 for t in ts] for ts in (xs, ys)]
+        xs, ys, first = scaling(next(stream), L, cfg)
+        if first:
             with torch.no_grad():
-                clt.b_dec.copy_(torch.stack([y.mean(0) * s for y, s in zip(ys, scale[1])]))
-        xs = [x * s for x, s in zip(xs, scale[0])]
-        ys = [y * s for y, s in zip(ys, scale[1])]
+                clt.b_dec.copy_(torch.stack([y.mean(0) for y in ys]))
         for group in opt.param_groups:
             group["lr"] = cfg.lr_at(step)
         opt.zero_grad(set_to_none=True)
@@ -162,11 +179,12 @@ def train_clt(
         opt.step()
         losses.append(loss.item())
         if checkpoint_dir is not None and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
-            ckpt.save([clt], [opt], {"step": step + 1, "scales": scale, "losses": [losses], "max_norm": limits})
+            state = {"step": step + 1, "scales": scaling.scales, "losses": [losses], "max_norm": scaling.limits}
+            ckpt.save([clt], [opt], state)
     clt.eval()
-    clt.max_input_norms = list(limits) if limits is not None else [None] * L
-    if scale is not None:
-        clt.fold_scales(*scale)
+    clt.max_input_norms = list(scaling.limits) if scaling.limits is not None else [None] * L
+    if scaling.scales is not None:
+        clt.fold_scales(*scaling.scales)
     ckpt.remove()
     return losses
 

@@ -24,9 +24,9 @@ import torch
 from unweave.artifacts import read_json, write_json
 from unweave.dictionaries import io
 from unweave.dictionaries.architectures.topk import TopK
-from unweave.dictionaries.clt import layer_rows, ordinary_everywhere
-from unweave.dictionaries.sae import SAE, norm_limit
-from unweave.dictionaries.train import Checkpoint, TrainConfig, norm_scale, optimiser_step
+from unweave.dictionaries.clt import LayerScaling
+from unweave.dictionaries.sae import SAE
+from unweave.dictionaries.train import Checkpoint, TrainConfig, optimiser_step
 
 Top = tuple[torch.Tensor, torch.Tensor]  # (batch, k) indices and values of a TopK dictionary's active latents
 
@@ -104,25 +104,19 @@ def train_connected(
     opts = [torch.optim.Adam(sae.parameters(), lr=cfg.lr) for sae in layers]
     ckpt = Checkpoint(checkpoint_dir)
     state = ckpt.load(layers, opts)
-    stream, start, scales, limits, losses = iter(batches), 0, None, None, []
+    stream, start, scaling, losses = iter(batches), 0, LayerScaling(), []
     if state is not None:
-        start, scales, limits, losses = state["step"], state["scales"], state["max_norm"], state["losses"][0]
+        start, losses = state["step"], state["losses"][0]
+        scaling = LayerScaling(state["max_norm"], state["scales"])
         for _ in islice(stream, start):  # the stream is deterministic: skip what was consumed
             pass
     for sae in layers:
         sae.train()
     for step in range(start, cfg.steps):
-        xs, ys = layer_rows(next(stream), len(layers))
-        if limits is None:
-            limits = [norm_limit(x, cfg.max_norm_ratio) if cfg.max_norm_ratio else None for x in xs]
-        keep = ordinary_everywhere(xs, limits)
-        xs, ys = [x[keep] for x in xs], [y[keep] for y in ys]
-        if scales is None:
-            scales = [[norm_scale(t) if cfg.normalise else 1.0 for t in ts] for ts in (xs, ys)]
-            for sae, y, s in zip(layers, ys, scales[1]):
-                sae.init_decoder_bias(y * s, cfg.b_dec_init)
-        xs = [x * s for x, s in zip(xs, scales[0])]
-        ys = [y * s for y, s in zip(ys, scales[1])]
+        xs, ys, first = scaling(next(stream), len(layers), cfg)
+        if first:
+            for sae, y in zip(layers, ys):
+                sae.init_decoder_bias(y, cfg.b_dec_init)
         pres = [sae.pre_activations(x) for sae, x in zip(layers, xs)]  # the encoders run once per layer
         tops = [_top(sae, x, pre) for sae, x, pre in zip(layers, xs, pres)]
         loss = sum(sae.loss(x, y, pre) for sae, x, y, pre in zip(layers, xs, ys, pres))
@@ -135,12 +129,13 @@ def train_connected(
         if on_step is not None:
             on_step(step)
         if checkpoint_dir is not None and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
-            ckpt.save(layers, opts, {"step": step + 1, "scales": scales, "losses": [losses], "max_norm": limits})
+            state = {"step": step + 1, "scales": scaling.scales, "losses": [losses], "max_norm": scaling.limits}
+            ckpt.save(layers, opts, state)
     for i, sae in enumerate(layers):
         sae.eval()
-        sae.max_input_norm = limits[i] if limits is not None else None
-        if scales is not None:
-            sae.fold_scales(scales[0][i], scales[1][i])
+        sae.max_input_norm = scaling.limits[i] if scaling.limits is not None else None
+        if scaling.scales is not None:
+            sae.fold_scales(scaling.scales[0][i], scaling.scales[1][i])
     ckpt.remove()
     return losses
 
