@@ -93,8 +93,7 @@ class LoadedDictionaries:
         """The effect data over the prompt's live units (of every dictionary), the top next
         tokens (the outputs) and the positions left out: the first `skip_first`, and those
         outside a dictionary's range."""
-        if not prompt:
-            raise ValueError(f"{self.source} is a dictionary folder: give the text to draw its graph on with --prompt")
+        require_prompt(self.source, prompt)
         model, members, name = self.model, self.members, self.name
         tokens = self.tokenizer(prompt, return_tensors="pt").input_ids
         context = getattr(model.config, "max_position_embeddings", None)
@@ -147,10 +146,14 @@ def load_dictionaries(folders: list[Path]) -> LoadedDictionaries:
     return LoadedDictionaries(model, tokenizer, members, name, folders[0])
 
 
+def require_prompt(folder: Path, prompt: str | None) -> None:
+    if not prompt:
+        raise ValueError(f"{folder} is a dictionary folder: give the text to draw its graph on with --prompt")
+
+
 def prompt_units(folders: list[Path], prompt: str | None, skip_first: int = 1) -> PromptUnits:
     """The dictionaries in `folders` drawn on one prompt (`LoadedDictionaries.on`)."""
-    if not prompt:
-        raise ValueError(f"{folders[0]} is a dictionary folder: give the text to draw its graph on with --prompt")
+    require_prompt(folders[0], prompt)  # before the model is loaded
     return load_dictionaries(folders).on(prompt, skip_first)
 
 
