@@ -27,7 +27,7 @@ from unweave.graph.attribution import (
 from unweave.graph.clt_units import clt_members
 from unweave.graph.dataset_attribution import aggregate, attribute_prompts, node_names
 from unweave.graph.dictionary_units import DictionaryUnits
-from unweave.graph.edge_checks import check_edges, sums_error, whole_changes
+from unweave.graph.edge_checks import Readout, check_edges, sums_error
 from unweave.graph.effects import EffectData, centred_logits
 from unweave.graph.prompt import PromptUnits
 from unweave.graph.units import SelectedUnits, SeveralUnits
@@ -151,7 +151,7 @@ def test_an_sae_reading_its_own_site_joins_the_graph_between_two_transcoders():
     assert graph.adjacency[middle & graph.of_kind("latent")].abs().sum() > 0  # edges into the SAE's latents
     check = check_edges(data, graph, list(range(data.n_units)))
     assert check.max_relative_error < 1e-4 and check.pearson > 0.99999
-    assert sums_error(graph, whole_changes(data)) < 1e-5
+    assert sums_error(graph, Readout(data).whole()) < 1e-5
 
 
 def test_a_cross_layer_latents_edges_run_through_its_decoders_to_every_later_layer():
@@ -177,7 +177,7 @@ def test_edges_into_a_node_add_up_to_its_change_with_every_source_at_zero():
     embeddings at zero as well: linear, so first order is all."""
     data, probabilities = _case()
     graph = _graph(data, probabilities)
-    change = whole_changes(data)  # every unit at zero, the tokens as they are
+    change = Readout(data).whole()  # every unit at zero, the tokens as they are
     targets, units = graph.of_kind("latent", "output"), graph.of_kind("latent", "error")
     torch.testing.assert_close(graph.adjacency[targets][:, units].sum(1), change[targets], rtol=1e-5, atol=1e-5)
     assert sums_error(graph, change) < 1e-5
@@ -195,7 +195,7 @@ def test_integrated_edges_add_up_to_the_whole_change_where_first_order_does_not(
     along the path from there to the clean run they add up to it (the completeness of
     integrated gradients), closer as the steps grow."""
     data, probabilities = _case(curved=True)
-    change = whole_changes(data)
+    change = Readout(data).whole()
 
     def error(steps: int) -> float:
         return sums_error(_graph(data, probabilities, steps), change)

@@ -36,14 +36,7 @@ from unweave.graph.attribution import (
     require_units,
     scores,
 )
-from unweave.graph.edge_checks import (
-    EdgeCheck,
-    ablated_changes,
-    checked_sources,
-    edge_check,
-    sums_error,
-    whole_changes,
-)
+from unweave.graph.edge_checks import EdgeCheck, Readout, checked_sources, edge_check, sums_error
 from unweave.graph.prompt import LoadedDictionaries, PromptUnits, load_dictionaries
 from unweave.graph.prompt_attribution import check_json, graph_figure, latent_line, prompt_graph, pruned_json
 from unweave.graph.snippets import Snippets
@@ -181,11 +174,12 @@ def attribute_prompts(
         joiner = Joiner([n for n, _ in named], [k for _, k in named])
         size = len(joiner.names)
         changes = torch.zeros(size, dtype=torch.float64)
-        per_prompt = []
+        per_prompt, readouts = [], []
         for k, (prompt, f) in enumerate(zip(prompts, found)):
             graph = prompt_graph(f, steps)
             joiner.add(k, graph)
-            whole = whole_changes(f.data)
+            readouts.append(Readout(f.data))  # its clean run serves the check below too
+            whole = readouts[-1].whole()
             changes += _pooled(whole, joiner.maps[k], size) / len(prompts)
             per_prompt.append(
                 {
@@ -203,11 +197,11 @@ def attribute_prompts(
         units, latents = checked_sources(joined, pruned, checked)
         sources = list(dict.fromkeys(units + latents))
         measured = torch.zeros(len(sources), size, dtype=torch.float64)
-        for f, to in zip(found, joiner.maps):
+        for f, to, readout in zip(found, joiner.maps, readouts):
             groups = [(to[: f.data.n_units] == s).nonzero().flatten().tolist() for s in sources]
             present = [i for i, g in enumerate(groups) if g]  # a latent silent on this prompt changes nothing
             if present:
-                changed = ablated_changes(f.data, [groups[i] for i in present])
+                changed = readout.ablated([groups[i] for i in present])
                 measured[present] += _pooled(changed, to, size) / len(prompts)
             task.advance()
     finally:

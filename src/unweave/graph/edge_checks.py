@@ -2,16 +2,18 @@
 
 Every check runs the model with each dictionary's state held (its clean state, or with some
 units at their baseline), so that only direct paths carry a change, and reads every
-latent's pre-activation (less its constants) and every output:
-- `ablated_changes`: the change of every node when a group of units is set to its baseline;
+latent's pre-activation (less its constants) and every output (`Readout`, one per prompt:
+the clean run and the encoder columns are taken once for all its checks):
+- `Readout.ablated`: the change of every node when a group of units is set to its baseline;
   `edge_check` compares a source's edges with it (`check_edges` for single units of one
   prompt; the graph over many prompts pools the same changes by name);
-- `whole_changes` and `sums_error`: whether the units' edges into a node add up to its
+- `Readout.whole` and `sums_error`: whether the units' edges into a node add up to its
   change with every unit at its baseline.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,10 +35,10 @@ class EdgeCheck:
     max_relative_error: float  # of the largest changes: |predicted - measured| / max |measured|
 
 
-class _Readout:
+class Readout:
     """Runs of `data`'s model with each member edited, read as every latent's pre-activation
     (its encoder column's inner product with the dictionary's input) and every output; the
-    columns are taken once for all the runs of a check."""
+    columns, and the run with every member held clean, are taken once for all the checks."""
 
     def __init__(self, data: EffectData):
         check_data(data)
@@ -60,21 +62,33 @@ class _Readout:
         """Every member held at its clean state, `sources` (units of all) at their baseline."""
         return self([_held(self.data, k, sources) for k in range(len(self.data.members))])
 
+    @functools.cached_property
+    def clean(self) -> torch.Tensor:
+        return self.held()
 
-def ablated_changes(data: EffectData, groups: list[list[int]]) -> torch.Tensor:
-    """(groups, nodes): the change of every latent's pre-activation and every output when the
-    units of one group are set to their baseline together, every member's other units held at
-    their clean state (so only direct paths carry the change); 0 at the sources."""
-    readout = _Readout(data)
-    clean = readout.held()
-    return torch.stack([readout.held(group) - clean for group in groups])
+    def ablated(self, groups: list[list[int]]) -> torch.Tensor:
+        """(groups, nodes): the change of every latent's pre-activation and every output when
+        the units of one group are set to their baseline together, every member's other units
+        held at their clean state (so only direct paths carry the change); 0 at the sources."""
+        return torch.stack([self.held(group) - self.clean for group in groups])
+
+    def whole(self) -> torch.Tensor:
+        """Per node, measured: its value (a latent's pre-activation less constants, an output)
+        in the clean run minus its value with every unit at its baseline (every member's
+        latents and errors; their other coordinates held clean, the tokens as they are)."""
+        data = self.data
+        baseline = [data.baseline[data.coordinates_of(k)] for k in range(len(data.members))]
+        return self.clean - self([(lambda s, b=b: b.to(s.dtype).expand_as(s).clone()) for b in baseline])
 
 
-def check_edges(data: EffectData, graph: AttributionGraph, sources: list[int]) -> EdgeCheck:
-    """Set each source unit alone to its baseline (`ablated_changes`): the edges are
-    first-order estimates of the changes."""
-    changes = ablated_changes(data, [[s] for s in sources]) if sources else torch.zeros(0, graph.n_nodes)
-    return edge_check(graph, sources, changes)
+def check_edges(
+    data: EffectData, graph: AttributionGraph, sources: list[int], readout: Readout | None = None
+) -> EdgeCheck:
+    """Set each source unit alone to its baseline (`Readout.ablated`; `readout`: one already
+    taken of `data`): the edges are first-order estimates of the changes."""
+    if not sources:
+        return edge_check(graph, sources, torch.zeros(0, graph.n_nodes))
+    return edge_check(graph, sources, (readout or Readout(data)).ablated([[s] for s in sources]))
 
 
 def edge_check(graph: AttributionGraph, sources: list[int], changes: torch.Tensor, names: bool = False) -> EdgeCheck:
@@ -107,18 +121,9 @@ def checked_sources(graph: AttributionGraph, pruned: Pruned, count: int) -> tupl
     return ranked[:count], [u for u in ranked if graph.kinds[u] == "latent"][:count]
 
 
-def whole_changes(data: EffectData) -> torch.Tensor:
-    """Per node, measured: its value (a latent's pre-activation less constants, an output)
-    in the clean run minus its value with every unit at its baseline (every member's
-    latents and errors; their other coordinates held clean, the tokens as they are)."""
-    readout = _Readout(data)
-    baseline = [data.baseline[data.coordinates_of(k)] for k in range(len(data.members))]
-    return readout.held() - readout([(lambda s, b=b: b.to(s.dtype).expand_as(s).clone()) for b in baseline])
-
-
 def sums_error(graph: AttributionGraph, changes: torch.Tensor) -> float:
     """How far the units' edges into the latents and outputs add up from their measured
-    whole changes (`whole_changes`): |sums - changes| / |changes| over those nodes (0 where
+    whole changes (`Readout.whole`): |sums - changes| / |changes| over those nodes (0 where
     the model is linear outside its dictionaries, or with integrated edges as the steps
     grow)."""
     targets, units = graph.of_kind("latent", "output"), graph.of_kind("latent", "error", "skip")

@@ -20,7 +20,7 @@ from unweave.graph.attribution import (
     require_units,
     scores,
 )
-from unweave.graph.edge_checks import EdgeCheck, check_edges, checked_sources, sums_error, whole_changes
+from unweave.graph.edge_checks import EdgeCheck, Readout, check_edges, checked_sources, sums_error
 from unweave.graph.plots import WIDTHS
 from unweave.graph.prompt import PromptUnits
 
@@ -78,9 +78,10 @@ def attribute_prompt(
     n_units = data.n_units
     require_units(pruned, graph, node_share)
     units, latents = checked_sources(graph, pruned, CHECKED_SOURCES)
-    check = check_edges(data, graph, units)
-    latent_check = check_edges(data, graph, latents)
-    sums = sums_error(graph, whole_changes(data))
+    readout = Readout(data)  # one clean run and one set of encoder columns for the three checks
+    check = check_edges(data, graph, units, readout)
+    latent_check = check_edges(data, graph, latents, readout)
+    sums = sums_error(graph, readout.whole())
     sites = data.units.site
     records = [data.record(u) for u in range(n_units)]
     positions = [r["position"] for r in records] + list(range(len(ids))) + [len(ids) - 1] * len(found.top)
