@@ -42,41 +42,46 @@ PROMPTS = {
 KL_BUDGET = "0.01"  # nats: the circuit of one prompt (a tighter budget than the default 0.1)
 
 
-def transcoder(data: Path, layer: int, tokens: int) -> Path:
-    out = data / f"tc-L{layer}-{tokens}"
+def suffix(text: list[str]) -> str:
+    """Folders trained on more text than the commands' default are named apart."""
+    return f"-text{text[1]}" if text else ""
+
+
+def transcoder(data: Path, layer: int, tokens: int, text: list[str]) -> Path:
+    out = data / f"tc-L{layer}-{tokens}{suffix(text)}"
     if not (out / "record.json").exists():
         print(f"training a transcoder of layer {layer}'s MLP on {tokens:,} tokens", flush=True)
         mlp = f"model.layers.{layer}.mlp"
         subprocess.run(
             [*UNWEAVE, "sae", "train", "--live", "--site", f"{mlp}:input", "--target-site", mlp, "--k", "32",
-             "--width", "2304", "--tokens", str(tokens), "--out", str(out)],
+             "--width", "2304", "--tokens", str(tokens), *text, "--out", str(out)],
             check=True, stdout=subprocess.DEVNULL,
         )  # fmt: skip
     return out / "transcoder-topk-k32-w2304"
 
 
-def cross_layer(data: Path, layers: list[int], tokens: int) -> Path:
-    out = data / f"clt-L{'-'.join(map(str, layers))}-{tokens}"
+def cross_layer(data: Path, layers: list[int], tokens: int, text: list[str]) -> Path:
+    out = data / f"clt-L{'-'.join(map(str, layers))}-{tokens}{suffix(text)}"
     if not (out / "record.json").exists():
         print(f"training a cross-layer transcoder of layers {layers} on {tokens:,} tokens", flush=True)
         start = time.perf_counter()
         subprocess.run(
             [*UNWEAVE, "sae", "train-clt", *[a for layer in layers for a in ("--layers", str(layer))], "--k", "32",
-             "--width", "2304", "--tokens", str(tokens), "--out", str(out)],
+             "--width", "2304", "--tokens", str(tokens), *text, "--out", str(out)],
             check=True, stdout=subprocess.DEVNULL,
         )  # fmt: skip
         print(f"trained in {time.perf_counter() - start:.0f} s", flush=True)
     return out
 
 
-def connected(data: Path, layers: list[int], tokens: int, penalty: float) -> Path:
-    out = data / f"connected-L{'-'.join(map(str, layers))}-{tokens}-p{penalty:g}"
+def connected(data: Path, layers: list[int], tokens: int, penalty: float, text: list[str]) -> Path:
+    out = data / f"connected-L{'-'.join(map(str, layers))}-{tokens}-p{penalty:g}{suffix(text)}"
     if not (out / "record.json").exists():
         print(f"training connected sparse MLPs of {layers} on {tokens:,} tokens, penalty {penalty:g}", flush=True)
         start = time.perf_counter()
         subprocess.run(
             [*UNWEAVE, "sae", "train-connected", *[a for layer in layers for a in ("--layers", str(layer))], "--k",
-             "32", "--width", "2304", "--tokens", str(tokens), "--penalty", str(penalty), "--out", str(out)],
+             "32", "--width", "2304", "--tokens", str(tokens), "--penalty", str(penalty), *text, "--out", str(out)],
             check=True, stdout=subprocess.DEVNULL,
         )  # fmt: skip
         print(f"trained in {time.perf_counter() - start:.0f} s", flush=True)
@@ -97,6 +102,35 @@ def graph(folders: list[Path], prompt: str, out: Path) -> tuple[dict, float, flo
     if peak <= before:
         print("(peak memory: an earlier child process was larger; the figure is an upper bound)")
     return json.loads((out / "record.json").read_text()), seconds, peak / 2**20
+
+
+def dictionary_rows(dictionaries: dict, layers: list[int], text_tokens: int | None) -> list[dict]:
+    """Each dictionary's held-out FVU per layer and fan-in per consecutive pair (connection_stats:
+    upstream latents carrying 90% of a latent's direct input), on the same held-out tokens: the
+    16 rows of text after the training text."""
+    from unweave.dictionaries import io
+    from unweave.dictionaries.clt import is_clt, load_clt
+    from unweave.dictionaries.clt_command import LayersTrainConfig, held_out_fvu, layer_data
+    from unweave.dictionaries.connected import connected_folders, is_connected
+    from unweave.dictionaries.connected_command import held_out_figures
+
+    cfg = LayersTrainConfig(layers=layers, **({"text_tokens": text_tokens} if text_tokens else {}))
+    xs, ys = layer_data(cfg).held_out()
+    rows = []
+    for units, (folders, _) in dictionaries.items():
+        if is_clt(folders[0]):
+            fvus, pairs = held_out_fvu(load_clt(folders[0])[0], xs, ys), []
+        else:
+            paths = connected_folders(folders[0]) if is_connected(folders[0]) else folders
+            fvus, pairs = held_out_figures([io.load(f) for f in paths], xs, ys)
+        rows.append(
+            {
+                "dictionaries": units,
+                f"held-out FVU ({' / '.join(map(str, layers))})": " / ".join(f"{f:.3f}" for f in fvus),
+                "fan-in": " / ".join(f"{p['fan-in (90%)']:.1f}" for p in pairs) or "-",
+            }
+        )
+    return rows
 
 
 def row(units: str, name: str, out: Path, seconds: float, peak: float) -> dict:
@@ -134,20 +168,23 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=262_144, help="training tokens per transcoder")
     parser.add_argument("--units", choices=["per-layer", "cross-layer", "connected", "all"], default="all")
     parser.add_argument("--penalty", type=float, nargs="+", default=[0.0, 1.0], help="connected sparse MLPs' penalties")
+    parser.add_argument("--text-tokens", type=int, help="tokens of text cycled through (default: the commands')")
     quick_option(parser, layers=[3, 9], tokens=65_536)
     args = parser.parse_args()
+    text = ["--text-tokens", str(args.text_tokens)] if args.text_tokens else []
     dictionaries = {}
     if args.units in ("per-layer", "all"):
         dictionaries["per-layer transcoders"] = (
-            [transcoder(args.data, layer, args.tokens) for layer in args.layers],
+            [transcoder(args.data, layer, args.tokens, text) for layer in args.layers],
             "graph",
         )
     if args.units in ("cross-layer", "all"):
-        dictionaries["cross-layer transcoder"] = ([cross_layer(args.data, args.layers, args.tokens)], "graph-clt")
+        dictionaries["cross-layer transcoder"] = ([cross_layer(args.data, args.layers, args.tokens, text)], "graph-clt")
     if args.units in ("connected", "all"):
         for penalty in args.penalty:
-            folder = connected(args.data, args.layers, args.tokens, penalty)
+            folder = connected(args.data, args.layers, args.tokens, penalty, text)
             dictionaries[f"connected sparse MLPs, penalty {penalty:g}"] = ([folder], f"graph-connected-{penalty:g}")
+    print(table(dictionary_rows(dictionaries, args.layers, args.text_tokens)), flush=True)
     rows = []
     for units, (folders, prefix) in dictionaries.items():
         for i, (name, prompt) in enumerate(PROMPTS.items()):
