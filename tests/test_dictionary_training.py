@@ -75,6 +75,17 @@ def _data(seed=0):
         yield torch.randn(64, 6, generator=gen) * 30 + 5
 
 
+def test_a_short_run_reaches_its_learning_rate():
+    """The default warm-up is 5% of the steps, at most 100. The CLI's default run (262,144
+    tokens, 64 steps) had a fixed 100-step warm-up and never got past 0.64 of its rate."""
+    short = TrainConfig(steps=64, lr=1e-3)
+    rates = [short.lr_at(step) for step in range(64)]
+    assert rates[:4] == pytest.approx([1e-3 / 3, 2e-3 / 3, 1e-3, 1e-3])  # 3 warm-up steps
+    assert rates[51] == pytest.approx(1e-3) and rates[52] == pytest.approx(1e-3 * 12 / 12.8)  # decay from 51.2
+    assert TrainConfig(steps=4000).warmup_steps == 100  # long runs keep the 100 steps
+    assert TrainConfig(steps=64, warmup=10).warmup_steps == 10  # an explicit warm-up is kept
+
+
 def test_resume_after_interruption_is_exact(tmp_path):
     # massive rows left out (the norm limit is saved), AuxK on (dead-latent counters are saved)
     cfg = TrainConfig(steps=40, lr=3e-3, warmup=5, checkpoint_every=10, max_norm_ratio=1.5)

@@ -45,7 +45,7 @@ class LayersTrainConfig:
     text_tokens: int = setting(262_144, "Tokens of text cycled through.")
     ctx_len: int = setting(128, "Tokens per row of text.")
     batch_size: int = setting(4096, "Tokens per step.")
-    lr: float = setting(1e-3, "Adam learning rate (with warm-up and a final decay).")
+    lr: float = setting(1e-3, "Adam learning rate (warm-up: 5% of the steps, at most 100; decay: the last 20%).")
     max_norm_ratio: float = setting(
         10.0, "Leave out tokens whose input norm at any layer exceeds this multiple of the median; 0 keeps all."
     )

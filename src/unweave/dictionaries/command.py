@@ -49,7 +49,7 @@ class SAETrainConfig:
     text_tokens: int = setting(262_144, "With --live: tokens of text cycled through.")
     ctx_len: int = setting(128, "With --live: context length of each row of text.")
     batch_size: int = setting(4096, "Activations per step (the global batch, split across ranks under torchrun).")
-    lr: float = setting(1e-3, "Adam learning rate (with warm-up and a final decay).")
+    lr: float = setting(1e-3, "Adam learning rate (warm-up: 5% of the steps, at most 100; decay: the last 20%).")
     l1: float = setting(1e-3, "Sparsity penalty for relu and jumprelu.")
     max_norm_ratio: float = setting(
         10.0,

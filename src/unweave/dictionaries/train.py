@@ -28,7 +28,7 @@ from unweave.dictionaries.sae import SAE, norm_limit, ordinary_rows
 class TrainConfig:
     steps: int
     lr: float = 1e-3
-    warmup: int = 100  # linear warm-up steps
+    warmup: int | None = None  # linear warm-up steps; None: 5% of the steps, at most 100
     decay_frac: float = 0.2  # linear decay to zero over this last fraction of the steps
     normalise: bool = True
     b_dec_init: str = "geometric_median"  # or "mean"
@@ -38,8 +38,16 @@ class TrainConfig:
     # norms 100x the rest) would otherwise dominate the squared error. None keeps all.
     max_norm_ratio: float | None = None
 
+    @property
+    def warmup_steps(self) -> int:
+        """The default scales with the run: a fixed 100-step warm-up left a 64-step run (the
+        CLI's default 262,144 tokens) below 0.64 of its learning rate all the way through."""
+        if self.warmup is not None:
+            return max(1, self.warmup)
+        return max(1, min(100, round(0.05 * self.steps)))
+
     def lr_at(self, step: int) -> float:
-        warm = min(1.0, (step + 1) / max(1, self.warmup))
+        warm = min(1.0, (step + 1) / self.warmup_steps)
         decay_start = self.steps * (1 - self.decay_frac)
         decay = 1.0 if step < decay_start else max(0.0, (self.steps - step) / (self.steps - decay_start))
         return self.lr * warm * decay
@@ -273,7 +281,7 @@ def _global_count(n: int, device: torch.device) -> int:
 
 
 def train_sae(
-    sae: SAE, batches: Iterable, steps: int, lr: float = 1e-3, warmup: int = 100, normalise: bool = True
+    sae: SAE, batches: Iterable, steps: int, lr: float = 1e-3, warmup: int | None = None, normalise: bool = True
 ) -> list[float]:
     """One dictionary; see `train_many`."""
     return train_many([sae], batches, TrainConfig(steps, lr, warmup, normalise=normalise))[0]
