@@ -202,7 +202,7 @@ def test_train_clt_on_a_tiny_llama_and_draw_a_prompts_graph_over_it(tiny_model_d
     assert result.exit_code == 0, result.output
     saved = json.loads((out / "sae_train_clt.json").read_text())
     assert [r["layer"] for r in saved["per_layer"]] == [0, 1]
-    assert all(r["held-out FVU"] < 0.8 for r in saved["per_layer"])  # 0.42 and 0.35 here
+    assert all(r["held-out FVU"] < 0.8 for r in saved["per_layer"]) and saved["warnings"] == []
     assert (out / "clt.json").exists() and not (out / ".checkpoint").exists()
     prompt = "the cat sat on the mat and the cat sat on the"
     found = prompt_units([out], prompt, skip_first=0)

@@ -26,6 +26,7 @@ from unweave.sites import SiteError, capture
 from unweave.text import TextConfig, describe, input_files, token_rows
 
 HELD_OUT_ROWS = 16  # rows of text after the training text, for the held-out FVU per layer
+UNDERTRAINED_FVU = 0.9  # a layer whose held-out FVU is above this explains almost none of its MLP
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,15 @@ def training_meta(cfg: LayersTrainConfig, data: LayerData, steps: int) -> dict:
     }
 
 
+def undertrained(layers: list[int], fvus: list[float], remedy: str = "train on more --tokens") -> list[str]:
+    """A warning naming the layers whose dictionaries explain almost none of their MLP's output
+    on the held-out tokens (none if every layer is below UNDERTRAINED_FVU)."""
+    bad = [f"layer {layer} ({f:.2f})" for layer, f in zip(layers, fvus) if f > UNDERTRAINED_FVU]
+    if not bad:
+        return []
+    return [f"warning: held-out FVU above {UNDERTRAINED_FVU}: {', '.join(bad)}; {remedy}"]
+
+
 def sites(cfg: LayersTrainConfig) -> tuple[list[str], list[str]]:
     """(each layer's MLP input, each layer's MLP output)."""
     outputs = [cfg.mlp.format(layer) for layer in cfg.layers]
@@ -162,8 +172,11 @@ def run_clt_train(cfg: CLTTrainConfig) -> RunResult:
     ).table(table)
     report.section("Training").figure(loss_curves({"sum over layers of the output's FVU": losses}))
     results = {"folder": str(cfg.out), "per_layer": table, "final_loss": losses[-1] if losses else None, **meta}
-    lines = [f"layer {r['layer']}: held-out FVU {r['held-out FVU']:.3f}" for r in table] + [f"saved {cfg.out}"]
-    return run.finish(results, report, lines)
+    warnings = undertrained(cfg.layers, per_layer)
+    for warning in warnings:
+        report.summary().text(warning, summary=True)
+    lines = [f"layer {r['layer']}: held-out FVU {r['held-out FVU']:.3f}" for r in table]
+    return run.finish({**results, "warnings": warnings}, report, [*lines, *warnings, f"saved {cfg.out}"])
 
 
 def _counted(stream: Iterator, task: progress.Task) -> Iterator:

@@ -18,7 +18,7 @@ import torch
 from unweave import progress
 from unweave.configs import setting
 from unweave.dictionaries.clt import ordinary_everywhere
-from unweave.dictionaries.clt_command import LayersTrainConfig, layer_data, training_meta
+from unweave.dictionaries.clt_command import LayersTrainConfig, layer_data, training_meta, undertrained
 from unweave.dictionaries.connected import connection_stats, save_connected, train_connected
 from unweave.dictionaries.metrics import fvu
 from unweave.dictionaries.plots import loss_curves
@@ -102,9 +102,12 @@ def run_connected_train(cfg: ConnectedTrainConfig) -> RunResult:
         "final_loss": losses[-1] if losses else None,
         **meta,
     }
+    warnings = undertrained(cfg.layers, per_layer, "train on more --tokens or lower --penalty")
+    for warning in warnings:
+        summary.text(warning, summary=True)
     lines = [f"layer {r['layer']}: held-out FVU {r['held-out FVU']:.3f}" for r in table]
     lines += [f"layers {r['from layer']} -> {r['to layer']}: fan-in {r['fan-in (90%)']:.1f}" for r in links]
-    return run.finish(results, report, [*lines, f"saved {cfg.out}"])
+    return run.finish({**results, "warnings": warnings}, report, [*lines, *warnings, f"saved {cfg.out}"])
 
 
 @torch.no_grad()
