@@ -110,6 +110,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small cases, at most two rungs")
     parser.add_argument("--small", action="store_true", help="small cases only, the full rule")
+    parser.add_argument("--large", action="store_true", help=f"only the cases over {LARGE:,} parameters")
     parser.add_argument(
         "--case-timeout", type=float, default=600.0, help="seconds per case before it is stopped (the target: 600)"
     )
@@ -119,7 +120,7 @@ def main() -> None:
     for label, kind, spec, rank, seed in CASES:
         model, loader, loss, true = task(kind, spec, rank, seed)
         params = sum(p.numel() for p in model.parameters())
-        if (args.quick or args.small) and params > LARGE:
+        if (args.quick or args.small) and params > LARGE or args.large and params <= LARGE:
             continue
         start = time.perf_counter()
         got = within(args.case_timeout, solve, kind, spec, rank, seed, replace(rule))
