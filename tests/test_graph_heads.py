@@ -97,11 +97,16 @@ def test_the_induction_toys_previous_token_head_acts_through_the_induction_heads
     assert shares[0] < 0.1 and shares[1] > max(0.3, 10 * shares[0]), shares
 
 
-def test_heads_are_the_induction_toys_units_only():
+def test_heads_are_the_transformers_units_only():
     from unweave.graph.command import GraphConfig
+    from unweave.graph.targets import resolve
 
-    with pytest.raises(ValueError, match="--units heads is for the induction toy"):
+    with pytest.raises(ValueError, match="--units heads is for induction and two-circuits"):
         GraphConfig("two-tasks", units="heads")
+    with pytest.raises(ValueError, match="--units heads is for induction and two-circuits"):
+        resolve("two-tasks", 64, 0, units="heads")  # the library path checks as the CLI does
+    with pytest.raises(ValueError, match="two-circuits' units are its attention heads"):
+        GraphConfig("two-circuits")
     with pytest.raises(ValueError, match=r"\(--units heads\); got --units transcoder"):
         GraphConfig("induction", units="transcoder")
     GraphConfig("induction", units="heads")

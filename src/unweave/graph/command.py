@@ -28,7 +28,7 @@ from unweave.graph.carving import (
 from unweave.graph.circuit import KL_BUDGET, KL_QUANTILE, PROMPT_KL_BUDGET, Circuit
 from unweave.graph.modules import MERGE, OUTPUT_SIZE
 from unweave.graph.prompt_attribution import attribute_prompt, attribution_json, attribution_lines
-from unweave.graph.targets import TARGETS, UNITS, resolve
+from unweave.graph.targets import TARGETS, check_units, resolve
 from unweave.report import Report, Section
 from unweave.runs import Run, RunResult
 from unweave.text import TextConfig, input_files
@@ -46,8 +46,8 @@ class GraphConfig:
         "A modular-addition run's units: its MLP 'neurons', or the latents of a 'transcoder' of that MLP trained "
         "here (TopK, as wide as the MLP, k by a KL rule), with the transcoder's error as one more unit, or the "
         "coordinates of the neurons on the directions of a 'basis' (--basis), with the rest as one more unit. "
-        "induction's: its attention 'heads' (judged by their total effects), cut into modules instead of its "
-        "edges scored.",
+        "induction's and two-circuits': their attention 'heads' (judged by their total effects); induction cuts "
+        "them into modules instead of scoring its edges.",
     )
     basis: Path | None = setting(
         None,
@@ -113,15 +113,7 @@ class GraphConfig:
             )
         if self.snippet_tokens < 0:
             raise ValueError(f"--snippet-tokens must be 0 (no snippets) or more, got {self.snippet_tokens}")
-        if self.units not in UNITS:
-            raise ValueError(f"--units must be one of {UNITS}, got {self.units!r}")
-        if self.target == "induction" and self.units not in ("neurons", "heads"):
-            raise ValueError(
-                "induction scores the edges between components (no --units), or cuts its heads into modules "
-                f"(--units heads); got --units {self.units}"
-            )
-        if self.units == "heads" and self.target != "induction":
-            raise ValueError("--units heads is for the induction toy: unweave graph induction --units heads")
+        check_units(self.target, self.units)
         if not 0 < self.kl_quantile <= 1:
             raise ValueError(f"--kl-quantile must be in (0, 1], got {self.kl_quantile}")
 

@@ -1,6 +1,7 @@
 """What `unweave graph` cuts into modules: `two-tasks` (a planted network with two
-independent tasks in shared layers) or a modular-addition run folder (its MLP neurons, or
-with `--units transcoder` the latents of a transcoder of that MLP and its error).
+independent tasks in shared layers), `two-circuits` (a planted attention-only transformer with
+two independent circuits of heads), the induction toy's heads, or a modular-addition run folder
+(its MLP neurons, or with `--units transcoder` the latents of a transcoder of that MLP and its error).
 Each resolves to the effect data (model, inputs, units, outputs), a short description of
 each unit for the page, and the known answer, which the method never sees: it is only used
 afterwards to score the modules it found.
@@ -33,10 +34,12 @@ from unweave.graph.units import SeveralUnits, Units
 from unweave.text import TextConfig
 from unweave.zoo import fourier
 from unweave.zoo.modadd import TrainedModAdd, make_data
+from unweave.zoo.two_circuits import CIRCUITS, TwoCircuits, TwoCircuitsConfig, sample_tokens
 from unweave.zoo.two_tasks import TwoTasks, TwoTasksConfig, sample_inputs
 
 TARGETS = (
-    "two-tasks (a planted network), induction (the induction toy's edges; its heads with --units heads), "
+    "two-tasks (a planted network), two-circuits (a planted transformer; its heads, --units heads), "
+    "induction (the induction toy's edges; its heads with --units heads), "
     "smollm2-induction (SmolLM2-135M on an induction prompt, or --prompt, over a cross-layer transcoder trained on "
     "first use), a modular-addition run folder (unweave train modadd, or runs/demo/modadd), or a dictionary folder "
     "(unweave sae train, train-clt or train-connected) with --prompt"
@@ -63,6 +66,25 @@ class Target:
 
 
 UNITS = ("neurons", "transcoder", "basis", "heads")
+HEAD_TARGETS = ("induction", "two-circuits")  # the targets whose units are attention heads
+
+
+def check_units(name: str, units: str) -> None:
+    """--units against the target: heads are the transformers' units, and theirs only."""
+    if units not in UNITS:
+        raise ValueError(f"--units must be one of {UNITS}, got {units!r}")
+    if name == "two-circuits" and units != "heads":
+        raise ValueError("two-circuits' units are its attention heads: unweave graph two-circuits --units heads")
+    if name == "induction" and units not in ("neurons", "heads"):
+        raise ValueError(
+            "induction scores the edges between components (no --units), or cuts its heads into modules "
+            f"(--units heads); got --units {units}"
+        )
+    if units == "heads" and name not in HEAD_TARGETS:
+        raise ValueError(
+            f"--units heads is for {' and '.join(HEAD_TARGETS)}: unweave graph induction --units heads, or "
+            "unweave graph two-circuits --units heads"
+        )
 
 
 def resolve(
@@ -77,8 +99,7 @@ def resolve(
     snippet_tokens: int = 0,
     basis: Path | None = None,
 ) -> Target:
-    if units not in UNITS:
-        raise ValueError(f"--units must be one of {UNITS}, got {units!r}")
+    check_units(name, units)
     if (units == "basis") != (basis is not None):
         raise ValueError("--units basis needs --basis FILE (the directions), and --basis needs --units basis")
     folders = dictionary_folders(name, dictionaries)
@@ -87,13 +108,12 @@ def resolve(
         return prompt_target(folders, prompt or default, skip_first, text, snippet_tokens)
     if prompt is not None:
         raise ValueError("--prompt is for a dictionary folder as TARGET (its graph is drawn on the prompt)")
-    if (name == "induction") != (units == "heads"):
-        raise ValueError(
-            "--units heads is the induction toy's units, and induction takes no other: "
-            "use `unweave graph induction --units heads` (without --units: its edges)"
-        )
     if name == "induction":
+        if units != "heads":
+            raise ValueError("induction's edges are scored by run_graph; its modules need --units heads")
         return induction_heads_target(examples, seed)
+    if name == "two-circuits":
+        return two_circuits_target(examples, seed)
     if name == "two-tasks":
         return two_tasks_target(examples, seed, units, basis)
     path = Path(name)
@@ -189,6 +209,35 @@ def induction_heads_target(examples: int, seed: int) -> Target:
         f"predictable; {len(case.tokens)} sequences whose second half repeats the first"
     )
     return Target("induction (heads)", data, note, describe, None, None, {})
+
+
+def two_circuits_target(examples: int, seed: int) -> Target:
+    """The planted two-circuit transformer's heads as units, judged by their total effects on its
+    two tasks' outputs at every position after BOS: the logits of each circuit's tokens centred
+    among themselves (A's next token among A's, B's token two back among B's; centred over the
+    whole vocabulary, a logit one circuit raises would shift the other's by the mean). Each
+    head's planted circuit is the known answer."""
+    cfg = TwoCircuitsConfig(seed=seed)
+    model = TwoCircuits(cfg).eval()
+    tokens = sample_tokens(min(examples, 1024), cfg, seed + 1)
+    blocks = [cfg.circuit_tokens(c) for c in range(len(CIRCUITS))]
+
+    def output(logits: torch.Tensor) -> torch.Tensor:
+        return torch.cat([centred_logits(logits[:, 1:, block]).flatten(1) for block in blocks], dim=1)
+
+    data = EffectData(model, tokens, SeveralUnits(transformer_heads(model)), output, total=True)
+    note = (
+        f"a planted attention-only transformer (seed {seed}): circuit {CIRCUITS[0]} and circuit {CIRCUITS[1]}, "
+        f"each two heads per layer, over one residual stream of {cfg.d_model} dimensions (the positions, read by "
+        "both, overlap both circuits' directions); "
+        f"{cfg.tokens} tokens per circuit; units: its {data.n_units} heads, each ablated to its mean at every "
+        f"position, judged by total effects on each circuit's logits centred among its own tokens; "
+        f"{len(tokens)} sequences (BOS, {cfg.length} "
+        "distinct tokens, the same again)"
+    )
+    truth = model.head_circuit.tolist()
+    context = {"circuits": dict(enumerate(CIRCUITS))}
+    return Target("two-circuits (heads)", data, note, lambda u: model.head_roles[u], "circuit", truth, context)
 
 
 def modadd_target(path: Path, units: str = "neurons", seed: int = 0, basis: Path | None = None) -> Target:
