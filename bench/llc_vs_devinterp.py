@@ -16,6 +16,10 @@ L(w*) and report mean and standard error over chains; the table gives the time r
 whether the two estimates agree within their combined standard errors, and unweave's arithmetic
 rate (torch's flop count of a chain's forward and backward, times chain-steps, over the wall
 time) beside this machine's peak fp32 matmul rate, measured in the same run.
+On modular addition unweave samples `at_answer(model)`, as `unweave llc` and the demo do: the
+same parameters, loss and gradients, with the last block and the logits computed at '=' only,
+the one position the loss reads; devinterp runs the model's full forward. The flop count is
+of the work each side's step does, so unweave's GFLOP/s on that row counts the smaller step.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from unweave.devices import loader_on
 from unweave.slt import SGLDConfig, estimate_llc
 from unweave.slt.llc import mean_loss
 from unweave.zoo import singular
-from unweave.zoo.modadd import TrainedModAdd, answer_loss, train_loader
+from unweave.zoo.modadd import TrainedModAdd, answer_loss, at_answer, train_loader
 
 HERE = Path(__file__).resolve().parent
 PEER = HERE / "venv-devinterp" / "bin" / "python"
@@ -57,7 +61,7 @@ def cases(modadd_run: Path | None, draws: int = 200, chains: int = 4):
         yield (
             f"modular addition p={run.config.p} (final)",
             {"kind": "modadd", "modadd": vars(run.config)},
-            run.load(),
+            at_answer(run.load()),
             answer_loss,
             train_loader(run.config, batch_size=256),
             SGLDConfig(epsilon=1e-4, nbeta=100.0, localization=100.0, chains=chains, draws=draws),
@@ -164,6 +168,10 @@ def main() -> None:
     print(
         f"peak fp32 matmul on this device: {peak:.0f} GFLOP/s (2048 x 2048 products, best of 10). The issue's "
         "alternative target for a row bound by arithmetic: the sampler at >= 70% of it."
+    )
+    print(
+        "Modular addition: unweave's chains run at_answer(model) (the MLP and logits at '=' only, the position the "
+        "loss reads; the same loss and gradients), devinterp the full forward."
     )
 
 

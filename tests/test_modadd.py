@@ -78,3 +78,35 @@ def test_the_embedding_gradient_does_not_depend_on_thread_timing():
     finally:
         torch.set_num_threads(threads)
     assert all(torch.equal(g, grads[0]) for g in grads)
+
+
+@pytest.mark.parametrize("attention,layers", [("learned", 1), ("uniform", 1), ("learned", 2)])
+def test_a_model_reading_its_last_positions_gives_their_logits_and_gradients(attention, layers):
+    from unweave.slt.sgld import SGLDConfig, run_chains, select_parameters
+    from unweave.zoo.modadd import answer_loss, at_answer
+    from unweave.zoo.transformer import Transformer, TransformerConfig
+
+    torch.manual_seed(0)
+    cfg = TransformerConfig(vocab=12, n_ctx=3, d_model=16, n_heads=2, d_mlp=32, n_layers=layers, attention=attention)
+    model = Transformer(cfg)
+    tokens, labels = torch.randint(0, 12, (20, 3)), torch.randint(0, 12, (20,))
+    full = model(tokens)
+    for last in (1, 2, 3, 5):
+        assert torch.allclose(model.reading_last(last)(tokens), full[:, -min(last, 3) :], atol=1e-6)
+    answer = at_answer(model)
+    assert model.read_last is None and answer.read_last == 1  # a view: the model itself is unchanged
+    assert dict(answer.named_parameters()).keys() == dict(model.named_parameters()).keys()
+    # the loss and its gradients at '=' are the full model's, so the LLC's chains move the same
+    grads = []
+    for m in (model, answer):
+        m.zero_grad()
+        answer_loss(m(tokens), labels).backward()
+        grads.append({n: p.grad.clone() for n, p in m.named_parameters()})
+    assert all(torch.allclose(grads[0][n], grads[1][n], atol=1e-6) for n in grads[0])
+    loader = [(tokens, labels)]
+    sgld = SGLDConfig(epsilon=1e-4, nbeta=10.0, chains=2, draws=20, vectorize=True)
+    names = select_parameters(model, None)
+    traces = [run_chains(m, answer_loss, loader, names, 10.0, sgld).losses for m in (model, answer)]
+    assert torch.allclose(traces[0], traces[1], rtol=1e-5)
+    with pytest.raises(ValueError, match="at least 1 position"):
+        model.reading_last(0)

@@ -25,7 +25,7 @@ from unweave.slt import LLCResult, SGLDConfig, llc_over_checkpoints
 from unweave.slt import plots as slt_plots
 from unweave.slt.saved import SavedRuns
 from unweave.zoo import fourier, plots
-from unweave.zoo.modadd import ModAddConfig, TrainedModAdd, answer_loss, make_data, train, train_loader
+from unweave.zoo.modadd import ModAddConfig, TrainedModAdd, answer_loss, at_answer, make_data, train, train_loader
 
 
 @dataclass(frozen=True)
@@ -140,7 +140,7 @@ def run_demo(cfg: DemoConfig | None = None) -> RunResult:
     sgld = cfg.sgld
     finished = SavedRuns.of(run)  # an interrupted demo, run again, replays the SGLD runs it finished
     llc_points = llc_over_checkpoints(
-        [(step, trained.load(path).to(device, dtype)) for step, path in saved[every - 1 :: every]],
+        [(step, at_answer(trained.load(path).to(device, dtype))) for step, path in saved[every - 1 :: every]],
         answer_loss,
         loader,
         sgld,

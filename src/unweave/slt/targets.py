@@ -14,7 +14,7 @@ from unweave.devices import loader_on
 from unweave.slt import truth
 from unweave.slt.sgld import LossFn
 from unweave.zoo import singular
-from unweave.zoo.modadd import TrainedModAdd, answer_loss, train_loader
+from unweave.zoo.modadd import TrainedModAdd, answer_loss, at_answer, train_loader
 
 
 @dataclass
@@ -47,14 +47,14 @@ def resolve(spec: str, checkpoint: str = "final", batch_size: int | None = None,
         run = TrainedModAdd.open(path, finished=checkpoint == "final")
         saved = run.checkpoints()
         if checkpoint == "all":
-            chosen = [(step, run.load(p)) for step, p in saved]
+            chosen = [(step, at_answer(run.load(p))) for step, p in saved]
         elif checkpoint == "final":
-            chosen = [(run.config.steps, run.load())]
+            chosen = [(run.config.steps, at_answer(run.load()))]
         else:
             steps = {step: p for step, p in saved}
             if not checkpoint.isdigit() or int(checkpoint) not in steps:
                 raise ValueError(f"no checkpoint {checkpoint!r} in {path}; saved steps: {sorted(steps)}")
-            chosen = [(int(checkpoint), run.load(steps[int(checkpoint)]))]
+            chosen = [(int(checkpoint), at_answer(run.load(steps[int(checkpoint)])))]
         return Target(
             f"modular addition ({path})", chosen, answer_loss, train_loader(run.config, batch_size), history=run.history
         )

@@ -120,6 +120,13 @@ def _answer_row_losses(output: torch.Tensor, labels: torch.Tensor) -> torch.Tens
 answer_loss = row_mean(_answer_row_losses)  # the batch mean, with each row's loss known to the sampler
 
 
+def at_answer(model: Transformer) -> Transformer:
+    """`model` (its parameters shared) computing its last block and logits at '=' only, all that
+    `answer_loss` reads: the same loss and gradients for the LLC's sampler, with the MLP and the
+    unembedding run at one position of three."""
+    return model.reading_last(1)
+
+
 def train_loader(cfg: ModAddConfig, batch_size: int | None = None) -> DataLoader:
     """The training pairs as a loader (full batch by default), for the LLC."""
     data = make_data(cfg)

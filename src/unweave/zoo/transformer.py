@@ -10,6 +10,7 @@ as in the grokking work, so that the weights read off directly.
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import asdict, dataclass
 
@@ -70,24 +71,27 @@ class Attention(nn.Module):
         self.hook_pattern = nn.Identity()  # (batch, head, query, key)
         self.hook_z = nn.Identity()  # (batch, pos, head, d_head)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, last: int | None = None) -> torch.Tensor:
+        """The heads' output at every position, or with `last` at the last `last` positions only."""
+        n = x.shape[1]
+        rows = slice(n - min(last or n, n), n)  # the query positions
         v = torch.einsum("bpd,hde->bhpe", self.hook_v_input(x), self.W_V)
-        pattern = self.hook_pattern(self._uniform_pattern(x) if self.uniform else self._learned_pattern(x))
-        z = self.hook_z(torch.einsum("bhqk,bhke->bqhe", pattern, v))
+        pattern = self._uniform_pattern(x, rows) if self.uniform else self._learned_pattern(x, rows)
+        z = self.hook_z(torch.einsum("bhqk,bhke->bqhe", self.hook_pattern(pattern), v))
         return torch.einsum("bqhe,hed->bqd", z, self.W_O)
 
-    def _learned_pattern(self, x: torch.Tensor) -> torch.Tensor:
-        q = torch.einsum("bpd,hde->bhpe", self.hook_q_input(x), self.W_Q)
+    def _learned_pattern(self, x: torch.Tensor, rows: slice) -> torch.Tensor:
+        q = torch.einsum("bpd,hde->bhpe", self.hook_q_input(x[:, rows]), self.W_Q)
         k = torch.einsum("bpd,hde->bhpe", self.hook_k_input(x), self.W_K)
         n = x.shape[1]
         scores = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
-        return scores.masked_fill(~self.causal[:n, :n], float("-inf")).softmax(-1)
+        return scores.masked_fill(~self.causal[rows, :n], float("-inf")).softmax(-1)
 
-    def _uniform_pattern(self, x: torch.Tensor) -> torch.Tensor:
+    def _uniform_pattern(self, x: torch.Tensor, rows: slice) -> torch.Tensor:
         n = x.shape[1]
-        causal = self.causal[:n, :n].to(x.dtype)
+        causal = self.causal[rows, :n].to(x.dtype)
         pattern = causal / causal.sum(-1, keepdim=True)
-        return pattern.expand(x.shape[0], self.W_V.shape[0], n, n)
+        return pattern.expand(x.shape[0], self.W_V.shape[0], *causal.shape)
 
 
 class MLP(nn.Module):
@@ -114,16 +118,22 @@ class Block(nn.Module):
         self.hook_mlp_out = nn.Identity()
         self.hook_resid_post = nn.Identity()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, last: int | None = None) -> torch.Tensor:
+        """The block at every position, or with `last` at the last `last` positions only (the
+        attention still reads every position's keys and values)."""
         x = self.hook_resid_pre(x)
-        x = self.hook_resid_mid(x + self.hook_attn_out(self.attn(x)))
+        attn = self.attn(x, last)
+        x = self.hook_resid_mid(x[:, x.shape[1] - attn.shape[1] :] + self.hook_attn_out(attn))
         if self.mlp is not None:
             x = x + self.hook_mlp_out(self.mlp(x))
         return self.hook_resid_post(x)
 
 
 class Transformer(nn.Module):
-    """tokens (batch, pos) -> logits (batch, pos, d_vocab_out)."""
+    """tokens (batch, pos) -> logits (batch, pos, d_vocab_out); with `read_last` set (see
+    `reading_last`), logits (batch, read_last, d_vocab_out) at the last positions only."""
+
+    read_last: int | None = None
 
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
@@ -148,6 +158,17 @@ class Transformer(nn.Module):
                 f"tokens must have shape (batch, pos) with pos <= {self.cfg.n_ctx}, got {tuple(tokens.shape)}"
             )
         x = self.hook_embed(self.embed(tokens))
-        for block in self.blocks:
-            x = block(x)
+        for i, block in enumerate(self.blocks):
+            x = block(x, self.read_last if i == len(self.blocks) - 1 else None)
         return self.unembed(x)
+
+    def reading_last(self, positions: int) -> Transformer:
+        """The same model (its parameters shared, not copied) computing its last block and logits
+        at the last `positions` positions only: for a loss that reads no others (modular
+        addition's, at '='), the same loss and gradients for less work (the LLC's sampler runs
+        tens of thousands of these). The earlier blocks still run at every position."""
+        if positions < 1:
+            raise ValueError(f"reading_last needs at least 1 position, got {positions}")
+        view = copy.copy(self)  # a new module object over the same parameter and submodule dicts
+        view.read_last = positions
+        return view
