@@ -375,6 +375,10 @@ def test_sae_train_and_eval_from_a_store(tiny_llama_dir, tmp_path):
     assert list(meta["inputs"]) == [str(store)] and "manifest.json" in meta["inputs"][str(store)]
     trained = json.loads((tmp_path / "sae" / "sae_train.json").read_text())
     assert [r["steps"] for r in trained["rows"]] == [8, 8]
+    # each folder records the schedule it ran (8 steps: 5% is 0.4, so 1 warm-up step; decay from step 6)
+    schedule = {"steps": 8, "lr": 1e-3, "warmup_steps": 1, "decay_from_step": 6}
+    assert trained["metadata"]["schedule"] == schedule
+    assert json.loads((folders[0] / "cfg.json").read_text())["metadata"]["schedule"] == schedule
     result = runner.invoke(app, ["sae", "eval", *map(str, folders), "--out", str(tmp_path / "eval")])
     assert result.exit_code == 0, result.output
     record = json.loads((tmp_path / "eval" / "sae_eval.json").read_text())

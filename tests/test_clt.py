@@ -203,6 +203,7 @@ def test_train_clt_on_a_tiny_llama_and_draw_a_prompts_graph_over_it(tiny_model_d
     saved = json.loads((out / "sae_train_clt.json").read_text())
     assert [r["layer"] for r in saved["per_layer"]] == [0, 1]
     assert all(r["held-out FVU"] < 0.8 for r in saved["per_layer"]) and saved["warnings"] == []
+    assert saved["schedule"] == {"steps": 200, "lr": 1e-3, "warmup_steps": 10, "decay_from_step": 160}
     assert (out / "clt.json").exists() and not (out / ".checkpoint").exists()
     prompt = "the cat sat on the mat and the cat sat on the"
     found = prompt_units([out], prompt, skip_first=0)

@@ -114,8 +114,9 @@ def layer_data(cfg: LayersTrainConfig) -> LayerData:
     return LayerData(model, rows[:-HELD_OUT_ROWS], rows[-HELD_OUT_ROWS:], ins, outs, widths)
 
 
-def training_meta(cfg: LayersTrainConfig, data: LayerData, steps: int) -> dict:
+def training_meta(cfg: LayersTrainConfig, data: LayerData, train_cfg: TrainConfig) -> dict:
     """What a folder of dictionaries over several layers records of its training."""
+    steps = train_cfg.steps
     return {
         "model_name": cfg.model,
         "layers": list(cfg.layers),
@@ -125,6 +126,7 @@ def training_meta(cfg: LayersTrainConfig, data: LayerData, steps: int) -> dict:
         "ctx_len": cfg.ctx_len,
         "text": to_dict(cfg.text),
         "text_tokens": cfg.text_tokens,  # `sae eval` holds out the text after these
+        "schedule": train_cfg.schedule(),
     }
 
 
@@ -154,7 +156,7 @@ def run_clt_train(cfg: CLTTrainConfig) -> RunResult:
     losses = train_clt(clt, _counted(data.stream(cfg), task), train_cfg, checkpoint_dir=Path(cfg.out) / ".checkpoint")
     task.close()
     clt = clt.cpu()
-    meta = training_meta(cfg, data, steps)
+    meta = training_meta(cfg, data, train_cfg)
     save_clt(clt, cfg.out, meta)
     per_layer = held_out_fvu(clt, *data.held_out())
     dead = (clt.since_fired >= DEAD_AFTER).double().mean(1)  # as a dictionary's AuxK counts them

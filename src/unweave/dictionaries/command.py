@@ -188,6 +188,7 @@ def run_sae_train(cfg: SAETrainConfig) -> RunResult:
         on_step=lambda _: task.advance(cfg.batch_size),
     )
     task.close()
+    source.meta["schedule"] = train_cfg.schedule()
     saes = [s.cpu() for s in saes]
     kind = ("transcoder-skip-" if base.skip else "transcoder-") if base.kind == "transcoder" else ""
     folders = [Path(cfg.out) / f"{kind}{s.cfg.architecture}-k{s.cfg.k}-w{s.cfg.n_latents}" for s in saes]

@@ -69,7 +69,7 @@ def run_connected_train(cfg: ConnectedTrainConfig) -> RunResult:
     )
     task.close()
     layers = [sae.cpu() for sae in layers]
-    meta = training_meta(cfg, data, steps)
+    meta = training_meta(cfg, data, train_cfg)
     save_connected(layers, cfg.out, meta, cfg.penalty)
     per_layer, pairs = held_out_figures(layers, *data.held_out())
     dead = [float(sae.dead_mask().double().mean()) for sae in layers]  # as AuxK counts them

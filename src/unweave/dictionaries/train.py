@@ -46,6 +46,16 @@ class TrainConfig:
             return max(1, self.warmup)
         return max(1, min(100, round(0.05 * self.steps)))
 
+    def schedule(self) -> dict:
+        """The learning-rate schedule as it ran, for a folder's metadata: a folder records its own
+        warm-up, so runs before and after a change of the default can be told apart."""
+        return {
+            "steps": self.steps,
+            "lr": self.lr,
+            "warmup_steps": self.warmup_steps,
+            "decay_from_step": round(self.steps * (1 - self.decay_frac)),
+        }
+
     def lr_at(self, step: int) -> float:
         warm = min(1.0, (step + 1) / self.warmup_steps)
         decay_start = self.steps * (1 - self.decay_frac)
