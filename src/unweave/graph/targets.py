@@ -110,7 +110,9 @@ def resolve(
         raise ValueError("--prompt is for a dictionary folder as TARGET (its graph is drawn on the prompt)")
     if name == "induction":
         if units != "heads":
-            raise ValueError("induction's edges are scored by run_graph; its modules need --units heads")
+            raise ValueError(
+                "induction without --units scores its edges (unweave graph induction); its modules need heads"
+            )
         return induction_heads_target(examples, seed)
     if name == "two-circuits":
         return two_circuits_target(examples, seed)
@@ -232,8 +234,7 @@ def two_circuits_target(examples: int, seed: int) -> Target:
         "both, overlap both circuits' directions); "
         f"{cfg.tokens} tokens per circuit; units: its {data.n_units} heads, each ablated to its mean at every "
         f"position, judged by total effects on each circuit's logits centred among its own tokens; "
-        f"{len(tokens)} sequences (BOS, {cfg.length} "
-        "distinct tokens, the same again)"
+        f"{len(tokens)} sequences (BOS, {cfg.length} distinct tokens, the same again)"
     )
     truth = model.head_circuit.tolist()
     context = {"circuits": dict(enumerate(CIRCUITS))}

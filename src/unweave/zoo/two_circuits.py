@@ -60,11 +60,11 @@ class TwoCircuitsConfig:
             raise ValueError(f"tokens must be an even number per circuit (two heads share them), got {self.tokens}")
         if not 2 <= self.length <= 2 * self.tokens:
             raise ValueError(f"length must be between 2 and {2 * self.tokens} (distinct tokens), got {self.length}")
-        if self.d_model % HEADS or self.d_head < max(self.n_ctx, self.tokens) or self.d_model < 8 * self.tokens:
+        # d_head >= tokens also leaves each circuit's half of the stream room for its 2 x tokens directions
+        if self.d_model % HEADS or self.d_head < max(self.n_ctx, self.tokens):
             raise ValueError(
                 f"d_model must be a multiple of {HEADS}, at least {HEADS * max(self.n_ctx, self.tokens)} (a head's "
-                f"rank: the positions it maps and the sink, or the tokens it copies) and {8 * self.tokens} (each "
-                f"circuit's half holds its tokens and their 'previous token' directions), got {self.d_model}"
+                f"rank: the positions it maps and the sink, or the tokens it copies), got {self.d_model}"
             )
 
     @property
@@ -93,21 +93,11 @@ class TwoCircuits(Transformer):
         )
         self.planted = cfg
         gen = torch.Generator().manual_seed(cfg.seed)
-        # each circuit's tokens and "previous token" directions: orthonormal, in a random basis of
-        # its own half of the stream; BOS, the positions and the sink: orthonormal in a random basis
-        # of all of it, so they overlap both halves
-        half = cfg.d_model // 2
-        own = [_orthonormal(cfg.d_model, 2 * cfg.tokens, gen, block) for block in (slice(0, half), slice(half, None))]
-        shared = _orthonormal(cfg.d_model, 2 + cfg.n_ctx, gen, slice(None))
-        self.tok = torch.cat([shared[:, :1], own[0][:, : cfg.tokens], own[1][:, : cfg.tokens]], dim=1)
-        self.pos = shared[:, 2:]
-        self.sink = shared[:, 1]  # at every position: the query that finds BOS
-        # "previous token" direction of every circuit token (zero for BOS), indexed by token
-        self.prev = torch.cat([torch.zeros(cfg.d_model, 1), own[0][:, cfg.tokens :], own[1][:, cfg.tokens :]], dim=1)
+        dirs = Directions.draw(cfg, gen)
         with torch.no_grad():
-            self.W_E.copy_(self.tok.T)
-            self.W_pos.copy_((self.pos + self.sink[:, None]).T)
-            self.unembed.weight.copy_(self.tok.T)  # a token's logit reads its own embedding direction
+            self.W_E.copy_(dirs.tok.T)
+            self.W_pos.copy_((dirs.pos + dirs.sink[:, None]).T)
+            self.unembed.weight.copy_(dirs.tok.T)  # a token's logit reads its own embedding direction
             circuit, roles = [], []
             for layer, block in enumerate(self.blocks):
                 attn = block.attn
@@ -115,35 +105,64 @@ class TwoCircuits(Transformer):
                     weight.zero_()
                 for head, index in enumerate(torch.randperm(HEADS, generator=gen).tolist()):
                     c, role = ROLES[layer][index]
-                    self._plant(attn, head, c, role)
+                    _plant(attn, head, cfg, c, role, dirs)
                     circuit.append(c)
                     roles.append(f"L{layer}.H{head}: circuit {CIRCUITS[c]}, {role}")
         self.register_buffer("head_circuit", torch.tensor(circuit))
         self.head_roles = roles
 
-    def _plant(self, attn: Attention, head: int, circuit: int, role: str) -> None:
-        cfg = self.planted
-        own = cfg.circuit_tokens(circuit)
-        half = own[: len(own) // 2] if role.endswith("first half") else own[len(own) // 2 :]
-        positions = range(1, cfg.n_ctx)
-        if role.startswith("previous"):
-            parity = 0 if role.endswith("even") else 1
-            qk = [(self.pos[:, p], self.pos[:, p - 1]) for p in positions if p % 2 == parity]
-            ov = [(self.tok[:, t], self.prev[:, t]) for t in own]
-        elif role.startswith("induction"):
-            qk = [(self.tok[:, t], self.prev[:, t]) for t in half]
-            ov = [(self.tok[:, t], cfg.gain * self.tok[:, t]) for t in own]
-        else:  # two back: the previous position's "previous B token"
-            qk = [(self.pos[:, p], self.pos[:, p - 1]) for p in positions]
-            ov = [(self.prev[:, t], cfg.gain * self.tok[:, t]) for t in half]
-        qk.append((self.sink, self.tok[:, BOS] / 2))
-        scale = cfg.score * math.sqrt(cfg.d_head)  # the layer divides the scores by sqrt(d_head)
-        for j, (query, key) in enumerate(qk):
-            attn.W_Q[head, :, j] = query
-            attn.W_K[head, :, j] = scale * key
-        for j, (read, write) in enumerate(ov):
-            attn.W_V[head, :, j] = read
-            attn.W_O[head, j, :] = write
+
+@dataclass
+class Directions:
+    """The residual stream's directions, as columns (d_model, count)."""
+
+    tok: torch.Tensor  # every token's embedding (and unembedding) direction
+    pos: torch.Tensor  # every position's
+    sink: torch.Tensor  # (d_model,) at every position: the query that finds BOS
+    prev: torch.Tensor  # every token's "previous token" direction (zero for BOS)
+
+    @classmethod
+    def draw(cls, cfg: TwoCircuitsConfig, gen: torch.Generator) -> Directions:
+        """Each circuit's tokens and "previous token" directions: orthonormal, in a random basis of
+        its own half of the stream; BOS, the positions and the sink: orthonormal in a random basis
+        of all of it, so they overlap both halves."""
+        half = cfg.d_model // 2
+        own = [_orthonormal(cfg.d_model, 2 * cfg.tokens, gen, block) for block in (slice(0, half), slice(half, None))]
+        shared = _orthonormal(cfg.d_model, 2 + cfg.n_ctx, gen, slice(None))
+        n = cfg.tokens
+        return cls(
+            tok=torch.cat([shared[:, :1], own[0][:, :n], own[1][:, :n]], dim=1),
+            pos=shared[:, 2:],
+            sink=shared[:, 1],
+            prev=torch.cat([torch.zeros(cfg.d_model, 1), own[0][:, n:], own[1][:, n:]], dim=1),
+        )
+
+
+def _plant(attn: Attention, head: int, cfg: TwoCircuitsConfig, circuit: int, role: str, dirs: Directions) -> None:
+    """Set one head's weights for its role: (query, key) direction pairs for its scores and
+    (read, write) pairs for what it moves, each pair one of the head's d_head coordinates."""
+    own = cfg.circuit_tokens(circuit)
+    half = own[: len(own) // 2] if role.endswith("first half") else own[len(own) // 2 :]
+    positions = range(1, cfg.n_ctx)
+    tok, pos, prev = dirs.tok, dirs.pos, dirs.prev
+    if role.startswith("previous"):
+        parity = 0 if role.endswith("even") else 1
+        qk = [(pos[:, p], pos[:, p - 1]) for p in positions if p % 2 == parity]
+        ov = [(tok[:, t], prev[:, t]) for t in own]
+    elif role.startswith("induction"):
+        qk = [(tok[:, t], prev[:, t]) for t in half]
+        ov = [(tok[:, t], cfg.gain * tok[:, t]) for t in own]
+    else:  # two back: the previous position's "previous B token"
+        qk = [(pos[:, p], pos[:, p - 1]) for p in positions]
+        ov = [(prev[:, t], cfg.gain * tok[:, t]) for t in half]
+    qk.append((dirs.sink, tok[:, BOS] / 2))
+    scale = cfg.score * math.sqrt(cfg.d_head)  # the layer divides the scores by sqrt(d_head)
+    for j, (query, key) in enumerate(qk):
+        attn.W_Q[head, :, j] = query
+        attn.W_K[head, :, j] = scale * key
+    for j, (read, write) in enumerate(ov):
+        attn.W_V[head, :, j] = read
+        attn.W_O[head, j, :] = write
 
 
 def _orthonormal(rows: int, cols: int, gen: torch.Generator, block: slice) -> torch.Tensor:
