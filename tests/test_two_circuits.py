@@ -87,3 +87,15 @@ def test_unweave_graph_two_circuits_writes_the_heads_modules(tmp_path):
         (f"blocks.{layer}.attn.hook_z", head) for layer in (0, 1) for head in range(4)
     ]
     assert "L0.H0: circuit" in (out / "graph.html").read_text()  # each head's planted role, on hover
+
+
+def test_edge_scores_find_the_planted_induction_circuit():
+    # the edges of circuit A (induction), read off the planted roles, against every method's scores;
+    # measured at 256 sequences, seeds 0-3: exact 1.0, EAP 0.93-0.98, EAP-IG 0.975-1.0
+    from unweave.graph import induction
+
+    case = induction.planted_case(128, seed=0)
+    assert len(case.known["strict"]) == 12  # 2 x embed -> L0.v, 4 x L0 -> L1.k, 2 x (q, v, logits)
+    auroc = induction.aurocs(case, induction.score_edges(case))["strict"]
+    assert auroc["exact"] > 0.99 and min(auroc[m] for m in induction.METHODS if m.startswith("EAP-IG")) > 0.95, auroc
+    assert auroc["EAP"] > 0.9, auroc

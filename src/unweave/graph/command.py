@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import torch
+
 from unweave import progress
 from unweave.artifacts import write_json
 from unweave.configs import setting
@@ -28,7 +30,7 @@ from unweave.graph.carving import (
 from unweave.graph.circuit import KL_BUDGET, KL_QUANTILE, PROMPT_KL_BUDGET, Circuit
 from unweave.graph.modules import MERGE, OUTPUT_SIZE
 from unweave.graph.prompt_attribution import attribute_prompt, attribution_json, attribution_lines
-from unweave.graph.targets import TARGETS, check_units, resolve
+from unweave.graph.targets import HEAD_TARGETS, TARGETS, check_units, resolve
 from unweave.report import Report, Section
 from unweave.runs import Run, RunResult
 from unweave.text import TextConfig, input_files
@@ -46,8 +48,8 @@ class GraphConfig:
         "A modular-addition run's units: its MLP 'neurons', or the latents of a 'transcoder' of that MLP trained "
         "here (TopK, as wide as the MLP, k by a KL rule), with the transcoder's error as one more unit, or the "
         "coordinates of the neurons on the directions of a 'basis' (--basis), with the rest as one more unit. "
-        "induction's and two-circuits': their attention 'heads' (judged by their total effects); induction cuts "
-        "them into modules instead of scoring its edges.",
+        "induction's and two-circuits': their attention 'heads' (judged by their total effects), cut into modules "
+        "instead of their edges scored.",
     )
     basis: Path | None = setting(
         None,
@@ -217,8 +219,8 @@ def add_sections(report: Report, summary: Section, c: Carving, seed: int) -> Non
 
 
 def run_graph(cfg: GraphConfig) -> RunResult:
-    if cfg.target == "induction" and cfg.units != "heads":
-        return run_induction_graph(cfg)
+    if cfg.target in HEAD_TARGETS and cfg.units != "heads":
+        return run_edges_graph(cfg)
     if cfg.prompts is not None:
         from unweave.graph.dataset_attribution import run_dataset_graph
 
@@ -281,12 +283,17 @@ def add_circuit_sections(report: Report, circuit: Circuit, line: str, what: str)
     )
 
 
-def run_induction_graph(cfg: GraphConfig) -> RunResult:
+def run_edges_graph(cfg: GraphConfig) -> RunResult:
+    """The edges between a zoo transformer's components scored against a known circuit: the
+    induction toy's (read from its attention patterns), or the planted two-circuit model's
+    induction circuit (from its planted roles)."""
     from unweave.graph import induction
 
     run = Run(cfg.out, "graph", cfg, inputs=[cfg.target])
     examples = min(cfg.examples, 256)  # one forward per edge for exact patching
-    case = induction.induction_case(examples, cfg.seed)
+    planted = cfg.target == "two-circuits"
+    case = (induction.planted_case if planted else induction.induction_case)(examples, cfg.seed)
+    what = "the planted two-circuit transformer's edges" if planted else "the induction toy's edges"
     task = progress.Task("edge scores (exact, EAP, EAP-IG), circuit", total=2, unit="steps")
     try:
         scores = induction.score_edges(case)
@@ -308,8 +315,8 @@ def run_induction_graph(cfg: GraphConfig) -> RunResult:
         "example"
     )
     lines = [
-        "edge ROC AUC against the known circuit (strict / broad): "
-        + ", ".join(f"{m} {auroc['strict'][m]:.3f} / {auroc['broad'][m]:.3f}" for m in induction.METHODS),
+        f"edge ROC AUC against the known circuit ({' / '.join(auroc)}): "
+        + ", ".join(f"{m} " + " / ".join(f"{a[m]:.3f}" for a in auroc.values()) for m in induction.METHODS),
         circuit_text,
         "components ablated whole, measured against the sum of their edges' scores (Pearson): "
         + ", ".join(f"{m} {nodes[m]['pearson']:.3f}" for m in induction.METHODS if m != "exact"),
@@ -320,13 +327,14 @@ def run_induction_graph(cfg: GraphConfig) -> RunResult:
         "units": kept,
         "known_strict_kept": sorted(set(kept) & {str(e) for e in case.known["strict"]}),
     }
-    write_json(Path(cfg.out) / "circuit.json", {"target": "induction", "edges_total": len(edges), **circuit_dict})
-    report = Report("unweave graph: the induction toy's edges")
+    write_json(Path(cfg.out) / "circuit.json", {"target": cfg.target, "edges_total": len(edges), **circuit_dict})
+    report = Report(f"unweave graph: {what}")
     summary = report.summary()
     summary.headline({m: f"{auroc['strict'][m]:.3f}" for m in induction.METHODS})
     for line in lines:
         summary.text(line, summary=True)
-    summary.text(induction.__doc__.split("\n\n", 1)[1].replace("\n", " "))
+    explained = induction.planted_case.__doc__ if planted else induction.__doc__.split("\n\n", 1)[1]
+    summary.text(" ".join(explained.split()))
     known = [e in case.known["strict"] for e in edges]
     strict_pairs = {(e.source, e.target) for e in case.known["strict"]}
     exact_edges = [(e.source, e.target, float(scores["exact"][i])) for i, e in enumerate(edges)]
@@ -352,7 +360,7 @@ def run_induction_graph(cfg: GraphConfig) -> RunResult:
     )
     add_circuit_sections(report, circuit, circuit_text, "edges")
     results = {
-        "target": "induction",
+        "target": cfg.target,
         "nodes": ["embed", *[h for layer in case.edges.heads for h in layer], "logits"],
         "edges": [
             {"source": e.source, "target": e.target, **{m: float(scores[m][i]) for m in induction.METHODS}}
@@ -360,7 +368,7 @@ def run_induction_graph(cfg: GraphConfig) -> RunResult:
         ],
         "metric": "logit of the right next token minus the mean logit, on the repeated half",
         "known_circuit": {name: sorted(str(e) for e in known_set) for name, known_set in case.known.items()},
-        "head_scores": {name: v.tolist() for name, v in case.heads.items()},
+        "head_scores": {name: v.tolist() if torch.is_tensor(v) else v for name, v in case.heads.items()},
         "auroc": auroc,
         "components_ablated": nodes,
     }

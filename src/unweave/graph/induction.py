@@ -51,6 +51,7 @@ class EdgeCase:
     half: int
     known: dict[str, set[Edge]]  # "strict", "broad"
     heads: dict  # the attention-pattern scores the known circuit was read from
+    offset: int = 0  # positions before the first half (1: a BOS token)
 
     @functools.cached_property
     def corrupt(self) -> dict[str, torch.Tensor]:
@@ -59,7 +60,7 @@ class EdgeCase:
 
     @property
     def positions(self) -> torch.Tensor:
-        return torch.arange(self.half, 2 * self.half - 1)
+        return torch.arange(self.half, 2 * self.half - 1) + self.offset
 
     def metric(self, logits: torch.Tensor) -> torch.Tensor:
         at = logits[:, self.positions]
@@ -101,6 +102,27 @@ def induction_case(examples: int, seed: int, model: Transformer | None = None) -
     corrupted, _ = repeated_sequences(examples, cfg.vocab, cfg.n_ctx, gen, half=half)
     heads = model_head_scores(model, tokens, half)
     return EdgeCase(model, EdgeModel(model), tokens, corrupted, half, known_circuits(heads), heads)
+
+
+def planted_case(examples: int, seed: int) -> EdgeCase:
+    """The planted two-circuit transformer (`zoo.two_circuits`) under the same metric: its
+    circuit A is induction, so the known circuit is A's edges, read off the planted roles (not
+    from attention patterns): embed -> A's layer-0 heads' values, those heads -> A's layer-1
+    heads' keys, embed -> the layer-1 heads' queries and values, those heads -> logits. Circuit
+    B (the token two back) runs beside it in the same layers, outside the circuit."""
+    from unweave.zoo.two_circuits import TwoCircuits, TwoCircuitsConfig, sample_tokens
+
+    cfg = TwoCircuitsConfig(seed=seed)
+    model = TwoCircuits(cfg).eval()
+    tokens, corrupted = sample_tokens(examples, cfg, seed + 100), sample_tokens(examples, cfg, seed + 101)
+    heads = [f"L{u // 4}.H{u % 4}" for u, c in enumerate(model.head_circuit.tolist()) if c == 0]
+    previous, inductions = [h for h in heads if h.startswith("L0")], [h for h in heads if h.startswith("L1")]
+    known = {Edge("embed", f"{p}.v") for p in previous}
+    for i in inductions:
+        known |= {Edge(p, f"{i}.k") for p in previous}
+        known |= {Edge("embed", f"{i}.q"), Edge("embed", f"{i}.v"), Edge(i, "logits")}
+    roles = {"roles": model.head_roles}
+    return EdgeCase(model, EdgeModel(model), tokens, corrupted, cfg.length, {"strict": known}, roles, offset=1)
 
 
 def score_edges(case: EdgeCase) -> dict[str, torch.Tensor]:

@@ -38,7 +38,7 @@ from unweave.zoo.two_circuits import CIRCUITS, TwoCircuits, TwoCircuitsConfig, s
 from unweave.zoo.two_tasks import TwoTasks, TwoTasksConfig, sample_inputs
 
 TARGETS = (
-    "two-tasks (a planted network), two-circuits (a planted transformer; its heads, --units heads), "
+    "two-tasks (a planted network), two-circuits (a planted transformer's edges; its heads with --units heads), "
     "induction (the induction toy's edges; its heads with --units heads), "
     "smollm2-induction (SmolLM2-135M on an induction prompt, or --prompt, over a cross-layer transcoder trained on "
     "first use), a modular-addition run folder (unweave train modadd, or runs/demo/modadd), or a dictionary folder "
@@ -73,11 +73,9 @@ def check_units(name: str, units: str) -> None:
     """--units against the target: heads are the transformers' units, and theirs only."""
     if units not in UNITS:
         raise ValueError(f"--units must be one of {UNITS}, got {units!r}")
-    if name == "two-circuits" and units != "heads":
-        raise ValueError("two-circuits' units are its attention heads: unweave graph two-circuits --units heads")
-    if name == "induction" and units not in ("neurons", "heads"):
+    if name in HEAD_TARGETS and units not in ("neurons", "heads"):
         raise ValueError(
-            "induction scores the edges between components (no --units), or cuts its heads into modules "
+            f"{name} scores the edges between components (no --units), or cuts its heads into modules "
             f"(--units heads); got --units {units}"
         )
     if units == "heads" and name not in HEAD_TARGETS:
