@@ -105,6 +105,8 @@ def test_heads_are_the_transformers_units_only():
         GraphConfig("two-tasks", units="heads")
     with pytest.raises(ValueError, match="--units heads is for induction and two-circuits"):
         resolve("two-tasks", 64, 0, units="heads")  # the library path checks as the CLI does
+    with pytest.raises(ValueError, match="two-circuits without --units scores its edges"):
+        resolve("two-circuits", 64, 0)  # resolve makes modules: heads only
     with pytest.raises(ValueError, match=r"two-circuits scores the edges .* got --units transcoder"):
         GraphConfig("two-circuits", units="transcoder")
     with pytest.raises(ValueError, match=r"\(--units heads\); got --units transcoder"):

@@ -82,15 +82,23 @@ def known_circuits(scores: dict[str, torch.Tensor]) -> dict[str, set[Edge]]:
     if not inductions:
         raise ValueError(f"the model has no induction head (scores {ind.tolist()}); train it longer")
 
-    def circuit(previous: list[str]) -> set[Edge]:
-        edges = {Edge("embed", f"{p}.v") for p in previous}
-        for i in inductions:
-            edges |= {Edge(p, f"{i}.k") for p in previous}
-            edges |= {Edge("embed", f"{i}.q"), Edge("embed", f"{i}.v"), Edge(i, "logits")}
-        return edges
-
+    strongest = [f"L0.H{int(prev.argmax())}"]
     broad = [f"L0.H{h}" for h in (prev >= HEAD_SCORE).nonzero().flatten().tolist()]
-    return {"strict": circuit([f"L0.H{int(prev.argmax())}"]), "broad": circuit(broad or [f"L0.H{int(prev.argmax())}"])}
+    return {
+        "strict": induction_circuit(strongest, inductions),
+        "broad": induction_circuit(broad or strongest, inductions),
+    }
+
+
+def induction_circuit(previous: list[str], inductions: list[str]) -> set[Edge]:
+    """The edges of induction: embed -> each previous-token head's value, those heads -> each
+    induction head's key (K-composition), embed -> the induction heads' queries and values,
+    and the induction heads -> logits."""
+    edges = {Edge("embed", f"{p}.v") for p in previous}
+    for i in inductions:
+        edges |= {Edge(p, f"{i}.k") for p in previous}
+        edges |= {Edge("embed", f"{i}.q"), Edge("embed", f"{i}.v"), Edge(i, "logits")}
+    return edges
 
 
 def induction_case(examples: int, seed: int, model: Transformer | None = None) -> EdgeCase:
@@ -115,14 +123,12 @@ def planted_case(examples: int, seed: int) -> EdgeCase:
     cfg = TwoCircuitsConfig(seed=seed)
     model = TwoCircuits(cfg).eval()
     tokens, corrupted = sample_tokens(examples, cfg, seed + 100), sample_tokens(examples, cfg, seed + 101)
-    heads = [f"L{u // 4}.H{u % 4}" for u, c in enumerate(model.head_circuit.tolist()) if c == 0]
-    previous, inductions = [h for h in heads if h.startswith("L0")], [h for h in heads if h.startswith("L1")]
-    known = {Edge("embed", f"{p}.v") for p in previous}
-    for i in inductions:
-        known |= {Edge(p, f"{i}.k") for p in previous}
-        known |= {Edge("embed", f"{i}.q"), Edge("embed", f"{i}.v"), Edge(i, "logits")}
+    edges = EdgeModel(model)
+    names = [head for layer in edges.heads for head in layer]  # in the order of head_circuit
+    a_heads = [name for name, c in zip(names, model.head_circuit.tolist()) if c == 0]
+    known = induction_circuit([h for h in a_heads if h in edges.heads[0]], [h for h in a_heads if h in edges.heads[1]])
     roles = {"roles": model.head_roles}
-    return EdgeCase(model, EdgeModel(model), tokens, corrupted, cfg.length, {"strict": known}, roles, offset=1)
+    return EdgeCase(model, edges, tokens, corrupted, cfg.length, {"strict": known}, roles, offset=1)
 
 
 def score_edges(case: EdgeCase) -> dict[str, torch.Tensor]:

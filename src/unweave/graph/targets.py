@@ -106,11 +106,9 @@ def resolve(
         return prompt_target(folders, prompt or default, skip_first, text, snippet_tokens)
     if prompt is not None:
         raise ValueError("--prompt is for a dictionary folder as TARGET (its graph is drawn on the prompt)")
+    if name in HEAD_TARGETS and units != "heads":
+        raise ValueError(f"{name} without --units scores its edges (unweave graph {name}); its modules need heads")
     if name == "induction":
-        if units != "heads":
-            raise ValueError(
-                "induction without --units scores its edges (unweave graph induction); its modules need heads"
-            )
         return induction_heads_target(examples, seed)
     if name == "two-circuits":
         return two_circuits_target(examples, seed)

@@ -47,14 +47,15 @@ def resolve(spec: str, checkpoint: str = "final", batch_size: int | None = None,
         run = TrainedModAdd.open(path, finished=checkpoint == "final")
         saved = run.checkpoints()
         if checkpoint == "all":
-            chosen = [(step, at_answer(run.load(p))) for step, p in saved]
+            chosen = [(step, run.load(p)) for step, p in saved]
         elif checkpoint == "final":
-            chosen = [(run.config.steps, at_answer(run.load()))]
+            chosen = [(run.config.steps, run.load())]
         else:
             steps = {step: p for step, p in saved}
             if not checkpoint.isdigit() or int(checkpoint) not in steps:
                 raise ValueError(f"no checkpoint {checkpoint!r} in {path}; saved steps: {sorted(steps)}")
-            chosen = [(int(checkpoint), at_answer(run.load(steps[int(checkpoint)])))]
+            chosen = [(int(checkpoint), run.load(steps[int(checkpoint)]))]
+        chosen = [(step, at_answer(model)) for step, model in chosen]  # the loss reads '=' only
         return Target(
             f"modular addition ({path})", chosen, answer_loss, train_loader(run.config, batch_size), history=run.history
         )
