@@ -354,7 +354,12 @@ def test_graph_over_prompts_joins_their_attribution_graphs(tiny_model_dir, tmp_p
     assert 0 <= drawn["replacement_score"] <= 1 and drawn["sums_error"] >= 0
     page = (out / "graph.html").read_text()
     assert "over 3 prompts" in page and "of 3 prompts" in page and "top on 8,192 tokens of" in page  # hovers
-    assert not (out / "modules.json").exists()
+    modules = json.loads((out / "modules.json").read_text())
+    assert modules["modules"] and len(modules["separability"]) == len(modules["modules"])
+    units = [u for m in modules["modules"] for u in m["units"]]
+    assert {u["site"] for u in units} <= {"model.layers.0.mlp", "model.layers.1.mlp"}
+    assert all((u["kind"] == "error") == (u["index"] is None) for u in units)
+    assert "Modules, checked by ablation over the prompts" in page and "largest cross effect" in page
     for kwargs, message in (
         ({"prompt": PROMPT}, "give one of --prompt"),
         ({"prompts": tmp_path / "missing.txt"}, "is not a file"),

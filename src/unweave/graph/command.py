@@ -65,7 +65,8 @@ class GraphConfig:
         None,
         "With a dictionary folder as TARGET or smollm2-induction: a text file of prompts, one per line; draws the "
         "attribution graph aggregated over them (each latent, error, token and next token one node whatever its "
-        "position; edges averaged over the prompts), checked by ablation, instead of one prompt's modules.",
+        "position; edges averaged over the prompts), checked by ablation, and the modules of those units, each "
+        "checked by ablating it on every prompt.",
     )
     dictionary: list[Path] = setting(
         [], "With a dictionary folder as TARGET: more dictionaries of the same model (other layers; repeat)."

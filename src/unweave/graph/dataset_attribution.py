@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING
 import plotly.graph_objects as go
 import torch
 
+from unweave.artifacts import write_json
+from unweave.graph import plots
 from unweave.graph.attribution import (
     EDGE_SHARE,
     FAN_IN_SHARE,
@@ -142,19 +144,11 @@ def _pooled(values: torch.Tensor, to: torch.Tensor, size: int) -> torch.Tensor:
     return values.new_zeros(*values.shape[:-1], size).index_add_(-1, to, values)
 
 
-def dataset_attribution(
-    loaded: LoadedDictionaries,
-    prompts: list[str],
-    skip_first: int = 1,
-    steps: int = 0,
-    node_share: float = NODE_SHARE,
-    edge_share: float = EDGE_SHARE,
-) -> DatasetAttribution:
-    """The aggregated attribution graph of `loaded`'s dictionaries over `prompts`."""
+def draw_prompts(loaded: LoadedDictionaries, prompts: list[str], skip_first: int = 1) -> list[PromptUnits]:
+    """`loaded`'s dictionaries drawn on each prompt (`LoadedDictionaries.on`)."""
     if len(prompts) < 2:
         raise ValueError(f"--prompts needs at least 2 prompts (one per line), got {len(prompts)}: use --prompt for one")
-    found = [loaded.on(prompt, skip_first) for prompt in prompts]
-    return attribute_prompts(found, prompts, [m.site for m in loaded.members], steps, node_share, edge_share)
+    return [loaded.on(prompt, skip_first) for prompt in prompts]
 
 
 def attribute_prompts(
@@ -260,7 +254,9 @@ def dataset_lines(d: DatasetAttribution) -> list[str]:
     ]
 
 
-def dataset_figure(d: DatasetAttribution, snippets: Snippets | None = None) -> go.Figure:
+def dataset_figure(
+    d: DatasetAttribution, snippets: Snippets | None = None, module_of: dict[int, int] | None = None
+) -> go.Figure:
     """The pruned aggregated graph: a row per site, its nodes most influential first; a
     node's hover says on how many prompts it appears, and a latent's its top snippets of a
     text (`snippets`)."""
@@ -280,7 +276,7 @@ def dataset_figure(d: DatasetAttribution, snippets: Snippets | None = None) -> g
         d.rows,
         d.row_names,
         hover,
-        {},
+        module_of or {},
         f"Attribution graph over {len(d.per_prompt)} prompts, pruned: latents, errors, tokens and next tokens, "
         "each one node whatever its position",
         "each site's nodes, most influential first",
@@ -289,13 +285,18 @@ def dataset_figure(d: DatasetAttribution, snippets: Snippets | None = None) -> g
 
 def run_dataset_graph(cfg: GraphConfig) -> RunResult:
     """`unweave graph TARGET --prompts FILE`: the attribution graph aggregated over the file's
-    prompts, written as graph.json and graph.html."""
+    prompts and the modules of its units (`dataset_modules.py`), written as graph.json,
+    modules.json and graph.html."""
+
+    from unweave.graph.dataset_modules import __doc__ as modules_doc
+    from unweave.graph.dataset_modules import dataset_modules, dataset_modules_json, dataset_modules_line, modules_table
+
     if cfg.prompt is not None:
         raise ValueError("give one of --prompt (one prompt's graph and modules) and --prompts (a graph over many)")
     if cfg.kl_budget is not None or cfg.units != "neurons":
         raise ValueError(
-            "--prompts draws the attribution graph over a dictionary's latents, with no modules or circuit: leave out "
-            "--kl-budget and --units (or give one --prompt for them)"
+            "--prompts draws the attribution graph and the modules over a dictionary's latents, with no circuit: "
+            "leave out --kl-budget and --units (or give one --prompt for them)"
         )
     path = Path(cfg.prompts)
     if not path.is_file():
@@ -313,8 +314,13 @@ def run_dataset_graph(cfg: GraphConfig) -> RunResult:
     snippets = None
     if cfg.snippet_tokens:
         snippets = Snippets(loaded.model, loaded.tokenizer, loaded.members, cfg.text, cfg.snippet_tokens)
-    found = dataset_attribution(loaded, prompts, cfg.skip_first, cfg.ig_steps, cfg.node_share, cfg.edge_share)
-    lines = dataset_lines(found)
+    drawn = draw_prompts(loaded, prompts, cfg.skip_first)
+    sites = [m.site for m in loaded.members]
+    found = attribute_prompts(drawn, prompts, sites, cfg.ig_steps, cfg.node_share, cfg.edge_share)
+    modules = dataset_modules(drawn, cfg.seed)
+    Path(cfg.out).mkdir(parents=True, exist_ok=True)
+    write_json(Path(cfg.out) / "modules.json", {"target": cfg.target, **dataset_modules_json(modules)})
+    lines = [*dataset_lines(found), dataset_modules_line(modules)]
     report = Report(f"unweave graph: {loaded.name} over {len(prompts)} prompts")
     summary = report.summary()
     summary.headline(
@@ -322,11 +328,19 @@ def run_dataset_graph(cfg: GraphConfig) -> RunResult:
             "prompts": len(prompts),
             "replacement score": f"{found.scores['replacement_score']:.3f}",
             "edge check (Pearson)": f"{found.check.pearson:.3f}",
+            "modules": len(modules.modules.modules),
+            "largest cross effect": f"{modules.separability.max_off_diagonal:.3f}",
         }
     )
     for line in lines:
         summary.text(line, summary=True)
     summary.text(__doc__.split("\n\n", 1)[1].replace("\n", " "))
-    report.section("Attribution graph over the prompts").figure(dataset_figure(found, snippets)).table(found.per_prompt)
+    module_of = modules.module_of()
+    coloured = {i: module_of.get(name, -1) for i, name in enumerate(found.graph.names)}
+    figure = dataset_figure(found, snippets, coloured)
+    report.section("Attribution graph over the prompts").figure(figure).table(found.per_prompt)
+    report.section("Modules, checked by ablation over the prompts").figure(
+        plots.separability_matrix(modules.separability.matrix)
+    ).table(modules_table(modules, prompts)).text(modules_doc.split("\n\n", 1)[1].replace("\n", " "))
     results = {"target": cfg.target, "model": loaded.name, "attribution": dataset_json(found)}
     return run.finish(results, report, lines)

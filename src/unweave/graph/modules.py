@@ -21,6 +21,7 @@ S[i, j] or S[j, i] above `MERGE` do interact and are merged, until none do (`car
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import networkx as nx
@@ -101,22 +102,42 @@ class Separability:
 def separability(data: EffectData, modules: list[list[int]]) -> Separability:
     """Ablate each module (its units set to their means) and measure, exactly, how much the
     output moves inside every module's output directions."""
-    changes = [data.outputs(ablate=m) - data.clean for m in modules]
+    return separability_of([data.outputs(ablate=m) - data.clean for m in modules])
+
+
+def separability_of(changes: list[torch.Tensor]) -> Separability:
+    """S from each module's measured change of the outputs, (examples, outputs)."""
     dirs = [output_directions(change) for change in changes]
     size = torch.tensor([[float((change.double() @ d).norm()) for d in dirs] for change in changes])
     own = size.diagonal().clamp_min(1e-300)
     matrix = size / own.unsqueeze(1)
     off = matrix.clone()
     off.fill_diagonal_(0)
-    return Separability(matrix.tolist(), [d.shape[1] for d in dirs], float(off.max()) if len(modules) > 1 else 0.0)
+    return Separability(matrix.tolist(), [d.shape[1] for d in dirs], float(off.max()) if len(changes) > 1 else 0.0)
 
 
 def carve(data: EffectData, gram: torch.Tensor, seed: int = 0, merge: float = MERGE) -> tuple[Modules, Separability]:
     """Modules of the units at `data`'s site, merged by intervention until every pair is separable."""
+    return carve_by(gram, lambda m: data.outputs(ablate=m) - data.clean, seed, merge)
+
+
+def carve_by(
+    gram: torch.Tensor, change: Callable[[list[int]], torch.Tensor], seed: int = 0, merge: float = MERGE
+) -> tuple[Modules, Separability]:
+    """Louvain modules of `gram`, merged until every pair is separable, where `change(units)`
+    measures the outputs' change, (examples, outputs), when those units are ablated together."""
     found = find_modules(gram, seed)
     modules = found.modules
+    measured: dict[tuple[int, ...], torch.Tensor] = {}  # a module kept through a merge is not measured again
+
+    def of(module: list[int]) -> torch.Tensor:
+        key = tuple(module)
+        if key not in measured:
+            measured[key] = change(module)
+        return measured[key]
+
     while True:
-        sep = separability(data, modules)
+        sep = separability_of([of(m) for m in modules])
         s = torch.tensor(sep.matrix)
         s = torch.maximum(s, s.T).fill_diagonal_(0)
         if len(modules) < 2 or float(s.max()) <= merge:
