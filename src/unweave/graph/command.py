@@ -49,7 +49,8 @@ class GraphConfig:
         "here (TopK, as wide as the MLP, k by a KL rule), with the transcoder's error as one more unit, or the "
         "coordinates of the neurons on the directions of a 'basis' (--basis), with the rest as one more unit. "
         "induction's and two-circuits': their attention 'heads' (judged by their total effects), cut into modules "
-        "instead of their edges scored.",
+        "instead of their edges scored; a causal LM's (smollm2-135m or a local Hugging Face folder as TARGET) "
+        "'heads' on --prompt or --prompts.",
     )
     basis: Path | None = setting(
         None,
@@ -168,7 +169,7 @@ def add_sections(report: Report, summary: Section, c: Carving, seed: int) -> Non
     )
     for line in lines:
         summary.text(line, summary=True)
-    zero = c.target.data.ablate_to == "zero"
+    zero = isinstance(c.target.data.ablate_to, str) and c.target.data.ablate_to == "zero"
     scored = f" The planted {c.target.truth_name} of each unit is computed afterwards, to score the cut."
     summary.text(
         f"{c.target.note}. Each unit's effect on the output is its attribution (gradient x (activation - "
@@ -220,6 +221,10 @@ def add_sections(report: Report, summary: Section, c: Carving, seed: int) -> Non
 
 
 def run_graph(cfg: GraphConfig) -> RunResult:
+    if cfg.units == "heads" and cfg.target not in HEAD_TARGETS:
+        from unweave.graph.lm_heads import run_lm_heads_graph
+
+        return run_lm_heads_graph(cfg)
     if cfg.target in HEAD_TARGETS and cfg.units != "heads":
         return run_edges_graph(cfg)
     if cfg.prompts is not None:

@@ -95,8 +95,8 @@ def node_names(found: PromptUnits) -> tuple[list[str], list[str]]:
     names, kinds = [], []
     for u in range(data.n_units):
         r = data.record(u)
-        kind = r["kind"] if r["kind"] in ("error", "skip") else "latent"
-        names.append(f"{r['site']} {kind}" if kind != "latent" else f"{r['site']} latent {r['index']}")
+        kind = r["kind"] if r["kind"] in ("error", "skip", "head") else "latent"
+        names.append(f"{r['site']} {kind}" if kind in ("error", "skip") else f"{r['site']} {kind} {r['index']}")
         kinds.append(kind)
     tokens = [f"token {decode(i)!r}" for i in data.inputs[0].tolist()]
     outputs = [f"logit {decode(int(i))!r}" for i in found.top]

@@ -74,7 +74,8 @@ def joined_effects(found: list[PromptUnits]) -> JoinedEffects:
 
 def ablated_change(found: list[PromptUnits], joined: JoinedEffects, module: list[int]) -> torch.Tensor:
     """(prompts, joined outputs): each prompt's outputs less the clean ones, with the module's
-    units set to zero at every position (a prompt where none of them is live changes nothing)."""
+    units at their baseline (zero for a dictionary's) at every position (a prompt where none
+    of them is live changes nothing)."""
     wanted = torch.as_tensor(module, dtype=torch.long)
     rows = []
     for k, f in enumerate(found):

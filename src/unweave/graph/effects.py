@@ -35,8 +35,9 @@ class EffectData:
     output: Callable[[torch.Tensor], torch.Tensor]  # the model's output -> (batch, outputs)
     batch_size: int = 512
     # what an ablated unit is set to: its mean over the inputs, or zero (a single prompt has no
-    # distribution to average over: its latents are switched off, its error removed)
-    ablate_to: str = "mean"
+    # distribution to average over: its latents are switched off, its error removed), or given
+    # values, one per coordinate of the state (a head's mean over other prompts)
+    ablate_to: str | torch.Tensor = "mean"
     # attribute each unit's total effect (the gradient runs through the other members' units,
     # e.g. a layer-0 head acting through a layer-1 head) instead of its direct effect
     total: bool = False
@@ -139,6 +140,13 @@ class EffectData:
     @functools.cached_property
     def baseline(self) -> torch.Tensor:
         """Each coordinate's mean over the data, or zero: what an ablated unit is set to."""
+        if isinstance(self.ablate_to, torch.Tensor):
+            if self.ablate_to.shape != self.states[0].shape:
+                raise ValueError(
+                    f"ablate_to has shape {tuple(self.ablate_to.shape)}: expected one value per coordinate of the "
+                    f"units' state, {tuple(self.states[0].shape)}"
+                )
+            return self.ablate_to
         return torch.zeros_like(self.states[0]) if self.ablate_to == "zero" else self.states.mean(0)
 
     @functools.cached_property

@@ -1,5 +1,6 @@
 """Attention heads as units: a head is the d_head coordinates of its output (a zoo
-transformer's `blocks.L.attn.hook_z`, (batch, position, head, d_head)) at every position,
+transformer's `blocks.L.attn.hook_z`, (batch, position, head, d_head), or a Hugging Face
+model's input to the attention output projection, (batch, position, head x d_head)) at every position,
 read and edited through the `units.py` interface. Ablating a head sets its output at each
 position to its mean over the inputs there.
 
@@ -47,9 +48,10 @@ class HeadUnits:
     @contextlib.contextmanager
     def editing(self, model: nn.Module, fn: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
         def at_site(act: torch.Tensor) -> torch.Tensor:
-            if act.shape[2:] != (self.heads, self.d_head):
+            if act.shape[2:] not in ((self.heads, self.d_head), (self.heads * self.d_head,)):
                 raise ValueError(
-                    f"{self.site} has shape {tuple(act.shape)}: expected (batch, position, {self.heads}, {self.d_head})"
+                    f"{self.site} has shape {tuple(act.shape)}: expected (batch, position, {self.heads}, "
+                    f"{self.d_head}) or (batch, position, {self.heads * self.d_head})"
                 )
             state = act.flatten(1)
             new = fn(state)
@@ -65,3 +67,16 @@ def transformer_heads(model: nn.Module) -> tuple[HeadUnits, ...]:
     return tuple(
         HeadUnits(f"blocks.{layer}.attn.hook_z", cfg.n_heads, cfg.d_head, f"L{layer}") for layer in range(cfg.n_layers)
     )
+
+
+def lm_heads(model: nn.Module, layers: list[int] | None = None) -> tuple[HeadUnits, ...]:
+    """The attention heads of a Hugging Face causal LM at `layers` (default: every layer),
+    each layer's read at the input of its output projection (`anatomy.attn_out`)."""
+    from unweave.anatomy import anatomy
+
+    parts = anatomy(model)
+    layers = list(range(parts.n_layers)) if layers is None else layers
+    bad = [layer for layer in layers if not 0 <= layer < parts.n_layers]
+    if bad:
+        raise ValueError(f"layers {bad} are not layers of this model: it has layers 0-{parts.n_layers - 1}")
+    return tuple(HeadUnits(parts.attn_out(layer), parts.n_heads, parts.d_head, f"L{layer}") for layer in layers)

@@ -95,17 +95,8 @@ class LoadedDictionaries:
         outside a dictionary's range."""
         require_prompt(self.source, prompt)
         model, members, name = self.model, self.members, self.name
-        tokens = self.tokenizer(prompt, return_tensors="pt").input_ids
-        context = getattr(model.config, "max_position_embeddings", None)
-        if tokens.shape[1] < 2:
-            raise ValueError(f"the prompt {prompt!r} is {tokens.shape[1]} token long: give at least 2")
-        if context is not None and tokens.shape[1] > context:
-            raise ValueError(
-                f"the prompt {prompt[:40]!r}... is {tokens.shape[1]} tokens, longer than the context of {name} "
-                f"({context} tokens): shorten it"
-            )
-        with torch.no_grad():
-            probabilities, top = model(tokens).logits[0, -1].float().softmax(-1).topk(PROMPT_OUTPUTS)
+        tokens = encode_prompt(model, self.tokenizer, name, prompt)
+        probabilities, top = next_tokens(model, tokens)
         output = TopLogits(top)
         full = EffectData(model, tokens, SeveralUnits(tuple(members)), output, ablate_to="zero")
         live = full.activations[0] != 0  # latents that fire; every error
@@ -119,6 +110,26 @@ class LoadedDictionaries:
             selected.append(SelectedUnits.of(member, keep.nonzero().flatten().tolist(), full.states_of(k)))
         data = EffectData(model, tokens, SeveralUnits(tuple(selected)), output, ablate_to="zero")
         return PromptUnits(data, self.tokenizer, top, name, left_out, probabilities, _embedding_site(model))
+
+
+def encode_prompt(model: torch.nn.Module, tokenizer: object, name: str, prompt: str) -> torch.Tensor:
+    """(1, tokens): the prompt's token ids, at least 2 and within the model's context."""
+    tokens = tokenizer(prompt, return_tensors="pt").input_ids
+    context = getattr(model.config, "max_position_embeddings", None)
+    if tokens.shape[1] < 2:
+        raise ValueError(f"the prompt {prompt!r} is {tokens.shape[1]} token long: give at least 2")
+    if context is not None and tokens.shape[1] > context:
+        raise ValueError(
+            f"the prompt {prompt[:40]!r}... is {tokens.shape[1]} tokens, longer than the context of {name} "
+            f"({context} tokens): shorten it"
+        )
+    return tokens
+
+
+@torch.no_grad()
+def next_tokens(model: torch.nn.Module, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's `PROMPT_OUTPUTS` most probable next tokens after `tokens`: (probabilities, ids)."""
+    return model(tokens).logits[0, -1].float().softmax(-1).topk(PROMPT_OUTPUTS)
 
 
 def load_dictionaries(folders: list[Path]) -> LoadedDictionaries:

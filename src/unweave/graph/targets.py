@@ -31,6 +31,7 @@ from unweave.graph.head_units import transformer_heads
 from unweave.graph.prompt import PromptUnits, is_dictionary, prompt_units
 from unweave.graph.snippets import Snippets
 from unweave.graph.units import SeveralUnits, Units
+from unweave.hf import KNOWN_MODELS
 from unweave.text import TextConfig
 from unweave.zoo import fourier
 from unweave.zoo.modadd import TrainedModAdd, make_data
@@ -42,7 +43,8 @@ TARGETS = (
     "induction (the induction toy's edges; its heads with --units heads), "
     "smollm2-induction (SmolLM2-135M on an induction prompt, or --prompt, over a cross-layer transcoder trained on "
     "first use), a modular-addition run folder (unweave train modadd, or runs/demo/modadd), or a dictionary folder "
-    "(unweave sae train, train-clt or train-connected) with --prompt"
+    "(unweave sae train, train-clt or train-connected) with --prompt, or a causal LM (smollm2-135m or a local Hugging "
+    "Face folder) with --units heads and --prompt or --prompts"
 )
 SMOLLM2_INDUCTION = "Kettle harbor violin Morgan plum seven. Kettle harbor violin Morgan plum"
 PURE = 0.95  # the known answers: each module at least this share one task's (or one frequency's) units
@@ -78,11 +80,19 @@ def check_units(name: str, units: str) -> None:
             f"{name} scores the edges between components (no --units), or cuts its heads into modules "
             f"(--units heads); got --units {units}"
         )
-    if units == "heads" and name not in HEAD_TARGETS:
+    if units == "heads" and name not in HEAD_TARGETS and not is_language_model(name):
         raise ValueError(
-            f"--units heads is for {' and '.join(HEAD_TARGETS)}: unweave graph induction --units heads, or "
-            "unweave graph two-circuits --units heads"
+            f"--units heads is for {' and '.join(HEAD_TARGETS)} or a causal language model ({', '.join(KNOWN_MODELS)} "
+            f"or a local Hugging Face folder), not {name!r}: unweave graph induction --units heads, or unweave graph "
+            "smollm2-135m --units heads --prompt TEXT"
         )
+
+
+def is_language_model(name: str) -> bool:
+    """A model `hf.load_model` knows by name, or a folder with a Hugging Face config that is not
+    a dictionary unweave trained."""
+    path = Path(name)
+    return name in KNOWN_MODELS or ((path / "config.json").is_file() and not is_dictionary(path))
 
 
 def resolve(
