@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from unweave.artifacts import read_tensors
+from unweave.sites import patch
 from unweave.zoo.modadd import ModAddConfig, evaluate, make_data, train
 
 
@@ -92,9 +93,18 @@ def test_a_model_reading_its_last_positions_gives_their_logits_and_gradients(att
     tokens, labels = torch.randint(0, 12, (20, 3)), torch.randint(0, 12, (20,))
     full = model(tokens)
     for last in (1, 2, 3, 5):
-        assert torch.allclose(model.reading_last(last)(tokens), full[:, -min(last, 3) :], atol=1e-6)
+        for tables in (False, True):  # the first block's projections per vocabulary and position row, or not
+            view = model.reading_last(last, token_tables=tables)
+            assert torch.allclose(view(tokens), full[:, -min(last, 3) :], atol=1e-5)
     answer = at_answer(model)
     assert model.read_last is None and answer.read_last == 1  # a view: the model itself is unchanged
+    assert not model.token_tables and answer.token_tables
+    # a hook on the first block's inputs is honoured: the view then takes the plain path
+    site = "blocks.0.attn.hook_v_input" if attention == "uniform" else "blocks.0.attn.hook_k_input"
+    with patch(model, {site: lambda x: 2 * x}):
+        patched = model(tokens)
+        assert torch.allclose(answer(tokens), patched[:, -1:], atol=1e-5)
+    assert not torch.allclose(patched, full, atol=1e-3)
     assert dict(answer.named_parameters()).keys() == dict(model.named_parameters()).keys()
     # the loss and its gradients at '=' are the full model's, so the LLC's chains move the same
     grads = []

@@ -70,7 +70,8 @@ def test_reduced_rank_regression_within_ten_percent():
         model,
         singular.half_squared_error,
         loader,
-        SGLDConfig(epsilon=1e-4, nbeta=1e4, localization=100.0, chains=4, draws=800, burn_in=200),
+        # 16 chains: with 4, the estimate's spread over seeds (6.27-6.72 against 6) crossed 10% now and then
+        SGLDConfig(epsilon=1e-4, nbeta=1e4, localization=100.0, chains=16, draws=800, burn_in=200),
     )
     assert abs(r.llc_mean - truth_value) / truth_value <= 0.1
     assert r.llc_mean < r.n_params / 2  # singular: fewer effective parameters than a regular model
@@ -251,7 +252,7 @@ def test_divergence_callback_stops_at_the_first_non_finite_loss():
 def _gaussian_state(step, w, G, k, eps):
     """Target N(0, 1/k) per weight: log p = -k/2 |w|^2, drift = -k w."""
     half_sq = 0.5 * k * w.pow(2).sum(1)
-    return StepState(step, half_sq, {"w": w}, {"w": -k * w}, {"w": G}, -half_sq, eps)
+    return StepState(step, half_sq, {"w": w}, {"w": -k * w}, {"w": G}, -half_sq, eps, flat=(w, -k * w, G))
 
 
 @pytest.mark.parametrize("preconditioned", [False, True])

@@ -226,21 +226,26 @@ def _noise(gens: list[torch.Generator], like: torch.Tensor) -> torch.Tensor:
 
 
 class StepNoise:
-    """Each step's noise per parameter: white (Euler), or for the Leimkuhler-Matthews scheme the
-    mean of this step's draw and the last one, (xi_k + xi_k+1) / 2. With a quadratic loss along
-    a direction of stiffness a, w_k+1 = (1 - eps a / 2) w_k + sqrt(eps) (xi_k + xi_k+1) / 2 has
-    stationary variance exactly 1 / a; Euler's is 1 / (a (1 - eps a / 4))."""
+    """Each step's noise for the flat weights (chains, P): white (Euler), or for the
+    Leimkuhler-Matthews scheme the mean of this step's draw and the last one, (xi_k + xi_k+1) / 2.
+    With a quadratic loss along a direction of stiffness a, w_k+1 = (1 - eps a / 2) w_k +
+    sqrt(eps) (xi_k + xi_k+1) / 2 has stationary variance exactly 1 / a; Euler's is
+    1 / (a (1 - eps a / 4))."""
 
-    def __init__(self, scheme: str, gens: list[torch.Generator], w: dict[str, torch.Tensor]):
+    def __init__(self, scheme: str, gens: list[torch.Generator], w: torch.Tensor):
         self.gens = gens
-        self.last = {n: _noise(gens, t) for n, t in w.items()} if scheme == "lm" else None
+        self.last = _noise(gens, w) if scheme == "lm" else None
 
-    def __call__(self, name: str, like: torch.Tensor) -> torch.Tensor:
+    def __call__(self, like: torch.Tensor) -> torch.Tensor:
         fresh = _noise(self.gens, like)
         if self.last is None:
             return fresh
-        mean, self.last[name] = (self.last[name] + fresh) / 2, fresh
+        mean, self.last = (self.last + fresh) / 2, fresh
         return mean
+
+
+def _identity_where_none(G: dict[str, torch.Tensor | None], like: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {n: torch.ones_like(like[n]) if g is None else g for n, g in G.items()}
 
 
 def batches_per_pass(loader: Iterable) -> int:
@@ -308,11 +313,12 @@ def run_chains(
     ids = list(range(cfg.chains)) if chain_ids is None else list(chain_ids)
     params = dict(model.named_parameters())
     posterior = LocalPosterior({n: params[n].detach().clone() for n in names}, nbeta, cfg.localization)
-    w = posterior.start(len(ids))
+    flat = posterior.flat
+    w_flat = posterior.start(len(ids))  # (chains, P); `w` below: a view per parameter
     rule = rule if rule is not None else update_rule(cfg)
-    rule.start(w)
-    gens = chain_generators(cfg.seed, ids, next(iter(w.values())).device)
-    noise = StepNoise(cfg.scheme, gens, w)
+    rule.start(flat.views(w_flat))
+    gens = chain_generators(cfg.seed, ids, w_flat.device)
+    noise = StepNoise(cfg.scheme, gens, w_flat)
     batches = [ChainBatches(loader, cfg.seed * 7919 + c) for c in ids]
     grads = ChainGradients(model, loss_fn, cfg.vectorize)
     trace = LossTrace(len(ids), cfg.draws, cfg.burn_in)
@@ -324,17 +330,19 @@ def run_chains(
     at_optimum = LossAtOptimum(model, loss_fn, loader) if relative else None
     for step in range(cfg.burn_in + cfg.draws):
         x, y, shared = next_batches(batches)
+        w = flat.views(w_flat)
         loss, g = grads(w, x, y, shared)
         # with minibatches the trace records L_b(w) - L_b(w*): a control variate with the same mean
         # as L_b(w) - L_n(w*) that drops the batch-to-batch spread of the loss (n_beta times it
         # would otherwise swamp the estimate; see LossAtOptimum for what computing L_b(w*) costs)
         recorded = loss - at_optimum(x, y, batches) if relative else None
-        drift = posterior.drift(g, w)
+        log_target, drift_flat = posterior.log_density_and_drift(loss, flat.join(g), w_flat)
+        drift = flat.views(drift_flat)
         G = {n: rule.preconditioner(n, drift[n]) for n in names}
-        log_target = posterior.log_density(loss.double(), w)
-        state = StepState(step, loss, w, drift, G, log_target, rule.epsilon, recorded)
+        G_flat = None if all(v is None for v in G.values()) else flat.join(_identity_where_none(G, drift))
+        state = StepState(step, loss, w, drift, G, log_target, rule.epsilon, recorded, (w_flat, drift_flat, G_flat))
         if any(callback(state) for callback in steps):  # the first True stops every chain
             break
-        w = {n: rule.step(w[n], drift[n], G[n], noise(n, w[n])) for n in names}
+        w_flat = rule.step(w_flat, drift_flat, G_flat, noise(w_flat))
     acceptance = mala.acceptance if mala is not None else torch.full((len(ids),), math.nan, dtype=torch.float64)
     return Trace(trace.losses, acceptance, grads.vectorized, relative)

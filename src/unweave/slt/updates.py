@@ -16,6 +16,7 @@ keeps state). The MALA acceptance diagnostic assumes this proposal, so a rule th
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Protocol
 
 import torch
@@ -26,24 +27,48 @@ if TYPE_CHECKING:
 Weights = dict[str, torch.Tensor]  # parameter name -> (chains, *shape) stacked copies
 
 
+class Flat:
+    """Every sampled parameter of every chain in one (chains, P) buffer, each parameter a view of
+    it: a step is then a few operations over one buffer instead of a few per parameter (on
+    modular addition, 11 parameters: the per-operation overhead was a fifth of the step)."""
+
+    def __init__(self, params: dict[str, torch.Tensor]):
+        """`params`: one copy of each parameter (no chain axis)."""
+        self.names = list(params)
+        self.shapes = [tuple(params[n].shape) for n in self.names]
+        self.sizes = [math.prod(shape) for shape in self.shapes]
+
+    def views(self, flat: torch.Tensor) -> Weights:
+        """{name: (chains, *shape)} views of `flat` (chains, P)."""
+        parts = flat.split(self.sizes, dim=1)
+        return {n: t.view(len(flat), *shape) for n, t, shape in zip(self.names, parts, self.shapes)}
+
+    def join(self, per_name: Weights) -> torch.Tensor:
+        """(chains, P) from {name: (chains, *shape)}."""
+        return torch.cat([per_name[n].reshape(len(per_name[n]), -1) for n in self.names], 1)
+
+
 class LocalPosterior:
-    """The localised tempered posterior around w*: its log density (for MALA) and drift (for the step)."""
+    """The localised tempered posterior around w*: its log density (for MALA) and drift (for the
+    step), over the flat (chains, P) weights of `Flat`."""
 
     def __init__(self, w_star: Weights, nbeta: float, localization: float):
         self.w_star, self.nbeta, self.localization = w_star, nbeta, localization
+        self.flat = Flat(w_star)
+        self.star = self.flat.join({n: t.unsqueeze(0) for n, t in w_star.items()})  # (1, P)
 
-    def start(self, chains: int) -> Weights:
-        """`chains` stacked copies of w*: every chain starts at the trained weights."""
-        return {n: t.unsqueeze(0).repeat(chains, *[1] * t.dim()) for n, t in self.w_star.items()}
+    def start(self, chains: int) -> torch.Tensor:
+        """`chains` copies of w*, (chains, P): every chain starts at the trained weights."""
+        return self.star.repeat(chains, 1)
 
-    def log_density(self, loss: torch.Tensor, w: Weights) -> torch.Tensor:
-        """log p(w) per chain, up to a constant, from the chains' batch losses."""
-        dist = sum((w[n] - self.w_star[n]).pow(2).flatten(1).sum(1) for n in self.w_star)
-        return -self.nbeta * loss - self.localization / 2 * dist
-
-    def drift(self, grads: Weights, w: Weights) -> Weights:
-        """grad log p(w): the batch-loss gradients pulled back towards w*."""
-        return {n: -(self.nbeta * grads[n] + self.localization * (w[n] - self.w_star[n])) for n in self.w_star}
+    def log_density_and_drift(
+        self, loss: torch.Tensor, grads: torch.Tensor, w: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """log p(w) per chain (float64, up to a constant, from the chains' batch losses) and
+        grad log p(w) (the batch-loss gradients pulled back towards w*), both at flat `w`."""
+        away = w - self.star
+        log_p = -self.nbeta * loss.double() - self.localization / 2 * away.pow(2).sum(1, dtype=torch.float64)
+        return log_p, away.mul_(-self.localization).sub_(grads, alpha=self.nbeta)
 
 
 class UpdateRule(Protocol):
@@ -76,8 +101,9 @@ class SGLD:
 
     def step(self, w: torch.Tensor, drift: torch.Tensor, G: torch.Tensor | None, noise: torch.Tensor) -> torch.Tensor:
         """w + eps/2 G drift + sqrt(eps G) noise."""
-        scaled = drift if G is None else G * drift
-        return w + self.epsilon / 2 * scaled + noise * (self.epsilon * (G if G is not None else 1)) ** 0.5
+        if G is None:
+            return (noise * self.epsilon**0.5).add_(drift, alpha=self.epsilon / 2).add_(w)
+        return w + self.epsilon / 2 * G * drift + noise * (self.epsilon * G) ** 0.5
 
 
 class RMSPropSGLD(SGLD):

@@ -123,8 +123,9 @@ answer_loss = row_mean(_answer_row_losses)  # the batch mean, with each row's lo
 def at_answer(model: Transformer) -> Transformer:
     """`model` (its parameters shared) computing its last block and logits at '=' only, all that
     `answer_loss` reads: the same loss and gradients for the LLC's sampler, with the MLP and the
-    unembedding run at one position of three."""
-    return model.reading_last(1)
+    unembedding run at one position of three, and the attention's projections on the vocabulary
+    and position rows (`transformer.Embedded`) instead of on every example's."""
+    return model.reading_last(1, token_tables=True)
 
 
 def train_loader(cfg: ModAddConfig, batch_size: int | None = None) -> DataLoader:

@@ -71,18 +71,31 @@ class Attention(nn.Module):
         self.hook_pattern = nn.Identity()  # (batch, head, query, key)
         self.hook_z = nn.Identity()  # (batch, pos, head, d_head)
 
-    def forward(self, x: torch.Tensor, last: int | None = None) -> torch.Tensor:
-        """The heads' output at every position, or with `last` at the last `last` positions only."""
+    def forward(self, x: torch.Tensor, last: int | None = None, embedded: Embedded | None = None) -> torch.Tensor:
+        """The heads' output at every position, or with `last` at the last `last` positions only.
+        `embedded`: x is that embedding of tokens (see `Embedded`)."""
         n = x.shape[1]
         rows = slice(n - min(last or n, n), n)  # the query positions
-        v = torch.einsum("bpd,hde->bhpe", self.hook_v_input(x), self.W_V)
-        pattern = self._uniform_pattern(x, rows) if self.uniform else self._learned_pattern(x, rows)
+        hooked = any(m._forward_hooks or m._forward_pre_hooks for m in self._input_hooks())
+        tables = embedded if embedded is not None and not hooked else None  # a patched input takes the plain path
+        v = self._project(self.hook_v_input(x), self.W_V, tables)
+        pattern = self._uniform_pattern(x, rows) if self.uniform else self._learned_pattern(x, rows, tables)
         z = self.hook_z(torch.einsum("bhqk,bhke->bqhe", self.hook_pattern(pattern), v))
         return torch.einsum("bqhe,hed->bqd", z, self.W_O)
 
-    def _learned_pattern(self, x: torch.Tensor, rows: slice) -> torch.Tensor:
-        q = torch.einsum("bpd,hde->bhpe", self.hook_q_input(x[:, rows]), self.W_Q)
-        k = torch.einsum("bpd,hde->bhpe", self.hook_k_input(x), self.W_K)
+    def _input_hooks(self) -> tuple[nn.Module, ...]:
+        return (self.hook_q_input, self.hook_k_input, self.hook_v_input)
+
+    @staticmethod
+    def _project(x: torch.Tensor, weight: torch.Tensor, tables: Embedded | None, rows: slice = slice(None)):
+        """x[:, rows] by each head's weight (heads, d_model, d_head): (batch, heads, positions, d_head)."""
+        if tables is None:
+            return torch.einsum("bpd,hde->bhpe", x[:, rows], weight)
+        return tables.project(weight, rows)
+
+    def _learned_pattern(self, x: torch.Tensor, rows: slice, tables: Embedded | None = None) -> torch.Tensor:
+        q = self._project(self.hook_q_input(x), self.W_Q, tables, rows)
+        k = self._project(self.hook_k_input(x), self.W_K, tables)
         n = x.shape[1]
         scores = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
         return scores.masked_fill(~self.causal[rows, :n], float("-inf")).softmax(-1)
@@ -92,6 +105,25 @@ class Attention(nn.Module):
         causal = self.causal[rows, :n].to(x.dtype)
         pattern = causal / causal.sum(-1, keepdim=True)
         return pattern.expand(x.shape[0], self.W_V.shape[0], *causal.shape)
+
+
+@dataclass
+class Embedded:
+    """The first block's input is token plus position embedding, so a linear map of it is the
+    map of each vocabulary row and each position row, gathered: a (vocab + positions) x d_model
+    product instead of a (batch x positions) x d_model one (modular addition's sampler: 60 + 3
+    rows instead of 256 x 3)."""
+
+    tokens: torch.Tensor  # (batch, positions)
+    W_E: torch.Tensor
+    W_pos: torch.Tensor  # the rows of the positions used
+
+    def project(self, weight: torch.Tensor, rows: slice = slice(None)) -> torch.Tensor:
+        h, d, e = weight.shape
+        flat = weight.transpose(0, 1).reshape(d, h * e)
+        tokens = self.tokens[:, rows]
+        out = nn.functional.embedding(tokens, self.W_E @ flat) + self.W_pos[rows] @ flat  # (batch, pos, h x e)
+        return out.view(*tokens.shape, h, e).transpose(1, 2)
 
 
 class MLP(nn.Module):
@@ -118,11 +150,12 @@ class Block(nn.Module):
         self.hook_mlp_out = nn.Identity()
         self.hook_resid_post = nn.Identity()
 
-    def forward(self, x: torch.Tensor, last: int | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, last: int | None = None, embedded: Embedded | None = None) -> torch.Tensor:
         """The block at every position, or with `last` at the last `last` positions only (the
         attention still reads every position's keys and values)."""
+        hooked = self.hook_resid_pre._forward_hooks or self.hook_resid_pre._forward_pre_hooks
         x = self.hook_resid_pre(x)
-        attn = self.attn(x, last)
+        attn = self.attn(x, last, None if hooked else embedded)
         x = self.hook_resid_mid(x[:, x.shape[1] - attn.shape[1] :] + self.hook_attn_out(attn))
         if self.mlp is not None:
             x = x + self.hook_mlp_out(self.mlp(x))
@@ -134,6 +167,7 @@ class Transformer(nn.Module):
     `reading_last`), logits (batch, read_last, d_vocab_out) at the last positions only."""
 
     read_last: int | None = None
+    token_tables: bool = False  # the first block's projections through `Embedded` (see `reading_last`)
 
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
@@ -158,17 +192,22 @@ class Transformer(nn.Module):
                 f"tokens must have shape (batch, pos) with pos <= {self.cfg.n_ctx}, got {tuple(tokens.shape)}"
             )
         x = self.hook_embed(self.embed(tokens))
+        hooked = self.hook_embed._forward_hooks or self.hook_embed._forward_pre_hooks
+        tables = Embedded(tokens, self.W_E, self.W_pos[: tokens.shape[1]]) if self.token_tables and not hooked else None
         for i, block in enumerate(self.blocks):
-            x = block(x, self.read_last if i == len(self.blocks) - 1 else None)
+            x = block(x, self.read_last if i == len(self.blocks) - 1 else None, tables if i == 0 else None)
         return self.unembed(x)
 
-    def reading_last(self, positions: int) -> Transformer:
+    def reading_last(self, positions: int, token_tables: bool = False) -> Transformer:
         """The same model (its parameters shared, not copied) computing its last block and logits
         at the last `positions` positions only: for a loss that reads no others (modular
         addition's, at '='), the same loss and gradients for less work (the LLC's sampler runs
-        tens of thousands of these). The earlier blocks still run at every position."""
+        tens of thousands of these). The earlier blocks still run at every position. With
+        `token_tables`, the first block's queries, keys and values are also computed per
+        vocabulary and position row and gathered (`Embedded`), unless a hook patches its input."""
         if positions < 1:
             raise ValueError(f"reading_last needs at least 1 position, got {positions}")
         view = copy.copy(self)  # a new module object over the same parameter and submodule dicts
         view.read_last = positions
+        view.token_tables = token_tables
         return view
