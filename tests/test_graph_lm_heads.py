@@ -97,7 +97,9 @@ def test_graph_of_a_language_models_heads(llama, tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("\n".join(PROMPTS) + "\n")
     out = tmp_path / "heads"
-    result = runner.invoke(app, ["graph", str(folder), "--units", "heads", "--prompts", str(prompts), "--out", str(out)])
+    result = runner.invoke(
+        app, ["graph", str(folder), "--units", "heads", "--prompts", str(prompts), "--out", str(out)]
+    )
     assert result.exit_code == 0, result.output
     modules = json.loads((out / "modules.json").read_text())
     units = [u for m in modules["modules"] for u in m["units"]] + modules["inactive"]
