@@ -67,7 +67,7 @@ class LocalPosterior:
         """log p(w) per chain (float64, up to a constant, from the chains' batch losses) and
         grad log p(w) (the batch-loss gradients pulled back towards w*), both at flat `w`."""
         away = w - self.star
-        log_p = -self.nbeta * loss.double() - self.localization / 2 * away.pow(2).sum(1, dtype=torch.float64)
+        log_p = -self.nbeta * loss.double() - self.localization / 2 * torch.linalg.vecdot(away, away, dim=1).double()
         return log_p, away.mul_(-self.localization).sub_(grads, alpha=self.nbeta)
 
 
