@@ -18,7 +18,9 @@ rate (torch's flop count of a chain's forward and backward, times chain-steps, o
 time) beside this machine's peak fp32 matmul rate, measured in the same run.
 On modular addition unweave samples `at_answer(model)`, as `unweave llc` and the demo do: the
 same parameters, loss and gradients, with the last block and the logits computed at '=' only,
-the one position the loss reads; devinterp runs the model's full forward. The flop count is
+the one position the loss reads, and the first attention's projections computed on the
+vocabulary and position rows and gathered (`transformer.Embedded`); devinterp runs the model's
+full forward. The flop count is
 of the work each side's step does, so unweave's GFLOP/s on that row counts the smaller step.
 """
 
@@ -171,7 +173,8 @@ def main() -> None:
     )
     print(
         "Modular addition: unweave's chains run at_answer(model) (the MLP and logits at '=' only, the position the "
-        "loss reads; the same loss and gradients), devinterp the full forward."
+        "loss reads, and the first attention's projections on the vocabulary and position rows; the same loss and "
+        "gradients), devinterp the full forward."
     )
 
 
