@@ -112,6 +112,6 @@ def _mul(G: torch.Tensor | None, t: torch.Tensor) -> torch.Tensor:
 
 def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Per chain, the inner product of flat (chains, P) tensors, as float64. Summed in their own
-    dtype (torch sums in blocks, not one running total): a float64 copy of the weights was
-    itself a sixth of modular addition's step."""
+    dtype (torch sums in blocks, not one running total): float64 copies of the weights took a
+    seventh of modular addition's step."""
     return torch.linalg.vecdot(a, b, dim=1).double()

@@ -29,8 +29,8 @@ Weights = dict[str, torch.Tensor]  # parameter name -> (chains, *shape) stacked 
 
 class Flat:
     """Every sampled parameter of every chain in one (chains, P) buffer, each parameter a view of
-    it: a step is then a few operations over one buffer instead of a few per parameter (on
-    modular addition, 11 parameters: the per-operation overhead was a fifth of the step)."""
+    it: a step is then a few operations over one buffer instead of a few per parameter (deep
+    linear networks' steps 5-12% faster, 2-core CPU)."""
 
     def __init__(self, params: dict[str, torch.Tensor]):
         """`params`: one copy of each parameter (no chain axis)."""
