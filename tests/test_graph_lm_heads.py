@@ -124,3 +124,8 @@ def test_graph_of_a_language_models_heads(llama, tmp_path):
             run_graph(GraphConfig(str(folder), units="heads", out=tmp_path / "bad", **kwargs))
     with pytest.raises(ValueError, match="or a causal language model"):
         GraphConfig("two-tasks", units="heads")
+    run_folder = tmp_path / "modadd-run"  # a modular-addition run keeps a config.json too, without model_type
+    run_folder.mkdir()
+    (run_folder / "config.json").write_text(json.dumps({"p": 5, "d_model": 16}))
+    with pytest.raises(ValueError, match="or a causal language model"):
+        GraphConfig(str(run_folder), units="heads")

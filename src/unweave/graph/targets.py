@@ -9,6 +9,7 @@ afterwards to score the modules it found.
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -89,10 +90,17 @@ def check_units(name: str, units: str) -> None:
 
 
 def is_language_model(name: str) -> bool:
-    """A model `hf.load_model` knows by name, or a folder with a Hugging Face config that is not
-    a dictionary unweave trained."""
-    path = Path(name)
-    return name in KNOWN_MODELS or ((path / "config.json").is_file() and not is_dictionary(path))
+    """A model `hf.load_model` knows by name, or a folder with a Hugging Face config (one that
+    names its `model_type`: a modular-addition run's config.json does not)."""
+    if name in KNOWN_MODELS:
+        return True
+    config = Path(name) / "config.json"
+    if not config.is_file() or is_dictionary(Path(name)):
+        return False
+    try:
+        return "model_type" in json.loads(config.read_text())
+    except (OSError, ValueError):
+        return False
 
 
 def resolve(
