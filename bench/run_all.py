@@ -99,6 +99,7 @@ BENCHES = {
         Bench("llc_ground_truth", what="LLC estimates vs closed forms"),
         Bench("llc_localization", what="The DLN LLC estimate against the localisation gamma at the rule's rungs"),
         Bench("llc_equilibration", what="The DLN LLC estimate against SGLD run length at the rule's settings"),
+        Bench("llc_metropolis", what="A large DLN's LLC by Euler SGLD against Metropolis-adjusted chains"),
         Bench("interchange_vs_pyvene", peer="pyvene", what="Interchange interventions per second vs pyvene"),
         Bench("anomaly", what="Mechanistic anomaly detection, every task"),
         Bench(
