@@ -331,7 +331,7 @@ def test_aggregated_edges_are_the_measured_change_of_removing_a_latent_everywher
     assert [r["tokens"] for r in result.per_prompt] == [6, 5, 7]
     # every node is named without a position, once
     assert len(set(g.names)) == g.n_nodes and not any("@" in n for n in g.names)
-    assert {"mlp0 error", "mlp1 error", "token 't4'", "logit 't2'"} <= set(g.names)
+    assert {"mlp0 error", "mlp1 error", "token 't4' #4", "logit 't2' #2"} <= set(g.names)
     assert float(g.output_weights.sum()) == pytest.approx(sum(float(f.probabilities.sum()) for f in found) / 3)
 
 

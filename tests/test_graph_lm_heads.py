@@ -87,6 +87,29 @@ def test_a_heads_attributed_total_effect_is_the_derivative_of_its_ablation(llama
         assert torch.allclose(measured, attributed[:, unit], rtol=0.05, atol=1e-3 * attributed.abs().max())
 
 
+def test_the_single_head_check_is_over_each_prompts_own_next_tokens(llama):
+    """Against a loop over prompts and heads with no joining: each head ablated on each prompt,
+    its 8 outputs' measured changes beside their attributed ones."""
+    from scipy import stats
+
+    from unweave.graph.dataset_modules import joined_effects
+    from unweave.graph.lm_heads import head_check
+
+    _, model, tokenizer = llama
+    found = heads_on(model, tokenizer, "tiny", PROMPTS)
+    joined = joined_effects(found)
+    check = head_check(found, joined, count=5)
+    predicted, measured = [], []
+    for name in check.heads:
+        for f in found:
+            unit = [u for u in range(f.data.n_units) if joined.units[joined.unit_maps[0][u]] == name][0]
+            measured += (f.data.outputs(ablate=[unit]) - f.data.clean)[0].tolist()
+            predicted += torch.cat(list(f.data.attributed_effects()))[0, :, unit].tolist()
+    assert len(predicted) == 5 * 3 * 8
+    assert check.pearson == pytest.approx(stats.pearsonr(predicted, measured)[0], abs=1e-6)
+    assert check.spearman == pytest.approx(stats.spearmanr(predicted, measured)[0], abs=1e-6)
+
+
 def test_graph_of_a_language_models_heads(llama, tmp_path):
     from test_cli import runner
 

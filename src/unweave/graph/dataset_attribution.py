@@ -3,7 +3,8 @@
 Each prompt has its own graph (`attribution.py`), over its live latents at each position.
 The aggregate joins them by what a node is, not where: a latent is one node whatever its
 position (site, latent), a dictionary's error is one node per site, a token one node per
-token text, an output one node per next-token text. The aggregated edge s -> t is the sum
+token, an output one node per next token (named by text and id: distinct tokens can decode
+alike). The aggregated edge s -> t is the sum
 of every per-prompt edge from a node named s to one named t, averaged over the prompts:
 
     A[t, s] = mean over prompts of  sum over positions p, q of  A_prompt[(t, p), (s, q)]
@@ -98,8 +99,9 @@ def node_names(found: PromptUnits) -> tuple[list[str], list[str]]:
         kind = r["kind"] if r["kind"] in ("error", "skip", "head") else "latent"
         names.append(f"{r['site']} {kind}" if kind in ("error", "skip") else f"{r['site']} {kind} {r['index']}")
         kinds.append(kind)
-    tokens = [f"token {decode(i)!r}" for i in data.inputs[0].tolist()]
-    outputs = [f"logit {decode(int(i))!r}" for i in found.top]
+    # named by id as well as text: distinct tokens can decode alike (byte pieces decode to '\ufffd')
+    tokens = [f"token {decode(i)!r} #{i}" for i in data.inputs[0].tolist()]
+    outputs = [f"logit {decode(int(i))!r} #{int(i)}" for i in found.top]
     return names + tokens + outputs, kinds + ["token"] * len(tokens) + ["output"] * len(outputs)
 
 

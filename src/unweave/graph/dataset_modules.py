@@ -3,7 +3,7 @@
 A unit is what the aggregated attribution graph calls one node: a latent whatever its
 position, a site's error. On each prompt its effect is its attributed direct effect on that
 prompt's outputs (the centred logits of the model's top next tokens), summed over its
-positions; the outputs are joined across prompts by the token's text, and each prompt is
+positions; the outputs are joined across prompts by the token (its id), and each prompt is
 one example. Two units are joined by the overlap of these effects summed over the prompts,
 as one prompt's units are (`modules.py`), and Louvain communities of that graph are the
 modules. Each module is then checked by intervention: its units set to zero at every

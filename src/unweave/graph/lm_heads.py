@@ -7,15 +7,16 @@ position of a prompt. Ablated, it is set to its mean output over every prompt's 
 but the first (`--skip-first`), which are held at their clean output: an attention sink in
 most LMs, where heads write values unlike anywhere else. (Set to zero at every position
 instead, SmolLM2's heads' attributed effects matched the measured ones with Pearson 0.43;
-this way, 0.72.) A head's effect on a prompt is its total effect (the gradient runs through
-every later layer, heads included: a previous-token head acts through an induction head's
-keys) on the centred logits of the model's top next tokens there, to first order. The
-prompts are joined as a dictionary's units are (`dataset_modules.py`): Louvain communities
-of the effects' overlap, each module then ablated on every prompt and the separability
-matrix measured. The heads with the largest effects are each ablated alone, and the
-measured changes compared with the attributed ones. The induction heads found on repeated
-random tokens (the heads `unweave scrub smollm2-induction` tests) are marked afterwards, to
-read the modules by; the cut never sees them.
+this way, 0.72, both over every prompt's joined outputs.) A head's effect on a prompt is
+its total effect (the gradient runs through every later layer, heads included: a
+previous-token head acts through an induction head's keys) on the centred logits of the
+model's top next tokens there, to first order. The prompts are joined as a dictionary's
+units are (`dataset_modules.py`): Louvain communities of the effects' overlap, each module
+then ablated on every prompt and the separability matrix measured. The heads with the
+largest effects are each ablated alone, and the measured changes of each prompt's own next
+tokens compared with the attributed ones. The induction heads found on repeated random
+tokens (the heads `unweave scrub smollm2-induction` tests) are marked afterwards, to read
+the modules by; the cut never sees them.
 """
 
 from __future__ import annotations
@@ -86,9 +87,9 @@ def heads_on(
 @dataclass
 class HeadCheck:
     heads: list[str]  # the joined names of the heads checked
-    predicted_rms: list[float]  # per head: its attributed change, root mean square over prompts and outputs
+    predicted_rms: list[float]  # per head: its attributed change, root mean square over prompts and joined outputs
     measured_rms: list[float]
-    pearson: float  # over every (head, prompt, output) change
+    pearson: float  # over every (head, prompt, one of that prompt's outputs) change
     spearman: float
 
 
@@ -99,7 +100,11 @@ def head_check(found: list[PromptUnits], joined: JoinedEffects, count: int = CHE
     heads = own.argsort(descending=True)[: min(count, len(own))].tolist()
     predicted = torch.stack([joined.effects[:, :, u] for u in heads])  # the attributed change of removing it
     measured = torch.stack([ablated_change(found, joined, [u]) for u in heads])
-    p, m = predicted.flatten().numpy(), measured.flatten().numpy()
+    own_outputs = torch.zeros(len(found), len(joined.outputs), dtype=torch.bool)  # a prompt's own next tokens
+    for k, columns in enumerate(joined.output_maps):
+        own_outputs[k, columns] = True
+    # over each prompt's own outputs: the joined columns of other prompts' tokens are zero on both sides
+    p, m = predicted[:, own_outputs].flatten().numpy(), measured[:, own_outputs].flatten().numpy()
     return HeadCheck(
         [joined.units[u] for u in heads],
         predicted.pow(2).mean((1, 2)).sqrt().tolist(),
@@ -111,8 +116,7 @@ def head_check(found: list[PromptUnits], joined: JoinedEffects, count: int = CHE
 
 def induction_heads(model: torch.nn.Module, tokenizer: object, seed: int = 0) -> dict[str, float]:
     """The heads of highest induction score on repeated random tokens (8, or half the heads of a
-    smaller model: `rank_induction_heads`), by
-    their joined names, with their scores."""
+    smaller model: `rank_induction_heads`), by their joined names, with their scores."""
     from unweave.anatomy import anatomy
     from unweave.hypotheses.cases import rank_induction_heads
 
