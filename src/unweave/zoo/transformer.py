@@ -76,18 +76,17 @@ class Attention(nn.Module):
         `embedded`: x is that embedding of tokens (see `Embedded`)."""
         n = x.shape[1]
         rows = slice(n - min(last or n, n), n)  # the query positions
-        hooked = any(m._forward_hooks or m._forward_pre_hooks for m in self._input_hooks())
+        hooked = _patched(self.hook_q_input, self.hook_k_input, self.hook_v_input)
         tables = embedded if embedded is not None and not hooked else None  # a patched input takes the plain path
         v = self._project(self.hook_v_input(x), self.W_V, tables)
         pattern = self._uniform_pattern(x, rows) if self.uniform else self._learned_pattern(x, rows, tables)
         z = self.hook_z(torch.einsum("bhqk,bhke->bqhe", self.hook_pattern(pattern), v))
         return torch.einsum("bqhe,hed->bqd", z, self.W_O)
 
-    def _input_hooks(self) -> tuple[nn.Module, ...]:
-        return (self.hook_q_input, self.hook_k_input, self.hook_v_input)
-
     @staticmethod
-    def _project(x: torch.Tensor, weight: torch.Tensor, tables: Embedded | None, rows: slice = slice(None)):
+    def _project(
+        x: torch.Tensor, weight: torch.Tensor, tables: Embedded | None, rows: slice = slice(None)
+    ) -> torch.Tensor:
         """x[:, rows] by each head's weight (heads, d_model, d_head): (batch, heads, positions, d_head)."""
         if tables is None:
             return torch.einsum("bpd,hde->bhpe", x[:, rows], weight)
@@ -126,6 +125,12 @@ class Embedded:
         return out.view(*tokens.shape, h, e).transpose(1, 2)
 
 
+def _patched(*hooks: nn.Module) -> bool:
+    """Whether a site hook (`sites.patch`, `sites.capture`) sits on any of these identities: then
+    what flows through them must be computed as it is, not by `Embedded`'s shortcut."""
+    return any(h._forward_hooks or h._forward_pre_hooks for h in hooks)
+
+
 class MLP(nn.Module):
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
@@ -153,9 +158,9 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, last: int | None = None, embedded: Embedded | None = None) -> torch.Tensor:
         """The block at every position, or with `last` at the last `last` positions only (the
         attention still reads every position's keys and values)."""
-        hooked = self.hook_resid_pre._forward_hooks or self.hook_resid_pre._forward_pre_hooks
+        x_patched = _patched(self.hook_resid_pre)
         x = self.hook_resid_pre(x)
-        attn = self.attn(x, last, None if hooked else embedded)
+        attn = self.attn(x, last, None if x_patched else embedded)
         x = self.hook_resid_mid(x[:, x.shape[1] - attn.shape[1] :] + self.hook_attn_out(attn))
         if self.mlp is not None:
             x = x + self.hook_mlp_out(self.mlp(x))
@@ -192,8 +197,8 @@ class Transformer(nn.Module):
                 f"tokens must have shape (batch, pos) with pos <= {self.cfg.n_ctx}, got {tuple(tokens.shape)}"
             )
         x = self.hook_embed(self.embed(tokens))
-        hooked = self.hook_embed._forward_hooks or self.hook_embed._forward_pre_hooks
-        tables = Embedded(tokens, self.W_E, self.W_pos[: tokens.shape[1]]) if self.token_tables and not hooked else None
+        use_tables = self.token_tables and not _patched(self.hook_embed)
+        tables = Embedded(tokens, self.W_E, self.W_pos[: tokens.shape[1]]) if use_tables else None
         for i, block in enumerate(self.blocks):
             x = block(x, self.read_last if i == len(self.blocks) - 1 else None, tables if i == 0 else None)
         return self.unembed(x)
