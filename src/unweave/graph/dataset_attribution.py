@@ -40,7 +40,7 @@ from unweave.graph.attribution import (
     scores,
 )
 from unweave.graph.edge_checks import EdgeCheck, Readout, checked_sources, edge_check, sums_error
-from unweave.graph.prompt import LoadedDictionaries, PromptUnits, load_dictionaries
+from unweave.graph.prompt import LoadedDictionaries, PromptUnits, load_dictionaries, read_prompts
 from unweave.graph.prompt_attribution import check_json, graph_figure, latent_line, prompt_graph, pruned_json
 from unweave.graph.snippets import Snippets
 from unweave.graph.targets import dictionary_folders
@@ -301,9 +301,7 @@ def run_dataset_graph(cfg: GraphConfig) -> RunResult:
             "leave out --kl-budget and --units (or give one --prompt for them)"
         )
     path = Path(cfg.prompts)
-    if not path.is_file():
-        raise ValueError(f"--prompts {path} is not a file: give a text file with one prompt per line")
-    prompts = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    prompts = read_prompts(path)
     folders = dictionary_folders(cfg.target, cfg.dictionary)
     if folders is None:
         raise ValueError(

@@ -41,7 +41,7 @@ from unweave.graph.dataset_modules import (
 )
 from unweave.graph.effects import EffectData
 from unweave.graph.head_units import lm_heads
-from unweave.graph.prompt import PromptUnits, TopLogits, encode_prompt, next_tokens
+from unweave.graph.prompt import PromptUnits, TopLogits, encode_prompt, next_tokens, read_prompts
 from unweave.graph.units import SeveralUnits
 from unweave.report import Report
 from unweave.runs import Run, RunResult
@@ -196,9 +196,9 @@ def run_lm_heads_graph(cfg: GraphConfig) -> RunResult:
         )
     if cfg.kl_budget is not None:
         raise ValueError("--units heads on a language model draws modules, with no circuit: leave out --kl-budget")
-    if cfg.prompts is not None and not Path(cfg.prompts).is_file():
-        raise ValueError(f"--prompts {cfg.prompts} is not a file: give a text file with one prompt per line")
-    prompts = [cfg.prompt] if cfg.prompt is not None else _lines(Path(cfg.prompts))
+    prompts = [cfg.prompt] if cfg.prompt is not None else read_prompts(cfg.prompts)
+    if not prompts:
+        raise ValueError(f"--prompts {cfg.prompts} has no prompts: write one per line")
     inputs = [cfg.target, *([str(cfg.prompts)] if cfg.prompts is not None else [])]
     run = Run(cfg.out, "graph", cfg, inputs=inputs)
     try:
@@ -242,10 +242,3 @@ def run_lm_heads_graph(cfg: GraphConfig) -> RunResult:
     ).text(lines[1])
     results = {"target": cfg.target, "prompts": prompts, **heads_json(found)}
     return run.finish(results, report, lines)
-
-
-def _lines(path: Path) -> list[str]:
-    prompts = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-    if not prompts:
-        raise ValueError(f"--prompts {path} has no prompts: write one per line")
-    return prompts

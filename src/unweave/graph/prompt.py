@@ -112,6 +112,13 @@ class LoadedDictionaries:
         return PromptUnits(data, self.tokenizer, top, name, left_out, probabilities, _embedding_site(model))
 
 
+def read_prompts(path: Path) -> list[str]:
+    """`--prompts FILE`: its non-empty lines, stripped."""
+    if not Path(path).is_file():
+        raise ValueError(f"--prompts {path} is not a file: give a text file with one prompt per line")
+    return [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+
+
 def encode_prompt(model: torch.nn.Module, tokenizer: object, name: str, prompt: str) -> torch.Tensor:
     """(1, tokens): the prompt's token ids, at least 2 and within the model's context."""
     tokens = tokenizer(prompt, return_tensors="pt").input_ids
