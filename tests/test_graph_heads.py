@@ -73,7 +73,7 @@ def test_head_units_split_and_rebuild_a_heads_output():
 
 def test_the_induction_toys_previous_token_head_acts_through_the_induction_heads(monkeypatch, induction_model):
     from unweave.graph import induction
-    from unweave.graph.targets import induction_heads_target
+    from unweave.graph.head_targets import induction_heads_target
 
     monkeypatch.setattr(induction, "train", lambda cfg: induction_model)  # the session's toy is seed 0's
     target = induction_heads_target(examples=64, seed=0)

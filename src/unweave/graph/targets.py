@@ -28,15 +28,13 @@ from unweave.graph.dictionary_units import (
     kl_budget,
 )
 from unweave.graph.effects import EffectData, centred_logits
-from unweave.graph.head_units import transformer_heads
 from unweave.graph.prompt import PromptUnits, is_dictionary, prompt_units
 from unweave.graph.snippets import Snippets
-from unweave.graph.units import SeveralUnits, Units
+from unweave.graph.units import Units
 from unweave.hf import KNOWN_MODELS
 from unweave.text import TextConfig
 from unweave.zoo import fourier
 from unweave.zoo.modadd import TrainedModAdd, make_data
-from unweave.zoo.two_circuits import CIRCUITS, TwoCircuits, TwoCircuitsConfig, sample_tokens
 from unweave.zoo.two_tasks import TwoTasks, TwoTasksConfig, sample_inputs
 
 TARGETS = (
@@ -126,10 +124,10 @@ def resolve(
         raise ValueError("--prompt is for a dictionary folder as TARGET (its graph is drawn on the prompt)")
     if name in HEAD_TARGETS and units != "heads":
         raise ValueError(f"{name} without --units scores its edges (unweave graph {name}); its modules need heads")
-    if name == "induction":
-        return induction_heads_target(examples, seed)
-    if name == "two-circuits":
-        return two_circuits_target(examples, seed)
+    if name in HEAD_TARGETS:
+        from unweave.graph.head_targets import head_target
+
+        return head_target(name, examples, seed)
     if name == "two-tasks":
         return two_tasks_target(examples, seed, units, basis)
     path = Path(name)
@@ -191,68 +189,6 @@ def two_tasks_target(examples: int, seed: int, units: str = "neurons", basis: Pa
     )
     name = "two-tasks" + (f" ({units})" if units != "neurons" else "")
     return Target(name, data, note, _top_inputs(data.activations, label), "task", truth, context)
-
-
-def induction_heads_target(examples: int, seed: int) -> Target:
-    """The induction toy's attention heads as units, judged by their total effects on the
-    centred logits at the positions the repeat makes predictable. No answer is scored on the
-    page; each head's previous-token and induction scores (from its attention pattern) are
-    in its hover text, and the test checks that the circuit's heads share a module."""
-    from unweave.graph import induction
-
-    case = induction.induction_case(min(examples, 256), seed)
-    positions = case.positions
-
-    def output(logits: torch.Tensor) -> torch.Tensor:
-        return centred_logits(logits[:, positions]).flatten(1)
-
-    data = EffectData(case.model, case.tokens, SeveralUnits(transformer_heads(case.model)), output, total=True)
-    scores = case.heads
-    heads = case.model.cfg.n_heads
-
-    def describe(unit: int) -> str:
-        layer, head = divmod(unit, heads)
-        return (
-            f"L{layer}.H{head}: previous-token score {float(scores['previous_token'][layer, head]):.2f}, "
-            f"induction score {float(scores['induction'][layer, head]):.2f} (attention to the token after the "
-            "current token's earlier copy)"
-        )
-
-    note = (
-        f"the induction toy (a two-layer attention-only transformer, seed {seed}): its {data.n_units} attention "
-        f"heads as units, each head's output at every position, ablated to its mean; total effects (the gradient "
-        f"runs through later heads) on the centred logits at the {len(positions)} positions the repeat makes "
-        f"predictable; {len(case.tokens)} sequences whose second half repeats the first"
-    )
-    return Target("induction (heads)", data, note, describe, None, None, {})
-
-
-def two_circuits_target(examples: int, seed: int) -> Target:
-    """The planted two-circuit transformer's heads as units, judged by their total effects on its
-    two tasks' outputs at every position after BOS: the logits of each circuit's tokens centred
-    among themselves (A's next token among A's, B's token two back among B's; centred over the
-    whole vocabulary, a logit one circuit raises would shift the other's by the mean). Each
-    head's planted circuit is the known answer."""
-    cfg = TwoCircuitsConfig(seed=seed)
-    model = TwoCircuits(cfg).eval()
-    tokens = sample_tokens(min(examples, 1024), cfg, seed + 1)
-    blocks = [cfg.circuit_tokens(c) for c in range(len(CIRCUITS))]
-
-    def output(logits: torch.Tensor) -> torch.Tensor:
-        return torch.cat([centred_logits(logits[:, 1:, block]).flatten(1) for block in blocks], dim=1)
-
-    data = EffectData(model, tokens, SeveralUnits(transformer_heads(model)), output, total=True)
-    note = (
-        f"a planted attention-only transformer (seed {seed}): circuit {CIRCUITS[0]} and circuit {CIRCUITS[1]}, "
-        f"each two heads per layer, over one residual stream of {cfg.d_model} dimensions (the positions, read by "
-        "both, overlap both circuits' directions); "
-        f"{cfg.tokens} tokens per circuit; units: its {data.n_units} heads, each ablated to its mean at every "
-        f"position, judged by total effects on each circuit's logits centred among its own tokens; "
-        f"{len(tokens)} sequences (BOS, {cfg.length} distinct tokens, the same again)"
-    )
-    truth = model.head_circuit.tolist()
-    context = {"circuits": dict(enumerate(CIRCUITS))}
-    return Target("two-circuits (heads)", data, note, lambda u: model.head_roles[u], "circuit", truth, context)
 
 
 def modadd_target(path: Path, units: str = "neurons", seed: int = 0, basis: Path | None = None) -> Target:
